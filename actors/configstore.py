@@ -1,0 +1,102 @@
+"""Reading and writing orch.cf / routes.cf: atomic writes, corrupt files kept aside, backups."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .settings import BACKUP_DIR_NAME, CONFIG_FILE_NAME, ROUTES_FILE_NAME, ConfigError, default_config, validate_config, validate_routes
+
+log = logging.getLogger(__name__)
+
+FILE_MODE = 0o600
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON so that a reader (or a crash) only ever sees the old or the new file, whole."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    text = json.dumps(data, indent=4, ensure_ascii=False) + "\n"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def keep_aside(path: Path, reason: str) -> Path:
+    """Rename a file we cannot use to <name>.corrupt-<timestamp> so the user's data is never lost."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    counter = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{counter}")
+        counter += 1
+    os.replace(path, target)
+    log.error("%s is unusable (%s); kept aside as %s, starting from defaults", path, reason, target.name)
+    return target
+
+
+class ConfigStore:
+    """The two JSON files of one config folder. Only the state keeper uses this class."""
+
+    def __init__(self, config_dir: Path) -> None:
+        self.config_dir = config_dir
+        self.config_path = config_dir / CONFIG_FILE_NAME
+        self.routes_path = config_dir / ROUTES_FILE_NAME
+        self.backup_dir = config_dir / BACKUP_DIR_NAME
+        self.kept_aside: list[Path] = []
+        self.writes = 0
+
+    def load(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Load both files, creating missing ones and setting corrupt ones aside."""
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        config = self._load_one(self.config_path, validate_config, default_config)
+        routes = self._load_one(self.routes_path, validate_routes, list)
+        return config, routes
+
+    def _load_one(self, path: Path, validate: Callable[[Any], Any], make_default: Callable[[], Any]) -> Any:
+        if not path.exists():
+            value = make_default()
+            log.info("%s not found; created with defaults", path)
+            atomic_write_json(path, value)
+            return value
+        try:
+            return validate(json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, ConfigError) as exc:
+            self.kept_aside.append(keep_aside(path, str(exc)))
+            value = make_default()
+            atomic_write_json(path, value)
+            return value
+
+    def save(self, config: dict[str, Any], routes: list[dict[str, Any]]) -> None:
+        """Write both files atomically."""
+        atomic_write_json(self.config_path, config)
+        atomic_write_json(self.routes_path, routes)
+        self.writes += 1
+
+    def backup(self) -> Path:
+        """Copy both files into backups/<timestamp>/ (before a reset) and return that folder."""
+        target = self.backup_dir / time.strftime("%Y%m%d-%H%M%S")
+        counter = 1
+        while target.exists():
+            target = self.backup_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{counter}"
+            counter += 1
+        target.mkdir(parents=True)
+        for path in (self.config_path, self.routes_path):
+            if path.exists():
+                shutil.copy2(path, target / path.name)
+        return target

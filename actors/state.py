@@ -1,0 +1,207 @@
+"""The state keeper: the one true table of peripherals, routes and config, and the only writer of the files.
+
+Requests come through the broker (a ROUTER here, so a whole burst is read at once); each burst
+is applied, written to disk once (group commit), and only then acknowledged, so an acknowledged
+change survives a crash. Usage counters and liveness are written lazily, at most once a
+LAZY_WRITE_DELAY_S. Every change is published as a numbered StateUpdate (Clone pattern).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid as uuidlib
+from collections import OrderedDict
+from typing import Any, Callable
+
+import zmq
+
+from .bus import ActivityHandler, Heartbeater, connect_publisher, publish
+from .configstore import ConfigStore
+from .errors import ErrorCode, OrchestratorError, UnknownOp
+from .protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, decode_as, encode
+from .runner import StopFlag, run_actor
+from .settings import POLL_INTERVAL_MS, Runtime
+from .tables import Change, Tables
+
+log = logging.getLogger(__name__)
+
+MAX_BURST = 1000
+REPLY_CACHE_SIZE = 4096
+LAZY_WRITE_DELAY_S = 1.0
+LAZY_OPS = {Op.SEEN.value, Op.LOST.value, Op.ROUTE_USAGE.value}
+QUIET_OPS = {Op.SNAPSHOT.value, Op.ROUTE_USAGE.value, Op.SEEN.value}
+
+
+class StateKeeper:
+    """Owns Tables and ConfigStore; answers requests, publishes updates, writes files."""
+
+    def __init__(self, runtime: Runtime, context: zmq.Context, stop: StopFlag, name: str = "state") -> None:
+        self.runtime = runtime
+        self.context = context
+        self.stop = stop
+        self.name = name
+        self.store = ConfigStore(runtime.config_dir)
+        config, routes = self.store.load()
+        self.tables = Tables(config, routes)
+        self.epoch = uuidlib.uuid4().hex
+        self.seq = 0
+        self.reply_cache: OrderedDict[str, bytes] = OrderedDict()
+        self.dropped = 0
+        self.requests = 0
+        self.durable_dirty = False
+        self.lazy_dirty_since: float | None = None
+        self.handlers: dict[str, Callable[[dict[str, Any]], tuple[Any, list[Change]]]] = {
+            Op.REGISTER.value: self.tables.register,
+            Op.SEEN.value: self.tables.seen,
+            Op.LOST.value: self.tables.lost,
+            Op.SET_PERIPHERAL_CONFIG.value: self.tables.set_peripheral_config,
+            Op.SET_DELIVERY.value: self.tables.set_delivery,
+            Op.REMOVE_PERIPHERAL.value: self.tables.remove_peripheral,
+            Op.ADD_ROUTE.value: self.tables.add_route,
+            Op.EDIT_ROUTE.value: self.tables.edit_route,
+            Op.REMOVE_ROUTE.value: self.tables.remove_route,
+            Op.ROUTE_USAGE.value: self.tables.route_usage,
+            Op.SET_CONFIG.value: self.tables.set_config,
+            Op.RESET.value: self._reset,
+            Op.SNAPSHOT.value: self._snapshot,
+        }
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def run(self) -> None:
+        self.sock = self.context.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.connect(self.runtime.endpoints.state_back)
+        self.pub = connect_publisher(self.context, self.runtime.endpoints)
+        logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
+        self.heart = Heartbeater(self.name, self.pub)
+        log.info("state keeper started: %d peripherals, %d routes from %s", len(self.tables.peripherals), len(self.tables.routes), self.runtime.config_dir)
+        for path in self.store.kept_aside:
+            log.error("a corrupt config file was kept aside as %s", path)
+        try:
+            while not self.stop.should_stop():
+                if self.sock.poll(POLL_INTERVAL_MS):
+                    self._serve_burst()
+                self._lazy_flush()
+                self.heart.maybe_beat(self._stats())
+        finally:
+            self._flush()
+            self.pub.close()
+            self.sock.close()
+            log.info("state keeper stopped")
+
+    def _stats(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "seq": self.seq, "writes": self.store.writes, "dropped": self.dropped, "requests": self.requests,
+                "peripherals": len(self.tables.peripherals), "routes": len(self.tables.routes)}
+
+    # ---- requests --------------------------------------------------------------------
+    def _serve_burst(self) -> None:
+        """Read every waiting request, apply them, write once, then answer them all."""
+        answers: list[list[bytes]] = []
+        for _ in range(MAX_BURST):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            answers.append(frames[:-1] + [self._answer(frames[-1])])
+        if self.durable_dirty:
+            self._flush()
+        for frames in answers:
+            self.sock.send_multipart(frames)
+
+    def _answer(self, body: bytes) -> bytes:
+        try:
+            request = decode_as(body, Request)
+        except ProtocolError as exc:
+            self.dropped += 1
+            log.warning("dropped a malformed request: %s", exc)
+            return encode(Reply(ok=False, error=f"malformed request: {exc}", code=ErrorCode.BAD_ARGUMENTS))
+        cached = self.reply_cache.get(request.req_id) if request.req_id else None
+        if cached is not None:
+            return cached
+        reply = encode(self.handle(request))
+        if request.req_id:
+            self.reply_cache[request.req_id] = reply
+            if len(self.reply_cache) > REPLY_CACHE_SIZE:
+                self.reply_cache.popitem(last=False)
+        return reply
+
+    def handle(self, request: Request) -> Reply:
+        """Apply one request to the tables; publish its changes; return the reply."""
+        self.requests += 1
+        handler = self.handlers.get(request.op)
+        try:
+            if handler is None:
+                raise UnknownOp(f"unknown op {request.op!r}")
+            result, changes = handler(request.args)
+        except OrchestratorError as exc:
+            if request.op not in QUIET_OPS:
+                log.warning("%s refused: %s", request.op, exc)
+            return Reply(ok=False, error=str(exc), code=int(exc.code), req_id=request.req_id)
+        if changes:
+            self._publish(changes)
+            if request.op in LAZY_OPS:
+                self.lazy_dirty_since = self.lazy_dirty_since or time.monotonic()
+            else:
+                self.durable_dirty = True
+        if request.op not in QUIET_OPS and changes:
+            log.info("%s", describe(request, result))
+        return Reply(ok=True, result=result, req_id=request.req_id)
+
+    def _publish(self, changes: list[Change]) -> None:
+        for kind, key, value in changes:
+            self.seq += 1
+            publish(self.pub, Topic.STATE, StateUpdate(epoch=self.epoch, seq=self.seq, kind=kind, key=key, value=value))
+
+    def _snapshot(self, _: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        return {"epoch": self.epoch, "seq": self.seq, **self.tables.snapshot()}, []
+
+    def _reset(self, _: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        backup = self.store.backup()
+        log.warning("reset: previous files backed up in %s", backup)
+        result, changes = self.tables.reset()
+        return {"config": result, "backup": str(backup)}, changes
+
+    # ---- files -----------------------------------------------------------------------
+    def _lazy_flush(self) -> None:
+        if self.lazy_dirty_since is not None and time.monotonic() - self.lazy_dirty_since >= LAZY_WRITE_DELAY_S:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.durable_dirty and self.lazy_dirty_since is None:
+            return
+        try:
+            self.store.save(self.tables.config_document(), self.tables.routes_document())
+        except OSError as exc:
+            log.error("could not write config files: %s (will retry)", exc)
+            return
+        self.durable_dirty = False
+        self.lazy_dirty_since = None
+
+
+def describe(request: Request, result: Any) -> str:
+    """One activity line for a successful change."""
+    args = request.args
+    if request.op == Op.REGISTER.value:
+        return f"registered {result['name']} ({result['uuid'][:8]}) port {result['port']} -> data port {result['data_port']}"
+    if request.op == Op.ADD_ROUTE.value:
+        return f"route {result['name']} added: {args.get('incoming')} -> {args.get('outgoing')}"
+    if request.op == Op.REMOVE_ROUTE.value:
+        return f"route {args.get('name')} removed"
+    if request.op == Op.EDIT_ROUTE.value:
+        return f"route {result['name']} edited"
+    if request.op == Op.LOST.value:
+        return f"{result['name']} is offline"
+    if request.op == Op.REMOVE_PERIPHERAL.value:
+        removed = ", ".join(result["removed_routes"]) or "none"
+        return f"peripheral {result['peripheral']['name']} removed (routes removed: {removed})"
+    if request.op == Op.RESET.value:
+        return "orchestrator reset: peripherals and routes cleared"
+    return f"{request.op} done"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_actor("state", StateKeeper, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

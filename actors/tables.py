@@ -1,0 +1,312 @@
+"""The state keeper's tables and the rules for changing them. Pure logic: no sockets, no files.
+
+Every mutating method returns the list of changes it made, as (kind, key, value) triples that
+the keeper numbers and publishes; value None means "deleted".
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Callable
+
+from .errors import BadArguments, DuplicateRoute, UnknownPeripheral, UnknownRoute
+from .protocol import UpdateKind
+from .settings import ConfigError, default_config, parse_ports, validate_config
+
+UUID_PATTERN = re.compile(r"^[0-9a-fA-F-]{36}$")
+NAME_PATTERN = re.compile(r"^\S{1,128}$")
+DELIVERY_MODES = ("message", "stream")
+SETTABLE_CONFIG_KEYS = ("known_ports", "known_hosts", "scan_interval", "offline_after_sweeps", "command_port", "data_port_range", "bind_host")
+# The settings a reset keeps, so the instance stays reachable where it was just reached.
+KEPT_ON_RESET = ("command_port", "data_port_range", "bind_host", "known_ports", "known_hosts")
+
+Change = tuple[str, str, Any]
+
+
+def is_uuid(text: Any) -> bool:
+    return isinstance(text, str) and bool(UUID_PATTERN.match(text))
+
+
+def _need(args: dict[str, Any], key: str, kind: type | tuple[type, ...] = str) -> Any:
+    value = args.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadArguments(f"missing or invalid {key!r}")
+    return value
+
+
+def _port(args: dict[str, Any], key: str = "port") -> int:
+    value = args.get(key)
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+        raise BadArguments(f"{key} must be a port number, got {value!r}")
+    return value
+
+
+class Tables:
+    """Peripherals by uuid, routes by name, and the config (orch.cf without its peripheral list)."""
+
+    def __init__(self, config: dict[str, Any], routes: list[dict[str, Any]], clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.peripherals: dict[str, dict[str, Any]] = {}
+        for entry in config.get("peripherals", []):
+            self.peripherals[entry["uuid"]] = self._normalise_peripheral(entry)
+        self.config = {k: v for k, v in config.items() if k != "peripherals"}
+        self.routes: dict[str, dict[str, Any]] = {r["name"]: self._normalise_route(r) for r in routes}
+
+    # ---- file form -------------------------------------------------------------------
+    def config_document(self) -> dict[str, Any]:
+        """orch.cf as written: the documented keys first, peripherals as a list."""
+        document = dict(self.config)
+        document["peripherals"] = list(self.peripherals.values())
+        return document
+
+    def routes_document(self) -> list[dict[str, Any]]:
+        return list(self.routes.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"config": dict(self.config), "peripherals": list(self.peripherals.values()), "routes": list(self.routes.values())}
+
+    @staticmethod
+    def _normalise_peripheral(entry: dict[str, Any]) -> dict[str, Any]:
+        record = {"name": entry["name"], "uuid": entry["uuid"], "config": entry.get("config") or {}, "port": entry.get("port"),
+                  "last_seen": entry.get("last_seen"), "data_port": entry.get("data_port")}
+        record.update({k: v for k, v in entry.items() if k not in record})
+        record.setdefault("online", False)
+        record.setdefault("host", "localhost")
+        record.setdefault("delivery", "message")
+        return record
+
+    @staticmethod
+    def _normalise_route(entry: dict[str, Any]) -> dict[str, Any]:
+        record = {"name": entry["name"], "incoming": entry["incoming"], "outgoing": entry["outgoing"],
+                  "incoming_port": entry.get("incoming_port"), "outgoing_port": entry.get("outgoing_port"), "last_used": entry.get("last_used")}
+        record.update({k: v for k, v in entry.items() if k not in record})
+        for counter in ("messages", "bytes", "dropped"):
+            record.setdefault(counter, 0)
+        record.setdefault("rate", 0.0)
+        return record
+
+    # ---- lookups ---------------------------------------------------------------------
+    def by_name(self, name: str) -> dict[str, Any]:
+        for peripheral in self.peripherals.values():
+            if peripheral["name"] == name:
+                return peripheral
+        raise UnknownPeripheral(f"no peripheral named {name!r}")
+
+    def by_name_or_uuid(self, ident: str) -> dict[str, Any]:
+        if ident in self.peripherals:
+            return self.peripherals[ident]
+        return self.by_name(ident)
+
+    def unique_name(self, wanted: str, uuid: str) -> str:
+        """wanted if free (or already this uuid's), else wanted_1, wanted_2, ... (PROTOCOL.md 5)."""
+        taken = {p["name"] for p in self.peripherals.values() if p["uuid"] != uuid}
+        if wanted not in taken:
+            return wanted
+        suffix = 1
+        while f"{wanted}_{suffix}" in taken:
+            suffix += 1
+        return f"{wanted}_{suffix}"
+
+    def free_data_port(self, uuid: str) -> int:
+        """The lowest data port no other peripheral holds; when all are held, the least shared one."""
+        ports = [p for p in parse_ports(self.config["data_port_range"]) if p != self.config["command_port"]]
+        if not ports:
+            raise BadArguments("data_port_range holds no usable port")
+        holders: dict[int, int] = {}
+        for peripheral in self.peripherals.values():
+            if peripheral["uuid"] != uuid and peripheral.get("data_port") is not None:
+                holders[peripheral["data_port"]] = holders.get(peripheral["data_port"], 0) + 1
+        return min(ports, key=lambda port: (holders.get(port, 0), port))
+
+    def _peripheral_change(self, record: dict[str, Any]) -> Change:
+        return (UpdateKind.PERIPHERAL.value, record["uuid"], dict(record))
+
+    def _route_change(self, route: dict[str, Any]) -> Change:
+        return (UpdateKind.ROUTE.value, route["name"], dict(route))
+
+    def _routes_touching(self, uuid: str) -> list[dict[str, Any]]:
+        return [r for r in self.routes.values() if uuid in (r["incoming"], r["outgoing"])]
+
+    def _refresh_route_ports(self, uuid: str) -> list[Change]:
+        """Keep incoming_port / outgoing_port in step with the peripheral's port."""
+        port = self.peripherals[uuid]["port"]
+        changes = []
+        for route in self._routes_touching(uuid):
+            before = (route["incoming_port"], route["outgoing_port"])
+            if route["incoming"] == uuid:
+                route["incoming_port"] = port
+            if route["outgoing"] == uuid:
+                route["outgoing_port"] = port
+            if before != (route["incoming_port"], route["outgoing_port"]):
+                changes.append(self._route_change(route))
+        return changes
+
+    # ---- peripherals -----------------------------------------------------------------
+    def register(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        """/register: add or update a peripheral, assign its data port; returns (record, changes)."""
+        name, uuid, port = _need(args, "name"), _need(args, "uuid"), _port(args)
+        if not NAME_PATTERN.match(name):
+            raise BadArguments(f"invalid peripheral name {name!r}")
+        if not is_uuid(uuid):
+            raise BadArguments(f"invalid uuid {uuid!r}: expected 36 hex digits and dashes")
+        record = self.peripherals.get(uuid)
+        if record is None:
+            record = self._normalise_peripheral({"name": self.unique_name(name, uuid), "uuid": uuid, "port": port})
+            self.peripherals[uuid] = record
+        elif record["name"] != name and not record["name"].startswith(f"{name}_"):
+            record["name"] = self.unique_name(name, uuid)
+        record["port"] = port
+        if args.get("host"):
+            record["host"] = args["host"]
+        if record.get("data_port") is None:
+            record["data_port"] = self.free_data_port(uuid)
+        record["last_seen"] = self.clock()
+        record["online"] = True
+        return record, [self._peripheral_change(record), *self._refresh_route_ports(uuid)]
+
+    def seen(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        """The scanner found a peripheral answering /info."""
+        name, uuid, port = _need(args, "name"), _need(args, "uuid"), _port(args)
+        if not is_uuid(uuid):
+            raise BadArguments(f"invalid uuid {uuid!r}")
+        record = self.peripherals.get(uuid)
+        if record is None:
+            record = self._normalise_peripheral({"name": self.unique_name(name, uuid), "uuid": uuid, "port": port})
+            self.peripherals[uuid] = record
+        record["port"] = port
+        if isinstance(args.get("config"), dict) and args["config"]:
+            record["config"] = args["config"]
+            if args["config"].get("delivery") in DELIVERY_MODES:
+                record["delivery"] = args["config"]["delivery"]
+        if args.get("host"):
+            record["host"] = args["host"]
+        record["last_seen"] = self.clock()
+        record["online"] = True
+        return record, [self._peripheral_change(record), *self._refresh_route_ports(uuid)]
+
+    def lost(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        """Mark a peripheral offline (scanner liveness, or /exit <uuid>); routes stay."""
+        record = self.by_name_or_uuid(_need(args, "uuid"))
+        if not record["online"]:
+            return record, []
+        record["online"] = False
+        return record, [self._peripheral_change(record)]
+
+    def set_peripheral_config(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        record = self.by_name_or_uuid(_need(args, "uuid"))
+        record["config"] = _need(args, "config", dict)
+        if record["config"].get("delivery") in DELIVERY_MODES:
+            record["delivery"] = record["config"]["delivery"]
+        return record, [self._peripheral_change(record)]
+
+    def set_delivery(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        record = self.by_name_or_uuid(_need(args, "peripheral"))
+        mode = _need(args, "mode")
+        if mode not in DELIVERY_MODES:
+            raise BadArguments(f"delivery mode must be one of {', '.join(DELIVERY_MODES)}")
+        record["delivery"] = mode
+        return record, [self._peripheral_change(record)]
+
+    def remove_peripheral(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        """Forget a peripheral; the routes that start or end at it go too (listed in the result)."""
+        record = self.by_name_or_uuid(_need(args, "name"))
+        del self.peripherals[record["uuid"]]
+        removed = self._routes_touching(record["uuid"])
+        for route in removed:
+            del self.routes[route["name"]]
+        changes = [(UpdateKind.PERIPHERAL.value, record["uuid"], None)] + [(UpdateKind.ROUTE.value, r["name"], None) for r in removed]
+        return {"peripheral": record, "removed_routes": [r["name"] for r in removed]}, changes
+
+    # ---- routes ----------------------------------------------------------------------
+    def add_route(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        name = _need(args, "name")
+        if not NAME_PATTERN.match(name):
+            raise BadArguments(f"invalid route name {name!r}")
+        if name in self.routes:
+            raise DuplicateRoute(f"route {name!r} already exists")
+        incoming = self.by_name(_need(args, "incoming"))
+        outgoing = self.by_name(_need(args, "outgoing"))
+        route = self._normalise_route({"name": name, "incoming": incoming["uuid"], "outgoing": outgoing["uuid"],
+                                       "incoming_port": incoming["port"], "outgoing_port": outgoing["port"], "last_used": None})
+        self.routes[name] = route
+        return route, [self._route_change(route)]
+
+    def edit_route(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        """Change a route's ends and/or name; counters and last_used stay."""
+        name = _need(args, "name")
+        if name not in self.routes:
+            raise UnknownRoute(f"no route named {name!r}")
+        route = dict(self.routes[name])
+        changes: list[Change] = []
+        if args.get("incoming"):
+            incoming = self.by_name(args["incoming"])
+            route["incoming"], route["incoming_port"] = incoming["uuid"], incoming["port"]
+        if args.get("outgoing"):
+            outgoing = self.by_name(args["outgoing"])
+            route["outgoing"], route["outgoing_port"] = outgoing["uuid"], outgoing["port"]
+        new_name = args.get("new_name") or name
+        if new_name != name:
+            if new_name in self.routes:
+                raise DuplicateRoute(f"route {new_name!r} already exists")
+            if not isinstance(new_name, str) or not NAME_PATTERN.match(new_name):
+                raise BadArguments(f"invalid route name {new_name!r}")
+            del self.routes[name]
+            changes.append((UpdateKind.ROUTE.value, name, None))
+            route["name"] = new_name
+        self.routes[new_name] = route
+        return route, changes + [self._route_change(route)]
+
+    def remove_route(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        name = _need(args, "name")
+        route = self.routes.pop(name, None)
+        if route is None:
+            raise UnknownRoute(f"no route named {name!r}")
+        return route, [(UpdateKind.ROUTE.value, name, None)]
+
+    def route_usage(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        """Counters from a router: {route: {messages, bytes, dropped, last_used, rate}}, added up here."""
+        usage = _need(args, "usage", dict)
+        changes = []
+        for name, counts in usage.items():
+            route = self.routes.get(name)
+            if route is None or not isinstance(counts, dict):
+                continue
+            for counter in ("messages", "bytes", "dropped"):
+                value = counts.get(counter, 0)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    route[counter] += value
+            if isinstance(counts.get("last_used"), (int, float)):
+                route["last_used"] = max(route["last_used"] or 0, counts["last_used"])
+            if isinstance(counts.get("rate"), (int, float)):
+                route["rate"] = float(counts["rate"])
+            changes.append(self._route_change(route))
+        return {"updated": len(changes)}, changes
+
+    # ---- config ----------------------------------------------------------------------
+    def set_config(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        """Change settings (known_ports, scan_interval, ...); validated as a whole before it applies."""
+        values = _need(args, "values", dict)
+        unknown = [k for k in values if k not in SETTABLE_CONFIG_KEYS]
+        if unknown:
+            raise BadArguments(f"cannot set {', '.join(unknown)}; settable: {', '.join(SETTABLE_CONFIG_KEYS)}")
+        candidate = {**self.config, **values, "peripherals": []}
+        try:
+            validated = validate_config(candidate)
+        except ConfigError as exc:
+            raise BadArguments(str(exc)) from None
+        validated.pop("peripherals")
+        self.config = validated
+        return dict(self.config), [(UpdateKind.CONFIG.value, "", dict(self.config))]
+
+    def reset(self) -> tuple[dict[str, Any], list[Change]]:
+        """Forget every peripheral and route, take a new script_uuid; keep how the instance is reached."""
+        fresh = default_config()
+        fresh.pop("peripherals")
+        for key in KEPT_ON_RESET:
+            fresh[key] = self.config[key]
+        self.config = fresh
+        self.peripherals.clear()
+        self.routes.clear()
+        return dict(self.config), [(UpdateKind.RESET.value, "", dict(self.config))]

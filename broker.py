@@ -1,0 +1,93 @@
+"""The bus: an event proxy (XSUB in, XPUB out) and a request proxy (ROUTER front, DEALER back) to the state keeper.
+
+It holds no state of its own, so killing it costs only the messages in flight: publishers
+and clients reconnect by themselves, and state replicas resync from the keeper on a gap.
+The data plane (gateway -> routers) never passes through here.
+"""
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from actors.bus import ActivityHandler, Heartbeater, connect_publisher
+from actors.runner import StopFlag, run_actor
+from actors.settings import POLL_INTERVAL_MS, Runtime
+
+log = logging.getLogger("broker")
+
+BUS_HWM = 100_000
+
+
+class Broker:
+    """Binds the four bus sockets and shuttles frames between the pairs."""
+
+    def __init__(self, runtime: Runtime, context: zmq.Context, stop: StopFlag, name: str = "broker") -> None:
+        self.runtime = runtime
+        self.context = context
+        self.stop = stop
+        self.name = name
+        self.forwarded = {"events": 0, "requests": 0, "replies": 0}
+
+    def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, BUS_HWM)
+        sock.setsockopt(zmq.RCVHWM, BUS_HWM)
+        sock.bind(endpoint)
+        log.info("bound %s", endpoint)
+        return sock
+
+    def run(self) -> None:
+        endpoints = self.runtime.endpoints
+        sockets = [
+            self._bind(zmq.XSUB, endpoints.events_in),
+            self._bind(zmq.XPUB, endpoints.events_out),
+            self._bind(zmq.ROUTER, endpoints.state_front),
+            self._bind(zmq.DEALER, endpoints.state_back),
+        ]
+        events_in, events_out, front, back = sockets
+        pub = connect_publisher(self.context, endpoints)
+        logging.getLogger().addHandler(ActivityHandler(self.name, pub))
+        heart = Heartbeater(self.name, pub)
+        poller = zmq.Poller()
+        for sock in sockets:
+            poller.register(sock, zmq.POLLIN)
+        pairs = {events_in: (events_out, "events"), events_out: (events_in, None), front: (back, "requests"), back: (front, "replies")}
+        log.info("broker running")
+        try:
+            while not self.stop.should_stop():
+                for sock, _ in poller.poll(POLL_INTERVAL_MS):
+                    target, counter = pairs[sock]
+                    self._shuttle(sock, target, counter)
+                heart.maybe_beat(dict(self.forwarded))
+        finally:
+            pub.close()
+            for sock in sockets:
+                sock.close()
+            log.info("broker stopped")
+
+    def _shuttle(self, source: zmq.Socket, target: zmq.Socket, counter: str | None) -> None:
+        """Move every waiting message from source to target (bounded, so no pair starves the others)."""
+        for _ in range(1000):
+            try:
+                frames = source.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                target.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                continue  # a full peer queue drops, like PUB does; requests are retried by clients
+            except zmq.ZMQError as exc:
+                log.warning("could not forward a message: %s", exc)
+                continue
+            if counter:
+                self.forwarded[counter] += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_actor("broker", Broker, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
