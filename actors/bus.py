@@ -39,10 +39,12 @@ def connect_subscriber(context: zmq.Context, endpoints: Endpoints, topics: Itera
 
 def publish(sock: zmq.Socket, topic: Topic, message: Message) -> None:
     """Send one event without ever blocking the caller (a full queue drops, as PUB does)."""
+    if sock.closed:
+        return
     try:
         sock.send_multipart([topic.value, encode(message)], flags=zmq.NOBLOCK)
-    except zmq.Again:
-        pass
+    except zmq.ZMQError:
+        pass  # full queue (EAGAIN) or a socket closing at shutdown: events are best effort
 
 
 def parse_event(frames: list[bytes]) -> tuple[bytes, Message]:

@@ -1,0 +1,295 @@
+"""The supervisor: starts every actor as its own process, restarts the ones that die, stops them all.
+
+Restarts back off exponentially; a child that crashes FLAP_LIMIT times within FLAP_WINDOW_S is
+reported and left stopped while the rest keep running. One lock file per config folder keeps a
+second instance away. A REP socket on ``endpoints.control`` answers status / stop / scale.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import zmq
+
+from .bus import ActivityHandler, connect_publisher, connect_subscriber, parse_event
+from .errors import BadArguments, ErrorCode, OrchestratorError, UnknownOp
+from .protocol import Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
+from .settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, POLL_INTERVAL_MS, Runtime
+
+log = logging.getLogger("supervisor")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ACTOR_MODULES = {"broker": "broker", "state": "actors.state", "gateway": "actors.gateway", "scanner": "actors.scanner", "router": "actors.router", "ui": "actors.ui"}
+DEFAULT_ACTORS = ("broker", "state", "gateway", "router", "scanner")
+MAX_ROUTERS = 16
+
+BACKOFF_BASE_S = 0.1
+BACKOFF_MAX_S = 5.0
+STABLE_AFTER_S = 10.0
+FLAP_WINDOW_S = 30.0
+FLAP_LIMIT = 6
+STARTUP_GRACE_S = 15.0
+HANG_TIMEOUT_S = HEARTBEAT_EXPIRY_S * 4
+STOP_GRACE_S = 3.0
+
+
+class AlreadyRunning(RuntimeError):
+    """Another supervisor holds the lock of this config folder."""
+
+
+@dataclass
+class Child:
+    """One supervised actor process and its restart bookkeeping."""
+
+    name: str
+    kind: str
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    crash_times: list[float] = field(default_factory=list)
+    next_start: float = 0.0
+    failed: bool = False
+    last_heartbeat: float | None = None
+    heartbeat: dict[str, Any] = field(default_factory=dict)
+    attached: bool = False  # the UI: shares our terminal, is not restarted when it detaches
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def describe(self, now: float) -> dict[str, Any]:
+        state = "failed" if self.failed else ("running" if self.alive else "stopped")
+        age = None if self.last_heartbeat is None else round(now - self.last_heartbeat, 2)
+        return {"name": self.name, "kind": self.kind, "pid": self.pid if self.alive else None, "state": state, "restarts": self.restarts,
+                "heartbeat_age_s": age, "ready": self.last_heartbeat is not None and self.last_heartbeat >= self.started_at,
+                "host": self.heartbeat.get("host"), "stats": self.heartbeat.get("stats", {})}
+
+
+def acquire_lock(config_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on <config>/orch.lock for the life of this process (freed by the kernel on death)."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(config_dir / LOCK_FILE_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise AlreadyRunning(f"an orchestrator (pid {holder}) is already running on {config_dir}") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+class Supervisor:
+    """Owns the child processes of one instance."""
+
+    def __init__(self, runtime: Runtime, actors: list[str], routers: int = 1, attach_ui: bool = False) -> None:
+        self.runtime = runtime
+        self.children: list[Child] = []
+        self.stopping = False
+        self.started_at = time.time()
+        self.ready_after_s: float | None = None
+        self.last_bus_heartbeat = 0.0
+        self.attach_ui = attach_ui
+        for kind in actors:
+            if kind == "router":
+                for index in range(1, routers + 1):
+                    self.children.append(Child(name=f"router-{index}", kind="router"))
+            else:
+                self.children.append(Child(name=kind, kind=kind))
+        if attach_ui:
+            self.children.append(Child(name="ui", kind="ui", attached=True))
+
+    # ---- processes ---------------------------------------------------------------------
+    def _spawn(self, child: Child) -> None:
+        module = ACTOR_MODULES[child.kind]
+        cmd = [sys.executable, "-m", module, "--runtime", self.runtime.to_json(), "--parent-pid", str(os.getpid()), "--name", child.name]
+        stderr = None if self.runtime.console_log and not child.attached else open(self.runtime.log_dir / f"{child.name}.stderr", "ab")
+        child.process = subprocess.Popen(cmd, cwd=REPO_ROOT, start_new_session=not child.attached, stdin=None if child.attached else subprocess.DEVNULL, stderr=stderr)
+        if stderr is not None:
+            stderr.close()
+        child.started_at = time.time()
+        log.info("started %s (pid %d)", child.name, child.process.pid)
+
+    def _reap(self, child: Child, now: float) -> None:
+        """A child exited: schedule its restart with backoff, or give up when it flaps."""
+        code = child.process.returncode if child.process else None
+        if child.attached:
+            log.info("ui detached (exit %s); the orchestrator keeps running", code)
+            self.children.remove(child)
+            signal.signal(signal.SIGINT, self._on_signal)
+            return
+        ran_for = now - child.started_at
+        if ran_for >= STABLE_AFTER_S:
+            child.crash_times.clear()
+        child.crash_times = [t for t in child.crash_times if now - t < FLAP_WINDOW_S] + [now]
+        child.process = None
+        if len(child.crash_times) >= FLAP_LIMIT:
+            child.failed = True
+            log.error("%s crashed %d times within %.0fs; left stopped (see logs/%s.log)", child.name, len(child.crash_times), FLAP_WINDOW_S, child.name)
+            return
+        delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (len(child.crash_times) - 1))
+        child.next_start = time.monotonic() + delay
+        log.warning("%s exited with code %s after %.1fs; restarting in %.1fs", child.name, code, ran_for, delay)
+
+    def _check_children(self) -> None:
+        now = time.time()
+        mono = time.monotonic()
+        for child in list(self.children):
+            if child.failed:
+                continue
+            if child.process is not None and child.process.poll() is not None:
+                self._reap(child, now)
+            elif child.process is None and mono >= child.next_start:
+                child.restarts += 1
+                self._spawn(child)
+            elif child.alive and self._hung(child, now):
+                log.error("%s sent no heartbeat for %.0fs; killing it", child.name, HANG_TIMEOUT_S)
+                child.process.kill()
+
+    def _hung(self, child: Child, now: float) -> bool:
+        """Silent while the bus carries others' heartbeats (so it is the child, not the broker)."""
+        if child.attached or now - self.last_bus_heartbeat > HEARTBEAT_EXPIRY_S:
+            return False
+        last = child.last_heartbeat if child.last_heartbeat and child.last_heartbeat >= child.started_at else None
+        if last is None:
+            return now - child.started_at > STARTUP_GRACE_S
+        return now - last > HANG_TIMEOUT_S
+
+    def stop_all(self) -> None:
+        """SIGTERM everyone (newest layers first), wait STOP_GRACE_S, then SIGKILL what is left."""
+        for child in reversed(self.children):
+            if child.alive and not child.attached:
+                child.process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", child.name, STOP_GRACE_S)
+                child.process.kill()
+                child.process.wait(timeout=STOP_GRACE_S)
+
+    # ---- control ---------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        return {"pid": os.getpid(), "config_dir": str(self.runtime.config_dir), "uptime_s": round(now - self.started_at, 1),
+                "ready": self.ready_after_s is not None, "ready_after_s": self.ready_after_s,
+                "children": [c.describe(now) for c in self.children]}
+
+    def scale_routers(self, count: int) -> dict[str, Any]:
+        """Add or remove routers on the running system (the gateway drains a source before moving it)."""
+        if not 1 <= count <= MAX_ROUTERS:
+            raise BadArguments(f"routers must be between 1 and {MAX_ROUTERS}")
+        routers = [c for c in self.children if c.kind == "router"]
+        for index in range(len(routers) + 1, count + 1):
+            child = Child(name=f"router-{index}", kind="router")
+            self.children.append(child)
+            self._spawn(child)
+        for child in routers[count:]:
+            self.children.remove(child)
+            if child.alive:
+                child.process.terminate()
+                child.process.wait(timeout=STOP_GRACE_S)
+        log.info("routers scaled to %d", count)
+        return {"routers": count}
+
+    def handle_control(self, request: Request) -> Reply:
+        try:
+            if request.op == Op.CONTROL_STATUS.value:
+                result = self.status()
+            elif request.op == Op.CONTROL_STOP.value:
+                self.stopping = True
+                result = {"stopping": True}
+            elif request.op == Op.CONTROL_SCALE.value:
+                count = request.args.get("routers")
+                if not isinstance(count, int):
+                    raise BadArguments("scale needs an integer 'routers'")
+                result = self.scale_routers(count)
+            else:
+                raise UnknownOp(f"unknown control op {request.op!r}")
+        except OrchestratorError as exc:
+            return Reply(ok=False, error=str(exc), code=int(exc.code), req_id=request.req_id)
+        return Reply(ok=True, result=result, req_id=request.req_id)
+
+    def _on_control(self, sock: zmq.Socket) -> None:
+        frames = sock.recv_multipart()
+        try:
+            reply = self.handle_control(decode_as(frames[-1], Request))
+        except ProtocolError as exc:
+            reply = Reply(ok=False, error=str(exc), code=ErrorCode.BAD_ARGUMENTS)
+        sock.send_multipart(frames[:-1] + [encode(reply)])
+
+    def _on_heartbeat(self, frames: list[bytes]) -> None:
+        try:
+            _, message = parse_event(frames)
+        except ProtocolError:
+            return
+        if not isinstance(message, Heartbeat):
+            return
+        now = time.time()
+        self.last_bus_heartbeat = now
+        for child in self.children:
+            if child.name == message.actor and child.pid == message.pid:
+                child.last_heartbeat = now
+                child.heartbeat = {"host": message.host, "stats": message.stats}
+        if self.ready_after_s is None and all(c.last_heartbeat for c in self.children if not c.failed and not c.attached):
+            self.ready_after_s = round(now - self.started_at, 3)
+            log.info("orchestrator ready in %.0f ms (%d processes)", self.ready_after_s * 1000, len(self.children))
+
+    def _on_signal(self, *_: object) -> None:
+        self.stopping = True
+
+    # ---- main loop -------------------------------------------------------------------
+    def run(self) -> int:
+        """Start everything, then supervise until asked to stop; returns the exit code."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if self.attach_ui else self._on_signal)
+        context = zmq.Context()
+        control = context.socket(zmq.ROUTER)
+        control.setsockopt(zmq.LINGER, 0)
+        control.bind(self.runtime.endpoints.control)
+        events = connect_subscriber(context, self.runtime.endpoints, [Topic.HEARTBEAT])
+        pub = connect_publisher(context, self.runtime.endpoints)
+        activity = ActivityHandler("supervisor", pub)
+        log.addHandler(activity)
+        poller = zmq.Poller()
+        poller.register(control, zmq.POLLIN)
+        poller.register(events, zmq.POLLIN)
+        log.info("supervisor %d starting %s on %s", os.getpid(), ", ".join(c.name for c in self.children), self.runtime.config_dir)
+        try:
+            for child in self.children:
+                self._spawn(child)
+            while not self.stopping:
+                ready = dict(poller.poll(POLL_INTERVAL_MS))
+                if control in ready:
+                    self._on_control(control)
+                while events in ready and events.poll(0):
+                    self._on_heartbeat(events.recv_multipart())
+                self._check_children()
+        finally:
+            log.info("stopping %d processes", sum(c.alive for c in self.children))
+            self.stop_all()
+            log.removeHandler(activity)
+            for sock in (control, events, pub):
+                sock.close(linger=0)
+            context.term()
+            log.info("stopped")
+        return 0

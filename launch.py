@@ -1,0 +1,132 @@
+"""Start, inspect and stop an orchestrator instance.
+
+    python launch.py [--config-dir DIR] [--headless] [--routers N]   run (UI attached on a terminal)
+    python launch.py status [--json]                                 is it alive, and how
+    python launch.py ctl '/routes info'                              send any command, print the reply
+    python launch.py scale N                                         set the number of routers
+    python launch.py ui                                              attach a UI to a running instance
+    python launch.py stop                                            stop a running instance
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.handlers
+import sys
+from typing import Any
+
+import zmq
+
+from actors.errors import OrchestratorError
+from actors.protocol import Op
+from actors.runner import LOG_BACKUPS, LOG_FORMAT, LOG_MAX_BYTES
+from actors.settings import DEFAULT_CONFIG_DIR, Runtime
+from actors.stateclient import StateClient
+from actors.supervisor import ACTOR_MODULES, DEFAULT_ACTORS, AlreadyRunning, Supervisor, acquire_lock
+
+CONTROL_TIMEOUT_S = 3.0
+EXIT_UNREACHABLE = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR, help="folder of orch.cf, routes.cf, logs (default: config)")
+    parser.add_argument("--headless", action="store_true", help="no terminal UI; logs to the console")
+    parser.add_argument("--routers", type=int, default=2, help="number of data routers (default 2, one per core here)")
+    parser.add_argument("--only", default=None, help=f"comma-separated actors to run (default: {','.join(DEFAULT_ACTORS)})")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command")
+    status = sub.add_parser("status", help="show whether the instance is alive, and its processes")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    ctl = sub.add_parser("ctl", help="send one command line (as on the command port) and print the reply")
+    ctl.add_argument("line", nargs="+", help="the command, e.g. '/routes info'")
+    scale = sub.add_parser("scale", help="set the number of routers of a running instance")
+    scale.add_argument("routers", type=int)
+    sub.add_parser("ui", help="attach a terminal UI to a running instance")
+    sub.add_parser("stop", help="stop a running instance")
+    return parser
+
+
+def setup_supervisor_logging(runtime: Runtime) -> None:
+    runtime.log_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(runtime.log_level)
+    handler = logging.handlers.RotatingFileHandler(runtime.log_dir / "supervisor.log", maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    if runtime.console_log:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(asctime)s supervisor %(levelname)s %(message)s", "%H:%M:%S"))
+        root.addHandler(console)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run an instance in the foreground until Ctrl+C, SIGTERM or `launch.py stop`."""
+    attach_ui = not args.headless and sys.stdin.isatty() and sys.stdout.isatty()
+    runtime = Runtime.for_config_dir(args.config_dir, log_level=args.log_level, console_log=not attach_ui)
+    actors = args.only.split(",") if args.only else list(DEFAULT_ACTORS)
+    unknown = [a for a in actors if a not in ACTOR_MODULES]
+    if unknown:
+        print(f"unknown actor(s): {', '.join(unknown)}; known: {', '.join(ACTOR_MODULES)}", file=sys.stderr)
+        return 2
+    runtime.ensure_dirs()
+    try:
+        lock = acquire_lock(runtime.config_dir)
+    except AlreadyRunning as exc:
+        print(f"{exc}. Use 'python launch.py --config-dir {args.config_dir} status' or 'stop'.", file=sys.stderr)
+        return 2
+    setup_supervisor_logging(runtime)
+    try:
+        return Supervisor(runtime, actors, routers=args.routers, attach_ui=attach_ui).run()
+    finally:
+        lock.close()
+
+
+def control_request(runtime: Runtime, op: Op, **request_args: Any) -> Any:
+    """Ask the running supervisor; raises Unavailable when nobody answers."""
+    context = zmq.Context()
+    client = StateClient(context, runtime.endpoints.control)
+    try:
+        return client.request(op, timeout=CONTROL_TIMEOUT_S, **request_args)
+    finally:
+        client.close()
+        context.term()
+
+
+def print_status(status: dict[str, Any]) -> None:
+    print(f"orchestrator pid {status['pid']} on {status['config_dir']}, up {status['uptime_s']:.0f}s, "
+          f"{'ready' if status['ready'] else 'starting'}" + (f" (ready after {status['ready_after_s'] * 1000:.0f} ms)" if status["ready_after_s"] else ""))
+    for child in status["children"]:
+        age = "-" if child["heartbeat_age_s"] is None else f"{child['heartbeat_age_s']:.1f}s"
+        print(f"  {child['name']:<10} {child['state']:<8} pid {str(child['pid'] or '-'):<8} restarts {child['restarts']:<3} heartbeat {age}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        return run(args)
+    runtime = Runtime.for_config_dir(args.config_dir)
+    try:
+        if args.command == "status":
+            status = control_request(runtime, Op.CONTROL_STATUS)
+            print(json.dumps(status, indent=2)) if args.json else print_status(status)
+        elif args.command == "stop":
+            control_request(runtime, Op.CONTROL_STOP)
+            print("stopping")
+        elif args.command == "scale":
+            print(control_request(runtime, Op.CONTROL_SCALE, routers=args.routers))
+        elif args.command == "ctl":
+            from actors.cli import run_ctl
+            return run_ctl(runtime, " ".join(args.line))
+        elif args.command == "ui":
+            from actors.ui import attach
+            return attach(runtime)
+    except OrchestratorError as exc:
+        print(f"orchestrator on {runtime.config_dir} is not reachable: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
