@@ -12,6 +12,7 @@ import zmq
 
 from actors.bus import ActivityHandler, Heartbeater, connect_publisher
 from actors.runner import StopFlag, run_actor
+from actors.security import secure_server, start_authenticator
 from actors.settings import POLL_INTERVAL_MS, Runtime
 
 log = logging.getLogger("broker")
@@ -34,12 +35,14 @@ class Broker:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, BUS_HWM)
         sock.setsockopt(zmq.RCVHWM, BUS_HWM)
+        secure_server(sock, endpoint, self.runtime.endpoints.keys_dir)
         sock.bind(endpoint)
         log.info("bound %s", endpoint)
         return sock
 
     def run(self) -> None:
         endpoints = self.runtime.endpoints
+        auth = start_authenticator(self.context, endpoints.bound_by_broker, endpoints.keys_dir)
         sockets = [
             self._bind(zmq.XSUB, endpoints.events_in),
             self._bind(zmq.XPUB, endpoints.events_out),
@@ -65,6 +68,8 @@ class Broker:
             pub.close()
             for sock in sockets:
                 sock.close()
+            if auth is not None:
+                auth.stop()
             log.info("broker stopped")
 
     def _shuttle(self, source: zmq.Socket, target: zmq.Socket, counter: str | None) -> None:

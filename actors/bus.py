@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import zmq
 
 from .protocol import Activity, Heartbeat, Message, ProtocolError, Topic, decode, encode
+from .security import secure_client
 from .settings import HEARTBEAT_INTERVAL_S, Endpoints
 
 # Events are small and rare; a high-water mark protects memory if the broker stalls.
@@ -22,6 +23,7 @@ def connect_publisher(context: zmq.Context, endpoints: Endpoints) -> zmq.Socket:
     sock = context.socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.SNDHWM, EVENT_HWM)
+    secure_client(sock, endpoints.events_in, endpoints.keys_dir)
     sock.connect(endpoints.events_in)
     return sock
 
@@ -33,6 +35,7 @@ def connect_subscriber(context: zmq.Context, endpoints: Endpoints, topics: Itera
     sock.setsockopt(zmq.RCVHWM, EVENT_HWM * 10)
     for topic in topics:
         sock.setsockopt(zmq.SUBSCRIBE, topic.value)
+    secure_client(sock, endpoints.events_out, endpoints.keys_dir)
     sock.connect(endpoints.events_out)
     return sock
 

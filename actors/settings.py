@@ -17,6 +17,7 @@ LOCK_FILE_NAME = "orch.lock"
 LOG_DIR_NAME = "logs"
 BACKUP_DIR_NAME = "backups"
 RUN_DIR_NAME = "run"
+KEYS_DIR_NAME = "keys"
 DEFAULT_CONFIG_DIR = "config"
 
 # Timing: everything derives from the heartbeat interval.
@@ -129,13 +130,24 @@ class Endpoints:
     state_back: str  # the state keeper connects here (broker DEALER)
     data: str  # routers connect here (gateway ROUTER), the data plane bypasses the broker
     control: str  # the supervisor's control socket (REP)
+    keys_dir: str = ""  # CurveZMQ keys, used only for tcp endpoints off loopback (security.py)
 
     @classmethod
-    def local(cls, run_dir: Path) -> "Endpoints":
+    def local(cls, run_dir: Path, keys_dir: str = "") -> "Endpoints":
         """ipc endpoints inside run_dir."""
         def ipc(name: str) -> str:
             return f"ipc://{run_dir / name}.ipc"
-        return cls(ipc("events-in"), ipc("events-out"), ipc("state-front"), ipc("state-back"), ipc("data"), ipc("control"))
+        return cls(ipc("events-in"), ipc("events-out"), ipc("state-front"), ipc("state-back"), ipc("data"), ipc("control"), keys_dir)
+
+    @classmethod
+    def tcp(cls, host: str, base_port: int, keys_dir: str = "") -> "Endpoints":
+        """Six consecutive tcp ports from base_port on host (for actors on other boards)."""
+        ports = [f"tcp://{host}:{base_port + offset}" for offset in range(6)]
+        return cls(*ports, keys_dir=keys_dir)
+
+    @property
+    def bound_by_broker(self) -> list[str]:
+        return [self.events_in, self.events_out, self.state_front, self.state_back]
 
 
 def run_dir_for(config_dir: Path) -> Path:
@@ -163,7 +175,8 @@ class Runtime:
         """The default runtime of an instance: ipc endpoints in its run folder."""
         config_path = Path(config_dir).resolve()
         run_dir = run_dir_for(config_path)
-        return cls(config_dir=config_path, run_dir=run_dir, endpoints=Endpoints.local(run_dir), **overrides)
+        endpoints = overrides.pop("endpoints", None) or Endpoints.local(run_dir, str(config_path / KEYS_DIR_NAME))
+        return cls(config_dir=config_path, run_dir=run_dir, endpoints=endpoints, **overrides)
 
     @property
     def log_dir(self) -> Path:

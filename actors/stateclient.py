@@ -17,14 +17,16 @@ import zmq.asyncio
 
 from .errors import Unavailable, error_from_code
 from .protocol import ProtocolError, Reply, Request, decode_as, encode
+from .security import secure_client
 from .settings import REQUEST_TIMEOUT_S
 
 RETRY_INTERVAL_S = 0.5
 
 
-def _new_socket(context: zmq.Context, endpoint: str) -> zmq.Socket:
+def _new_socket(context: zmq.Context, endpoint: str, keys_dir: str = "") -> zmq.Socket:
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    secure_client(sock, endpoint, keys_dir)
     sock.connect(endpoint)
     return sock
 
@@ -38,10 +40,11 @@ def _result_or_raise(reply: Reply) -> Any:
 class StateClient:
     """Blocking requests; one socket, one request at a time."""
 
-    def __init__(self, context: zmq.Context, endpoint: str) -> None:
+    def __init__(self, context: zmq.Context, endpoint: str, keys_dir: str = "") -> None:
         self.context = context
         self.endpoint = endpoint
-        self.sock = _new_socket(context, endpoint)
+        self.keys_dir = keys_dir
+        self.sock = _new_socket(context, endpoint, keys_dir)
 
     def request(self, op: str, timeout: float = REQUEST_TIMEOUT_S, **args: Any) -> Any:
         """Send op(args) and return its result; raise the narrow error, or Unavailable after timeout."""
@@ -60,7 +63,7 @@ class StateClient:
             if time.monotonic() >= deadline:
                 # Lazy pirate: a fresh socket, so a late reply cannot be taken for the next one.
                 self.sock.close(linger=0)
-                self.sock = _new_socket(self.context, self.endpoint)
+                self.sock = _new_socket(self.context, self.endpoint, self.keys_dir)
                 raise Unavailable(f"no answer to {req.op} from {self.endpoint} within {timeout:.1f}s")
 
     def _read(self) -> Reply | None:
@@ -77,10 +80,8 @@ class StateClient:
 class AsyncStateClient:
     """Concurrent requests from asyncio code; replies are matched by req_id."""
 
-    def __init__(self, context: zmq.asyncio.Context, endpoint: str) -> None:
-        self.sock = context.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
+    def __init__(self, context: zmq.asyncio.Context, endpoint: str, keys_dir: str = "") -> None:
+        self.sock = _new_socket(context, endpoint, keys_dir)
         self.endpoint = endpoint
         self.pending: dict[str, asyncio.Future] = {}
         self.reader: asyncio.Task | None = None

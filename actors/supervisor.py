@@ -22,6 +22,7 @@ import zmq
 from .bus import ActivityHandler, connect_publisher, connect_subscriber, parse_event
 from .errors import BadArguments, ErrorCode, OrchestratorError, UnknownOp
 from .protocol import Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
+from .security import secure_server, start_authenticator
 from .settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, POLL_INTERVAL_MS, Runtime
 
 log = logging.getLogger("supervisor")
@@ -263,10 +264,13 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, signal.SIG_IGN if self.attach_ui else self._on_signal)
         context = zmq.Context()
+        endpoints = self.runtime.endpoints
+        auth = start_authenticator(context, [endpoints.control], endpoints.keys_dir)
         control = context.socket(zmq.ROUTER)
         control.setsockopt(zmq.LINGER, 0)
-        control.bind(self.runtime.endpoints.control)
-        events = connect_subscriber(context, self.runtime.endpoints, [Topic.HEARTBEAT])
+        secure_server(control, endpoints.control, endpoints.keys_dir)
+        control.bind(endpoints.control)
+        events = connect_subscriber(context, endpoints, [Topic.HEARTBEAT])
         pub = connect_publisher(context, self.runtime.endpoints)
         activity = ActivityHandler("supervisor", pub)
         log.addHandler(activity)
@@ -290,6 +294,8 @@ class Supervisor:
             log.removeHandler(activity)
             for sock in (control, events, pub):
                 sock.close(linger=0)
+            if auth is not None:
+                auth.stop()
             context.term()
             log.info("stopped")
         return 0

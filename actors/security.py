@@ -1,0 +1,89 @@
+"""CurveZMQ for bus endpoints that leave the machine.
+
+ipc and loopback tcp endpoints stay plain (the run folder is owner-only). Any other tcp
+endpoint requires CURVE: one server key pair (broker, gateway data socket, supervisor
+control) and one client key pair, generated on first use into ``<config>/keys`` with
+owner-only permissions. A server accepts only clients whose public key lies in
+``<config>/keys/authorized/``. A satellite host needs ``server.key`` and
+``client.key_secret`` (copy the keys folder); see README "Operating safely".
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+log = logging.getLogger(__name__)
+
+AUTHORIZED_DIR_NAME = "authorized"
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def needs_curve(endpoint: str) -> bool:
+    """True for tcp endpoints on a non-loopback address."""
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = urlsplit(endpoint).hostname or ""
+    if host in LOCAL_HOSTS:
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a name or a wildcard: treat as exposed
+
+
+def ensure_keys(keys_dir: Path) -> None:
+    """Create the server and client key pairs once, owner-only; authorise the client key."""
+    authorized = keys_dir / AUTHORIZED_DIR_NAME
+    if (keys_dir / "server.key_secret").exists() and (keys_dir / "client.key_secret").exists():
+        return
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    authorized.mkdir(exist_ok=True)
+    os.chmod(keys_dir, 0o700)
+    for name in ("server", "client"):
+        public, secret = zmq.auth.create_certificates(str(keys_dir), name)
+        os.chmod(secret, 0o600)
+        os.chmod(public, 0o600)
+    shutil.copy2(keys_dir / "client.key", authorized / "client.key")
+    log.info("generated CurveZMQ keys in %s", keys_dir)
+
+
+def secure_server(sock: zmq.Socket, endpoint: str, keys_dir: str) -> None:
+    """Make a binding socket a CURVE server when its endpoint is exposed (call before bind)."""
+    if not needs_curve(endpoint):
+        return
+    ensure_keys(Path(keys_dir))
+    public, secret = zmq.auth.load_certificate(str(Path(keys_dir) / "server.key_secret"))
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    sock.curve_server = True
+
+
+def secure_client(sock: zmq.Socket, endpoint: str, keys_dir: str) -> None:
+    """Give a connecting socket the client keys when its endpoint is exposed (call before connect)."""
+    if not needs_curve(endpoint):
+        return
+    server_public, _ = zmq.auth.load_certificate(str(Path(keys_dir) / "server.key"))
+    public, secret = zmq.auth.load_certificate(str(Path(keys_dir) / "client.key_secret"))
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    sock.curve_serverkey = server_public
+
+
+def start_authenticator(context: zmq.Context, endpoints: list[str], keys_dir: str) -> ThreadAuthenticator | None:
+    """Run the ZAP handler that checks client keys, if any of our bound endpoints needs CURVE."""
+    if not any(needs_curve(e) for e in endpoints):
+        return None
+    ensure_keys(Path(keys_dir))
+    auth = ThreadAuthenticator(context)
+    auth.start()
+    auth.configure_curve(domain="*", location=str(Path(keys_dir) / AUTHORIZED_DIR_NAME))
+    log.info("CurveZMQ authentication on for %s", ", ".join(e for e in endpoints if needs_curve(e)))
+    return auth
