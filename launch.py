@@ -10,18 +10,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import logging.handlers
+import socket
 import sys
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import zmq
 
 from actors.errors import OrchestratorError
 from actors.protocol import Op
 from actors.runner import LOG_BACKUPS, LOG_FORMAT, LOG_MAX_BYTES
-from actors.settings import DEFAULT_CONFIG_DIR, Runtime
+from actors.security import ensure_keys, needs_curve
+from actors.settings import DEFAULT_CONFIG_DIR, Endpoints, Runtime
 from actors.stateclient import StateClient
 from actors.supervisor import ACTOR_MODULES, DEFAULT_ACTORS, AlreadyRunning, Supervisor, acquire_lock
 
@@ -36,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--routers", type=int, default=2, help="number of data routers (default 2, one per core here)")
     parser.add_argument("--only", default=None, help=f"comma-separated actors to run (default: {','.join(DEFAULT_ACTORS)})")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--bus", default=None, metavar="tcp://HOST:PORT",
+                        help="serve the bus on six tcp ports from PORT on HOST (an address of this machine) so other boards can --join; "
+                             "CurveZMQ keys are required off loopback")
+    parser.add_argument("--join", default=None, metavar="tcp://HOST:PORT",
+                        help="run a satellite: only the --only actors (default: router), connected to the main instance's --bus")
+    parser.add_argument("--satellite-name", default=socket.gethostname(), help="suffix that keeps a satellite's actor names unique (default: host name)")
     sub = parser.add_subparsers(dest="command")
     status = sub.add_parser("status", help="show whether the instance is alive, and its processes")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -61,11 +72,36 @@ def setup_supervisor_logging(runtime: Runtime) -> None:
         root.addHandler(console)
 
 
+def parse_bus_address(address: str) -> tuple[str, int]:
+    """tcp://HOST:PORT -> (HOST, PORT); raises ValueError with a readable message."""
+    parts = urlsplit(address)
+    if parts.scheme != "tcp" or not parts.hostname or not parts.port:
+        raise ValueError(f"bus address must look like tcp://HOST:PORT, got {address!r}")
+    return parts.hostname, parts.port
+
+
+def runtime_for(args: argparse.Namespace, console_log: bool = True) -> Runtime:
+    """The runtime of this invocation: local ipc bus, or tcp for --bus / --join."""
+    local = Runtime.for_config_dir(args.config_dir, log_level=args.log_level, console_log=console_log)
+    address = args.bus or args.join
+    if not address:
+        return local
+    host, port = parse_bus_address(address)
+    endpoints = Endpoints.tcp(host, port, local.endpoints.keys_dir)
+    if args.join:
+        endpoints = dataclasses.replace(endpoints, control=local.endpoints.control)  # a satellite's own control stays local
+    return dataclasses.replace(local, endpoints=endpoints)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run an instance in the foreground until Ctrl+C, SIGTERM or `launch.py stop`."""
-    attach_ui = not args.headless and sys.stdin.isatty() and sys.stdout.isatty()
-    runtime = Runtime.for_config_dir(args.config_dir, log_level=args.log_level, console_log=not attach_ui)
-    actors = args.only.split(",") if args.only else list(DEFAULT_ACTORS)
+    attach_ui = not args.headless and not args.join and sys.stdin.isatty() and sys.stdout.isatty()
+    try:
+        runtime = runtime_for(args, console_log=not attach_ui)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    actors = args.only.split(",") if args.only else (["router"] if args.join else list(DEFAULT_ACTORS))
     unknown = [a for a in actors if a not in ACTOR_MODULES]
     if unknown:
         print(f"unknown actor(s): {', '.join(unknown)}; known: {', '.join(ACTOR_MODULES)}", file=sys.stderr)
@@ -77,8 +113,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{exc}. Use 'python launch.py --config-dir {args.config_dir} status' or 'stop'.", file=sys.stderr)
         return 2
     setup_supervisor_logging(runtime)
+    if args.bus and needs_curve(runtime.endpoints.events_in):
+        ensure_keys(Path(runtime.endpoints.keys_dir))
     try:
-        return Supervisor(runtime, actors, routers=args.routers, attach_ui=attach_ui).run()
+        suffix = f"@{args.satellite_name}" if args.join else ""
+        return Supervisor(runtime, actors, routers=args.routers, attach_ui=attach_ui, name_suffix=suffix).run()
     finally:
         lock.close()
 
@@ -86,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
 def control_request(runtime: Runtime, op: Op, **request_args: Any) -> Any:
     """Ask the running supervisor; raises Unavailable when nobody answers."""
     context = zmq.Context()
-    client = StateClient(context, runtime.endpoints.control)
+    client = StateClient(context, runtime.endpoints.control, runtime.endpoints.keys_dir)
     try:
         return client.request(op, timeout=CONTROL_TIMEOUT_S, **request_args)
     finally:
@@ -106,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command is None:
         return run(args)
-    runtime = Runtime.for_config_dir(args.config_dir)
+    runtime = runtime_for(args)
     try:
         if args.command == "status":
             status = control_request(runtime, Op.CONTROL_STATUS)

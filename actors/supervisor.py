@@ -99,7 +99,7 @@ def acquire_lock(config_dir: Path) -> IO[str]:
 class Supervisor:
     """Owns the child processes of one instance."""
 
-    def __init__(self, runtime: Runtime, actors: list[str], routers: int = 1, attach_ui: bool = False) -> None:
+    def __init__(self, runtime: Runtime, actors: list[str], routers: int = 1, attach_ui: bool = False, name_suffix: str = "") -> None:
         self.runtime = runtime
         self.children: list[Child] = []
         self.stopping = False
@@ -107,12 +107,13 @@ class Supervisor:
         self.ready_after_s: float | None = None
         self.last_bus_heartbeat = 0.0
         self.attach_ui = attach_ui
+        self.name_suffix = name_suffix  # satellites: keeps names unique on the shared bus
         for kind in actors:
             if kind == "router":
                 for index in range(1, routers + 1):
-                    self.children.append(Child(name=f"router-{index}", kind="router"))
+                    self.children.append(Child(name=f"router-{index}{name_suffix}", kind="router"))
             else:
-                self.children.append(Child(name=kind, kind=kind))
+                self.children.append(Child(name=f"{kind}{name_suffix}", kind=kind))
         if attach_ui:
             self.children.append(Child(name="ui", kind="ui", attached=True))
 
@@ -201,7 +202,7 @@ class Supervisor:
             raise BadArguments(f"routers must be between 1 and {MAX_ROUTERS}")
         routers = [c for c in self.children if c.kind == "router"]
         for index in range(len(routers) + 1, count + 1):
-            child = Child(name=f"router-{index}", kind="router")
+            child = Child(name=f"router-{index}{self.name_suffix}", kind="router")
             self.children.append(child)
             self._spawn(child)
         for child in routers[count:]:
