@@ -32,6 +32,7 @@ class MessageType(str, Enum):
     DATA = "data"
     DATA_ACK = "data_ack"
     STATS = "stats"
+    TAP = "tap"
 
 
 class Topic(bytes, Enum):
@@ -41,6 +42,17 @@ class Topic(bytes, Enum):
     ACTIVITY = b"activity"
     HEARTBEAT = b"heartbeat"
     STATS = b"stats"
+    TAP = b"tap\x00"  # prefix of every tap topic; see tap_topic()
+
+
+TAP_ROUTE = "route"
+TAP_PERIPHERAL = "peripheral"
+
+
+def tap_topic(kind: str, name: str) -> bytes:
+    """The topic a router publishes a route's (kind "route", by name) or a source peripheral's
+    (kind "peripheral", by uuid) live payloads on; NUL-terminated so "r1" never matches "r10"."""
+    return Topic.TAP.value + kind.encode() + b"\x00" + name.encode() + b"\x00"
 
 
 class Op(str, Enum):
@@ -56,6 +68,7 @@ class Op(str, Enum):
     ADD_ROUTE = "add_route"
     EDIT_ROUTE = "edit_route"
     REMOVE_ROUTE = "remove_route"
+    SET_ROUTE_RULE = "set_route_rule"
     ROUTE_USAGE = "route_usage"
     SET_CONFIG = "set_config"
     RESET = "reset"
@@ -164,7 +177,20 @@ class Stats(Message):
     counters: dict = field(default_factory=dict)
 
 
-MESSAGE_CLASSES: tuple[type[Message], ...] = (Request, Reply, StateUpdate, Heartbeat, Activity, DataBatch, DataAck, Stats)
+@dataclass
+class Tap(Message):
+    """Live payloads for a watcher (/tap): published by a router only while someone subscribes to the tap topic."""
+
+    TYPE: ClassVar[MessageType] = MessageType.TAP
+    kind: str  # TAP_ROUTE or TAP_PERIPHERAL
+    name: str  # route name, or the source peripheral's uuid
+    source: str
+    seq: int
+    payloads: list
+    ts: float = 0.0
+
+
+MESSAGE_CLASSES: tuple[type[Message], ...] = (Request, Reply, StateUpdate, Heartbeat, Activity, DataBatch, DataAck, Stats, Tap)
 
 _PY_TYPES: dict[Any, tuple[type, ...]] = {
     str: (str,), int: (int,), float: (int, float), bool: (bool,), bytes: (bytes,),

@@ -60,6 +60,7 @@ class StateKeeper:
             Op.ADD_ROUTE.value: self.tables.add_route,
             Op.EDIT_ROUTE.value: self.tables.edit_route,
             Op.REMOVE_ROUTE.value: self.tables.remove_route,
+            Op.SET_ROUTE_RULE.value: self.tables.set_route_rule,
             Op.ROUTE_USAGE.value: self.tables.route_usage,
             Op.SET_CONFIG.value: self.tables.set_config,
             Op.RESET.value: self._reset,
@@ -189,6 +190,9 @@ def describe(request: Request, result: Any) -> str:
         return f"route {args.get('name')} removed"
     if request.op == Op.EDIT_ROUTE.value:
         return f"route {result['name']} edited"
+    if request.op == Op.SET_ROUTE_RULE.value:
+        rules = ", ".join(f"{k} {result[k]!r}" for k in ("filter", "transform") if result.get(k)) or "none"
+        return f"route {result['name']} rules: {rules}"
     if request.op == Op.LOST.value:
         return f"{result['name']} is offline"
     if request.op == Op.REMOVE_PERIPHERAL.value:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from .errors import BadArguments, DuplicateRoute, UnknownPeripheral, UnknownRoute
 from .protocol import UpdateKind
+from .rules import RULE_KEYS, RuleError, check_rule
 from .settings import ConfigError, default_config, parse_ports, validate_config
 
 UUID_PATTERN = re.compile(r"^[0-9a-fA-F-]{36}$")
@@ -264,6 +265,23 @@ class Tables:
         if route is None:
             raise UnknownRoute(f"no route named {name!r}")
         return route, [(UpdateKind.ROUTE.value, name, None)]
+
+    def set_route_rule(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        """Set a route's filter or transform (validated now, never at delivery), or clear both (key "clear")."""
+        name, key = _need(args, "name"), _need(args, "key")
+        route = self.routes.get(name)
+        if route is None:
+            raise UnknownRoute(f"no route named {name!r}")
+        if key == "clear":
+            for rule_key in RULE_KEYS:
+                route.pop(rule_key, None)
+        else:
+            try:
+                check_rule(key, args.get("rule"))
+            except RuleError as exc:
+                raise BadArguments(str(exc)) from None
+            route[key] = args["rule"]
+        return route, [self._route_change(route)]
 
     def route_usage(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
         """Counters from a router: {route: {messages, bytes, dropped, last_used, rate}}, added up here."""

@@ -119,3 +119,16 @@ def test_documents_keep_every_documented_key(tables):
     assert {"known_ports", "scan_interval", "command_port", "data_port_range", "peripherals", "script_uuid"} <= set(config)
     assert {"name", "uuid", "config", "port", "last_seen", "data_port"} <= set(config["peripherals"][0])
     assert {"name", "incoming", "outgoing", "incoming_port", "outgoing_port", "last_used"} <= set(tables.routes_document()[0])
+
+
+def test_route_rules_are_validated_when_set_and_stored_as_extra_keys(tables):
+    register(tables, "ASR", U1)
+    register(tables, "LLM", U2)
+    tables.add_route({"name": "r1", "incoming": "ASR", "outgoing": "LLM"})
+    with pytest.raises(BadArguments):
+        tables.set_route_rule({"name": "r1", "key": "filter", "rule": "re:("})
+    tables.set_route_rule({"name": "r1", "key": "filter", "rule": "re:^FINAL"})
+    document = tables.routes_document()[0]
+    assert document["filter"] == "re:^FINAL" and document["incoming"] == U1
+    tables.set_route_rule({"name": "r1", "key": "clear"})
+    assert "filter" not in tables.routes["r1"]
