@@ -1,0 +1,566 @@
+"""A data router: takes DataBatches from the gateway, fans each payload out to every route of its source.
+
+Data plane (DESIGN.md, "the data plane is short"): a DEALER with identity ``name`` connected
+to the gateway's ROUTER on ``endpoints.data``; heartbeats on it each HEARTBEAT_INTERVAL_S so
+the gateway counts us live; ``[encoded DataBatch]`` in, ``[encoded DataAck]`` out once every
+payload of the batch (and of every earlier batch of that source) was delivered to or dropped
+for every sink of every matching route. Delivery itself is in ``sinks.py``: a bounded queue and
+a worker thread per sink.
+
+Bookkeeping stays off the payload path: usage counters go to the state keeper at most once per
+USAGE_FLUSH_INTERVAL_S; no file, log line or round trip per payload.
+
+Taps (introspection): an XPUB connected to the bus learns which ``tap_topic(...)`` someone
+subscribed to; only those routes/sources are published, as ``Tap`` messages, dropped when
+the bus is full, so a watcher never slows routing.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
+from .errors import OrchestratorError
+from .protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Heartbeat, Op, ProtocolError, StateUpdate, Tap, Topic,
+                       decode_as, encode, tap_topic)
+from .replica import StateReplica
+from .rules import RouteRules, RuleError
+from .runner import StopFlag, run_actor
+from .security import secure_client
+from .settings import HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, USAGE_FLUSH_INTERVAL_S, Runtime
+from .sinks import (MODE_MESSAGE, MODE_STREAM, SINK_QUEUE_MAX_BYTES, SINK_QUEUE_MAX_MESSAGES, Chunk, SinkAddress, SinkQueue,
+                    SinkWorker, framed_size)
+from .stateclient import AsyncStateClient
+
+log = logging.getLogger(__name__)
+
+# Optional orch.cf keys that override the per-sink queue bounds.
+QUEUE_MESSAGES_KEY = "router_queue_messages"
+QUEUE_BYTES_KEY = "router_queue_bytes"
+TICK_S = POLL_INTERVAL_MS / 1000 / 2
+DATA_HWM = 10_000
+# Batches handled before the data reader lets the rest of the loop run.
+READER_YIELD_EVERY = 64
+SINK_JOIN_S = 1.0
+FINAL_FLUSH_TIMEOUT_S = 1.0
+TAP_HWM = 1_000
+
+
+@dataclass(eq=False)
+class BatchTracker:
+    """One batch waiting for its chunks (one per matching route) to be delivered or dropped."""
+
+    source: str
+    last_seq: int
+    pending: int
+    done: bool = False
+
+
+class AckBook:
+    """Per-source FIFO of batches: an ack covers a batch only when it and every earlier one are done."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, collections.deque[BatchTracker]] = {}
+
+    def add(self, tracker: BatchTracker) -> int | None:
+        """Track a new batch; returns a seq to ack at once if nothing was pending (no routes)."""
+        queue = self.waiting.setdefault(tracker.source, collections.deque())
+        queue.append(tracker)
+        return self.chunk_done(tracker) if tracker.pending <= 0 else None
+
+    def chunk_done(self, tracker: BatchTracker) -> int | None:
+        """One chunk of tracker finished; returns the highest seq now acknowledgeable for its source, if any."""
+        tracker.pending -= 1
+        if tracker.pending > 0:
+            return None
+        tracker.done = True
+        queue = self.waiting.get(tracker.source)
+        last = None
+        while queue and queue[0].done:
+            last = queue.popleft().last_seq
+        if queue is not None and not queue:
+            del self.waiting[tracker.source]
+        return last
+
+    def outstanding(self) -> int:
+        return sum(len(q) for q in self.waiting.values())
+
+
+@dataclass
+class RouteUsage:
+    """Counters of one route since the last flush to the state keeper."""
+
+    messages: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    filtered: int = 0
+    last_used: float | None = None
+    reported_rate: float = 0.0
+
+    def pending(self) -> bool:
+        return bool(self.messages or self.dropped or self.filtered)
+
+
+@dataclass
+class Sink:
+    """A sink peripheral as the router sees it: its queue, worker and drop-episode state."""
+
+    uuid: str
+    label: str
+    queue: SinkQueue
+    worker: SinkWorker
+    dropping: int = 0  # payloads dropped in the current episode (0: not dropping)
+
+
+@dataclass
+class Counters:
+    delivered: int = 0
+    dropped: int = 0
+    batches: int = 0
+    malformed: int = 0
+    filtered: int = 0
+    acks: int = 0
+    taps: int = 0
+    usage_sent: int = 0
+
+
+class Router:
+    """One data router (router-1 .. router-N): replica, data DEALER, sinks, usage, taps."""
+
+    def __init__(self, runtime: Runtime, context: zmq.Context, stop: StopFlag, name: str = "router") -> None:
+        self.runtime = runtime
+        self.context = context
+        self.stop = stop
+        self.name = name
+        self.replica = StateReplica()
+        self.counters = Counters()
+        self.acks = AckBook()
+        self.sinks: dict[str, Sink] = {}
+        self.fanout: dict[str, list[tuple[str, str, RouteRules | None]]] = {}
+        self.compiled_rules: dict[tuple[str, str], RouteRules | None] = {}
+        self.fanout_dirty = True
+        self.usage: dict[str, RouteUsage] = {}
+        self.ack_due: dict[str, int] = {}
+        self.ack_ready = asyncio.Event()
+        self.tap_subscriptions: set[bytes] = set()
+        self.tapped_routes: set[str] = set()
+        self.tapped_sources: set[str] = set()
+        self.snapshot_task: asyncio.Task | None = None
+        self.usage_task: asyncio.Task | None = None
+        self.dealer: zmq.asyncio.Socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.started_at = time.time()
+        self.host = socket.gethostname()
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.ack_ready = asyncio.Event()
+        endpoints = self.runtime.endpoints
+        self.actx = zmq.asyncio.Context.shadow(self.context.underlying)
+        self.pub = connect_publisher(self.context, endpoints)
+        logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
+        self.heart = Heartbeater(self.name, self.pub)
+        self.tap = self._connect_tap()
+        self.sub = connect_subscriber(self.actx, endpoints, [Topic.STATE, Topic.HEARTBEAT])
+        self.client = AsyncStateClient(self.actx, endpoints.state_front, endpoints.keys_dir)
+        tasks = [asyncio.create_task(self._read_events())]
+        log.info("%s started (pid %d), data endpoint %s", self.name, os.getpid(), endpoints.data)
+        try:
+            await self._housekeeping(tasks)
+        finally:
+            await self._shutdown(tasks)
+
+    def _connect_tap(self) -> zmq.Socket:
+        """An XPUB on the bus: subscriptions to tap topics arrive here, so we publish only what is watched."""
+        sock = self.context.socket(zmq.XPUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, TAP_HWM)
+        secure_client(sock, self.runtime.endpoints.events_in, self.runtime.endpoints.keys_dir)
+        sock.connect(self.runtime.endpoints.events_in)
+        return sock
+
+    def _connect_data(self) -> zmq.asyncio.Socket:
+        sock = self.actx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.name.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, DATA_HWM)
+        sock.setsockopt(zmq.SNDHWM, DATA_HWM)
+        secure_client(sock, self.runtime.endpoints.data, self.runtime.endpoints.keys_dir)
+        sock.connect(self.runtime.endpoints.data)
+        log.info("%s connected to the gateway's data endpoint %s", self.name, self.runtime.endpoints.data)
+        return sock
+
+    async def _housekeeping(self, tasks: list[asyncio.Task]) -> None:
+        """The timed work: stop flag, resync, data socket start, heartbeats, usage flush, taps."""
+        next_data_beat = 0.0
+        next_usage = time.monotonic() + USAGE_FLUSH_INTERVAL_S
+        while not self.stop.should_stop():
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # a reader died: let the supervisor restart us
+            self._maybe_resync()
+            if self.dealer is None and self.replica.ready:
+                self.dealer = self._connect_data()
+                tasks += [asyncio.create_task(self._read_data()), asyncio.create_task(self._send_acks())]
+            now = time.monotonic()
+            if self.dealer is not None and now >= next_data_beat:
+                next_data_beat = now + HEARTBEAT_INTERVAL_S
+                await self.dealer.send(encode(self._heartbeat()))
+            if now >= next_usage:
+                next_usage = now + USAGE_FLUSH_INTERVAL_S
+                self._flush_usage()
+                self._reap_idle_sinks()
+            self._read_tap_subscriptions()
+            self.heart.maybe_beat(self.stats())
+            await asyncio.sleep(TICK_S)
+
+    async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for sink in self.sinks.values():
+            sink.worker.stop()
+        for sink in self.sinks.values():
+            sink.worker.stop(SINK_JOIN_S)
+        await self._final_usage_flush()
+        self.client.close()
+        for sock in (self.dealer, self.sub, self.tap):
+            if sock is not None:
+                sock.close(linger=0)
+        log.info("%s stopped: %d delivered, %d dropped", self.name, self.counters.delivered, self.counters.dropped)
+        self.pub.close()
+
+    def stats(self) -> dict[str, Any]:
+        """What /status and the UI show for this router."""
+        c = self.counters
+        return {"delivered": c.delivered, "dropped": c.dropped, "filtered": c.filtered, "queued": sum(s.queue.messages for s in self.sinks.values()),
+                "sinks": len(self.sinks), "batches": c.batches, "unacked": self.acks.outstanding(), "acks": c.acks,
+                "malformed": c.malformed, "routes": len(self.replica.routes), "taps": len(self.tap_subscriptions),
+                "resyncs": self.replica.resyncs, "ready": self.replica.ready}
+
+    def _heartbeat(self) -> Heartbeat:
+        return Heartbeat(actor=self.name, pid=os.getpid(), host=self.host, started_at=self.started_at, stats=self.stats())
+
+    # ---- state replica ---------------------------------------------------------------
+    async def _read_events(self) -> None:
+        while True:
+            frames = await self.sub.recv_multipart()
+            try:
+                topic, message = parse_event(frames)
+            except ProtocolError:
+                self.counters.malformed += 1
+                continue
+            if topic == Topic.STATE.value and isinstance(message, StateUpdate):
+                if self.replica.apply(message):
+                    self._tables_changed()
+            elif topic == Topic.HEARTBEAT.value and isinstance(message, Heartbeat) and message.actor == "state":
+                epoch, seq = message.stats.get("epoch"), message.stats.get("seq")
+                if isinstance(epoch, str) and isinstance(seq, int):
+                    self.replica.check_heartbeat(epoch, seq)
+            self._maybe_resync()
+
+    def _maybe_resync(self) -> None:
+        if self.replica.needs_snapshot and (self.snapshot_task is None or self.snapshot_task.done()):
+            self.snapshot_task = asyncio.create_task(self._load_snapshot())
+
+    async def _load_snapshot(self) -> None:
+        try:
+            snapshot = await self.client.request(Op.SNAPSHOT)
+        except OrchestratorError as exc:
+            log.warning("%s: no snapshot from the state keeper yet (%s); retrying", self.name, exc)
+            return
+        first = self.replica.epoch is None
+        self.replica.load_snapshot(snapshot)
+        self._tables_changed()
+        if first:
+            log.info("%s has the routing table: %d routes, %d peripherals", self.name, len(self.replica.routes), len(self.replica.peripherals))
+
+    def _tables_changed(self) -> None:
+        """Routes or peripherals changed: rebuild the fan-out index lazily, refresh sink addresses and bounds now."""
+        self.fanout_dirty = True
+        for sink in self.sinks.values():
+            sink.worker.address = self._address_of(sink.uuid)
+            sink.queue.max_messages, sink.queue.max_bytes = self._queue_bounds()
+        self._update_taps()
+
+    def _routes_for(self, source: str) -> list[tuple[str, str, RouteRules | None]]:
+        """(route, sink uuid, rules or None) for every route leaving source; rebuilt after a table change."""
+        if self.fanout_dirty:
+            fanout: dict[str, list[tuple[str, str, RouteRules | None]]] = {}
+            for route in self.replica.routes.values():
+                fanout.setdefault(route["incoming"], []).append((route["name"], route["outgoing"], self._rules_of(route)))
+            self.fanout = fanout
+            self.fanout_dirty = False
+        return self.fanout.get(source, [])
+
+    def _rules_of(self, route: dict[str, Any]) -> RouteRules | None:
+        """Compiled once per rule text; a rule that does not compile (hand-edited file) delivers nothing, logged once."""
+        key = (route.get("filter") or "", route.get("transform") or "")
+        if key not in self.compiled_rules:
+            try:
+                rules = RouteRules.of(route)
+                self.compiled_rules[key] = None if rules.plain else rules
+            except RuleError as exc:
+                log.error("route %s has a rule that does not compile (%s): it delivers nothing until fixed", route["name"], exc)
+                self.compiled_rules[key] = RouteRules(keep=lambda _payload: False)
+        return self.compiled_rules[key]
+
+    def _address_of(self, uuid: str) -> SinkAddress | None:
+        peripheral = self.replica.peripherals.get(uuid)
+        if peripheral is None or not isinstance(peripheral.get("port"), int):
+            return None
+        mode = MODE_STREAM if peripheral.get("delivery") == MODE_STREAM else MODE_MESSAGE
+        return SinkAddress(host=peripheral.get("host") or "localhost", port=peripheral["port"], mode=mode)
+
+    def _queue_bounds(self) -> tuple[int, int]:
+        config = self.replica.config
+        messages = config.get(QUEUE_MESSAGES_KEY, SINK_QUEUE_MAX_MESSAGES)
+        nbytes = config.get(QUEUE_BYTES_KEY, SINK_QUEUE_MAX_BYTES)
+        valid = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (messages, nbytes))
+        return (messages, nbytes) if valid else (SINK_QUEUE_MAX_MESSAGES, SINK_QUEUE_MAX_BYTES)
+
+    # ---- data path -------------------------------------------------------------------
+    async def _read_data(self) -> None:
+        assert self.dealer is not None
+        handled = 0
+        while True:
+            frames = await self.dealer.recv_multipart()
+            try:
+                batch = decode_as(frames[-1], DataBatch)
+            except ProtocolError:
+                self.counters.malformed += 1
+                continue
+            self.handle_batch(batch)
+            handled += 1
+            if handled % READER_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+
+    def handle_batch(self, batch: DataBatch) -> None:
+        """Fan one batch out to the queue of every route's sink; ack at once when it has no route."""
+        self.counters.batches += 1
+        payloads = batch.payloads
+        routes = self._routes_for(batch.source)
+        taps = bool(self.tapped_routes or self.tapped_sources)
+        if taps and batch.source in self.tapped_sources:
+            self._publish_tap(TAP_PERIPHERAL, batch.source, batch, payloads)
+        tracker = BatchTracker(batch.source, batch.seq + len(payloads) - 1, pending=len(routes) if payloads else 0)
+        ack = self.acks.add(tracker)
+        if ack is not None:
+            self._ack(batch.source, ack)
+            return
+        nbytes = framed_size(payloads)
+        for route, sink_uuid, rules in routes:
+            chunk = Chunk(route, payloads, nbytes, tracker) if rules is None else self._ruled_chunk(route, rules, batch, tracker)
+            if taps and route in self.tapped_routes:
+                self._publish_tap(TAP_ROUTE, route, batch, chunk.payloads)
+            if not chunk.payloads:
+                self._chunk_done(chunk)
+                continue
+            sink = self.sinks.get(sink_uuid) or self._new_sink(sink_uuid)
+            if sink.queue.offer(chunk):
+                self._dropped_at_enqueue(sink, chunk)
+
+    def _ruled_chunk(self, route: str, rules: RouteRules, batch: DataBatch, tracker: BatchTracker) -> Chunk:
+        """Apply a route's filter/transform; what a filter holds back is counted, not delivered."""
+        kept = []
+        for payload in batch.payloads:
+            result, _why = rules.apply(payload, batch.source)
+            if result is not None:
+                kept.append(result)
+        filtered = len(batch.payloads) - len(kept)
+        if filtered:
+            self._usage(route).filtered += filtered
+            self.counters.filtered += filtered
+        return Chunk(route, kept, framed_size(kept), tracker)
+
+    def _dropped_at_enqueue(self, sink: Sink, chunk: Chunk) -> None:
+        """Count a tail drop; log once per drop episode; finish the chunk if nothing of it was queued."""
+        self._usage(chunk.route).dropped += chunk.dropped
+        self.counters.dropped += chunk.dropped
+        if not sink.dropping:
+            log.warning("sink %s is not keeping up (%s); dropping messages beyond its queue bound of %d messages / %d bytes",
+                        sink.label, sink.worker.down_reason or "slow", sink.queue.max_messages, sink.queue.max_bytes)
+        sink.dropping += chunk.dropped
+        if not chunk.payloads:
+            self._chunk_done(chunk)
+
+    def _new_sink(self, uuid: str) -> Sink:
+        peripheral = self.replica.peripherals.get(uuid, {})
+        label = f"{peripheral.get('name', uuid[:8])}:{peripheral.get('port')}"
+        queue = SinkQueue(*self._queue_bounds())
+        worker = SinkWorker(uuid, self._address_of(uuid), queue, self._report_from_thread)
+        sink = Sink(uuid=uuid, label=label, queue=queue, worker=worker)
+        self.sinks[uuid] = sink
+        worker.start()
+        return sink
+
+    def _reap_idle_sinks(self) -> None:
+        """Stop the worker of a sink no route leads to any more, once its queue is empty."""
+        wanted = {route["outgoing"] for route in self.replica.routes.values()}
+        for uuid in [u for u, s in self.sinks.items() if u not in wanted and s.queue.messages == 0]:
+            self.sinks.pop(uuid).worker.stop()
+
+    def _report_from_thread(self, worker: SinkWorker, chunks: list[Chunk], event: str | None) -> None:
+        """Called in a sink thread: hand the report to the event loop (the only thread that counts and logs)."""
+        assert self.loop is not None
+        try:
+            self.loop.call_soon_threadsafe(self._on_report, worker, chunks, event)
+        except RuntimeError:
+            pass  # the loop is closed: we are shutting down
+
+    def _on_report(self, worker: SinkWorker, chunks: list[Chunk], event: str | None) -> None:
+        sink = self.sinks.get(worker.key)
+        label = sink.label if sink else worker.key
+        if event is not None:
+            if event == "up":
+                log.info("sink %s reachable again", label)
+            else:
+                log.warning("sink %s %s; retrying with backoff", label, event)
+        now = time.time()
+        for chunk in chunks:
+            usage = self._usage(chunk.route)
+            usage.messages += chunk.delivered
+            usage.bytes += chunk.delivered_bytes
+            if chunk.delivered:
+                usage.last_used = now
+            self.counters.delivered += chunk.delivered
+            self._chunk_done(chunk)
+        if sink is not None and sink.dropping and chunks and sink.queue.messages <= sink.queue.max_messages // 2:
+            log.info("sink %s caught up; %d messages were dropped meanwhile", label, sink.dropping)
+            sink.dropping = 0
+
+    def _chunk_done(self, chunk: Chunk) -> None:
+        tracker: BatchTracker = chunk.token
+        seq = self.acks.chunk_done(tracker)
+        if seq is not None:
+            self._ack(tracker.source, seq)
+
+    def _ack(self, source: str, seq: int) -> None:
+        """Coalesce: the ack sender sends the latest seq per source."""
+        self.ack_due[source] = seq
+        self.ack_ready.set()
+
+    async def _send_acks(self) -> None:
+        assert self.dealer is not None
+        while True:
+            await self.ack_ready.wait()
+            self.ack_ready.clear()
+            due, self.ack_due = self.ack_due, {}
+            for source, seq in due.items():
+                await self.dealer.send(encode(DataAck(source=source, seq=seq)))
+                self.counters.acks += 1
+
+    # ---- usage -----------------------------------------------------------------------
+    def _usage(self, route: str) -> RouteUsage:
+        usage = self.usage.get(route)
+        if usage is None:
+            usage = self.usage[route] = RouteUsage()
+        return usage
+
+    def _take_usage(self, interval_s: float) -> dict[str, dict[str, Any]]:
+        """The counters to report (and reset): routes with traffic, or whose reported rate must fall to 0."""
+        report: dict[str, dict[str, Any]] = {}
+        for route, usage in list(self.usage.items()):
+            if not usage.pending() and usage.reported_rate == 0:
+                del self.usage[route]
+                continue
+            rate = round(usage.messages / interval_s, 1)
+            entry: dict[str, Any] = {"messages": usage.messages, "bytes": usage.bytes, "dropped": usage.dropped,
+                                     "filtered": usage.filtered, "rate": rate}
+            if usage.last_used is not None:
+                entry["last_used"] = usage.last_used
+            report[route] = entry
+            usage.messages = usage.bytes = usage.dropped = usage.filtered = 0
+            usage.last_used = None
+            usage.reported_rate = rate
+        return report
+
+    def _flush_usage(self) -> None:
+        if self.usage_task is not None and not self.usage_task.done():
+            return  # the last report is still in flight; its counters keep accumulating here
+        report = self._take_usage(USAGE_FLUSH_INTERVAL_S)
+        if report:
+            self.usage_task = asyncio.create_task(self._send_usage(report))
+
+    async def _send_usage(self, report: dict[str, dict[str, Any]], timeout: float | None = None) -> None:
+        try:
+            await self.client.request(Op.ROUTE_USAGE, usage=report, **({"timeout": timeout} if timeout else {}))
+            self.counters.usage_sent += 1
+        except OrchestratorError as exc:
+            log.warning("%s: route usage not recorded (%s); will send it with the next report", self.name, exc)
+            for route, entry in report.items():
+                usage = self._usage(route)
+                usage.messages += entry["messages"]
+                usage.bytes += entry["bytes"]
+                usage.dropped += entry["dropped"]
+                usage.filtered += entry["filtered"]
+                usage.last_used = max(usage.last_used or 0, entry.get("last_used") or 0) or None
+
+    async def _final_usage_flush(self) -> None:
+        if self.usage_task is not None and not self.usage_task.done():
+            self.usage_task.cancel()
+        report = {route: entry for route, entry in self._take_usage(USAGE_FLUSH_INTERVAL_S).items() if entry["messages"] or entry["dropped"] or entry["filtered"]}
+        if report:
+            await self._send_usage(report, FINAL_FLUSH_TIMEOUT_S)
+
+    # ---- taps ------------------------------------------------------------------------
+    def _read_tap_subscriptions(self) -> None:
+        """XPUB tells us (un)subscriptions as [1|0]+topic; only tap topics count (a catch-all b"" does not)."""
+        changed = False
+        while True:
+            try:
+                frame = self.tap.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if not frame or not frame[1:].startswith(Topic.TAP.value):
+                continue
+            if frame[0] == 1:
+                self.tap_subscriptions.add(frame[1:])
+            else:
+                self.tap_subscriptions.discard(frame[1:])
+            changed = True
+        if changed:
+            self._update_taps()
+
+    def _update_taps(self) -> None:
+        """Which routes and sources are watched now (a subscription may be a prefix: all routes)."""
+        subs = self.tap_subscriptions
+        if not subs:
+            self.tapped_routes, self.tapped_sources = set(), set()
+            return
+        self.tapped_routes = {name for name in self.replica.routes if _watched(subs, tap_topic(TAP_ROUTE, name))}
+        self.tapped_sources = {uuid for uuid in self.replica.peripherals if _watched(subs, tap_topic(TAP_PERIPHERAL, uuid))}
+
+    def _publish_tap(self, kind: str, name: str, batch: DataBatch, payloads: list[bytes]) -> None:
+        """What a route delivers (after its rules) or what a source sent; dropped by the bus when the watcher is slow."""
+        message = Tap(kind=kind, name=name, source=batch.source, seq=batch.seq, payloads=payloads, ts=time.time())
+        try:
+            self.tap.send_multipart([tap_topic(kind, name), encode(message)], zmq.NOBLOCK)
+            self.counters.taps += 1
+        except zmq.Again:
+            pass  # the watcher is slow: its lines are dropped, routing goes on
+
+
+def _watched(subscriptions: set[bytes], topic: bytes) -> bool:
+    return any(topic.startswith(sub) for sub in subscriptions)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_actor("router", Router, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

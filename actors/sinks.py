@@ -1,0 +1,354 @@
+"""Delivery to one sink peripheral: a bounded FIFO and one worker thread per sink, in either mode.
+
+Why threads: a blocking loopback connect/write/close costs about 64 us of CPU per message,
+the same through asyncio about 150 us (a writer registration and a loop turn per connect).
+Socket calls release the GIL, so per-sink threads also spread the kernel's work over the
+cores. One thread per sink keeps one delivery in flight per sink (order), lets sinks proceed
+in parallel, and a slow or dead sink only ever blocks its own thread.
+
+Threads never touch zmq sockets or log lines: they hand finished chunks and up/down
+transitions to ``report`` (the router posts them onto its event loop), so all counting,
+acknowledging and logging happens in the router's one loop thread.
+
+Modes (PROTOCOL.md 1): ``message`` opens one connection per payload (connect, write
+``payload\\n``, close) as existing sinks expect; ``stream`` keeps one connection open and
+writes many newline-framed lines per write.
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import select
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+MODE_MESSAGE = "message"
+MODE_STREAM = "stream"
+
+SINK_QUEUE_MAX_MESSAGES = 10_000
+SINK_QUEUE_MAX_BYTES = 16 * 1024 * 1024
+CONNECT_TIMEOUT_S = 2.0
+# A blocked write in stream mode waits this long, then tries again on the same connection.
+SEND_TIMEOUT_S = 1.0
+BACKOFF_INITIAL_S = 0.05
+BACKOFF_MAX_S = 2.0
+STREAM_WRITE_MAX_BYTES = 256 * 1024
+# How often an idle worker looks at its stop flag.
+IDLE_WAIT_S = 0.25
+NEWLINE = b"\n"
+
+
+@dataclass(frozen=True)
+class SinkAddress:
+    """Where and how to deliver: the outgoing peripheral's host, port and delivery mode."""
+
+    host: str
+    port: int
+    mode: str = MODE_MESSAGE
+
+
+@dataclass(eq=False)
+class Chunk:
+    """The payloads of one batch for one route; done once each was delivered or dropped."""
+
+    route: str
+    payloads: list[bytes]
+    nbytes: int  # payload bytes plus one newline each
+    token: Any = None  # the router's batch tracker; opaque here
+    delivered: int = 0
+    delivered_bytes: int = 0
+    dropped: int = 0
+
+
+def framed_size(payloads: list[bytes]) -> int:
+    """Bytes on the wire for these payloads, one newline each."""
+    return sum(map(len, payloads)) + len(payloads)
+
+
+class Backoff:
+    """Exponential retry delay: initial, doubling, capped; reset by a success."""
+
+    def __init__(self, initial_s: float = BACKOFF_INITIAL_S, maximum_s: float = BACKOFF_MAX_S) -> None:
+        self.initial_s = initial_s
+        self.maximum_s = maximum_s
+        self.delay_s = 0.0
+
+    def failure(self) -> float:
+        """The delay to wait before the next attempt."""
+        self.delay_s = self.initial_s if self.delay_s == 0 else min(self.delay_s * 2, self.maximum_s)
+        return self.delay_s
+
+    def success(self) -> None:
+        self.delay_s = 0.0
+
+
+class SinkQueue:
+    """A FIFO of chunks bounded in messages and bytes, counting what is taken until it is released.
+
+    ``offer`` (router thread) keeps what fits and returns how many payloads it dropped (tail
+    drop: what is queued keeps its order, the newest beyond the bound go). ``take``/``release``
+    run in the worker thread.
+    """
+
+    def __init__(self, max_messages: int = SINK_QUEUE_MAX_MESSAGES, max_bytes: int = SINK_QUEUE_MAX_BYTES) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.chunks: collections.deque[Chunk] = collections.deque()
+        self.messages = 0
+        self.nbytes = 0
+        self.ready = threading.Condition(threading.Lock())
+
+    def offer(self, chunk: Chunk) -> int:
+        """Queue as much of chunk as the bounds allow; return the number of payloads dropped."""
+        with self.ready:
+            room_messages = self.max_messages - self.messages
+            room_bytes = self.max_bytes - self.nbytes
+            if len(chunk.payloads) > room_messages or chunk.nbytes > room_bytes:
+                keep = _fitting(chunk.payloads, room_messages, room_bytes)
+                chunk.dropped = len(chunk.payloads) - keep
+                chunk.payloads = chunk.payloads[:keep]
+                chunk.nbytes = framed_size(chunk.payloads)
+            if chunk.payloads:
+                self.chunks.append(chunk)
+                self.messages += len(chunk.payloads)
+                self.nbytes += chunk.nbytes
+                self.ready.notify()
+            return chunk.dropped
+
+    def take(self, max_bytes: int, timeout: float) -> list[Chunk]:
+        """Wait up to timeout for work; return the head chunk and, up to max_bytes, the ones after it."""
+        with self.ready:
+            if not self.chunks:
+                self.ready.wait(timeout)
+            taken: list[Chunk] = []
+            size = 0
+            while self.chunks and (not taken or size + self.chunks[0].nbytes <= max_bytes):
+                chunk = self.chunks.popleft()
+                size += chunk.nbytes
+                taken.append(chunk)
+            return taken
+
+    def release(self, chunks: list[Chunk]) -> None:
+        """Forget chunks that were delivered (or abandoned); frees their room in the bound."""
+        with self.ready:
+            for chunk in chunks:
+                self.messages -= len(chunk.payloads)
+                self.nbytes -= chunk.nbytes
+
+    def wake(self) -> None:
+        with self.ready:
+            self.ready.notify_all()
+
+
+def _fitting(payloads: list[bytes], room_messages: int, room_bytes: int) -> int:
+    """How many leading payloads fit in the room left."""
+    used = 0
+    for index, payload in enumerate(payloads[:max(room_messages, 0)]):
+        used += len(payload) + 1
+        if used > room_bytes:
+            return index
+    return max(min(len(payloads), room_messages), 0)
+
+
+class Connection(Protocol):
+    def sendall(self, data: bytes) -> None: ...
+    def send(self, data: bytes | memoryview) -> int: ...
+    def recv(self, size: int, flags: int = 0) -> bytes: ...
+    def settimeout(self, value: float | None) -> None: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class TcpConnector:
+    """Opens TCP connections to a sink, resolving its host once per address (IPv4 first, as the original did)."""
+
+    def __init__(self, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self._resolved: tuple[tuple[str, int], tuple[int, Any]] | None = None
+
+    def connect(self, address: SinkAddress) -> Connection:
+        family, sockaddr = self._resolve(address)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.connect_timeout_s)
+            sock.connect(sockaddr)
+            if sock.getsockname() == sockaddr:
+                # No listener, and the kernel picked the sink's own port as ours: TCP connected us to ourselves.
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused (self-connect)")
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _resolve(self, address: SinkAddress) -> tuple[int, Any]:
+        key = (address.host, address.port)
+        if self._resolved is None or self._resolved[0] != key:
+            infos = socket.getaddrinfo(address.host, address.port, 0, socket.SOCK_STREAM)
+            infos.sort(key=lambda info: info[0] != socket.AF_INET)
+            self._resolved = (key, (infos[0][0], infos[0][4]))
+        return self._resolved[1]
+
+    def forget(self) -> None:
+        """Resolve again next time (the host may have moved)."""
+        self._resolved = None
+
+
+Report = Callable[["SinkWorker", list[Chunk], str | None], None]
+
+
+class SinkWorker:
+    """The one thread that delivers a sink's queue, in order, retrying with backoff while the sink is down."""
+
+    def __init__(self, key: str, address: SinkAddress | None, queue: SinkQueue, report: Report,
+                 connector: Any = None, backoff: Backoff | None = None, send_timeout_s: float = SEND_TIMEOUT_S) -> None:
+        self.key = key
+        self.address = address  # replaced by the router thread when the peripheral changes
+        self.queue = queue
+        self.report = report
+        self.connector = connector or TcpConnector()
+        self.backoff = backoff or Backoff()
+        self.send_timeout_s = send_timeout_s
+        self.stopping = threading.Event()
+        self.down_reason: str | None = None
+        self.stream: Connection | None = None
+        self.stream_address: SinkAddress | None = None
+        self.connections = 0
+        self.thread = threading.Thread(target=self._run, name=f"sink-{key[:8]}", daemon=True)
+
+    def start(self) -> "SinkWorker":
+        self.thread.start()
+        return self
+
+    def stop(self, join_s: float = 0.0) -> None:
+        self.stopping.set()
+        self.queue.wake()
+        if join_s > 0 and self.thread.is_alive():
+            self.thread.join(join_s)
+
+    def _run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                chunks = self.queue.take(self._take_limit(), IDLE_WAIT_S)
+                if chunks:
+                    self._deliver(chunks)
+                    self.queue.release(chunks)
+                    if self.stopping.is_set() and any(c.delivered < len(c.payloads) for c in chunks):
+                        return  # unfinished at shutdown: never reported, so never acknowledged
+                    self.report(self, chunks, None)
+        finally:
+            self._close_stream()
+
+    def _take_limit(self) -> int:
+        address = self.address
+        return STREAM_WRITE_MAX_BYTES if address is not None and address.mode == MODE_STREAM else 0
+
+    def _deliver(self, chunks: list[Chunk]) -> None:
+        address = self.address
+        if address is not None and address.mode == MODE_STREAM:
+            self._deliver_stream(chunks)
+            return
+        self._close_stream()
+        for chunk in chunks:
+            self._deliver_messages(chunk)
+
+    # ---- per-message mode -------------------------------------------------------------
+    def _deliver_messages(self, chunk: Chunk) -> None:
+        """connect, write payload\\n, close: once per payload, resuming where a failure stopped."""
+        payloads = chunk.payloads
+        while chunk.delivered < len(payloads) and not self.stopping.is_set():
+            payload = payloads[chunk.delivered]
+            try:
+                self._send_one(payload)
+            except OSError as exc:
+                self._failed(exc)
+                continue
+            chunk.delivered += 1
+            chunk.delivered_bytes += len(payload)
+            self._succeeded()
+
+    def _send_one(self, payload: bytes) -> None:
+        address = self._current_address()
+        conn = self.connector.connect(address)
+        self.connections += 1
+        try:
+            conn.sendall(payload + NEWLINE)
+        finally:
+            conn.close()
+
+    # ---- stream mode ------------------------------------------------------------------
+    def _deliver_stream(self, chunks: list[Chunk]) -> None:
+        """One write for many lines on the persistent connection; reconnect and resend from a line start on failure."""
+        data = b"".join(NEWLINE.join(chunk.payloads) + NEWLINE for chunk in chunks)
+        view = memoryview(data)
+        offset = 0
+        while offset < len(data) and not self.stopping.is_set():
+            try:
+                conn = self._stream_connection()
+                offset += conn.send(view[offset:])
+            except TimeoutError:
+                continue  # a slow reader: keep waiting on the same connection
+            except OSError as exc:
+                self._close_stream()
+                offset = data.rfind(NEWLINE, 0, offset) + 1 if offset else 0
+                self._failed(exc)
+                continue
+            self._succeeded()
+        if offset >= len(data):
+            for chunk in chunks:
+                chunk.delivered = len(chunk.payloads)
+                chunk.delivered_bytes = chunk.nbytes - len(chunk.payloads)
+
+    def _stream_connection(self) -> Connection:
+        address = self._current_address()
+        if self.stream is not None and (self.stream_address != address or _peer_closed(self.stream)):
+            self._close_stream()
+        if self.stream is None:
+            self.stream = self.connector.connect(address)
+            self.stream.settimeout(self.send_timeout_s)
+            self.stream_address = address
+            self.connections += 1
+        return self.stream
+
+    def _close_stream(self) -> None:
+        if self.stream is not None:
+            try:
+                self.stream.close()
+            except OSError:
+                pass
+            self.stream = None
+
+    # ---- health -----------------------------------------------------------------------
+    def _current_address(self) -> SinkAddress:
+        address = self.address
+        if address is None or not address.port:
+            raise ConnectionError(errno.EDESTADDRREQ, "the sink has no known address")
+        return address
+
+    def _failed(self, exc: OSError) -> None:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        if self.down_reason is None:
+            self.down_reason = reason
+            self.report(self, [], f"down: {reason}")
+        forget = getattr(self.connector, "forget", None)
+        if forget is not None:
+            forget()
+        self.stopping.wait(self.backoff.failure())
+
+    def _succeeded(self) -> None:
+        if self.down_reason is not None:
+            self.down_reason = None
+            self.report(self, [], "up")
+        self.backoff.success()
+
+
+def _peer_closed(conn: Connection) -> bool:
+    """True when the sink closed its end (readable and EOF); whatever it sent us is read and ignored."""
+    try:
+        while select.select([conn], [], [], 0)[0]:
+            if not conn.recv(65536):
+                return True
+    except (OSError, ValueError):
+        return True
+    return False
