@@ -28,7 +28,7 @@ from actors.runner import LOG_BACKUPS, LOG_FORMAT, LOG_MAX_BYTES
 from actors.security import ensure_keys, needs_curve
 from actors.settings import DEFAULT_CONFIG_DIR, Endpoints, Runtime
 from actors.stateclient import StateClient
-from actors.supervisor import ACTOR_MODULES, DEFAULT_ACTORS, AlreadyRunning, Supervisor, acquire_lock
+from actors.supervisor import ACTOR_MODULES, DEFAULT_ACTORS, DEFAULT_ROUTERS, AlreadyRunning, Supervisor, acquire_lock
 
 CONTROL_TIMEOUT_S = 3.0
 EXIT_UNREACHABLE = 3
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR, help="folder of orch.cf, routes.cf, logs (default: config)")
     parser.add_argument("--headless", action="store_true", help="no terminal UI; logs to the console")
-    parser.add_argument("--routers", type=int, default=2, help="number of data routers (default 2, one per core here)")
+    parser.add_argument("--routers", type=int, default=DEFAULT_ROUTERS,
+                        help=f"number of data routers (default {DEFAULT_ROUTERS}: on 2 cores one router beat two, see README 'Performance')")
     parser.add_argument("--only", default=None, help=f"comma-separated actors to run (default: {','.join(DEFAULT_ACTORS)})")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--bus", default=None, metavar="tcp://HOST:PORT",

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import zmq
 
-from .bus import ActivityHandler, connect_publisher, connect_subscriber, parse_event
+from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .errors import BadArguments, ErrorCode, OrchestratorError, UnknownOp
 from .protocol import Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
 from .security import secure_server, start_authenticator
@@ -31,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ACTOR_MODULES = {"broker": "broker", "state": "actors.state", "gateway": "actors.gateway", "scanner": "actors.scanner", "router": "actors.router", "ui": "actors.ui"}
 DEFAULT_ACTORS = ("broker", "state", "gateway", "router", "scanner")
 MAX_ROUTERS = 16
+DEFAULT_ROUTERS = 1
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 5.0
@@ -275,6 +276,7 @@ class Supervisor:
         pub = connect_publisher(context, self.runtime.endpoints)
         activity = ActivityHandler("supervisor", pub)
         log.addHandler(activity)
+        heart = Heartbeater(f"supervisor{self.name_suffix}", pub)
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
         poller.register(events, zmq.POLLIN)
@@ -289,6 +291,8 @@ class Supervisor:
                 while events in ready and events.poll(0):
                     self._on_heartbeat(events.recv_multipart())
                 self._check_children()
+                heart.maybe_beat({"children": len(self.children), "failed": sum(c.failed for c in self.children),
+                                  "restarts": sum(c.restarts for c in self.children)})
         finally:
             log.info("stopping %d processes", sum(c.alive for c in self.children))
             self.stop_all()

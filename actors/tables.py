@@ -17,9 +17,12 @@ from .settings import ConfigError, default_config, parse_ports, validate_config
 UUID_PATTERN = re.compile(r"^[0-9a-fA-F-]{36}$")
 NAME_PATTERN = re.compile(r"^\S{1,128}$")
 DELIVERY_MODES = ("message", "stream")
-SETTABLE_CONFIG_KEYS = ("known_ports", "known_hosts", "scan_interval", "offline_after_sweeps", "command_port", "data_port_range", "bind_host")
+SETTABLE_CONFIG_KEYS = ("known_ports", "known_hosts", "scan_interval", "offline_after_sweeps", "command_port", "data_port_range", "bind_host",
+                        "router_queue_messages", "router_queue_bytes", "max_line_bytes")
 # The settings a reset keeps, so the instance stays reachable where it was just reached.
 KEPT_ON_RESET = ("command_port", "data_port_range", "bind_host", "known_ports", "known_hosts")
+
+ROUTE_COUNTERS = ("messages", "bytes", "dropped", "filtered")
 
 Change = tuple[str, str, Any]
 
@@ -83,7 +86,7 @@ class Tables:
         record = {"name": entry["name"], "incoming": entry["incoming"], "outgoing": entry["outgoing"],
                   "incoming_port": entry.get("incoming_port"), "outgoing_port": entry.get("outgoing_port"), "last_used": entry.get("last_used")}
         record.update({k: v for k, v in entry.items() if k not in record})
-        for counter in ("messages", "bytes", "dropped"):
+        for counter in ROUTE_COUNTERS:
             record.setdefault(counter, 0)
         record.setdefault("rate", 0.0)
         return record
@@ -291,7 +294,7 @@ class Tables:
             route = self.routes.get(name)
             if route is None or not isinstance(counts, dict):
                 continue
-            for counter in ("messages", "bytes", "dropped"):
+            for counter in ROUTE_COUNTERS:
                 value = counts.get(counter, 0)
                 if isinstance(value, int) and not isinstance(value, bool):
                     route[counter] += value

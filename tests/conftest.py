@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from actors.protocol import Op  # noqa: E402
-from actors.settings import Runtime  # noqa: E402
+from actors.settings import Runtime, parse_ports  # noqa: E402
 from actors.stateclient import StateClient  # noqa: E402
 
 READY_TIMEOUT_S = 20.0
@@ -185,14 +185,14 @@ def start_instance(tmp_path: Path, routers: int = 1, only: list[str] | None = No
     """Start `launch.py --headless` in tmp_path/config and wait until every child heartbeats."""
     config_dir = tmp_path / "config"
     written = write_test_config(config_dir, config)
+    parse_ports(written["data_port_range"])  # a bad override fails here, before any process starts
     args = [sys.executable, str(REPO_ROOT / "launch.py"), "--headless", "--config-dir", str(config_dir), "--routers", str(routers), *extra_args]
     if only:
         args += ["--only", ",".join(only)]
     log = open(tmp_path / "launch.out", "ab")
     process = subprocess.Popen(args, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
-    data_ports = [int(p) for p in written["data_port_range"].split("-")]
-    instance = Instance(config_dir=config_dir, command_port=written["command_port"], data_ports=list(range(data_ports[0], data_ports[1] + 1)),
+    instance = Instance(config_dir=config_dir, command_port=written["command_port"], data_ports=parse_ports(written["data_port_range"]),
                         process=process, runtime=Runtime.for_config_dir(config_dir))
     if wait:
         try:
