@@ -1,0 +1,236 @@
+"""One TCP client of the gateway, as an asyncio Protocol: lines in, replies out, in order.
+
+Data lines are handled at once inside ``data_received`` (no task, no await: the fast path for
+peripherals that open a connection per message). The first line that needs an answer (a
+command, a /config block) starts a worker task, and every later line of this connection waits
+behind it, so replies and data keep the client's order. On the client's EOF we finish every line
+it sent, then close. When we hang up ourselves (bad input, /exit, idle) we half-close and
+discard what still arrives for a moment, so a reset does not destroy our last line.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from .commands import BadLine, CommandLine, ConfigBlock, DataLine, Item, LineSession, Peer, Reply, error
+from .errors import ErrorCode
+
+log = logging.getLogger(__name__)
+
+LINGER_S = 1.0  # how long we keep reading (and discarding) after our last line
+LINGER_MAX_BYTES = 16 * 1024 * 1024
+QUEUE_PAUSE_LINES = 1000  # stop reading while this many lines wait behind a command
+QUEUE_RESUME_LINES = QUEUE_PAUSE_LINES // 2
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection limits (orch.cf keys max_line_bytes, idle_timeout, max_connections)."""
+
+    max_line_bytes: int
+    idle_timeout_s: float
+    max_connections: int
+
+
+class Host(Protocol):
+    """What a connection needs from the gateway."""
+
+    counters: dict[str, int]
+    connections: set["Connection"]
+    limits: Limits
+
+    def ingest(self, source: str, payloads: list[bytes]) -> None: ...
+
+    async def answer(self, item: CommandLine | ConfigBlock, peer: Peer) -> Reply: ...
+
+
+class TooLong:
+    """Queue marker: the next line was over the limit."""
+
+
+class Connection(asyncio.Protocol):
+    """A client on the command port (role "command") or a data port (role "data")."""
+
+    def __init__(self, host: Host, role: str) -> None:
+        self.host = host
+        self.role = role
+        self.limits = host.limits
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.queue: deque[bytes | Item | TooLong] = deque()
+        self.worker: asyncio.Task | None = None
+        self.eof = False
+        self.hung_up = False
+        self.discarded = 0
+        self.last_active = time.monotonic()
+        self.session = LineSession(data_port=(role == "data"), max_config_bytes=self.limits.max_line_bytes)
+        self.peer = Peer()
+
+    # ---- asyncio callbacks -----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream server's transport
+        self.host.counters["connections_total"] += 1
+        if len(self.host.connections) >= self.limits.max_connections:
+            self.host.counters["connections_refused"] += 1
+            self.hang_up(error(f"Error: too many connections (limit {self.limits.max_connections}); try again later",
+                               ErrorCode.UNAVAILABLE))
+            return
+        self.host.connections.add(self)
+        peername = transport.get_extra_info("peername") or ("", 0)
+        self.peer = Peer(str(peername[0]), int(peername[1]))
+
+    def data_received(self, data: bytes) -> None:
+        if self.hung_up:
+            self._discard(len(data))
+            return
+        self.last_active = time.monotonic()
+        self.host.counters["bytes_in"] += len(data)
+        lines = (self.buffer + data).split(b"\n") if self.buffer else data.split(b"\n")
+        self.buffer = lines.pop()
+        self.host.counters["lines_in"] += len(lines)
+        self._take(lines)
+        if len(self.buffer) > self.limits.max_line_bytes and not self.hung_up:
+            self.buffer = b""
+            self._push(TooLong())
+
+    def eof_received(self) -> bool:
+        """The client half-closed: answer what it sent, then close (True keeps our write side open)."""
+        self.eof = True
+        if self.buffer:
+            self.host.counters["partial_lines_dropped"] += 1
+            self.buffer = b""
+        if self.worker is None:
+            self._close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.host.connections.discard(self)
+        self.eof = True  # the worker (if any) finishes the lines already read: a /register still registers
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()  # the client does not read its replies: stop reading its lines
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # ---- lines -----------------------------------------------------------------------
+    def _take(self, lines: list[bytes]) -> None:
+        """The fast path: data lines go out as one batch per run of one source; anything else queues."""
+        source, batch = "", []
+        for index, line in enumerate(lines):
+            if self.queue or self.worker is not None:
+                self._ingest(source, batch)
+                for rest in lines[index:]:
+                    self._push(rest)
+                return
+            if len(line) > self.limits.max_line_bytes:
+                self._ingest(source, batch)
+                self._push(TooLong())
+                return
+            item = self.session.feed(line)
+            if isinstance(item, DataLine):
+                if item.source != source:
+                    self._ingest(source, batch)
+                    source, batch = item.source, []
+                batch.append(item.payload)
+            elif item is not None:
+                self._ingest(source, batch)
+                source, batch = "", []
+                self._push(item)
+            if self.hung_up:
+                return
+        self._ingest(source, batch)
+
+    def _ingest(self, source: str, batch: list[bytes]) -> None:
+        if batch:
+            self.host.ingest(source, batch)
+
+    def _push(self, entry: bytes | Item | TooLong) -> None:
+        """Queue an entry behind the worker (starting it), pausing reads when too much waits."""
+        self.queue.append(entry)
+        if len(self.queue) >= QUEUE_PAUSE_LINES and self.transport is not None:
+            self.transport.pause_reading()
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        """Handle queued entries in order, awaiting commands; then close if the client is done."""
+        try:
+            while self.queue and not self.hung_up:
+                await self._handle(self.queue.popleft())
+                if len(self.queue) == QUEUE_RESUME_LINES and self.transport is not None and not self.transport.is_closing():
+                    self.transport.resume_reading()
+        finally:
+            self.worker = None
+        if self.hung_up:
+            self.queue.clear()
+        elif self.eof:
+            self._close()
+
+    async def _handle(self, entry: bytes | Item | TooLong) -> None:
+        if isinstance(entry, TooLong):
+            self.host.counters["too_long"] += 1
+            self.hang_up(error(f"Error: line longer than {self.limits.max_line_bytes} bytes; closing connection"))
+            return
+        item = self.session.feed(entry) if isinstance(entry, bytes) else entry
+        if item is None:
+            return
+        if isinstance(item, DataLine):
+            self.host.ingest(item.source, [item.payload])
+            return
+        if isinstance(item, BadLine):
+            self.host.counters["bad_lines"] += 1
+            reply = item.reply
+        else:
+            reply = await self.host.answer(item, self.peer)
+        if reply.close:
+            self.hang_up(reply)
+        else:
+            self.write(reply.wire())
+
+    # ---- output and closing ----------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        """Write unless the client is gone (many send one line and close without reading)."""
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def hang_up(self, last: Reply) -> None:
+        """Send a last line, half-close, and discard what still arrives for LINGER_S."""
+        if self.hung_up or self.transport is None:
+            return
+        self.hung_up = True
+        self.write(last.wire())
+        if self.eof or self.transport.is_closing() or not self.transport.can_write_eof():
+            self._close()
+            return
+        try:
+            self.transport.write_eof()
+        except OSError:  # the client is already gone
+            self._close()
+            return
+        asyncio.get_running_loop().call_later(LINGER_S, self._close)
+
+    def _discard(self, count: int) -> None:
+        self.discarded += count
+        if self.discarded > LINGER_MAX_BYTES:
+            self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the client last sent something (0 while we are still working for it)."""
+        return 0.0 if self.worker is not None or self.hung_up else now - self.last_active
+
+    def abort(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,411 @@
+"""The command gateway: TCP listeners for the legacy text protocol, data ingress to the routers.
+
+One asyncio loop serves the command port and every data port (hundreds of clients, no thread
+per connection; each client is a ``connection.Connection`` protocol). Lines become commands (answered through ``commands.Registry``, changes go to
+the state keeper as requests) or data (sent straight to the routers as ``DataBatch`` over a
+ROUTER socket bound on ``runtime.endpoints.data``; see ``dataplane.py``). State is read from a
+replica fed by the bus. Bad input (over-long lines, invalid UTF-8, idle or excess connections)
+gets an error line and never disturbs other clients.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import zmq
+import zmq.asyncio
+
+from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
+from .commands import CommandLine, ConfigBlock, Peer, Reply, apply_config_block, build_registry, error, failure, format_time
+from .connection import Connection, Limits
+from .dataplane import DataPlane, RouterBusy, RouterGone
+from .errors import ErrorCode, OrchestratorError, Unavailable
+from .protocol import DataAck, Heartbeat, Op, ProtocolError, StateUpdate, Topic, decode
+from .replica import StateReplica
+from .runner import StopFlag, run_actor
+from .security import secure_server, start_authenticator
+from .settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime, parse_ports
+from .stateclient import AsyncStateClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BIND_HOST = "0.0.0.0"
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+DEFAULT_IDLE_TIMEOUT_S = 600.0
+DEFAULT_MAX_CONNECTIONS = 1000
+LISTEN_BACKLOG = 1024
+DATA_HWM = 100_000
+SETTLE_TIMEOUT_S = HEARTBEAT_INTERVAL_S
+SETTLE_POLL_S = 0.005
+TICK_S = POLL_INTERVAL_MS / 1000
+ACTIVITY_REPORT_INTERVAL_S = 5.0
+EXAMPLE_SOURCES_SHOWN = 3
+LISTENER_KEYS = ("command_port", "data_port_range", "bind_host")
+
+
+def limits_from_config(config: dict[str, Any]) -> Limits:
+    """Connection limits from orch.cf keys max_line_bytes, idle_timeout, max_connections (defaults when absent or invalid)."""
+    def positive(key: str, default: float) -> float:
+        value = config.get(key, default)
+        usable = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        return value if usable else default
+    return Limits(int(positive("max_line_bytes", DEFAULT_MAX_LINE_BYTES)), float(positive("idle_timeout", DEFAULT_IDLE_TIMEOUT_S)),
+                  int(positive("max_connections", DEFAULT_MAX_CONNECTIONS)))
+
+
+def wanted_listeners(config: dict[str, Any]) -> dict[int, str]:
+    """Port -> role ("command" or "data") for the config's command port and data port range."""
+    command_port = config.get("command_port")
+    wanted: dict[int, str] = {}
+    try:
+        wanted = {port: "data" for port in parse_ports(config.get("data_port_range", ""))}
+    except ConfigError as exc:
+        log.error("data_port_range unusable: %s", exc)
+    if isinstance(command_port, int):
+        wanted[command_port] = "command"
+    return wanted
+
+
+class Gateway:
+    """The command gateway actor; also the CommandContext its command handlers use."""
+
+    def __init__(self, runtime: Runtime, context: zmq.Context, stop: StopFlag, name: str = "gateway") -> None:
+        self.runtime = runtime
+        self.context = context
+        self.stop = stop
+        self.name = name
+        self.replica = StateReplica()
+        self.registry = build_registry()
+        self.plane = DataPlane(self._send_to_router)
+        self.servers: dict[int, tuple[str, asyncio.Server]] = {}
+        self.bound_host: str | None = None
+        self.failed_binds: dict[int, str] = {}
+        self.listener_config: tuple[Any, ...] | None = None
+        self.routed_sources: set[str] = set()
+        self.heartbeats: dict[str, Heartbeat] = {}
+        self.heard_at: dict[str, float] = {}
+        self.connections: set[Connection] = set()
+        self.limits = limits_from_config({})
+        self.outbox: dict[str, list[bytes]] = {}
+        self.resync: asyncio.Task | None = None
+        self.started_at = time.time()
+        self.counters = {"connections_total": 0, "connections_refused": 0, "lines_in": 0, "bytes_in": 0, "payloads_in": 0,
+                         "commands": 0, "unknown_source": 0, "no_route": 0, "bad_lines": 0, "too_long": 0, "idle_timeouts": 0,
+                         "partial_lines_dropped": 0, "malformed_messages": 0}
+        self.reported = {"unknown_source": 0, "no_route": 0}
+        self.recent_sources: dict[str, set[str]] = {"unknown_source": set(), "no_route": set()}
+        self.next_report = time.monotonic() + ACTIVITY_REPORT_INTERVAL_S
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self.actx = zmq.asyncio.Context()
+        self.pub = connect_publisher(self.context, self.runtime.endpoints)
+        logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
+        self.heart = Heartbeater(self.name, self.pub)
+        self.sub = connect_subscriber(self.actx, self.runtime.endpoints, (Topic.STATE, Topic.HEARTBEAT))
+        endpoints = self.runtime.endpoints
+        self.auth = start_authenticator(zmq.Context.shadow(self.actx.underlying), [endpoints.data], endpoints.keys_dir)
+        self.data = self._bind_data_socket()
+        self.state = AsyncStateClient(self.actx, endpoints.state_front, endpoints.keys_dir)
+        tasks = [asyncio.create_task(coro) for coro in (self._read_bus(), self._read_data())]
+        log.info("gateway %s started (pid %d)", self.name, os.getpid())
+        try:
+            await self._startup()
+            while not self.stop.should_stop():
+                await asyncio.sleep(TICK_S)
+                self._tick()
+        finally:
+            await self._shutdown(tasks)
+
+    def _bind_data_socket(self) -> zmq.asyncio.Socket:
+        sock = self.actx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.SNDHWM, DATA_HWM)
+        sock.setsockopt(zmq.RCVHWM, DATA_HWM)
+        secure_server(sock, self.runtime.endpoints.data, self.runtime.endpoints.keys_dir)
+        sock.bind(self.runtime.endpoints.data)
+        log.info("gateway data plane bound on %s", self.runtime.endpoints.data)
+        return sock
+
+    async def _startup(self) -> None:
+        """Get a snapshot (waiting for the state keeper as long as it takes), then open the listeners."""
+        while not self.stop.should_stop():
+            if await self._snapshot():
+                await self._reconcile_listeners()
+                return
+            self.heart.maybe_beat(self.stats())
+
+    async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
+        for _, server in self.servers.values():
+            server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.state.close()
+        for sock in (self.sub, self.data):
+            sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
+        self.actx.destroy(linger=0)
+        log.info("gateway stopped")
+        self.pub.close()
+
+    def _tick(self) -> None:
+        """Timed work: router expiry, held payloads, the drop report, re-sync, heartbeat."""
+        for router in self.plane.expire():
+            log.warning("router %s lost (silent for more than %.0fs)", router.decode(errors="replace"), HEARTBEAT_EXPIRY_S)
+        self.plane.flush()
+        self._sweep_idle()
+        self._report_drops()
+        if self.replica.needs_snapshot and self.resync is None:
+            self.resync = asyncio.create_task(self._resync())
+        self.heart.maybe_beat(self.stats())
+
+    # ---- state -----------------------------------------------------------------------
+    async def _snapshot(self) -> bool:
+        try:
+            snapshot = await self.state.request(Op.SNAPSHOT)
+        except Unavailable as exc:
+            log.warning("state keeper not answering (%s); retrying", exc)
+            return False
+        self.replica.load_snapshot(snapshot)
+        self._state_changed()
+        return True
+
+    async def _resync(self) -> None:
+        """A gap in the updates (or a restarted keeper): take a fresh snapshot."""
+        try:
+            if await self._snapshot():
+                await self._reconcile_listeners()
+        finally:
+            self.resync = None
+
+    async def _read_bus(self) -> None:
+        while True:
+            frames = await self.sub.recv_multipart()
+            try:
+                topic, message = parse_event(frames)
+            except ProtocolError:
+                self.counters["malformed_messages"] += 1
+                continue
+            if isinstance(message, StateUpdate):
+                if self.replica.apply(message):
+                    self._state_changed()
+                    if message.kind in ("config", "reset"):
+                        await self._reconcile_listeners()
+            elif isinstance(message, Heartbeat):
+                self._heard(message)
+
+    def _heard(self, beat: Heartbeat) -> None:
+        self.heartbeats[beat.actor] = beat
+        self.heard_at[beat.actor] = time.monotonic()
+        if beat.actor == "state" and isinstance(beat.stats.get("epoch"), str) and isinstance(beat.stats.get("seq"), int):
+            self.replica.check_heartbeat(beat.stats["epoch"], beat.stats["seq"])
+
+    def _state_changed(self) -> None:
+        self.routed_sources = {route["incoming"] for route in self.replica.routes.values()}
+        self.limits = limits_from_config(self.replica.config)
+
+    async def request(self, op: Op, **args: Any) -> Any:
+        """CommandContext: one request to the state keeper."""
+        return await self.state.request(op, **args)
+
+    async def settle(self, done: Callable[[StateReplica], bool]) -> None:
+        """CommandContext: wait (bounded) until our replica shows a change the keeper confirmed."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while not done(self.replica) and time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_POLL_S)
+
+    # ---- listeners -------------------------------------------------------------------
+    def _bind_host(self) -> str:
+        override = self.runtime.extra.get("bind_host")
+        return override or self.replica.config.get("bind_host") or DEFAULT_BIND_HOST
+
+    async def _reconcile_listeners(self) -> None:
+        """Listen on exactly the configured ports (after a config change or reset too)."""
+        config = self.replica.config
+        key = (self._bind_host(), *(repr(config.get(k)) for k in LISTENER_KEYS))
+        if key == self.listener_config:
+            return
+        self.listener_config = key
+        host, wanted = self._bind_host(), wanted_listeners(config)
+        for port, (role, server) in list(self.servers.items()):
+            if host != self.bound_host or wanted.get(port) != role:
+                server.close()
+                del self.servers[port]
+        self.bound_host = host
+        self.failed_binds = {}
+        for port, role in sorted(wanted.items()):
+            if port not in self.servers:
+                await self._listen(host, port, role)
+        log.info("listening on %s: command port %s, %d data ports%s", host, config.get("command_port"),
+                 sum(1 for role, _ in self.servers.values() if role == "data"),
+                 f"; could not bind {len(self.failed_binds)} ports" if self.failed_binds else "")
+
+    async def _listen(self, host: str, port: int, role: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(lambda: Connection(self, role), host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
+        except OSError as exc:
+            self.failed_binds[port] = exc.strerror or str(exc)
+            log.error("cannot listen on %s:%d (%s port): %s; serving the other ports", host, port, role, exc.strerror or exc)
+            return
+        self.servers[port] = (role, server)
+
+    # ---- connections -----------------------------------------------------------------
+    def _sweep_idle(self) -> None:
+        """Hang up on clients silent for longer than idle_timeout (one sweep per tick, no timer per read)."""
+        now, timeout = time.monotonic(), self.limits.idle_timeout_s
+        for conn in [c for c in self.connections if c.idle_for(now) > timeout]:
+            self.counters["idle_timeouts"] += 1
+            conn.hang_up(error(f"Error: idle for {timeout:g}s; closing", ErrorCode.UNAVAILABLE))
+
+    async def answer(self, item: CommandLine | ConfigBlock, peer: Peer) -> Reply:
+        """Host: the reply to one command line or /config block."""
+        self.counters["commands"] += 1
+        try:
+            if isinstance(item, ConfigBlock):
+                return await apply_config_block(item, self)
+            return await self.registry.dispatch(item.text, self, peer)
+        except OrchestratorError as exc:
+            return failure(exc)
+
+    # ---- data ------------------------------------------------------------------------
+    def ingest(self, source: str, payloads: list[bytes]) -> None:
+        """Host: count payloads and queue them for the routers, unless the source is unknown or has no route.
+
+        Payloads of one source that arrive within one event-loop pass (from any connection, in arrival
+        order) leave as one batch: a connection per message costs one zmq send per pass, not per message.
+        """
+        count = len(payloads)
+        self.counters["payloads_in"] += count
+        if source not in self.replica.peripherals:
+            self._dropped("unknown_source", source, count)
+        elif source not in self.routed_sources:
+            self._dropped("no_route", source, count)
+        else:
+            if not self.outbox:
+                asyncio.get_running_loop().call_soon(self._flush_outbox)
+            self.outbox.setdefault(source, []).extend(payloads)
+
+    def _flush_outbox(self) -> None:
+        outbox, self.outbox = self.outbox, {}
+        for source, payloads in outbox.items():
+            self.plane.submit(source, payloads)
+
+    def _dropped(self, reason: str, source: str, count: int) -> None:
+        self.counters[reason] += count
+        if len(self.recent_sources[reason]) < EXAMPLE_SOURCES_SHOWN:
+            self.recent_sources[reason].add(source[:36])
+
+    def _report_drops(self) -> None:
+        """One activity line per interval for data dropped at the gateway (never one per message)."""
+        now = time.monotonic()
+        if now < self.next_report:
+            return
+        self.next_report = now + ACTIVITY_REPORT_INTERVAL_S
+        parts = []
+        for reason, label in (("unknown_source", "from unknown sources"), ("no_route", "with no route")):
+            new = self.counters[reason] - self.reported[reason]
+            if new:
+                parts.append(f"{new} lines {label} ({', '.join(sorted(self.recent_sources[reason]))})")
+            self.reported[reason] = self.counters[reason]
+            self.recent_sources[reason] = set()
+        if parts:
+            log.warning("dropped in the last %.0fs: %s", ACTIVITY_REPORT_INTERVAL_S, "; ".join(parts))
+
+    def _send_to_router(self, identity: bytes, body: bytes) -> None:
+        """DataPlane's send: never blocks; a full queue or a vanished router raises for the plane to handle."""
+        future = self.data.send_multipart([identity, body], flags=zmq.NOBLOCK)
+        exc = future.exception()
+        if exc is None:
+            return
+        if isinstance(exc, zmq.Again):
+            raise RouterBusy()
+        if isinstance(exc, zmq.ZMQError) and exc.errno == errno.EHOSTUNREACH:
+            raise RouterGone()
+        raise exc
+
+    async def _read_data(self) -> None:
+        while True:
+            frames = await self.data.recv_multipart()
+            if len(frames) != 2:
+                self.counters["malformed_messages"] += 1
+                continue
+            identity, body = frames
+            try:
+                message = decode(body)
+            except ProtocolError:
+                self.counters["malformed_messages"] += 1
+                continue
+            if isinstance(message, Heartbeat):
+                if self.plane.heard(identity):
+                    log.info("router %s joined the data plane", identity.decode(errors="replace"))
+            elif isinstance(message, DataAck):
+                self.plane.heard(identity)
+                self.plane.ack(message.source, message.seq)
+            else:
+                self.counters["malformed_messages"] += 1
+
+    # ---- figures ---------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Heartbeat stats: real counters for /status and the UI."""
+        return {**self.counters, **self.plane.stats(), "connections_open": len(self.connections),
+                "listening": len(self.servers), "bind_failures": len(self.failed_binds)}
+
+    def _live_beats(self) -> dict[str, Heartbeat]:
+        now = time.monotonic()
+        return {actor: beat for actor, beat in self.heartbeats.items() if now - self.heard_at[actor] <= HEARTBEAT_EXPIRY_S}
+
+    def status(self) -> dict[str, Any]:
+        """CommandContext: the /status figures (the seed's example, with real counters)."""
+        beats = self._live_beats()
+        started = min([self.started_at, *(beat.started_at for beat in beats.values())])
+        routes = self.replica.routes.values()
+        routed = sum(int(r.get("messages") or 0) for r in routes)
+        dropped = sum(int(r.get("dropped") or 0) for r in routes)
+        router_beats = [b for a, b in beats.items() if a.startswith("router")]
+        routed = max(routed, sum(int(b.stats.get("delivered") or 0) for b in router_beats))
+        dropped = max(dropped, sum(int(b.stats.get("dropped") or 0) for b in router_beats))
+        scans = [b.stats.get("last_scan") for a, b in beats.items() if a.startswith("scanner")]
+        last_scan = max((s for s in scans if isinstance(s, (int, float))), default=None)
+        peripherals = self.replica.peripherals.values()
+        stats = self.stats()
+        return {
+            "UUID": self.replica.config.get("script_uuid", ""),
+            "Uptime": format_duration(time.time() - started),
+            "Uptime Seconds": round(time.time() - started, 1),
+            "Peripherals": {"online": sum(1 for p in peripherals if p.get("online")), "total": len(self.replica.peripherals)},
+            "Routes": len(self.replica.routes),
+            "Routers Alive": stats["routers_live"],
+            "Messages Routed": routed,
+            "Messages Dropped": dropped + stats["unknown_source"] + stats["no_route"] + stats["dropped_buffer_full"],
+            "Gateway": {k: stats[k] for k in ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full",
+                                              "pending", "bad_lines", "too_long", "connections_open", "connections_refused")},
+            "Last Scan": format_time(last_scan),
+        }
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_actor("gateway", Gateway, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

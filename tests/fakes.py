@@ -1,0 +1,372 @@
+"""Fake peripherals and misbehaving ports on loopback, shared by tests and benchmarks.
+
+Each fake binds its own port (ephemeral unless told), serves every connection in a thread, and
+stops cleanly (listener closed, open connections released) on stop() or at the end of a with block.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid as uuidlib
+from typing import Callable
+
+ACCEPT_POLL_S = 0.05
+CONNECTION_TIMEOUT_S = 5.0
+STREAM_CHUNK = b"endless stream of words that never says EOF\n" * 64
+GARBAGE_ANSWER = b"\x00\xff\xfe binary \x80 nonsense\nnot-a-uuid\nEOF\n"
+LISTEN_BACKLOG = 128
+
+Handler = Callable[[socket.socket, "FakeListener"], None]
+
+
+class FakeListener:
+    """A TCP listener on loopback whose connections are served by `handler(conn, self)` in threads."""
+
+    def __init__(self, handler: Handler, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.handler = handler
+        self.host = host
+        self.requested_port = port
+        self.port = port
+        self.stopping = threading.Event()
+        self.connections = 0
+        self.lines: list[str] = []  # data lines received (anything but /info), for sink-style checks
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.thread: threading.Thread | None = None
+        self.open_conns: set[socket.socket] = set()
+
+    def start(self) -> "FakeListener":
+        """Bind (port 0: an ephemeral port) and start accepting."""
+        self.stopping.clear()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(LISTEN_BACKLOG)
+        listener.settimeout(ACCEPT_POLL_S)
+        self.listener = listener
+        self.port = listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._accept_loop, args=(listener,), name=f"fake-{self.port}", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every open connection; the port refuses connections afterwards."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=2.0)
+            self.thread = None
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        with self.lock:
+            for conn in list(self.open_conns):
+                _close_quietly(conn)
+            self.open_conns.clear()
+
+    def __enter__(self) -> "FakeListener":
+        return self.start() if self.listener is None else self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+                self.open_conns.add(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(CONNECTION_TIMEOUT_S)
+        try:
+            self.handler(conn, self)
+        except OSError:
+            pass  # the prober went away: normal for a fake
+        finally:
+            with self.lock:
+                self.open_conns.discard(conn)
+            _close_quietly(conn)
+
+
+def _close_quietly(conn: socket.socket) -> None:
+    try:
+        conn.close()
+    except OSError:
+        pass
+
+
+def read_line(conn: socket.socket, limit: int = 65536) -> bytes | None:
+    """One line without its newline, or None if the peer closed first."""
+    data = bytearray()
+    while b"\n" not in data and len(data) < limit:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return bytes(data) if data else None
+        data += chunk
+    return bytes(data.split(b"\n", 1)[0]).rstrip(b"\r")
+
+
+def info_answer(name: str, uuid: str, config: dict[str, str] | None = None, newline: bytes = b"\n", eof: bool = True) -> bytes:
+    """The bytes a well-behaved peripheral sends for /info (PROTOCOL.md 1)."""
+    lines = [name, uuid] + [f"{k}={v}" for k, v in (config or {}).items()] + (["EOF"] if eof else [])
+    return b"".join(line.encode() + newline for line in lines)
+
+
+class InfoPeripheral(FakeListener):
+    """Answers /info like a real peripheral; any other line is recorded as data. One connection, one request."""
+
+    def __init__(self, name: str = "Fake_Engine", uuid: str | None = None, config: dict[str, str] | None = None,
+                 port: int = 0, newline: bytes = b"\n", eof: bool = True, shut_write: bool = False) -> None:
+        super().__init__(self._answer, port)
+        self.name = name
+        self.uuid = uuid or str(uuidlib.uuid4())
+        self.config = dict(config or {})
+        self.newline = newline
+        self.eof = eof
+        self.shut_write = shut_write
+        self.info_requests = 0
+
+    def _answer(self, conn: socket.socket, _: FakeListener) -> None:
+        while (line := read_line(conn)) is not None:
+            text = line.decode("utf-8", "replace")
+            if text == "/info":
+                with self.lock:
+                    self.info_requests += 1
+                conn.sendall(info_answer(self.name, self.uuid, self.config, self.newline, self.eof))
+                if self.shut_write:
+                    conn.shutdown(socket.SHUT_WR)
+            else:
+                with self.lock:
+                    self.lines.append(text)
+
+
+def _silent(conn: socket.socket, fake: FakeListener) -> None:
+    """Accept and never answer, until the prober leaves or the fake stops."""
+    conn.settimeout(ACCEPT_POLL_S)
+    while not fake.stopping.is_set():
+        try:
+            if not conn.recv(4096):
+                return
+        except socket.timeout:
+            continue
+
+
+def _garbage(conn: socket.socket, _: FakeListener) -> None:
+    read_line(conn)
+    conn.sendall(GARBAGE_ANSWER)
+
+
+def _stream(conn: socket.socket, fake: FakeListener) -> None:
+    """Send forever (never an EOF line) until the prober closes."""
+    while not fake.stopping.is_set():
+        conn.sendall(STREAM_CHUNK)
+
+
+def _close_at_once(conn: socket.socket, _: FakeListener) -> None:
+    conn.close()
+
+
+def silent_port(port: int = 0) -> FakeListener:
+    """A port that accepts and never says a word."""
+    return FakeListener(_silent, port)
+
+
+def garbage_port(port: int = 0) -> FakeListener:
+    """A port that answers /info with binary nonsense."""
+    return FakeListener(_garbage, port)
+
+
+def streaming_port(port: int = 0) -> FakeListener:
+    """A port that streams text forever and never ends its answer."""
+    return FakeListener(_stream, port)
+
+
+def closing_port(port: int = 0) -> FakeListener:
+    """A port that accepts and closes at once."""
+    return FakeListener(_close_at_once, port)
+
+
+class LineSink:
+    """A sink peripheral that serves one connection at a time, so the order lines arrive in is the order sent.
+
+    Records every data line (bytes, newline stripped) and counts connections: one per message in
+    the default delivery mode, one in all in stream mode. ``delay_s`` makes it slow (a pause per
+    line). ``stop()`` then ``start()`` brings it down and up again on the same port.
+    """
+
+    def __init__(self, port: int = 0, delay_s: float = 0.0) -> None:
+        self.port = port
+        self.delay_s = delay_s
+        self.lines: list[bytes] = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.listener: socket.socket | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> "LineSink":
+        self.stopping.clear()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(LISTEN_BACKLOG)
+        listener.settimeout(ACCEPT_POLL_S)
+        self.listener = listener
+        self.port = listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, args=(listener,), name=f"sink-{self.port}", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and the connection being served; the port refuses connections afterwards."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=2.0)
+            self.thread = None
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
+    def __enter__(self) -> "LineSink":
+        return self.start() if self.listener is None else self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.lines)
+
+    def snapshot(self) -> list[bytes]:
+        with self.lock:
+            return list(self.lines)
+
+    def _serve(self, listener: socket.socket) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            try:
+                self._read_lines(conn)
+            except OSError:
+                pass
+            finally:
+                _close_quietly(conn)
+
+    def _read_lines(self, conn: socket.socket) -> None:
+        conn.settimeout(ACCEPT_POLL_S)
+        pending = b""
+        while not self.stopping.is_set():
+            try:
+                data = conn.recv(65536 if not self.delay_s else 1)
+            except socket.timeout:
+                continue
+            if not data:
+                break
+            pending += data
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                if self.delay_s:
+                    time.sleep(self.delay_s)
+                with self.lock:
+                    self.lines.append(line.rstrip(b"\r"))
+        if pending:
+            with self.lock:
+                self.lines.append(pending)
+
+
+# ---- peripherals that talk to the orchestrator (PROTOCOL.md 2-3) ---------------------------------
+ACK_RECV_BYTES = 1024  # real peripherals read the /ack with one recv(1024)
+
+
+class SinkPeripheral(InfoPeripheral):
+    """Answers /info; records each connection's other lines separately (the per-message delivery check)."""
+
+    def __init__(self, name: str = "Fake_Sink", uuid: str | None = None, config: dict[str, str] | None = None, port: int = 0) -> None:
+        super().__init__(name, uuid, config, port)
+        self.per_connection: list[list[str]] = []
+
+    def _answer(self, conn: socket.socket, _: FakeListener) -> None:
+        mine: list[str] = []
+        with self.lock:
+            self.per_connection.append(mine)
+        while (line := read_line(conn)) is not None:
+            text = line.decode("utf-8", "replace")
+            if text == "/info":
+                with self.lock:
+                    self.info_requests += 1
+                conn.sendall(info_answer(self.name, self.uuid, self.config))
+                continue
+            with self.lock:
+                mine.append(text)
+                self.lines.append(text)
+
+    def received(self) -> list[str]:
+        with self.lock:
+            return list(self.lines)
+
+    def connections_with_data(self) -> list[list[str]]:
+        with self.lock:
+            return [list(lines) for lines in self.per_connection if lines]
+
+
+def register(orch_port: int, name: str, uuid: str, own_port: int, host: str = "127.0.0.1", timeout: float = CONNECTION_TIMEOUT_S) -> str:
+    """Register like a real peripheral: one line, one recv(1024) for the ack; returns what that recv got."""
+    with socket.create_connection((host, orch_port), timeout=timeout) as sock:
+        sock.sendall(f"/register {name} {uuid} {own_port}\n".encode())
+        return sock.recv(ACK_RECV_BYTES).decode("utf-8", "replace")
+
+
+def send_and_close(orch_port: int, data: bytes, host: str = "127.0.0.1", timeout: float = CONNECTION_TIMEOUT_S) -> None:
+    """Write and close at once without reading (how most peripherals send /data and /exit <uuid>)."""
+    with socket.create_connection((host, orch_port), timeout=timeout) as sock:
+        sock.sendall(data)
+
+
+class RegisteringPeripheral(SinkPeripheral):
+    """A peripheral that registers itself, then sends data by /data (a connection per message) or its data port."""
+
+    def __init__(self, orch_port: int, name: str = "Fake_Source", uuid: str | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__(name, uuid)
+        self.orch_port = orch_port
+        self.orch_host = host
+        self.data_port: int | None = None
+
+    def register(self) -> int:
+        """Start listening if needed, register, and remember the data port from the ack."""
+        if self.listener is None:
+            self.start()
+        ack = register(self.orch_port, self.name, self.uuid, self.port, self.orch_host)
+        word, _, port = ack.strip().partition(" ")
+        if word != "/ack" or not port.isdigit():
+            raise RuntimeError(f"unexpected answer to /register: {ack!r}")
+        self.data_port = int(port)
+        return self.data_port
+
+    def send_data(self, payload: str) -> None:
+        """`/data <uuid> <payload>` on a fresh connection, closed without reading."""
+        send_and_close(self.orch_port, f"/data {self.uuid} {payload}\n".encode(), self.orch_host)
+
+    def send_on_data_port(self, payloads: list[str], port: int | None = None) -> None:
+        """The data-port protocol: uuid line, then one payload per line, then close."""
+        target = port or self.data_port
+        if target is None:
+            raise RuntimeError("register first (no data port)")
+        body = "".join(f"{p}\n" for p in payloads)
+        send_and_close(target, f"{self.uuid}\n{body}".encode(), self.orch_host)
+
+    def exit(self) -> None:
+        """`/exit <uuid>`, as the terminal-input peripheral sends when it quits."""
+        send_and_close(self.orch_port, f"/exit {self.uuid}\n".encode(), self.orch_host)
