@@ -28,15 +28,11 @@ from .protocol import DataAck, Heartbeat, Op, ProtocolError, StateUpdate, Topic,
 from .replica import StateReplica
 from .runner import StopFlag, run_actor
 from .security import secure_server, start_authenticator
-from .settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime, parse_ports
+from .settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime, default_config, parse_ports, tunable
 from .stateclient import AsyncStateClient
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BIND_HOST = "0.0.0.0"
-DEFAULT_MAX_LINE_BYTES = 1 << 20
-DEFAULT_IDLE_TIMEOUT_S = 600.0
-DEFAULT_MAX_CONNECTIONS = 1000
 LISTEN_BACKLOG = 1024
 DATA_HWM = 100_000
 SETTLE_TIMEOUT_S = HEARTBEAT_INTERVAL_S
@@ -49,12 +45,7 @@ LISTENER_KEYS = ("command_port", "data_port_range", "bind_host")
 
 def limits_from_config(config: dict[str, Any]) -> Limits:
     """Connection limits from orch.cf keys max_line_bytes, idle_timeout, max_connections (defaults when absent or invalid)."""
-    def positive(key: str, default: float) -> float:
-        value = config.get(key, default)
-        usable = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-        return value if usable else default
-    return Limits(int(positive("max_line_bytes", DEFAULT_MAX_LINE_BYTES)), float(positive("idle_timeout", DEFAULT_IDLE_TIMEOUT_S)),
-                  int(positive("max_connections", DEFAULT_MAX_CONNECTIONS)))
+    return Limits(int(tunable(config, "max_line_bytes")), float(tunable(config, "idle_timeout")), int(tunable(config, "max_connections")))
 
 
 def wanted_listeners(config: dict[str, Any]) -> dict[int, str]:
@@ -229,7 +220,7 @@ class Gateway:
     # ---- listeners -------------------------------------------------------------------
     def _bind_host(self) -> str:
         override = self.runtime.extra.get("bind_host")
-        return override or self.replica.config.get("bind_host") or DEFAULT_BIND_HOST
+        return override or self.replica.config.get("bind_host") or default_config()["bind_host"]
 
     async def _reconcile_listeners(self) -> None:
         """Listen on exactly the configured ports (after a config change or reset too)."""

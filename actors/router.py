@@ -36,16 +36,13 @@ from .replica import StateReplica
 from .rules import RouteRules, RuleError
 from .runner import StopFlag, run_actor
 from .security import secure_client
-from .settings import HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, USAGE_FLUSH_INTERVAL_S, Runtime
-from .sinks import (MODE_MESSAGE, MODE_STREAM, SINK_QUEUE_MAX_BYTES, SINK_QUEUE_MAX_MESSAGES, Chunk, SinkAddress, SinkQueue,
+from .settings import HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, USAGE_FLUSH_INTERVAL_S, Runtime, tunable
+from .sinks import (MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue,
                     SinkWorker, framed_size)
 from .stateclient import AsyncStateClient
 
 log = logging.getLogger(__name__)
 
-# Optional orch.cf keys that override the per-sink queue bounds.
-QUEUE_MESSAGES_KEY = "router_queue_messages"
-QUEUE_BYTES_KEY = "router_queue_bytes"
 TICK_S = POLL_INTERVAL_MS / 1000 / 2
 DATA_HWM = 10_000
 # Batches handled before the data reader lets the rest of the loop run.
@@ -327,10 +324,7 @@ class Router:
 
     def _queue_bounds(self) -> tuple[int, int]:
         config = self.replica.config
-        messages = config.get(QUEUE_MESSAGES_KEY, SINK_QUEUE_MAX_MESSAGES)
-        nbytes = config.get(QUEUE_BYTES_KEY, SINK_QUEUE_MAX_BYTES)
-        valid = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (messages, nbytes))
-        return (messages, nbytes) if valid else (SINK_QUEUE_MAX_MESSAGES, SINK_QUEUE_MAX_BYTES)
+        return int(tunable(config, "router_queue_messages")), int(tunable(config, "router_queue_bytes"))
 
     # ---- data path -------------------------------------------------------------------
     async def _read_data(self) -> None:

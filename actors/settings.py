@@ -48,6 +48,25 @@ def default_config() -> dict[str, Any]:
     }
 
 
+# Optional orch.cf keys: limits with sensible defaults, absent from a fresh orch.cf.
+TUNABLE_DEFAULTS: dict[str, float] = {
+    "max_line_bytes": 1 << 20,  # gateway: longest accepted line
+    "idle_timeout": 600.0,  # gateway: seconds before a silent client is closed
+    "max_connections": 1000,  # gateway: concurrent client connections
+    "router_queue_messages": 10_000,  # router: payloads waiting per sink
+    "router_queue_bytes": 16 << 20,  # router: bytes waiting per sink
+    "router_queue_age_s": 60.0,  # router: oldest payload kept for a sink that is down
+}
+
+
+def tunable(config: dict[str, Any], key: str) -> float:
+    """The config's value for an optional limit, or its default when absent or not a positive number."""
+    value = config.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return value
+    return TUNABLE_DEFAULTS[key]
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message says which and why."""
 
@@ -101,6 +120,9 @@ def validate_config(raw: Any) -> dict[str, Any]:
         raise ConfigError("'peripherals' must be a list")
     if not isinstance(config["known_hosts"], list) or not all(isinstance(h, str) for h in config["known_hosts"]):
         raise ConfigError("'known_hosts' must be a list of host names")
+    for key in TUNABLE_DEFAULTS:
+        if key in config and tunable(config, key) != config[key]:
+            raise ConfigError(f"{key!r} must be a positive number, got {config[key]!r}")
     for entry in config["peripherals"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("uuid"), str) or not isinstance(entry.get("name"), str):
             raise ConfigError(f"each peripheral needs a text 'name' and 'uuid', got {entry!r}")

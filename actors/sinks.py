@@ -24,11 +24,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from .settings import TUNABLE_DEFAULTS
+
 MODE_MESSAGE = "message"
 MODE_STREAM = "stream"
 
-SINK_QUEUE_MAX_MESSAGES = 10_000
-SINK_QUEUE_MAX_BYTES = 16 * 1024 * 1024
+SINK_QUEUE_MAX_MESSAGES = int(TUNABLE_DEFAULTS["router_queue_messages"])
+SINK_QUEUE_MAX_BYTES = int(TUNABLE_DEFAULTS["router_queue_bytes"])
 CONNECT_TIMEOUT_S = 2.0
 # A blocked write in stream mode waits this long, then tries again on the same connection.
 SEND_TIMEOUT_S = 1.0

@@ -12,13 +12,13 @@ from typing import Any, Callable
 from .errors import BadArguments, DuplicateRoute, UnknownPeripheral, UnknownRoute
 from .protocol import UpdateKind
 from .rules import RULE_KEYS, RuleError, check_rule
-from .settings import ConfigError, default_config, parse_ports, validate_config
+from .settings import TUNABLE_DEFAULTS, ConfigError, default_config, parse_ports, validate_config
 
 UUID_PATTERN = re.compile(r"^[0-9a-fA-F-]{36}$")
 NAME_PATTERN = re.compile(r"^\S{1,128}$")
 DELIVERY_MODES = ("message", "stream")
 SETTABLE_CONFIG_KEYS = ("known_ports", "known_hosts", "scan_interval", "offline_after_sweeps", "command_port", "data_port_range", "bind_host",
-                        "router_queue_messages", "router_queue_bytes", "max_line_bytes")
+                        *TUNABLE_DEFAULTS)
 # The settings a reset keeps, so the instance stays reachable where it was just reached.
 KEPT_ON_RESET = ("command_port", "data_port_range", "bind_host", "known_ports", "known_hosts")
 
