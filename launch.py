@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from actors.cli import EXIT_UNREACHABLE
 from actors.errors import OrchestratorError
 from actors.protocol import Op
 from actors.runner import LOG_BACKUPS, LOG_FORMAT, LOG_MAX_BYTES
@@ -31,7 +32,6 @@ from actors.stateclient import StateClient
 from actors.supervisor import ACTOR_MODULES, DEFAULT_ACTORS, DEFAULT_ROUTERS, AlreadyRunning, Supervisor, acquire_lock
 
 CONTROL_TIMEOUT_S = 3.0
-EXIT_UNREACHABLE = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +142,22 @@ def print_status(status: dict[str, Any]) -> None:
         print(f"  {child['name']:<10} {child['state']:<8} pid {str(child['pid'] or '-'):<8} restarts {child['restarts']:<3} heartbeat {age}")
 
 
+def show_status(runtime: Runtime, as_json: bool) -> int:
+    """The supervisor's process table plus the gateway's /status figures (when the gateway answers)."""
+    from actors.cli import Unreachable, fetch_status, format_status
+    processes = control_request(runtime, Op.CONTROL_STATUS)
+    try:
+        figures: dict[str, Any] | None = fetch_status(runtime, CONTROL_TIMEOUT_S)
+    except Unreachable as exc:
+        figures, reason = None, str(exc)
+    if as_json:
+        print(json.dumps({"supervisor": processes, "orchestrator": figures}, indent=2))
+        return 0
+    print_status(processes)
+    print(format_status(figures) if figures else f"  (no figures: {reason})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command is None:
@@ -149,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = runtime_for(args)
     try:
         if args.command == "status":
-            status = control_request(runtime, Op.CONTROL_STATUS)
-            print(json.dumps(status, indent=2)) if args.json else print_status(status)
+            return show_status(runtime, args.json)
         elif args.command == "stop":
             control_request(runtime, Op.CONTROL_STOP)
             print("stopping")
