@@ -17,12 +17,14 @@ from typing import Any, Awaitable, Callable, Protocol
 from .errors import DuplicateRoute, ErrorCode, OrchestratorError, UnknownPeripheral, UnknownRoute
 from .protocol import Op
 from .replica import StateReplica
+from .rules import RULE_KEYS, SYNTAX, RuleError, check_rule
 
 UNKNOWN_COMMAND = "Unknown command. Type '/help' for available commands."
 CONFIG_END = "EOF"
 DATA_COMMAND = b"/data"
 COMMAND_PREFIX = "/"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+CLEAR_RULES = "clear"
 
 
 # ---- replies ------------------------------------------------------------------------
@@ -211,6 +213,8 @@ class Command:
     handler: Handler
     args: tuple[int, int] = (0, 0)  # min and max argument count after the words
     aliases: tuple[str, ...] = ()
+    rest_from: int | None = None  # arguments from this index on arrive as one string, spacing kept (free text like a rule)
+    details: tuple[str, ...] = ()  # more lines for the group's help
 
 
 @dataclass
@@ -244,6 +248,9 @@ class Registry:
         low, high = command.args
         if not low <= len(args) <= high:
             return error(f"Usage: {command.usage}")
+        if command.rest_from is not None and len(args) > command.rest_from:
+            skip = len(tokens) - len(args) + command.rest_from
+            args = args[:command.rest_from] + [text_after(text, skip)]
         try:
             return await command.handler(args, context, peer)
         except OrchestratorError as exc:
@@ -281,7 +288,17 @@ class Registry:
         for command in self._unique():
             if len(command.words) == 2 and command.words[0] == group:
                 lines.append(f"{command.usage} - {command.summary}")
+                lines.extend(f"    {detail}" for detail in command.details)
         return "\n".join(lines)
+
+
+def text_after(text: str, skip: int) -> str:
+    """The text after the first ``skip`` whitespace-separated tokens, its inner spacing kept."""
+    rest = text.strip()
+    for _ in range(skip):
+        parts = rest.split(None, 1)
+        rest = parts[1] if len(parts) > 1 else ""
+    return rest.strip()
 
 
 # ---- formatting ---------------------------------------------------------------------
@@ -321,7 +338,16 @@ def list_routes(replica: StateReplica) -> str:
             f"  Messages: {route.get('messages', 0)}, Bytes: {route.get('bytes', 0)}, Dropped: {route.get('dropped', 0)}, "
             f"Rate: {float(route.get('rate') or 0.0):.1f} msg/s",
         ]
+        lines += route_rule_lines(route)
     return "\n".join(lines)
+
+
+def route_rule_lines(route: dict[str, Any]) -> list[str]:
+    """A route's rules and how many payloads they held back; nothing for a plain route that never filtered."""
+    lines = [f"  {key.capitalize()}: {route[key]}" for key in RULE_KEYS if route.get(key)]
+    if lines or route.get("filtered"):
+        lines.append(f"  Filtered: {route.get('filtered', 0)}")
+    return lines
 
 
 # ---- handlers -----------------------------------------------------------------------
@@ -429,6 +455,37 @@ async def cmd_routes_remove(args: list[str], ctx: CommandContext, peer: Peer) ->
     return ok(f"Route '{name}' removed successfully.")
 
 
+ROUTES_SET_USAGE = f"/routes set <route-name> {' <rule> | '.join(RULE_KEYS)} <rule> | {CLEAR_RULES}"
+ROUTES_SET_DETAILS = (
+    *(f"{key}: {'  or  '.join(SYNTAX[key])}" for key in RULE_KEYS),
+    "the rule is the rest of the line; a bad rule is refused here, never at delivery",
+)
+
+
+async def cmd_routes_set(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+    """Set a route's filter or transform, or clear both; the rule is checked now, so delivery never meets a bad one."""
+    name, key = args[0], args[1]
+    rule = args[2] if len(args) > 2 else ""
+    if key == CLEAR_RULES and not rule:
+        request: dict[str, Any] = {"key": CLEAR_RULES}
+        done: Callable[[dict[str, Any]], bool] = lambda route: not any(route.get(k) for k in RULE_KEYS)
+    elif key in RULE_KEYS and rule:
+        try:
+            check_rule(key, rule)
+        except RuleError as exc:
+            return error(f"Error: invalid {key} for route '{name}': {exc}")
+        request = {"key": key, "rule": rule}
+        done = lambda route: route.get(key) == rule
+    else:
+        return error(f"Usage: {ROUTES_SET_USAGE}")
+    try:
+        await ctx.request(Op.SET_ROUTE_RULE, name=name, **request)
+    except UnknownRoute:
+        return error(f"Route '{name}' not found.", ErrorCode.UNKNOWN_ROUTE)
+    await ctx.settle(lambda replica: name in replica.routes and done(replica.routes[name]))
+    return ok(f"Route '{name}' rules cleared." if key == CLEAR_RULES else f"Route '{name}' {key} set: {rule}")
+
+
 async def cmd_routes_info(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
     return ok(list_routes(ctx.replica))
 
@@ -477,7 +534,9 @@ def build_registry() -> Registry:
     registry.add(Command(("/routes", "edit"), "/routes edit <route-name> <incoming-peripheral-name> <outgoing-peripheral-name>",
                          "Change an existing route's ends", cmd_routes_edit, (3, 3)))
     registry.add(Command(("/routes", "remove"), "/routes remove <route-name>", "Remove an existing route", cmd_routes_remove, (1, 1)))
-    registry.add(Command(("/routes", "info"), "/routes info", "List all routes with counters and rate", cmd_routes_info))
+    registry.add(Command(("/routes", "set"), ROUTES_SET_USAGE, "Set a route's filter or transform rule, or clear both",
+                         cmd_routes_set, (2, 1 << 16), rest_from=2, details=ROUTES_SET_DETAILS))
+    registry.add(Command(("/routes", "info"), "/routes info", "List all routes with counters, rate and rules", cmd_routes_info))
     registry.add(Command(("/routes", "help"), "/routes help", "Show this help message", cmd_routes_help))
     return registry
 

@@ -28,6 +28,12 @@ FILTER_KEY = "filter"
 TRANSFORM_KEY = "transform"
 RULE_KEYS = (FILTER_KEY, TRANSFORM_KEY)
 MAX_RULE_CHARS = 1000
+# The rule forms, as help shows them (the module docstring explains each).
+SYNTAX = {
+    FILTER_KEY: ("re:<regex>", "json:<path> ==|!=|>|>=|<|<=|~ <value>", "json:<path>"),
+    TRANSFORM_KEY: ("sub:/<regex>/<replacement>/", "template:<text with {payload} {source} {time} {ts} {json:<path>}>",
+                    "json:pick <path>", "json:set <path> = <value>"),
+}
 
 
 class RuleError(ValueError):
