@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
+from .access import token_matches
 from .errors import DuplicateRoute, ErrorCode, OrchestratorError, UnknownPeripheral, UnknownRoute
-from .protocol import Op
+from .protocol import TAP_PERIPHERAL, TAP_ROUTE, Op
 from .replica import StateReplica
 from .rules import RULE_KEYS, SYNTAX, RuleError, check_rule
 
@@ -24,6 +25,9 @@ CONFIG_END = "EOF"
 DATA_COMMAND = b"/data"
 COMMAND_PREFIX = "/"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# Commands that change or reveal more than a peripheral needs: only from admin_clients, or after /auth.
+ADMIN_COMMANDS = frozenset({("/reset",), ("/remove",), ("/delivery",), ("/tap",),
+                            ("/routes", "add"), ("/routes", "remove"), ("/routes", "edit"), ("/routes", "set")})
 CLEAR_RULES = "clear"
 
 
@@ -35,6 +39,8 @@ class Reply:
     text: str
     code: int = 0
     close: bool = False
+    grant_admin: bool = False  # /auth succeeded: this connection may run admin commands from now on
+    tap: tuple[str, str] | None = None  # (kind, key): after this reply, stream live payloads to the client
 
     def wire(self) -> bytes:
         """The bytes written to the client: the text plus exactly one newline, or nothing."""
@@ -50,6 +56,12 @@ def ok(text: str = "", close: bool = False) -> Reply:
 def error(reason: str, code: ErrorCode = ErrorCode.BAD_ARGUMENTS, close: bool = False) -> Reply:
     """An error reply; ``reason`` is the whole line (legacy sentences are kept verbatim)."""
     return Reply(text=reason, code=int(code), close=close)
+
+
+def forbidden(what: str, peer: "Peer") -> Reply:
+    """The refusal of an admin command from a client outside admin_clients that has not sent /auth."""
+    return error(f"Error: {what} not allowed from {peer.host or 'this client'} (admin command: connect from an admin "
+                 f"network or send /auth <token> first)", ErrorCode.FORBIDDEN)
 
 
 def failure(exc: OrchestratorError) -> Reply:
@@ -194,6 +206,7 @@ class Peer:
 
     host: str = ""
     port: int = 0
+    admin: bool = True  # in-process callers are trusted; a gateway connection sets this from its access policy
 
     @property
     def is_local(self) -> bool:
@@ -245,6 +258,8 @@ class Registry:
         command, args = self.find(tokens)
         if command is None:
             return self._unknown(tokens)
+        if command.words in ADMIN_COMMANDS and not peer.admin:
+            return forbidden(" ".join(command.words), peer)
         low, high = command.args
         if not low <= len(args) <= high:
             return error(f"Usage: {command.usage}")
@@ -377,6 +392,16 @@ async def cmd_register(args: list[str], ctx: CommandContext, peer: Peer) -> Repl
     return ok(f"/ack {record['data_port']}")
 
 
+async def cmd_auth(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+    """``/auth <token>``: admin rights for the rest of this connection; a wrong token closes it (slows guessing)."""
+    token = ctx.replica.config.get("admin_token")
+    if not isinstance(token, str) or not token:
+        return error("Error: /auth is off (no admin_token is set)", ErrorCode.FORBIDDEN)
+    if not token_matches(args[0], token):
+        return error(f"Error: wrong token from {peer.host or 'this client'}; closing connection", ErrorCode.FORBIDDEN, close=True)
+    return Reply("Authenticated: admin commands allowed on this connection.", grant_admin=True)
+
+
 async def cmd_reset(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
     result = await ctx.request(Op.RESET)
     await ctx.settle(lambda replica: not replica.peripherals and not replica.routes)
@@ -486,6 +511,18 @@ async def cmd_routes_set(args: list[str], ctx: CommandContext, peer: Peer) -> Re
     return ok(f"Route '{name}' rules cleared." if key == CLEAR_RULES else f"Route '{name}' {key} set: {rule}")
 
 
+async def cmd_tap(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+    """``/tap <route>|<peripheral>``: after the reply line, the live payloads, one per line, until the client closes."""
+    target = args[0]
+    if target in ctx.replica.routes:
+        kind, key = TAP_ROUTE, target
+    elif (peripheral := ctx.replica.peripheral_by_name(target)) is not None:
+        kind, key = TAP_PERIPHERAL, peripheral["uuid"]
+    else:
+        return error(f"Error: no route or peripheral named {target!r}", ErrorCode.UNKNOWN_ROUTE)
+    return Reply(text=f"Tapping {kind} '{target}': live payloads follow; close the connection to stop.", tap=(kind, key))
+
+
 async def cmd_routes_info(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
     return ok(list_routes(ctx.replica))
 
@@ -526,6 +563,9 @@ def build_registry() -> Registry:
                          cmd_connection_only, (0, 1)))
     registry.add(Command(("/delivery",), "/delivery <peripheral-name> message|stream", "Set how a sink receives data", cmd_delivery, (2, 2)))
     registry.add(Command(("/remove",), "/remove <peripheral-name>", "Forget a peripheral and its routes", cmd_remove, (1, 1)))
+    registry.add(Command(("/tap",), "/tap <route-name>|<peripheral-name>", "Watch the live payloads of a route or a peripheral",
+                         cmd_tap, (1, 1)))
+    registry.add(Command(("/auth",), "/auth <token>", "Allow admin commands on this connection (needs admin_token)", cmd_auth, (1, 1)))
     registry.add(Command(("/reset",), "/reset", "Reset the orchestrator: clear peripherals and routes (files are backed up)", cmd_reset))
     registry.add(Command(("/exit",), "/exit [<uuid>]", "Exit command mode, or mark a peripheral offline", cmd_exit, (0, 1)))
     registry.add_group("/routes", "Manage routes")

@@ -10,6 +10,7 @@ discard what still arrives for a moment, so a reset does not destroy our last li
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -47,6 +48,11 @@ class Host(Protocol):
 
     async def answer(self, item: CommandLine | ConfigBlock, peer: Peer) -> Reply: ...
 
+    def admit(self, peer_host: str, peer_port: int, local_host: str) -> tuple[Peer, Reply | None]:
+        """Who this client is (with its admin right), and the refusal when allowed_clients excludes it."""
+
+    async def tap(self, connection: "Connection", kind: str, key: str) -> None: ...
+
 
 class TooLong:
     """Queue marker: the next line was over the limit."""
@@ -74,14 +80,18 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream server's transport
         self.host.counters["connections_total"] += 1
+        peername = transport.get_extra_info("peername") or ("", 0)
+        sockname = transport.get_extra_info("sockname") or ("", 0)
+        self.peer, refusal = self.host.admit(str(peername[0]), int(peername[1]), str(sockname[0]))
+        if refusal is not None:
+            self.hang_up(refusal)
+            return
         if len(self.host.connections) >= self.limits.max_connections:
             self.host.counters["connections_refused"] += 1
             self.hang_up(error(f"Error: too many connections (limit {self.limits.max_connections}); try again later",
                                ErrorCode.UNAVAILABLE))
             return
         self.host.connections.add(self)
-        peername = transport.get_extra_info("peername") or ("", 0)
-        self.peer = Peer(str(peername[0]), int(peername[1]))
 
     def data_received(self, data: bytes) -> None:
         if self.hung_up:
@@ -189,12 +199,24 @@ class Connection(asyncio.Protocol):
             reply = item.reply
         else:
             reply = await self.host.answer(item, self.peer)
+            if reply.grant_admin:
+                self.peer = dataclasses.replace(self.peer, admin=True)
         if reply.close:
             self.hang_up(reply)
         else:
             self.write(reply.wire())
+            if reply.tap is not None:
+                await self.host.tap(self, *reply.tap)
 
     # ---- output and closing ----------------------------------------------------------
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing() and not self.hung_up
+
+    def write_buffered(self) -> int:
+        """Bytes written to this client that it has not read yet."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
     def write(self, data: bytes) -> None:
         """Write unless the client is gone (many send one line and close without reading)."""
         if data and self.transport is not None and not self.transport.is_closing():

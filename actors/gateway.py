@@ -24,7 +24,7 @@ from .commands import CommandLine, ConfigBlock, Peer, Reply, apply_config_block,
 from .connection import Connection, Limits
 from .dataplane import DataPlane, RouterBusy, RouterGone
 from .errors import ErrorCode, OrchestratorError, Unavailable
-from .protocol import DataAck, Heartbeat, Op, ProtocolError, StateUpdate, Topic, decode
+from .protocol import DataAck, Heartbeat, Op, ProtocolError, StateUpdate, Tap, Topic, decode, tap_topic
 from .replica import StateReplica
 from .runner import StopFlag, run_actor
 from .security import secure_server, start_authenticator
@@ -37,6 +37,9 @@ LISTEN_BACKLOG = 1024
 DATA_HWM = 100_000
 SETTLE_TIMEOUT_S = HEARTBEAT_INTERVAL_S
 SETTLE_POLL_S = 0.005
+TAP_HWM = 1000
+TAP_POLL_MS = 200
+TAP_MAX_BUFFERED_BYTES = 1 << 20
 TICK_S = POLL_INTERVAL_MS / 1000
 ACTIVITY_REPORT_INTERVAL_S = 5.0
 EXAMPLE_SOURCES_SHOWN = 3
@@ -270,6 +273,32 @@ class Gateway:
             return await self.registry.dispatch(item.text, self, peer)
         except OrchestratorError as exc:
             return failure(exc)
+
+    async def tap(self, connection: Connection, kind: str, key: str) -> None:
+        """Host: stream live payloads of a route or source to one client until it goes; a slow client loses lines, never slows routing."""
+        sock = connect_subscriber(self.actx, self.runtime.endpoints, ())
+        sock.setsockopt(zmq.RCVHWM, TAP_HWM)
+        sock.setsockopt(zmq.SUBSCRIBE, tap_topic(kind, key))
+        shown = skipped = 0
+        log.info("tap on %s %s opened by %s", kind, key, connection.peer.host)
+        try:
+            while connection.open and not self.stop.should_stop():
+                if not await sock.poll(TAP_POLL_MS):
+                    continue
+                try:
+                    _, message = parse_event(await sock.recv_multipart())
+                except ProtocolError:
+                    continue
+                if not isinstance(message, Tap):
+                    continue
+                if connection.write_buffered() > TAP_MAX_BUFFERED_BYTES:
+                    skipped += len(message.payloads)
+                    continue
+                connection.write(b"".join(payload + b"\n" for payload in message.payloads))
+                shown += len(message.payloads)
+        finally:
+            sock.close(linger=0)
+            log.info("tap on %s %s closed: %d payloads shown, %d skipped for a slow reader", kind, key, shown, skipped)
 
     # ---- data ------------------------------------------------------------------------
     def ingest(self, source: str, payloads: list[bytes]) -> None:
