@@ -1,0 +1,292 @@
+"""Fault injection: steady data through several routes while each process is SIGKILLed in turn.
+
+    python bench/faults.py [--rate 2000] [--phase 3] [--routers 2]
+
+For every kill it prints: time until a message sent after the kill is delivered again, and per
+phase the messages sent / delivered / lost / duplicated / out of order, and whether orch.cf and
+routes.cf still parse and hold the route acknowledged just before the kill. Everything runs on
+loopback ports this script opened itself, in a temporary folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from conftest import Instance, send_line, start_instance, wait_until  # noqa: E402
+
+SOURCES = 2
+RECONNECT_PAUSE_S = 0.02
+
+
+class Sink:
+    """A sink peripheral: accepts connections, records (source, seq, arrival time) for every line."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.arrivals: list[tuple[str, int, float]] = []
+        self.lock = threading.Lock()
+        self.stopping = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stopping:
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        buffer = b""
+        with conn:
+            conn.settimeout(1.0)
+            while not self.stopping:
+                try:
+                    chunk = conn.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                now = time.monotonic()
+                with self.lock:
+                    for line in lines:
+                        source, _, seq = line.decode().partition(" ")
+                        if seq.isdigit():
+                            self.arrivals.append((source, int(seq), now))
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.listener.close()
+
+
+@dataclass
+class Source:
+    """A peripheral that sends '<name> <seq>' lines on its data port at a steady rate, reconnecting on failure."""
+
+    name: str
+    uuid: str
+    data_port: int
+    rate: float
+    sent: list[tuple[int, float]] = field(default_factory=list)
+    stopping: bool = False
+
+    def run(self) -> None:
+        seq, conn = 0, None
+        interval = 1.0 / self.rate
+        next_send = time.monotonic()
+        while not self.stopping:
+            if conn is None:
+                try:
+                    conn = socket.create_connection(("127.0.0.1", self.data_port), timeout=1.0)
+                    conn.sendall(f"{self.uuid}\n".encode())
+                except OSError:
+                    conn = None
+                    time.sleep(RECONNECT_PAUSE_S)
+                    continue
+            seq += 1
+            try:
+                conn.sendall(f"{self.name} {seq}\n".encode())
+                self.sent.append((seq, time.monotonic()))
+            except OSError:
+                conn.close()
+                conn = None
+                seq -= 1  # resend this one on the new connection
+                continue
+            next_send += interval
+            delay = next_send - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -1.0:
+                next_send = time.monotonic()
+        if conn is not None:
+            conn.close()
+
+
+@dataclass
+class Row:
+    victim: str
+    resume_ms: float | None
+    sent: int
+    delivered: int
+    lost: int
+    duplicated: int
+    out_of_order: int
+    files_ok: bool
+    note: str = ""
+
+
+def analyse(sources: list[Source], sinks: list[Sink], since: float, until: float) -> tuple[int, int, int, int, int]:
+    """Counts over messages sent in [since, until): sent, delivered (unique), lost, duplicated, out of order."""
+    sent = delivered = lost = duplicated = disorder = 0
+    for source, sink in zip(sources, sinks):
+        window = {seq for seq, at in source.sent if since <= at < until}
+        with sink.lock:
+            arrivals = [seq for name, seq, _ in sink.arrivals if name == source.name]
+        seen: set[int] = set()
+        highest = 0
+        for seq in arrivals:
+            if seq in seen:
+                duplicated += seq in window
+                continue
+            seen.add(seq)
+            if seq < highest and seq in window:
+                disorder += 1
+            highest = max(highest, seq)
+        sent += len(window)
+        got = len(window & seen)
+        delivered += got
+        lost += len(window) - got
+    return sent, delivered, lost, duplicated, disorder
+
+
+def resume_time(sources: list[Source], sinks: list[Sink], killed_at: float) -> float | None:
+    """Seconds from the kill until the first message sent after it arrives."""
+    firsts = []
+    for source, sink in zip(sources, sinks):
+        sent_after = {seq: at for seq, at in source.sent if at >= killed_at}
+        with sink.lock:
+            arrivals = [at for name, seq, at in sink.arrivals if name == source.name and seq in sent_after]
+        if not arrivals:
+            return None
+        firsts.append(min(arrivals) - killed_at)
+    return max(firsts)
+
+
+def files_hold(instance: Instance, route: str) -> bool:
+    try:
+        routes = json.loads((instance.config_dir / "routes.cf").read_text())
+        json.loads((instance.config_dir / "orch.cf").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(r["name"] == route for r in routes)
+
+
+def setup_routes(instance: Instance, rate: float) -> tuple[list[Source], list[Sink]]:
+    sources, sinks = [], []
+    for index in range(SOURCES):
+        sink = Sink()
+        sink_uuid, source_uuid = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+        send_line(instance.command_port, f"/register Sink{index} {sink_uuid} {sink.port}")
+        ack = send_line(instance.command_port, f"/register Source{index} {source_uuid} 1")
+        data_port = int(ack.split()[1])
+        if index % 2:
+            send_line(instance.command_port, f"/delivery Sink{index} stream")
+        reply = send_line(instance.command_port, f"/routes add load{index} Source{index} Sink{index}")
+        if "error" in reply.lower() or "unknown" in reply.lower():
+            raise RuntimeError(f"could not add route: {reply}")
+        sources.append(Source(f"Source{index}", source_uuid, data_port, rate / SOURCES))
+        sinks.append(sink)
+    return sources, sinks
+
+
+def kill_and_measure(instance: Instance, victim: str, sources: list[Source], sinks: list[Sink], phase_s: float) -> Row:
+    probe = f"probe-{victim}"
+    ack = send_line(instance.command_port, f"/routes add {probe} Source0 Sink0")
+    pid = instance.child_pid(victim)
+    if pid is None:
+        return Row(victim, None, 0, 0, 0, 0, 0, files_hold(instance, probe), "not running")
+    started = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(phase_s)
+    wait_until(lambda: instance.child_pid(victim) not in (None, pid), 10, message=f"{victim} to be replaced")
+    time.sleep(1.0)  # let in-flight deliveries land
+    send_line(instance.command_port, f"/routes remove {probe}")
+    sent, delivered, lost, dup, disorder = analyse(sources, sinks, started, started + phase_s)
+    return Row(victim, _ms(resume_time(sources, sinks, started)), sent, delivered, lost, dup, disorder, files_hold(instance, probe) or "added" not in ack.lower(), "")
+
+
+def kill_supervisor(instance: Instance, folder: Path) -> Row:
+    """SIGKILL the supervisor: no orphan may keep ports bound, and a fresh start must route again."""
+    pids = [c["pid"] for c in instance.status()["children"] if c["pid"]]
+    instance.process.kill()
+    instance.process.wait(timeout=5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and "State:\tZ" not in Path(f"/proc/{p}/status").read_text() for p in pids):
+        time.sleep(0.05)
+    orphans = [p for p in pids if Path(f"/proc/{p}").exists() and "State:\tZ" not in Path(f"/proc/{p}/status").read_text()]
+    started = time.monotonic()
+    fresh = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--headless", "--config-dir", str(instance.config_dir)],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    instance.process = fresh
+    try:
+        instance.wait_ready()
+        ok = True
+    except AssertionError:
+        ok = False
+    note = f"orphans left: {len(orphans)}; fresh start {'ready' if ok else 'FAILED'} in {(time.monotonic() - started) * 1000:.0f} ms"
+    return Row("supervisor", None, 0, 0, 0, 0, 0, files_hold(instance, "load0"), note)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def run_faults(rate: float, phase_s: float, routers: int, victims: list[str] | None = None, with_supervisor: bool = True) -> list[Row]:
+    folder = Path(tempfile.mkdtemp(prefix="orch-faults-"))
+    instance = start_instance(folder, routers=routers)
+    rows: list[Row] = []
+    sources: list[Source] = []
+    sinks: list[Sink] = []
+    try:
+        sources, sinks = setup_routes(instance, rate)
+        threads = [threading.Thread(target=s.run, daemon=True) for s in sources]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        names = victims or ["broker", "state", "gateway", *[f"router-{i}" for i in range(1, routers + 1)], "scanner"]
+        for victim in names:
+            rows.append(kill_and_measure(instance, victim, sources, sinks, phase_s))
+        if with_supervisor:
+            rows.append(kill_supervisor(instance, folder))
+    finally:
+        for source in sources:
+            source.stopping = True
+        for sink in sinks:
+            sink.stop()
+        instance.stop()
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    print(f"{'killed':<12}{'resume ms':>10}{'sent':>8}{'deliv':>8}{'lost':>6}{'dup':>6}{'disorder':>9}  files  note")
+    for r in rows:
+        resume = "-" if r.resume_ms is None else f"{r.resume_ms:.0f}"
+        print(f"{r.victim:<12}{resume:>10}{r.sent:>8}{r.delivered:>8}{r.lost:>6}{r.duplicated:>6}{r.out_of_order:>9}  {'ok' if r.files_ok else 'BAD':<5}  {r.note}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=2000, help="messages per second in total")
+    parser.add_argument("--phase", type=float, default=3.0, help="seconds of load measured after each kill")
+    parser.add_argument("--routers", type=int, default=2)
+    args = parser.parse_args()
+    print(f"fault injection: {args.rate:.0f} msg/s over {SOURCES} routes (one per-message sink, one stream sink), {args.routers} routers")
+    print_table(run_faults(args.rate, args.phase, args.routers))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
