@@ -26,9 +26,8 @@ from actors.cli import EXIT_UNREACHABLE
 from actors.errors import OrchestratorError
 from actors.protocol import Op
 from actors.runner import LOG_BACKUPS, LOG_FORMAT, LOG_MAX_BYTES
-from actors.security import ensure_keys, needs_curve
+from actors.security import ensure_keys, missing_client_keys, needs_curve
 from actors.settings import DEFAULT_CONFIG_DIR, Endpoints, Runtime
-from actors.stateclient import StateClient
 from actors.supervisor import ACTOR_MODULES, DEFAULT_ACTORS, DEFAULT_ROUTERS, AlreadyRunning, Supervisor, acquire_lock
 
 CONTROL_TIMEOUT_S = 3.0
@@ -116,6 +115,13 @@ def run(args: argparse.Namespace) -> int:
     setup_supervisor_logging(runtime)
     if args.bus and needs_curve(runtime.endpoints.events_in):
         ensure_keys(Path(runtime.endpoints.keys_dir))
+    missing = missing_client_keys(Path(runtime.endpoints.keys_dir)) if args.join and needs_curve(runtime.endpoints.events_in) else []
+    if missing:
+        print(f"--join {args.join} needs the main board's keys: {', '.join(missing)} missing in {runtime.endpoints.keys_dir}. "
+              f"Copy server.key, client.key and client.key_secret from the main board's <config>/keys (README 'Several boards').",
+              file=sys.stderr)
+        lock.close()
+        return 2
     try:
         suffix = f"@{args.satellite_name}" if args.join else ""
         return Supervisor(runtime, actors, routers=args.routers, attach_ui=attach_ui, name_suffix=suffix).run()
@@ -125,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
 def control_request(runtime: Runtime, op: Op, **request_args: Any) -> Any:
     """Ask the running supervisor; raises Unavailable when nobody answers."""
+    from actors.stateclient import StateClient  # here, not at the top: keeps asyncio out of the supervisor's memory
+
     context = zmq.Context()
     client = StateClient(context, runtime.endpoints.control, runtime.endpoints.keys_dir)
     try:
@@ -140,6 +148,9 @@ def print_status(status: dict[str, Any]) -> None:
     for child in status["children"]:
         age = "-" if child["heartbeat_age_s"] is None else f"{child['heartbeat_age_s']:.1f}s"
         print(f"  {child['name']:<10} {child['state']:<8} pid {str(child['pid'] or '-'):<8} restarts {child['restarts']:<3} heartbeat {age}")
+    for actor in status.get("remote", []):
+        print(f"  {actor['name']:<10} {actor['state']:<8} pid {actor['pid']:<8} on {actor['host']} (another board's supervisor), "
+              f"heartbeat {actor['heartbeat_age_s']:.1f}s")
 
 
 def show_status(runtime: Runtime, as_json: bool) -> int:

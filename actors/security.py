@@ -4,8 +4,9 @@ ipc and loopback tcp endpoints stay plain (the run folder is owner-only). Any ot
 endpoint requires CURVE: one server key pair (broker, gateway data socket, supervisor
 control) and one client key pair, generated on first use into ``<config>/keys`` with
 owner-only permissions. A server accepts only clients whose public key lies in
-``<config>/keys/authorized/``. A satellite host needs ``server.key`` and
-``client.key_secret`` (copy the keys folder); see README "Operating safely".
+``<config>/keys/authorized/``. A satellite board (``launch.py --join``) needs copies of
+``server.key``, ``client.key`` and ``client.key_secret`` in its own ``<config>/keys``; see
+README "Several boards".
 """
 from __future__ import annotations
 
@@ -16,9 +17,13 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from typing import TYPE_CHECKING
+
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
+
+if TYPE_CHECKING:  # the thread authenticator pulls in asyncio (8 MB per process): imported only where CURVE is on
+    from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,14 @@ def ensure_keys(keys_dir: Path) -> None:
     log.info("generated CurveZMQ keys in %s", keys_dir)
 
 
+SATELLITE_KEY_FILES = ("server.key", "client.key", "client.key_secret")
+
+
+def missing_client_keys(keys_dir: Path) -> list[str]:
+    """The key files a satellite (--join) needs from the main board that are not in keys_dir."""
+    return [name for name in SATELLITE_KEY_FILES if not (keys_dir / name).is_file()]
+
+
 def secure_server(sock: zmq.Socket, endpoint: str, keys_dir: str) -> None:
     """Make a binding socket a CURVE server when its endpoint is exposed (call before bind)."""
     if not needs_curve(endpoint):
@@ -81,6 +94,8 @@ def start_authenticator(context: zmq.Context, endpoints: list[str], keys_dir: st
     """Run the ZAP handler that checks client keys, if any of our bound endpoints needs CURVE."""
     if not any(needs_curve(e) for e in endpoints):
         return None
+    from zmq.auth.thread import ThreadAuthenticator
+
     ensure_keys(Path(keys_dir))
     auth = ThreadAuthenticator(context)
     auth.start()

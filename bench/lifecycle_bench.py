@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from actors.supervisor import DEFAULT_ROUTERS  # noqa: E402
 from conftest import start_instance, wait_until  # noqa: E402
 
 
@@ -53,7 +54,7 @@ def measure_restart(instance, name: str) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--routers", type=int, default=2)
+    parser.add_argument("--routers", type=int, default=DEFAULT_ROUTERS)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     wall, ready_after, instance = measure_start(args.routers)
