@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .settings import BACKUP_DIR_NAME, CONFIG_FILE_NAME, ROUTES_FILE_NAME, ConfigError, default_config, validate_config, validate_routes
+from .settings import BACKUP_DIR_NAME, CONFIG_FILE_NAME, PRIVATE_DIR_MODE, ROUTES_FILE_NAME, ConfigError, default_config, validate_config, validate_routes
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ class ConfigStore:
             target = self.backup_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{counter}"
             counter += 1
         target.mkdir(parents=True)
+        for folder in (self.backup_dir, target):  # copies of the config (and its token): owner only
+            os.chmod(folder, PRIVATE_DIR_MODE)
         for path in (self.config_path, self.routes_path):
             if path.exists():
                 shutil.copy2(path, target / path.name)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import zmq
 import zmq.asyncio
 
+from .access import AccessPolicy, RefusalLog, effective_address
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .commands import CommandLine, ConfigBlock, Peer, Reply, apply_config_block, build_registry, error, failure, format_time
 from .connection import Connection, Limits
@@ -89,7 +90,9 @@ class Gateway:
         self.started_at = time.time()
         self.counters = {"connections_total": 0, "connections_refused": 0, "lines_in": 0, "bytes_in": 0, "payloads_in": 0,
                          "commands": 0, "unknown_source": 0, "no_route": 0, "bad_lines": 0, "too_long": 0, "idle_timeouts": 0,
-                         "partial_lines_dropped": 0, "malformed_messages": 0}
+                         "partial_lines_dropped": 0, "malformed_messages": 0, "refused_clients": 0, "refused_admin": 0, "auth_failures": 0}
+        self.access = AccessPolicy.from_config({})
+        self.refusals = RefusalLog()
         self.reported = {"unknown_source": 0, "no_route": 0}
         self.recent_sources: dict[str, set[str]] = {"unknown_source": set(), "no_route": set()}
         self.next_report = time.monotonic() + ACTIVITY_REPORT_INTERVAL_S
@@ -209,6 +212,7 @@ class Gateway:
     def _state_changed(self) -> None:
         self.routed_sources = {route["incoming"] for route in self.replica.routes.values()}
         self.limits = limits_from_config(self.replica.config)
+        self.access = AccessPolicy.from_config(self.replica.config)
 
     async def request(self, op: Op, **args: Any) -> Any:
         """CommandContext: one request to the state keeper."""
@@ -270,9 +274,39 @@ class Gateway:
         try:
             if isinstance(item, ConfigBlock):
                 return await apply_config_block(item, self)
-            return await self.registry.dispatch(item.text, self, peer)
+            reply = await self.registry.dispatch(item.text, self, peer)
         except OrchestratorError as exc:
             return failure(exc)
+        if reply.code == ErrorCode.FORBIDDEN:
+            self._refused_command(item, peer)
+        return reply
+
+    # ---- access ----------------------------------------------------------------------
+    def admit(self, peer_host: str, peer_port: int, local_host: str) -> tuple[Peer, Reply | None]:
+        """Host: the client with its admin right, and a refusal when allowed_clients excludes it."""
+        address = effective_address(peer_host, local_host)
+        peer = Peer(peer_host, peer_port, admin=self.access.is_admin(address))
+        if self.access.may_connect(address):
+            return peer, None
+        self.counters["refused_clients"] += 1
+        self._report_refusal(peer_host, "connect", "connection refused: not in allowed_clients")
+        return peer, error(f"Error: connections not allowed from {peer_host}; closing", ErrorCode.FORBIDDEN, close=True)
+
+    def _refused_command(self, item: CommandLine, peer: Peer) -> None:
+        """Count and report (rate-limited) an admin command or /auth refused; never the line itself (it may hold the token)."""
+        command, _ = self.registry.find(item.text.split())
+        if command is not None and command.words == ("/auth",):
+            self.counters["auth_failures"] += 1
+            self._report_refusal(peer.host, "auth", "/auth refused (wrong token or auth off)")
+        else:
+            self.counters["refused_admin"] += 1
+            words = " ".join(command.words) if command is not None else "?"
+            self._report_refusal(peer.host, "admin", f"admin command {words} refused: not in admin_clients and no /auth")
+
+    def _report_refusal(self, host: str, reason: str, text: str) -> None:
+        quiet = self.refusals.should_report(host, reason)
+        if quiet is not None:
+            log.warning("%s from %s%s", text, host, f" ({quiet} more since the last report)" if quiet else "")
 
     async def tap(self, connection: Connection, kind: str, key: str) -> None:
         """Host: stream live payloads of a route or source to one client until it goes; a slow client loses lines, never slows routing."""

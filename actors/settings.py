@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import os
 import tempfile
@@ -31,6 +32,13 @@ USAGE_FLUSH_INTERVAL_S = HEARTBEAT_INTERVAL_S
 
 # Unix socket paths are limited to 107 bytes; longer run dirs move to /tmp.
 MAX_IPC_PATH_BYTES = 100
+PRIVATE_DIR_MODE = 0o700  # run, logs, backups and keys folders
+
+
+ALL_NETWORKS = ("0.0.0.0/0", "::/0")
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+ACCESS_LIST_KEYS = ("allowed_clients", "admin_clients")
+SECRET_KEYS = ("admin_token",)  # never logged, never shown
 
 
 def default_config() -> dict[str, Any]:
@@ -45,6 +53,10 @@ def default_config() -> dict[str, Any]:
         "known_hosts": ["localhost"],
         "bind_host": "0.0.0.0",
         "offline_after_sweeps": 3,
+        # Access (actors/access.py): who may connect, who may administer, optional token for /auth.
+        "allowed_clients": list(ALL_NETWORKS),
+        "admin_clients": list(LOOPBACK_NETWORKS),
+        "admin_token": "",
     }
 
 
@@ -56,6 +68,10 @@ TUNABLE_DEFAULTS: dict[str, float] = {
     "router_queue_messages": 10_000,  # router: payloads waiting per sink
     "router_queue_bytes": 16 << 20,  # router: bytes waiting per sink
     "router_queue_age_s": 60.0,  # router: oldest payload kept for a sink that is down
+    "gateway_window_messages": 10_000,  # gateway: payloads per source sent but not yet acknowledged by a router
+    "gateway_window_bytes": 8 << 20,  # gateway: bytes per source sent but not yet acknowledged
+    "gateway_pending_messages": 10_000,  # gateway: payloads per source held beyond the window (reading pauses at 1/4)
+    "gateway_pending_bytes": 16 << 20,  # gateway: bytes per source held beyond the window
 }
 
 
@@ -94,6 +110,21 @@ def parse_ports(spec: str | int) -> list[int]:
     return sorted(ports)
 
 
+def parse_networks(spec: Any, key: str = "networks") -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Turn ["10.0.0.0/8", "::1"] into networks (host bits allowed); raise ConfigError naming the bad entry."""
+    if not isinstance(spec, list):
+        raise ConfigError(f"{key!r} must be a list of networks like \"10.0.0.0/8\", got {spec!r}")
+    networks = []
+    for entry in spec:
+        try:
+            if not isinstance(entry, str):
+                raise TypeError(entry)
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key!r}: {entry!r} is not a network like \"10.0.0.0/8\" or \"::1\"") from None
+    return networks
+
+
 def _check_type(config: dict[str, Any], key: str, kinds: tuple[type, ...]) -> None:
     value = config.get(key)
     if not isinstance(value, kinds) or isinstance(value, bool):
@@ -120,6 +151,11 @@ def validate_config(raw: Any) -> dict[str, Any]:
         raise ConfigError("'peripherals' must be a list")
     if not isinstance(config["known_hosts"], list) or not all(isinstance(h, str) for h in config["known_hosts"]):
         raise ConfigError("'known_hosts' must be a list of host names")
+    for key in ACCESS_LIST_KEYS:
+        parse_networks(config[key], key)
+    token = config["admin_token"]
+    if not isinstance(token, str) or any(ch.isspace() for ch in token):
+        raise ConfigError("'admin_token' must be text without spaces (empty turns /auth off)")  # never echo a secret
     for key in TUNABLE_DEFAULTS:
         if key in config and tunable(config, key) != config[key]:
             raise ConfigError(f"{key!r} must be a positive number, got {config[key]!r}")
@@ -225,4 +261,5 @@ class Runtime:
     def ensure_dirs(self) -> None:
         for folder in (self.config_dir, self.run_dir, self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.run_dir, 0o700)
+        for private in (self.run_dir, self.log_dir):  # sockets and logs: owner only
+            os.chmod(private, PRIVATE_DIR_MODE)
