@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import ipaddress
 import json
 import os
 import tempfile
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,7 +213,7 @@ def run_dir_for(config_dir: Path) -> Path:
     candidate = config_dir.resolve() / RUN_DIR_NAME
     if len(str(candidate / "state-front.ipc")) <= MAX_IPC_PATH_BYTES:
         return candidate
-    digest = hashlib.sha1(str(config_dir.resolve()).encode()).hexdigest()[:12]
+    digest = f"{zlib.crc32(str(config_dir.resolve()).encode()):08x}"  # zlib, not hashlib: OpenSSL costs 4 MB per process
     return Path(tempfile.gettempdir()) / f"orch-{digest}"
 
 
