@@ -41,6 +41,7 @@ FLAP_LIMIT = 6
 STARTUP_GRACE_S = 15.0
 HANG_TIMEOUT_S = HEARTBEAT_EXPIRY_S * 4
 STOP_GRACE_S = 3.0
+REMOTE_FORGET_S = 60.0  # an actor of another supervisor silent this long leaves the status table
 
 
 class AlreadyRunning(RuntimeError):
@@ -79,6 +80,25 @@ class Child:
                 "host": self.heartbeat.get("host"), "stats": self.heartbeat.get("stats", {})}
 
 
+@dataclass
+class RemoteActor:
+    """An actor heard on the bus that another supervisor runs (a satellite board's router, or the main board's actors)."""
+
+    name: str
+    host: str
+    pid: int
+    last_heartbeat: float
+    stats: dict[str, Any] = field(default_factory=dict)
+    reported_lost: bool = False
+
+    def live(self, now: float) -> bool:
+        return now - self.last_heartbeat <= HEARTBEAT_EXPIRY_S
+
+    def describe(self, now: float) -> dict[str, Any]:
+        return {"name": self.name, "host": self.host, "pid": self.pid, "state": "running" if self.live(now) else "lost",
+                "heartbeat_age_s": round(now - self.last_heartbeat, 2), "stats": self.stats}
+
+
 def acquire_lock(config_dir: Path) -> IO[str]:
     """Hold an exclusive lock on <config>/orch.lock for the life of this process (freed by the kernel on death)."""
     config_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +129,7 @@ class Supervisor:
         self.last_bus_heartbeat = 0.0
         self.attach_ui = attach_ui
         self.name_suffix = name_suffix  # satellites: keeps names unique on the shared bus
+        self.remote: dict[str, RemoteActor] = {}
         for kind in actors:
             if kind == "router":
                 for index in range(1, routers + 1):
@@ -133,9 +154,12 @@ class Supervisor:
         """A child exited: schedule its restart with backoff, or give up when it flaps."""
         code = child.process.returncode if child.process else None
         if child.attached:
-            log.info("ui detached (exit %s); the orchestrator keeps running", code)
             self.children.remove(child)
             signal.signal(signal.SIGINT, self._on_signal)
+            console = logging.StreamHandler(sys.stderr)
+            console.setFormatter(logging.Formatter("%(asctime)s supervisor %(levelname)s %(message)s", "%H:%M:%S"))
+            logging.getLogger().addHandler(console)  # the terminal is ours again: show what the supervisor does
+            log.info("ui detached (exit %s); the orchestrator keeps running here: Ctrl+C stops it", code)
             return
         ran_for = now - child.started_at
         if ran_for >= STABLE_AFTER_S:
@@ -195,7 +219,8 @@ class Supervisor:
         now = time.time()
         return {"pid": os.getpid(), "config_dir": str(self.runtime.config_dir), "uptime_s": round(now - self.started_at, 1),
                 "ready": self.ready_after_s is not None, "ready_after_s": self.ready_after_s,
-                "children": [c.describe(now) for c in self.children]}
+                "children": [c.describe(now) for c in self.children],
+                "remote": [r.describe(now) for r in sorted(self.remote.values(), key=lambda r: r.name)]}
 
     def scale_routers(self, count: int) -> dict[str, Any]:
         """Add or remove routers on the running system (the gateway drains a source before moving it)."""
@@ -249,13 +274,36 @@ class Supervisor:
             return
         now = time.time()
         self.last_bus_heartbeat = now
+        own = False
         for child in self.children:
-            if child.name == message.actor and child.pid == message.pid:
-                child.last_heartbeat = now
-                child.heartbeat = {"host": message.host, "stats": message.stats}
+            if child.name == message.actor:
+                own = True
+                if child.pid == message.pid:
+                    child.last_heartbeat = now
+                    child.heartbeat = {"host": message.host, "stats": message.stats}
+        if not own and message.actor != f"supervisor{self.name_suffix}":
+            self._heard_remote(message, now)
         if self.ready_after_s is None and all(c.last_heartbeat for c in self.children if not c.failed and not c.attached):
             self.ready_after_s = round(now - self.started_at, 3)
             log.info("orchestrator ready in %.0f ms (%d processes)", self.ready_after_s * 1000, len(self.children))
+
+    def _heard_remote(self, beat: Heartbeat, now: float) -> None:
+        """Keep the table of other supervisors' actors, logging when one joins or comes back."""
+        known = self.remote.get(beat.actor)
+        if known is None or not known.live(now) or known.pid != beat.pid:
+            log.info("%s on %s joined (pid %d)", beat.actor, beat.host, beat.pid)
+        self.remote[beat.actor] = RemoteActor(beat.actor, beat.host, beat.pid, now, beat.stats)
+
+    def _expire_remote(self) -> None:
+        """Report remote actors that fell silent (their board is gone or cut off); forget them later."""
+        now = time.time()
+        for actor in list(self.remote.values()):
+            silent = now - actor.last_heartbeat
+            if silent > REMOTE_FORGET_S:
+                del self.remote[actor.name]
+            elif not actor.live(now) and not actor.reported_lost:
+                actor.reported_lost = True
+                log.warning("%s on %s lost: no heartbeat for %.0fs", actor.name, actor.host, silent)
 
     def _on_signal(self, *_: object) -> None:
         self.stopping = True
@@ -291,6 +339,7 @@ class Supervisor:
                 while events in ready and events.poll(0):
                     self._on_heartbeat(events.recv_multipart())
                 self._check_children()
+                self._expire_remote()
                 heart.maybe_beat({"children": len(self.children), "failed": sum(c.failed for c in self.children),
                                   "restarts": sum(c.restarts for c in self.children)})
         finally:
