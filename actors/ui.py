@@ -32,6 +32,7 @@ from .cli import send_command
 from .errors import OrchestratorError
 from .protocol import Activity, Heartbeat, Op, ProtocolError, StateUpdate, Topic
 from .replica import StateReplica
+from .rules import FILTER_KEY, RULE_KEYS, SYNTAX, TRANSFORM_KEY
 from .runner import StopFlag, run_actor, setup_logging
 from .settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, Runtime
 from .stateclient import StateClient
@@ -67,6 +68,11 @@ PICK_HINT = "↑↓ PgUp PgDn choose  Enter select  Esc back"
 TEXT_HINT = "↑↓ PgUp PgDn scroll  any other key: back"
 PROMPT_HINT = "Enter confirm  Esc cancel"
 CONFIRM_HINT = "y yes  any other key: no"
+EDIT_ENDS, CLEAR_RULES = "ends", "clear"  # Edit Route actions besides setting one rule (FILTER_KEY / TRANSFORM_KEY)
+RULE_EXAMPLES = {
+    FILTER_KEY: ("json:final == true   (only final ASR results)", "re:^FINAL:   (lines starting FINAL:)"),
+    TRANSFORM_KEY: ("sub:/^FINAL: //   (strip a prefix)", "json:pick text   (just one field)", "template:{source}: {payload}"),
+}
 ASCII_FALLBACK = str.maketrans({"→": "->", "—": "-", "…": "~", "▸": ">", "↑": "^", "↓": "v"})
 
 
@@ -269,9 +275,10 @@ class PromptScreen(Screen):
     prompt: str
     on_submit: Callable[[str], None]
     buffer: str = ""
+    notes: Sequence[str] = ()
 
     def lines(self, width: int, height: int) -> list[vm.Line]:
-        return vm.prompt_screen(self.title, self.prompt, self.buffer, width, height, PROMPT_HINT)
+        return vm.prompt_screen(self.title, self.prompt, self.buffer, width, height, PROMPT_HINT, self.notes)
 
     def key(self, key: Key, ui: "Interaction") -> None:
         if key in ENTER_KEYS and self.buffer.strip():
@@ -423,8 +430,8 @@ class Interaction:
         peripherals = sorted(model.peripherals, key=lambda p: str(p.get("name", "")))
         choices = [(f"{p['name']}  (port {p.get('port')}, {'online' if p.get('online') else 'offline'})", str(p["name"])) for p in peripherals]
         names = {p.get("uuid"): str(p.get("name")) for p in peripherals}
-        routes = [(f"{r['name']}  ({names.get(r.get('incoming'), '?')} {vm.ARROW} {names.get(r.get('outgoing'), '?')})", str(r["name"]))
-                  for r in sorted(model.routes, key=lambda r: str(r.get("name", "")))]
+        routes = [(f"{r['name']}{vm.RULE_MARKER if vm.has_rules(r) else ''}  ({names.get(r.get('incoming'), '?')} {vm.ARROW} "
+                   f"{names.get(r.get('outgoing'), '?')})", str(r["name"])) for r in sorted(model.routes, key=lambda r: str(r.get("name", "")))]
         if item == "Exit Menu":
             self.pop()
         elif item == "List Peripherals":
@@ -439,7 +446,8 @@ class Interaction:
         elif item == "Add Route":
             self._add_route(base, choices)
         elif item == "Edit Route":
-            self.push(PickScreen("Edit Route: which route?", routes, lambda route: self._edit_route(base, route, choices)))
+            records = {str(r["name"]): r for r in model.routes}
+            self.push(PickScreen("Edit Route: which route?", routes, lambda route: self._edit_route(base, route, choices, records.get(route, {}))))
         elif item == "Remove Route":
             self.push(PickScreen("Remove Route: which route?", routes, lambda route: self.finish(base, item, f"/routes remove {route}")))
         elif item == "Remove Peripheral":
@@ -454,9 +462,31 @@ class Interaction:
         self.push(PickScreen("Add Route: incoming (sends data)", choices,
                              lambda source: self.push(PickScreen(f"Add Route: outgoing (receives from {source})", choices, lambda sink: named(source, sink)))))
 
-    def _edit_route(self, base: int, route: str, choices: list[tuple[str, str]]) -> None:
+    def _edit_route(self, base: int, route: str, choices: list[tuple[str, str]], record: dict[str, Any]) -> None:
+        """What to change: the ends, the filter, the transform, or clear the rules (current rules shown)."""
+        actions = [("Change incoming and outgoing", EDIT_ENDS)]
+        actions += [(f"Set {key}  (now: {record.get(key) or 'none'})", key) for key in RULE_KEYS]
+        actions.append(("Clear filter and transform", CLEAR_RULES))
+
+        def chosen(action: str) -> None:
+            if action == EDIT_ENDS:
+                self._edit_ends(base, route, choices)
+            elif action == CLEAR_RULES:
+                self.finish(base, "Edit Route", f"/routes set {route} {CLEAR_RULES}")
+            else:
+                self._edit_rule(base, route, action, str(record.get(action) or ""))
+        self.push(PickScreen(f"Edit Route {route}: what to change?", actions, chosen))
+
+    def _edit_ends(self, base: int, route: str, choices: list[tuple[str, str]]) -> None:
         self.push(PickScreen(f"Edit Route {route}: new incoming", choices, lambda source: self.push(
             PickScreen(f"Edit Route {route}: new outgoing", choices, lambda sink: self.finish(base, "Edit Route", f"/routes edit {route} {source} {sink}")))))
+
+    def _edit_rule(self, base: int, route: str, key: str, current: str) -> None:
+        """Prompt for the rule text (the current one to edit); the reply (set, or why the rule is refused) is shown."""
+        notes = ["Forms:", *(f"  {form}" for form in SYNTAX[key]), "Examples:", *(f"  {example}" for example in RULE_EXAMPLES[key])]
+        prompt = PromptScreen(f"Edit Route {route}: {key}", f"{key.capitalize()}:",
+                              lambda rule: self.finish(base, "Edit Route", f"/routes set {route} {key} {rule}"), current, notes)
+        self.push(prompt)
 
 
 # ---- curses ---------------------------------------------------------------------------------

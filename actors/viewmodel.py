@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Iterable, Sequence
 
+from .rules import RULE_KEYS
+
 MIN_WIDTH = 40
 MIN_HEIGHT = 10
 PALETTE_SIZE = 6  # distinct colours for peripheral families (the renderer maps them to curses colours)
@@ -29,6 +31,7 @@ FOOTER_KEYS = "m menu  : command  Tab section  ↑↓ PgUp PgDn Home End scroll 
 # Column widths (cells) of the fixed columns; the name columns take what is left.
 PORT_W, STATUS_W, AGE_W, COUNT_W, RATE_W = 5, 7, 9, 9, 8
 TIME_W, ACTOR_W = 8, 9
+RULE_MARKER = "*"  # after a route's name when it has a filter or transform
 
 
 class Style(str, Enum):
@@ -285,13 +288,26 @@ def route_rows(routes: Sequence[dict[str, Any]], names: dict[str, str], width: i
     for r in sorted(routes, key=lambda r: str(r.get("name", ""))):
         source = names.get(r.get("incoming", ""), str(r.get("incoming", "?"))[:8])
         sink = names.get(r.get("outgoing", ""), str(r.get("outgoing", "?"))[:8])
-        text = columns([(r.get("name", "?"), name_w, "<"), (f"{source} {ARROW} {sink}", path_w, "<"),
+        text = columns([(route_label(r, name_w), name_w, "<"), (f"{source} {ARROW} {sink}", path_w, "<"),
                         (since(r.get("last_used"), now), AGE_W, ">"), (count(r.get("messages")), COUNT_W, ">"),
                         (rate(r.get("rate")), RATE_W, ">")])
         rows.append(Line(fit(text, width)))
-    header = columns([(f"ROUTES {len(routes)}", name_w, "<"), (f"FROM {ARROW} TO", path_w, "<"), ("LAST USED", AGE_W, ">"),
+    legend = f" ({RULE_MARKER} rules)" if any(has_rules(r) for r in routes) else ""
+    header = columns([(f"ROUTES {len(routes)}{legend}", name_w, "<"), (f"FROM {ARROW} TO", path_w, "<"), ("LAST USED", AGE_W, ">"),
                       ("MESSAGES", COUNT_W, ">"), ("RATE", RATE_W, ">")])
     return header, rows
+
+
+def has_rules(route: dict[str, Any]) -> bool:
+    return any(route.get(key) for key in RULE_KEYS)
+
+
+def route_label(route: dict[str, Any], width: int) -> str:
+    """The route's name, with the rules marker kept visible even when the name is cut."""
+    name = clean(route.get("name", "?"))
+    if not has_rules(route):
+        return name
+    return fit(name, max(0, width - cell_width(RULE_MARKER))) + RULE_MARKER
 
 
 def activity_rows(activity: Sequence[ActivityLine], width: int) -> tuple[str, list[Line]]:
@@ -415,8 +431,8 @@ def clean_lines(text: str) -> list[str]:
     return [clean(row.replace("\t", "    ")) for row in str(text).rstrip("\n").split("\n")] if text else ["(empty reply)"]
 
 
-def prompt_screen(title: str, prompt: str, buffer: str, width: int, height: int, hint: str) -> list[Line]:
-    """A one-line text entry; the end of a long entry stays visible."""
+def prompt_screen(title: str, prompt: str, buffer: str, width: int, height: int, hint: str, notes: Sequence[str] = ()) -> list[Line]:
+    """A one-line text entry (the end of a long entry stays visible), with optional help lines below it."""
     if width < MIN_WIDTH or height < MIN_HEIGHT:
         return too_small(width, height)
     room = max(1, width - cell_width(prompt) - 3)
@@ -424,6 +440,10 @@ def prompt_screen(title: str, prompt: str, buffer: str, width: int, height: int,
     while cell_width(shown) > room - 1:
         shown = shown[1:]
     lines = [Line(fit(f" {title}", width, pad=True), Style.TITLE), Line(""), Line(fit(f" {prompt} {shown}_", width))]
+    if notes:
+        lines.append(Line(""))
+        room_for_notes = max(0, height - 1 - len(lines))  # the hint row stays at the bottom
+        lines.extend(Line(fit(f" {note}", width), Style.DIM) for note in list(notes)[:room_for_notes])
     lines.extend([Line("")] * (height - 1 - len(lines)))
     lines.append(Line(fit(hint, width, pad=True), Style.FOOTER))
     return lines[:height]

@@ -125,13 +125,59 @@ def test_menu_add_route_picks_incoming_then_outgoing_then_a_name():
 
 
 def test_menu_actions_send_their_commands():
-    cases = {"1": [], "3": ["\n", "j", "\n", "\n"], "4": ["\n"], "5": ["j", "\n", "y"], "6": ["y"]}
+    cases = {"1": [], "3": ["\n", "\n", "j", "\n", "\n"], "4": ["\n"], "5": ["j", "\n", "y"], "6": ["y"]}
     expected = {"1": "/list", "3": "/routes edit r1 B A", "4": "/routes remove r1", "5": "/remove B", "6": "/reset"}
     for item, keys in cases.items():
         interaction, sent = fake_interaction(two_peripherals())
         for key in ["m", item, *keys]:
             interaction.on_key(key)
         assert sent == [expected[item]], item
+
+
+def ruled_model() -> vm.Model:
+    model = two_peripherals()
+    model.routes = [{"name": "r1", "incoming": "a", "outgoing": "b", "transform": "sub:/^FINAL: //"}]
+    return model
+
+
+def test_edit_route_sets_a_filter_typed_at_the_prompt_and_shows_the_reply():
+    interaction, sent = fake_interaction(two_peripherals())
+    for key in ["m", "3", "\n", "j", "\n"]:  # route r1, then "Set filter"
+        interaction.on_key(key)
+    prompt = texts(interaction.render(80, 24))
+    assert "Filter:" in prompt and "re:<regex>" in prompt and "json:final == true" in prompt  # the forms and examples are shown
+    for key in [*"json:final == true", "\n"]:
+        interaction.on_key(key)
+    assert sent == ["/routes set r1 filter json:final == true"]
+    assert "ok /routes set r1 filter json:final == true" in texts(interaction.render(80, 24))
+    interaction.on_key("x")
+    assert isinstance(interaction.stack[-1], ui.MenuScreen)  # back where the action started
+
+
+def test_edit_route_offers_the_current_rule_for_editing():
+    interaction, sent = fake_interaction(ruled_model())
+    for key in ["m", "3"]:
+        interaction.on_key(key)
+    assert "r1* " in texts(interaction.render(80, 24))  # the pick list marks routes with rules
+    interaction.on_key("\n")
+    assert "Set transform  (now: sub:/^FINAL: //)" in texts(interaction.render(100, 24))
+    for key in ["j", "j", "\n", 127, *"x/", "\n"]:
+        interaction.on_key(key)
+    assert sent == ["/routes set r1 transform sub:/^FINAL: /x/"]
+
+
+def test_edit_route_clears_rules_and_escape_at_the_prompt_sends_nothing():
+    interaction, sent = fake_interaction(ruled_model())
+    for key in ["m", "3", "\n", "j", "\n", *"re:x", 27]:
+        interaction.on_key(key)
+    assert sent == [] and "what to change" in texts(interaction.render(80, 24))
+    for key in ["j", "j", "\n"]:
+        interaction.on_key(key)
+    assert sent == ["/routes set r1 clear"]
+
+
+def texts(lines: list[vm.Line]) -> str:
+    return "\n".join(line.text for line in lines)
 
 
 def test_reset_needs_confirmation():
@@ -171,6 +217,16 @@ def test_overview_shows_registered_peripherals_and_routes(core: Instance, tmp_pa
     session = open_ui(tmux_uis, core, tmp_path)
     screen = session.wait_for("LLM_Engine → TTS_Engine")
     assert "00000000-0000-4000-8000-000000000000" in screen and "TTS_Engine" in screen and "26201" in screen and "online" in screen
+
+
+def test_a_route_given_a_rule_gets_its_marker_live(core: Instance, tmp_path: Path, tmux_uis: list[TmuxUi]):
+    populate(core)
+    session = open_ui(tmux_uis, core, tmp_path)
+    session.wait_for("LLM_Engine → TTS_Engine")
+    core.state_client().request(Op.SET_ROUTE_RULE, name="talk", key="filter", rule="json:final == true")
+    session.wait_for(f"talk{vm.RULE_MARKER}", timeout=UPDATE_DEADLINE_S)
+    core.state_client().request(Op.SET_ROUTE_RULE, name="talk", key="clear")
+    wait_until(lambda: f"talk{vm.RULE_MARKER}" not in session.screen(), UPDATE_DEADLINE_S, 0.05, "the marker to go")
 
 
 def test_a_newly_registered_peripheral_shows_within_a_second(core: Instance, tmp_path: Path, tmux_uis: list[TmuxUi]):

@@ -192,3 +192,25 @@ def test_list_screen_keeps_the_selection_visible():
     lines = vm.list_screen("Pick", [f"item {i}" for i in range(1000)], 777, 80, 24, "hint")
     selected = [line.text for line in lines if line.style is vm.Style.SELECTED]
     assert selected and "item 777" in selected[0] and "778/1000" in lines[0].text
+
+
+def test_routes_with_rules_carry_a_marker_and_the_header_explains_it():
+    ruled = {**route("ruled", UUID_A, UUID_B), "filter": "json:final == true"}
+    text = texts(vm.overview(connected_model(routes=[route("plain", UUID_A, UUID_B), ruled]), 100, 30).lines)
+    assert f"ruled{vm.RULE_MARKER} " in text and f"plain{vm.RULE_MARKER}" not in text
+    assert f"({vm.RULE_MARKER} rules)" in text
+    assert "rules)" not in texts(vm.overview(connected_model(), 100, 30).lines)
+
+
+def test_the_rule_marker_survives_a_cut_name():
+    ruled = {**route("a_very_long_route_name_" * 4, UUID_A, UUID_B), "transform": "json:pick text"}
+    rows = [line.text for line in vm.overview(connected_model(routes=[ruled]), 60, 20).lines if "a_very" in line.text]
+    assert rows and f"{vm.ELLIPSIS}{vm.RULE_MARKER} " in rows[0]
+
+
+@pytest.mark.parametrize("width,height", SIZES)
+def test_prompt_notes_fit_and_keep_the_hint_at_the_bottom(width, height):
+    lines = vm.prompt_screen("Edit", "Filter:", "re:x", width, height, "hint", [f"note {i} " + "x" * 300 for i in range(50)])
+    assert_fits(lines, width, height)
+    if width >= vm.MIN_WIDTH and height >= vm.MIN_HEIGHT:
+        assert lines[-1].text.startswith("hint") and len(lines) == height
