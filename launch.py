@@ -153,14 +153,17 @@ def print_status(status: dict[str, Any]) -> None:
               f"heartbeat {actor['heartbeat_age_s']:.1f}s")
 
 
-def show_status(runtime: Runtime, as_json: bool) -> int:
+def show_status(runtime: Runtime, as_json: bool, satellite: bool = False) -> int:
     """The supervisor's process table plus the gateway's /status figures (when the gateway answers)."""
     from actors.cli import Unreachable, fetch_status, format_status
     processes = control_request(runtime, Op.CONTROL_STATUS)
+    figures: dict[str, Any] | None = None
+    reason = "a satellite board (--join) has no gateway: see the main board's status"
     try:
-        figures: dict[str, Any] | None = fetch_status(runtime, CONTROL_TIMEOUT_S)
+        if not satellite:
+            figures = fetch_status(runtime, CONTROL_TIMEOUT_S)
     except Unreachable as exc:
-        figures, reason = None, str(exc)
+        reason = str(exc)
     if as_json:
         print(json.dumps({"supervisor": processes, "orchestrator": figures}, indent=2))
         return 0
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = runtime_for(args)
     try:
         if args.command == "status":
-            return show_status(runtime, args.json)
+            return show_status(runtime, args.json, satellite=bool(args.join))
         elif args.command == "stop":
             control_request(runtime, Op.CONTROL_STOP)
             print("stopping")

@@ -447,7 +447,16 @@ class Gateway:
             "Gateway": {k: stats[k] for k in ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full",
                                               "pending", "bad_lines", "too_long", "connections_open", "connections_refused")},
             "Last Scan": format_time(last_scan),
+            "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],
         }
+
+
+def actor_entry(beat: Heartbeat) -> dict[str, Any]:
+    """One live actor in /status: where it runs (satellite boards show their own host) and, for routers, what it delivered."""
+    entry: dict[str, Any] = {"name": beat.actor, "host": beat.host, "pid": beat.pid}
+    if beat.actor.startswith("router"):
+        entry["delivered"] = int(beat.stats.get("delivered") or 0)
+    return entry
 
 
 def format_duration(seconds: float) -> str:

@@ -20,6 +20,7 @@ from .configstore import ConfigStore
 from .errors import ErrorCode, OrchestratorError, UnknownOp
 from .protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, decode_as, encode
 from .runner import StopFlag, run_actor
+from .security import secure_client
 from .settings import POLL_INTERVAL_MS, Runtime
 from .tables import Change, Tables
 
@@ -71,6 +72,7 @@ class StateKeeper:
     def run(self) -> None:
         self.sock = self.context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 1000)
+        secure_client(self.sock, self.runtime.endpoints.state_back, self.runtime.endpoints.keys_dir)
         self.sock.connect(self.runtime.endpoints.state_back)
         self.pub = connect_publisher(self.context, self.runtime.endpoints)
         logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
