@@ -90,7 +90,7 @@ class BusView:
     def __init__(self, runtime: Runtime, context: zmq.Context, own_name: str) -> None:
         self.own_name = own_name
         self.sub = connect_subscriber(context, runtime.endpoints, (Topic.STATE, Topic.ACTIVITY, Topic.HEARTBEAT))
-        self.client = StateClient(context, runtime.endpoints.state_front)
+        self.client = StateClient(context, runtime.endpoints.state_front, runtime.endpoints.keys_dir)
         self.replica = StateReplica()
         self.activity: deque[vm.ActivityLine] = deque(maxlen=ACTIVITY_KEEP)
         self.actors: dict[str, vm.ActorStatus] = {}
@@ -144,7 +144,7 @@ class BusView:
             return False
         now = time.monotonic()
         known = self.actors.get(beat.actor)
-        self.actors[beat.actor] = vm.ActorStatus(beat.actor, now, beat.started_at, beat.pid, beat.stats)
+        self.actors[beat.actor] = vm.ActorStatus(beat.actor, now, beat.started_at, beat.pid, beat.stats, beat.host)
         was_silent = not self.connected()
         self.last_beat = now
         if beat.actor == STATE_ACTOR and isinstance(beat.stats.get("epoch"), str) and isinstance(beat.stats.get("seq"), int):

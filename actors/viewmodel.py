@@ -74,6 +74,7 @@ class ActorStatus:
     started_at: float  # wall clock
     pid: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
+    host: str = ""  # the board it runs on (satellites: launch.py --join)
 
 
 @dataclass
@@ -342,8 +343,8 @@ def status_line(model: Model, width: int) -> Line:
         if model.ever_connected or model.silent_for_s >= model.alive_within_s:
             return Line(fit(f"orchestrator not reachable — reconnecting ({age(model.silent_for_s).replace(' ago', '')} silent)", width), Style.ALERT)
         return Line(fit("connecting to orchestrator…", width), Style.DIM)
-    alive = sorted(a.name for a in model.actors.values() if model.now_mono - a.last_beat <= model.alive_within_s)
-    parts = [f"actors {len(alive)}: {' '.join(alive)}"]
+    alive = sorted((a for a in model.actors.values() if model.now_mono - a.last_beat <= model.alive_within_s), key=lambda a: a.name)
+    parts = [f"actors {len(alive)}: {actors_by_host(alive)}"]
     delivered = [a.stats.get("delivered") for a in model.actors.values() if a.name.startswith("router")]
     numbers = [d for d in delivered if isinstance(d, int) and not isinstance(d, bool)]
     if numbers:
@@ -352,6 +353,16 @@ def status_line(model: Model, width: int) -> Line:
     if scanner is not None and "last_scan" in scanner.stats:
         parts.append(f"last scan {since(scanner.stats.get('last_scan'), model.now)}")
     return Line(fit(" | ".join(parts), width))
+
+
+def actors_by_host(alive: list[ActorStatus]) -> str:
+    """Actor names; grouped "on <host>" when they run on more than one board."""
+    hosts: dict[str, list[str]] = {}
+    for actor in alive:
+        hosts.setdefault(actor.host, []).append(actor.name)
+    if len(hosts) <= 1:
+        return " ".join(a.name for a in alive)
+    return "; ".join(f"{' '.join(names)} on {host or '?'}" for host, names in sorted(hosts.items(), key=lambda item: -len(item[1])))
 
 
 def overview(model: Model, width: int, height: int, scroll: Scroll = Scroll(), footer: str | None = None) -> Frame:
