@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .commands import AUTH_OK
 from .settings import CONFIG_FILE_NAME, ConfigError, Runtime, default_config, validate_config
 
 CTL_TIMEOUT_S = 10.0
@@ -26,17 +27,31 @@ class Unreachable(OSError):
     """Nothing answers on the instance's command port."""
 
 
-def command_address(config_dir: Path) -> tuple[str, int]:
-    """(host, command_port) of the instance that owns config_dir, from its orch.cf (defaults if absent)."""
+def read_config(config_dir: Path) -> dict[str, Any]:
+    """The instance's orch.cf (defaults if absent); Unreachable when it cannot be read."""
     path = Path(config_dir) / CONFIG_FILE_NAME
     try:
-        config = validate_config(json.loads(path.read_text(encoding="utf-8")))
+        return validate_config(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
-        config = default_config()
+        return default_config()
     except (json.JSONDecodeError, UnicodeDecodeError, ConfigError) as exc:
         raise Unreachable(f"cannot read the command port from {path}: {exc}") from None
+
+
+def command_address(config_dir: Path) -> tuple[str, int]:
+    """(host, command_port) of the instance that owns config_dir, from its orch.cf (defaults if absent)."""
+    config = read_config(config_dir)
     host = config.get("bind_host") or ""
     return (LOOPBACK if host in WILDCARD_HOSTS else host), int(config["command_port"])
+
+
+def send_as_admin(host: str, port: int, line: str, token: str, timeout: float = CTL_TIMEOUT_S) -> str:
+    """Send a command, first authenticating with the admin token when one is set (the owner of orch.cf may read it)."""
+    if not token:
+        return send_command(host, port, line, timeout)
+    reply = send_command(host, port, f"/auth {token}\n{line}", timeout)
+    first, _, rest = reply.partition("\n")
+    return rest if first == AUTH_OK else reply
 
 
 def send_command(host: str, port: int, line: str, timeout: float = CTL_TIMEOUT_S) -> str:
@@ -61,7 +76,7 @@ def run_ctl(runtime: Runtime, line: str, timeout: float = CTL_TIMEOUT_S) -> int:
     """`launch.py ctl`: print the reply; exit 0, 1 for an error reply, 3 when unreachable."""
     try:
         host, port = command_address(runtime.config_dir)
-        reply = send_command(host, port, line, timeout)
+        reply = send_as_admin(host, port, line, str(read_config(runtime.config_dir).get("admin_token") or ""), timeout)
     except Unreachable as exc:
         print(f"{exc} (is it running? try 'python launch.py --config-dir {runtime.config_dir} status')", file=sys.stderr)
         return EXIT_UNREACHABLE

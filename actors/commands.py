@@ -25,6 +25,7 @@ CONFIG_END = "EOF"
 DATA_COMMAND = b"/data"
 COMMAND_PREFIX = "/"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+AUTH_OK = "Authenticated: admin commands allowed on this connection."
 # Commands that change or reveal more than a peripheral needs: only from admin_clients, or after /auth.
 ADMIN_COMMANDS = frozenset({("/reset",), ("/remove",), ("/delivery",), ("/tap",),
                             ("/routes", "add"), ("/routes", "remove"), ("/routes", "edit"), ("/routes", "set")})
@@ -399,7 +400,7 @@ async def cmd_auth(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
         return error("Error: /auth is off (no admin_token is set)", ErrorCode.FORBIDDEN)
     if not token_matches(args[0], token):
         return error(f"Error: wrong token from {peer.host or 'this client'}; closing connection", ErrorCode.FORBIDDEN, close=True)
-    return Reply("Authenticated: admin commands allowed on this connection.", grant_admin=True)
+    return Reply(AUTH_OK, grant_admin=True)
 
 
 async def cmd_reset(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:

@@ -231,3 +231,10 @@ def test_access_lists_change_live_through_set_config(guarded: Instance) -> None:
     finally:
         client.request(Op.SET_CONFIG, values={"admin_clients": []})
     wait_until(lambda: "not allowed" in guarded.command("/routes remove nothing"), message="admin withdrawn again")
+
+
+def test_ctl_authenticates_with_the_token_from_orch_cf(guarded: Instance, capsys: pytest.CaptureFixture[str]) -> None:
+    from actors.cli import run_ctl
+
+    run_ctl(guarded.runtime, "/routes remove nothing")
+    assert capsys.readouterr().out == "Route 'nothing' not found.\n"  # past the admin check, without the auth line
