@@ -26,6 +26,10 @@ LINGER_S = 1.0  # how long we keep reading (and discarding) after our last line
 LINGER_MAX_BYTES = 16 * 1024 * 1024
 QUEUE_PAUSE_LINES = 1000  # stop reading while this many lines wait behind a command
 QUEUE_RESUME_LINES = QUEUE_PAUSE_LINES // 2
+# Why reading is paused; reading resumes only when no reason is left.
+HOLD_QUEUE = "queue"  # lines wait behind a command
+HOLD_WRITE = "write"  # the client does not read its replies
+HOLD_BACKPRESSURE = "backpressure"  # the routers are behind on a source this client sends (dataplane.py)
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class Host(Protocol):
     connections: set["Connection"]
     limits: Limits
 
-    def ingest(self, source: str, payloads: list[bytes]) -> None: ...
+    def ingest(self, source: str, payloads: list[bytes], conn: "Connection | None" = None) -> None: ...
 
     async def answer(self, item: CommandLine | ConfigBlock, peer: Peer) -> Reply: ...
 
@@ -72,6 +76,7 @@ class Connection(asyncio.Protocol):
         self.eof = False
         self.hung_up = False
         self.discarded = 0
+        self.holds: set[str] = set()
         self.last_active = time.monotonic()
         self.session = LineSession(data_port=(role == "data"), max_config_bytes=self.limits.max_line_bytes)
         self.peer = Peer()
@@ -122,11 +127,23 @@ class Connection(asyncio.Protocol):
         self.eof = True  # the worker (if any) finishes the lines already read: a /register still registers
 
     def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()  # the client does not read its replies: stop reading its lines
+        self.hold(HOLD_WRITE)  # the client does not read its replies: stop reading its lines
 
     def resume_writing(self) -> None:
+        self.release(HOLD_WRITE)
+
+    def hold(self, reason: str) -> None:
+        """Stop reading from the client (TCP then pushes back on it) until every reason is released."""
+        self.holds.add(reason)
         if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def release(self, reason: str) -> None:
+        if reason not in self.holds:
+            return
+        self.holds.discard(reason)
+        self.last_active = time.monotonic()  # time spent held is not idleness
+        if not self.holds and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
     # ---- lines -----------------------------------------------------------------------
@@ -159,13 +176,13 @@ class Connection(asyncio.Protocol):
 
     def _ingest(self, source: str, batch: list[bytes]) -> None:
         if batch:
-            self.host.ingest(source, batch)
+            self.host.ingest(source, batch, self)
 
     def _push(self, entry: bytes | Item | TooLong) -> None:
         """Queue an entry behind the worker (starting it), pausing reads when too much waits."""
         self.queue.append(entry)
-        if len(self.queue) >= QUEUE_PAUSE_LINES and self.transport is not None:
-            self.transport.pause_reading()
+        if len(self.queue) >= QUEUE_PAUSE_LINES:
+            self.hold(HOLD_QUEUE)
         if self.worker is None:
             self.worker = asyncio.get_running_loop().create_task(self._work())
 
@@ -174,8 +191,8 @@ class Connection(asyncio.Protocol):
         try:
             while self.queue and not self.hung_up:
                 await self._handle(self.queue.popleft())
-                if len(self.queue) == QUEUE_RESUME_LINES and self.transport is not None and not self.transport.is_closing():
-                    self.transport.resume_reading()
+                if len(self.queue) == QUEUE_RESUME_LINES:
+                    self.release(HOLD_QUEUE)
         finally:
             self.worker = None
         if self.hung_up:
@@ -192,7 +209,7 @@ class Connection(asyncio.Protocol):
         if item is None:
             return
         if isinstance(item, DataLine):
-            self.host.ingest(item.source, [item.payload])
+            self.host.ingest(item.source, [item.payload], self)
             return
         if isinstance(item, BadLine):
             self.host.counters["bad_lines"] += 1
@@ -249,7 +266,8 @@ class Connection(asyncio.Protocol):
 
     def idle_for(self, now: float) -> float:
         """Seconds since the client last sent something (0 while we are still working for it)."""
-        return 0.0 if self.worker is not None or self.hung_up else now - self.last_active
+        busy = self.worker is not None or self.hung_up or HOLD_BACKPRESSURE in self.holds
+        return 0.0 if busy else now - self.last_active
 
     def abort(self) -> None:
         if self.worker is not None:

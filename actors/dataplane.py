@@ -1,31 +1,42 @@
-"""The gateway's side of the data plane: live routers, per-source sequencing, drain-then-switch, bounded buffers.
+"""The gateway's side of the data plane: live routers, per-source sequencing, resend, flow control.
 
 Pure logic around one injected ``send(identity, body)`` callable, so it runs against fakes in tests.
 Each source's payloads are numbered from 1 and sent as ``DataBatch`` to one router, chosen by
-rendezvous hashing over the live routers. A source moves to another router only once every
-batch it sent to the old one is acknowledged (drain, then switch), or the old one died, or
-draining takes longer than DRAIN_TIMEOUT_S: per-source order holds for any number of routers.
-While no router can take a source's payloads they wait in a bounded per-source buffer; what
-does not fit is counted as dropped. Unacknowledged batches are kept (bounded) for a later resend.
+rendezvous hashing over the live routers.
+
+At-least-once: every batch is kept until a router acknowledges it (routers ack only after
+delivery to every sink). When the router a source's batches went to dies (silent for
+HEARTBEAT_EXPIRY_S, its connection dropped, its identity unreachable, or a new process took its
+identity), the source's unacknowledged batches are sent again, in order, to its next router
+before any newer batch. Duplicates are possible; loss and reordering are not.
+
+Order: a source moves to another live router only once the old one acknowledged everything
+(drain, then switch), or after DRAIN_TIMEOUT_S (then its unacknowledged batches go too).
+
+Flow control: at most ``window`` payloads/bytes per source are unacknowledged at the routers;
+the rest waits in the source's pending buffer. When that buffer passes ``pause_at`` the source
+is paused (the gateway stops reading its connections: TCP pushes back to the peripheral) and
+resumed once it drained to half that. Only a source that still sends beyond ``pending`` (e.g. a
+connection per message while no router exists at all) loses payloads, counted as dropped.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from .protocol import DataBatch, encode
-from .settings import HEARTBEAT_EXPIRY_S
+from .settings import HEARTBEAT_EXPIRY_S, tunable
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_PAYLOADS = 1000
-PENDING_LIMIT_PER_SOURCE = 10_000  # payloads held per source while no router can take them
-UNACKED_LIMIT_PER_SOURCE = 1000  # batches kept per source for a later resend
 DRAIN_TIMEOUT_S = HEARTBEAT_EXPIRY_S
+PAUSE_FRACTION = 4  # a source pauses when its pending buffer holds 1/PAUSE_FRACTION of its bound
+PENDING_LIMIT_PER_SOURCE = int(tunable({}, "gateway_pending_messages"))
 
 
 class RouterBusy(Exception):
@@ -39,160 +50,322 @@ class RouterGone(Exception):
 def rendezvous(source: str, routers: list[bytes]) -> bytes:
     """The router with the highest hash of (source, router): stable while that router lives."""
     key = source.encode("utf-8") + b"\0"
-    return max(routers, key=lambda router: hashlib.blake2b(key + router, digest_size=8).digest())
+    return max(routers, key=lambda router: (zlib.crc32(key + router), router))  # zlib, not hashlib: OpenSSL costs 4 MB per process
+
+
+@dataclass(frozen=True)
+class FlowLimits:
+    """Per-source bounds (orch.cf keys gateway_window_*, gateway_pending_*)."""
+
+    window_messages: int
+    window_bytes: int
+    pending_messages: int
+    pending_bytes: int
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "FlowLimits":
+        return cls(*(int(tunable(config, key)) for key in ("gateway_window_messages", "gateway_window_bytes",
+                                                            "gateway_pending_messages", "gateway_pending_bytes")))
+
+    def pause_at(self) -> tuple[int, int]:
+        """Pending payloads/bytes at which a source's connections stop being read."""
+        return self.pending_messages // PAUSE_FRACTION, self.pending_bytes // PAUSE_FRACTION
+
+
+@dataclass(frozen=True)
+class Incarnation:
+    """One process behind a router identity: a restart under the same name is a new incarnation."""
+
+    identity: bytes
+    number: int
+
+
+@dataclass
+class RouterInfo:
+    incarnation: Incarnation
+    heard_at: float
+    pid: int | None = None
+    host: str | None = None
+    fd: int | None = None
+
+
+@dataclass
+class Batch:
+    """A sent, not yet acknowledged batch (kept whole so a resend is byte-identical)."""
+
+    first: int
+    last: int
+    body: bytes
+    nbytes: int
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
 
 
 @dataclass
 class SourceState:
-    """Sequencing of one source: next seq to give, where it went, what came back."""
+    """Sequencing of one source: next seq to give, where its batches are, what came back."""
 
     next_seq: int = 1
-    router: bytes | None = None
-    sent: int = 0  # last seq sent to ``router``
     acked: int = 0  # last seq acknowledged
+    at: Incarnation | None = None  # the router incarnation unacked[:delivered] went to
+    delivered: int = 0  # how many of unacked (a prefix) are at ``at``; the rest are owed to it
     drain_since: float | None = None
+    paused: bool = False
     pending: deque[bytes] = field(default_factory=deque)
-    unacked: deque[tuple[int, int, bytes, bytes]] = field(default_factory=deque)  # (first, last, router, body)
+    pending_bytes: int = 0
+    unacked: deque[Batch] = field(default_factory=deque)
+    unacked_payloads: int = 0
+    unacked_bytes: int = 0
 
 
 class DataPlane:
-    """Routes batches of payloads to live routers, in order per source."""
+    """Routes batches of payloads to live routers, in order per source, at least once."""
 
-    def __init__(self, send: Callable[[bytes, bytes], None], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, send: Callable[[bytes, bytes], None], clock: Callable[[], float] = time.monotonic,
+                 on_pause: Callable[[str, bool], None] | None = None, limits: FlowLimits | None = None) -> None:
         self.send = send
         self.clock = clock
-        self.routers: dict[bytes, float] = {}
+        self.on_pause = on_pause
+        self.limits = limits or FlowLimits.from_config({})
+        self.routers: dict[bytes, RouterInfo] = {}
+        self.by_fd: dict[int, bytes] = {}
+        self.incarnations = 0
         self.sources: dict[str, SourceState] = {}
         self.waiting: set[str] = set()
         self.counters = {"batches_sent": 0, "payloads_sent": 0, "payloads_acked": 0, "dropped_buffer_full": 0,
-                         "forced_switches": 0, "unacked_evicted": 0, "router_switches": 0}
+                         "forced_switches": 0, "router_switches": 0, "routers_lost": 0, "routers_restarted": 0,
+                         "batches_resent": 0, "payloads_resent": 0, "pause_episodes": 0}
 
     # ---- routers ---------------------------------------------------------------------
-    def heard(self, identity: bytes) -> bool:
-        """A router spoke; returns True when it was not live before."""
-        was_live = self._is_live(identity, self.clock())
-        self.routers[identity] = self.clock()
-        if not was_live:
-            self.flush()
-        return not was_live
+    def heard(self, identity: bytes, pid: int | None = None, host: str | None = None, fd: int | None = None) -> bool:
+        """A router heartbeat; returns True when it (or a new process under its name) joined just now."""
+        now = self.clock()
+        info = self.routers.get(identity)
+        if info is not None and self._is_live(info, now) and pid is not None and info.pid is not None and (pid, host) != (info.pid, info.host):
+            self.counters["routers_restarted"] += 1
+            self.lost(identity, "restarted under the same name")
+            info = None
+        if info is not None and not self._is_live(info, now):
+            self.lost(identity, f"silent for more than {HEARTBEAT_EXPIRY_S:.0f}s")
+        elif info is not None:
+            info.heard_at = now
+            self._remember_fd(identity, info, fd)
+            return False
+        self.incarnations += 1
+        info = self.routers[identity] = RouterInfo(Incarnation(identity, self.incarnations), now, pid, host)
+        self._remember_fd(identity, info, fd)
+        self.flush()
+        return True
 
-    def _is_live(self, identity: bytes, now: float) -> bool:
-        heard = self.routers.get(identity)
-        return heard is not None and now - heard <= HEARTBEAT_EXPIRY_S
+    def alive(self, identity: bytes) -> None:
+        """Any other message from a live router (an ack) also proves it alive; it never admits one."""
+        info, now = self.routers.get(identity), self.clock()
+        if info is not None and self._is_live(info, now):
+            info.heard_at = now
+
+    def _remember_fd(self, identity: bytes, info: RouterInfo, fd: int | None) -> None:
+        if fd is None or info.fd == fd:
+            return
+        if info.fd is not None and self.by_fd.get(info.fd) == identity:
+            del self.by_fd[info.fd]
+        info.fd = fd
+        self.by_fd[fd] = identity
+
+    def disconnected(self, fd: int) -> bytes | None:
+        """The connection on fd dropped: the router that spoke on it is dead (returns it)."""
+        identity = self.by_fd.pop(fd, None)
+        info = self.routers.get(identity) if identity is not None else None
+        if info is None or info.fd != fd:
+            return None
+        self.lost(identity, "connection closed")
+        self.flush()
+        return identity
+
+    def lost(self, identity: bytes, why: str) -> None:
+        """A router is dead: forget it; what it had not acknowledged is owed to the next router of each source."""
+        info = self.routers.pop(identity, None)
+        if info is None:
+            return
+        if info.fd is not None and self.by_fd.get(info.fd) == identity:
+            del self.by_fd[info.fd]
+        self.counters["routers_lost"] += 1
+        owed = 0
+        for source, state in self.sources.items():
+            if state.at == info.incarnation:
+                state.at, state.delivered = None, 0
+                owed += state.unacked_payloads
+                if state.unacked or state.pending:
+                    self.waiting.add(source)
+        log.warning("router %s lost (%s); %d unacknowledged payloads will be sent again",
+                    identity.decode(errors="replace"), why, owed)
+
+    def _is_current(self, incarnation: Incarnation) -> bool:
+        info = self.routers.get(incarnation.identity)
+        return info is not None and info.incarnation == incarnation
+
+    def _is_live(self, info: RouterInfo, now: float) -> bool:
+        return now - info.heard_at <= HEARTBEAT_EXPIRY_S
 
     def live(self) -> list[bytes]:
         now = self.clock()
-        return sorted(r for r in self.routers if self._is_live(r, now))
+        return sorted(r for r, info in self.routers.items() if self._is_live(info, now))
 
     def expire(self) -> list[bytes]:
-        """Forget routers not heard from within HEARTBEAT_EXPIRY_S; returns them."""
+        """Declare dead the routers not heard from within HEARTBEAT_EXPIRY_S; returns them."""
         now = self.clock()
-        gone = [r for r in self.routers if not self._is_live(r, now)]
+        gone = [r for r, info in self.routers.items() if not self._is_live(info, now)]
         for router in gone:
-            del self.routers[router]
+            self.lost(router, f"silent for more than {HEARTBEAT_EXPIRY_S:.0f}s")
+        if gone:
+            self.flush()
         return gone
 
     # ---- data ------------------------------------------------------------------------
     def submit(self, source: str, payloads: list[bytes]) -> None:
-        """Send payloads of one source now if a router can take them, else hold them (bounded)."""
+        """Send payloads of one source now if its window allows, else hold them (bounded)."""
         state = self.sources.get(source)
         if state is None:
             state = self.sources[source] = SourceState()
-        if state.pending:
-            self._hold(source, state, payloads)
-            self._flush_source(source, state)
+        room = self.limits.pending_messages - len(state.pending)
+        if len(payloads) > room:
+            self.counters["dropped_buffer_full"] += len(payloads) - max(room, 0)
+            payloads = payloads[:max(room, 0)]
+        nbytes = sum(map(len, payloads))
+        if state.pending_bytes + nbytes > self.limits.pending_bytes and state.pending:
+            self.counters["dropped_buffer_full"] += len(payloads)
             return
-        rest = self._send(source, state, payloads)
-        if rest:
-            self._hold(source, state, rest)
+        state.pending.extend(payloads)
+        state.pending_bytes += nbytes
+        self._pump(source, state)
 
     def ack(self, source: str, seq: int) -> None:
         """A router finished every payload of source up to seq."""
         state = self.sources.get(source)
         if state is None or seq <= state.acked:
             return
-        self.counters["payloads_acked"] += seq - state.acked
+        seq = min(seq, state.next_seq - 1)
+        self.counters["payloads_acked"] += max(seq - state.acked, 0)
         state.acked = seq
-        while state.unacked and state.unacked[0][1] <= seq:
-            state.unacked.popleft()
-        if state.pending:
-            self._flush_source(source, state)
+        while state.unacked and state.unacked[0].last <= seq:
+            batch = state.unacked.popleft()
+            state.unacked_payloads -= batch.count
+            state.unacked_bytes -= batch.nbytes
+            state.delivered = max(state.delivered - 1, 0)
+        if state.pending or state.delivered < len(state.unacked):
+            self._pump(source, state)
 
     def flush(self) -> None:
-        """Retry every held payload (a router appeared, a drain finished, a queue emptied)."""
+        """Retry every source with something owed or held (a router appeared, died, or acknowledged)."""
         for source in list(self.waiting):
-            self._flush_source(source, self.sources[source])
+            self._pump(source, self.sources[source])
 
-    def _flush_source(self, source: str, state: SourceState) -> None:
-        while state.pending:
-            chunk = [state.pending.popleft() for _ in range(min(MAX_BATCH_PAYLOADS, len(state.pending)))]
-            rest = self._send(source, state, chunk)
-            if rest:
-                state.pending.extendleft(reversed(rest))
-                return
-        self.waiting.discard(source)
+    def paused(self, source: str) -> bool:
+        state = self.sources.get(source)
+        return state is not None and state.paused
 
-    def _hold(self, source: str, state: SourceState, payloads: list[bytes]) -> None:
-        room = PENDING_LIMIT_PER_SOURCE - len(state.pending)
-        if len(payloads) > room:
-            self.counters["dropped_buffer_full"] += len(payloads) - max(room, 0)
-            payloads = payloads[:max(room, 0)]
-        state.pending.extend(payloads)
-        if state.pending:
+    def _pump(self, source: str, state: SourceState) -> None:
+        """Send what may go now: first batches owed to the source's router, then pending payloads within the window."""
+        target = self._target(source, state)
+        if target is not None and self._resend(state, target):
+            self._send_pending(source, state, target)
+        if state.pending or state.delivered < len(state.unacked):
             self.waiting.add(source)
+        else:
+            self.waiting.discard(source)
+        self._update_pause(source, state)
 
-    def _send(self, source: str, state: SourceState, payloads: list[bytes]) -> list[bytes]:
-        """Send as batches; returns the payloads that could not be sent (in order)."""
-        router = self._router_for(source, state)
-        if router is None:
-            return payloads
-        for start in range(0, len(payloads), MAX_BATCH_PAYLOADS):
-            chunk = payloads[start:start + MAX_BATCH_PAYLOADS]
+    def _resend(self, state: SourceState, target: Incarnation) -> bool:
+        """Send unacked[delivered:] again, in order; False when the router cannot take them now."""
+        while state.delivered < len(state.unacked):
+            batch = state.unacked[state.delivered]
+            if not self._transmit(target, batch.body):
+                return False
+            state.delivered += 1
+            self.counters["batches_resent"] += 1
+            self.counters["payloads_resent"] += batch.count
+        return True
+
+    def _send_pending(self, source: str, state: SourceState, target: Incarnation) -> None:
+        limits = self.limits
+        while state.pending:
+            room = min(limits.window_messages - state.unacked_payloads, MAX_BATCH_PAYLOADS, len(state.pending))
+            if room <= 0 or (state.unacked and state.unacked_bytes >= limits.window_bytes):
+                return
+            chunk = [state.pending.popleft() for _ in range(room)]
             body = encode(DataBatch(source=source, seq=state.next_seq, payloads=chunk, received_at=time.time()))
-            try:
-                self.send(router, body)
-            except RouterBusy:
-                return payloads[start:]
-            except RouterGone:
-                self.routers.pop(router, None)
-                return payloads[start:]
-            self._sent(state, router, chunk, body)
-        return []
+            if not self._transmit(target, body):
+                state.pending.extendleft(reversed(chunk))
+                return
+            nbytes = sum(map(len, chunk))
+            state.pending_bytes -= nbytes
+            batch = Batch(state.next_seq, state.next_seq + len(chunk) - 1, body, nbytes)
+            state.unacked.append(batch)
+            state.delivered += 1
+            state.unacked_payloads += len(chunk)
+            state.unacked_bytes += nbytes
+            state.next_seq = batch.last + 1
+            self.counters["batches_sent"] += 1
+            self.counters["payloads_sent"] += len(chunk)
 
-    def _sent(self, state: SourceState, router: bytes, chunk: list[bytes], body: bytes) -> None:
-        first, last = state.next_seq, state.next_seq + len(chunk) - 1
-        state.next_seq, state.sent, state.router = last + 1, last, router
-        state.unacked.append((first, last, router, body))
-        if len(state.unacked) > UNACKED_LIMIT_PER_SOURCE:
-            state.unacked.popleft()
-            self.counters["unacked_evicted"] += 1
-        self.counters["batches_sent"] += 1
-        self.counters["payloads_sent"] += len(chunk)
+    def _transmit(self, target: Incarnation, body: bytes) -> bool:
+        try:
+            self.send(target.identity, body)
+        except RouterBusy:
+            return False
+        except RouterGone:
+            self.lost(target.identity, "unreachable")
+            return False
+        return True
 
-    def _router_for(self, source: str, state: SourceState) -> bytes | None:
-        """The source's router: its current one until drained, then the rendezvous choice."""
+    def _update_pause(self, source: str, state: SourceState) -> None:
+        """Pause a source whose pending buffer passed pause_at; resume it once drained to half of that."""
+        messages, nbytes = self.limits.pause_at()
+        if not state.paused and (len(state.pending) >= messages or state.pending_bytes >= nbytes):
+            state.paused = True
+            self.counters["pause_episodes"] += 1
+        elif state.paused and len(state.pending) <= messages // 2 and state.pending_bytes <= nbytes // 2:
+            state.paused = False
+        else:
+            return
+        if self.on_pause is not None:
+            self.on_pause(source, state.paused)
+
+    def _target(self, source: str, state: SourceState) -> Incarnation | None:
+        """The source's router: its current one while live and not drained, else the rendezvous choice."""
         live = self.live()
+        current = state.at
+        if current is not None and not self._is_current(current):
+            state.at, state.delivered, current = None, 0, None
         if not live:
             return None
-        best = rendezvous(source, live)
-        current = state.router
+        best = self.routers[rendezvous(source, live)].incarnation
         if current is None or current == best:
             state.drain_since = None
+            if current is None:
+                if state.unacked or state.acked:
+                    self.counters["router_switches"] += 1
+                state.at = best
             return best
-        if current in live and state.acked < state.sent:
+        if current.identity in live and state.unacked:
             now = self.clock()
             state.drain_since = state.drain_since or now
             if now - state.drain_since <= DRAIN_TIMEOUT_S:
-                return None  # hold new payloads until the old router has acknowledged everything
+                return current if state.delivered < len(state.unacked) else None  # finish owed batches, hold new ones
             self.counters["forced_switches"] += 1
-            log.warning("source %s: router %s did not acknowledge within %.0fs; switching to %s",
-                        source[:8], current.decode(errors="replace"), DRAIN_TIMEOUT_S, best.decode(errors="replace"))
+            log.warning("source %s: router %s did not acknowledge within %.0fs; sending its batches to %s",
+                        source[:8], current.identity.decode(errors="replace"), DRAIN_TIMEOUT_S, best.identity.decode(errors="replace"))
         state.drain_since = None
+        state.at, state.delivered = best, 0
         self.counters["router_switches"] += 1
         return best
 
     # ---- figures ---------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
+        states = self.sources.values()
         return {**self.counters, "routers_live": len(self.live()),
                 "pending": sum(len(self.sources[s].pending) for s in self.waiting),
-                "unacked_batches": sum(len(s.unacked) for s in self.sources.values())}
+                "unacked_batches": sum(len(s.unacked) for s in states),
+                "unacked_payloads": sum(s.unacked_payloads for s in states),
+                "sources_paused": sum(1 for s in states if s.paused)}

@@ -18,12 +18,13 @@ from typing import Any, Callable
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from .access import AccessPolicy, RefusalLog, effective_address
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .commands import CommandLine, ConfigBlock, Peer, Reply, apply_config_block, build_registry, error, failure, format_time
-from .connection import Connection, Limits
-from .dataplane import DataPlane, RouterBusy, RouterGone
+from .connection import HOLD_BACKPRESSURE, Connection, Limits
+from .dataplane import DataPlane, FlowLimits, RouterBusy, RouterGone
 from .errors import ErrorCode, OrchestratorError, Unavailable
 from .protocol import DataAck, Heartbeat, Op, ProtocolError, StateUpdate, Tap, Topic, decode, tap_topic
 from .replica import StateReplica
@@ -75,7 +76,8 @@ class Gateway:
         self.name = name
         self.replica = StateReplica()
         self.registry = build_registry()
-        self.plane = DataPlane(self._send_to_router)
+        self.plane = DataPlane(self._send_to_router, on_pause=self._source_paused)
+        self.held: dict[str, set[Connection]] = {}  # paused source -> connections not read meanwhile
         self.servers: dict[int, tuple[str, asyncio.Server]] = {}
         self.bound_host: str | None = None
         self.failed_binds: dict[int, str] = {}
@@ -111,7 +113,8 @@ class Gateway:
         self.auth = start_authenticator(zmq.Context.shadow(self.actx.underlying), [endpoints.data], endpoints.keys_dir)
         self.data = self._bind_data_socket()
         self.state = AsyncStateClient(self.actx, endpoints.state_front, endpoints.keys_dir)
-        tasks = [asyncio.create_task(coro) for coro in (self._read_bus(), self._read_data())]
+        self.data_monitor = self.data.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        tasks = [asyncio.create_task(coro) for coro in (self._read_bus(), self._read_data(), self._watch_routers())]
         log.info("gateway %s started (pid %d)", self.name, os.getpid())
         try:
             await self._startup()
@@ -125,6 +128,7 @@ class Gateway:
         sock = self.actx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted router takes its name over at once
         sock.setsockopt(zmq.SNDHWM, DATA_HWM)
         sock.setsockopt(zmq.RCVHWM, DATA_HWM)
         secure_server(sock, self.runtime.endpoints.data, self.runtime.endpoints.keys_dir)
@@ -149,7 +153,8 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.state.close()
-        for sock in (self.sub, self.data):
+        self.data.disable_monitor()
+        for sock in (self.sub, self.data_monitor, self.data):
             sock.close(linger=0)
         if self.auth is not None:
             self.auth.stop()
@@ -159,8 +164,7 @@ class Gateway:
 
     def _tick(self) -> None:
         """Timed work: router expiry, held payloads, the drop report, re-sync, heartbeat."""
-        for router in self.plane.expire():
-            log.warning("router %s lost (silent for more than %.0fs)", router.decode(errors="replace"), HEARTBEAT_EXPIRY_S)
+        self.plane.expire()  # logs each router lost
         self.plane.flush()
         self._sweep_idle()
         self._report_drops()
@@ -212,6 +216,7 @@ class Gateway:
     def _state_changed(self) -> None:
         self.routed_sources = {route["incoming"] for route in self.replica.routes.values()}
         self.limits = limits_from_config(self.replica.config)
+        self.plane.limits = FlowLimits.from_config(self.replica.config)
         self.access = AccessPolicy.from_config(self.replica.config)
 
     async def request(self, op: Op, **args: Any) -> Any:
@@ -335,7 +340,7 @@ class Gateway:
             log.info("tap on %s %s closed: %d payloads shown, %d skipped for a slow reader", kind, key, shown, skipped)
 
     # ---- data ------------------------------------------------------------------------
-    def ingest(self, source: str, payloads: list[bytes]) -> None:
+    def ingest(self, source: str, payloads: list[bytes], conn: Connection | None = None) -> None:
         """Host: count payloads and queue them for the routers, unless the source is unknown or has no route.
 
         Payloads of one source that arrive within one event-loop pass (from any connection, in arrival
@@ -351,6 +356,15 @@ class Gateway:
             if not self.outbox:
                 asyncio.get_running_loop().call_soon(self._flush_outbox)
             self.outbox.setdefault(source, []).extend(payloads)
+            if conn is not None and self.plane.paused(source):
+                conn.hold(HOLD_BACKPRESSURE)
+                self.held.setdefault(source, set()).add(conn)
+
+    def _source_paused(self, source: str, paused: bool) -> None:
+        """DataPlane: the routers fell behind on source (its connections stop being read) or caught up."""
+        if not paused:
+            for conn in self.held.pop(source, ()):
+                conn.release(HOLD_BACKPRESSURE)
 
     def _flush_outbox(self) -> None:
         outbox, self.outbox = self.outbox, {}
@@ -390,23 +404,30 @@ class Gateway:
             raise RouterGone()
         raise exc
 
+    async def _watch_routers(self) -> None:
+        """A router's connection dropped (killed, restarted): declare it dead now, not after HEARTBEAT_EXPIRY_S."""
+        while True:
+            event = parse_monitor_message(await self.data_monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.plane.disconnected(int(event["value"]))
+
     async def _read_data(self) -> None:
         while True:
-            frames = await self.data.recv_multipart()
+            frames = await self.data.recv_multipart(copy=False)
             if len(frames) != 2:
                 self.counters["malformed_messages"] += 1
                 continue
-            identity, body = frames
+            identity, body = frames[0].bytes, frames[1].bytes
             try:
                 message = decode(body)
             except ProtocolError:
                 self.counters["malformed_messages"] += 1
                 continue
             if isinstance(message, Heartbeat):
-                if self.plane.heard(identity):
-                    log.info("router %s joined the data plane", identity.decode(errors="replace"))
+                if self.plane.heard(identity, message.pid, message.host, frames[1].get(zmq.SRCFD)):
+                    log.info("router %s (pid %d) joined the data plane", identity.decode(errors="replace"), message.pid)
             elif isinstance(message, DataAck):
-                self.plane.heard(identity)
+                self.plane.alive(identity)
                 self.plane.ack(message.source, message.seq)
             else:
                 self.counters["malformed_messages"] += 1
@@ -445,7 +466,8 @@ class Gateway:
             "Messages Routed": routed,
             "Messages Dropped": dropped + stats["unknown_source"] + stats["no_route"] + stats["dropped_buffer_full"],
             "Gateway": {k: stats[k] for k in ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full",
-                                              "pending", "bad_lines", "too_long", "connections_open", "connections_refused")},
+                                              "pending", "unacked_payloads", "payloads_resent", "sources_paused", "pause_episodes",
+                                              "routers_lost", "bad_lines", "too_long", "connections_open", "connections_refused")},
             "Last Scan": format_time(last_scan),
             "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],
         }
