@@ -141,23 +141,29 @@ def run_peers(args: argparse.Namespace) -> int:
         data_port = register(args.orch_host, args.orch_port, name, uuid, args.sink_port)
         sources.append(Source(index, uuid, args.orch_host, data_port))
     status = Path(args.status)
+    threading.Thread(target=report, args=(status, sink, sources, stop), daemon=True).start()
+    while args.start_file and not Path(args.start_file).exists() and not stop.is_set():
+        stop.wait(STATUS_INTERVAL_S)  # registered; the routes come next
     deadline = time.monotonic() + args.duration
-    next_status = 0.0
-    period = 1.0 / args.rate
+    period = 1.0 / args.rate if args.rate > 0 else 0.0  # 0: as fast as the orchestrator takes it
     next_send = time.monotonic()
     while not stop.is_set() and time.monotonic() < deadline:
-        now = time.monotonic()
-        if now >= next_send:
-            for source in sources:
-                source.send(args.burst)
-            next_send = max(next_send + period, now - period)
-        if now >= next_status:
-            next_status = now + STATUS_INTERVAL_S
-            write_status(status, {**sink.figures(), "sent": {str(s.index): s.seq for s in sources}, "ready": True})
-        time.sleep(min(period, STATUS_INTERVAL_S) / 2)
+        for source in sources:
+            source.send(args.burst)
+        if period:
+            next_send = max(next_send + period, time.monotonic() - period)
+            stop.wait(max(0.0, next_send - time.monotonic()))
+    stop.set()
     sink.stopping.set()
     write_status(status, {**sink.figures(), "sent": {str(s.index): s.seq for s in sources}, "ready": True, "done": True})
     return 0
+
+
+def report(path: Path, sink: Sink, sources: list[Source], stop: threading.Event) -> None:
+    """Write the sink's figures every STATUS_INTERVAL_S (a thread: a source blocked by backpressure does not stall it)."""
+    while not stop.is_set():
+        write_status(path, {**sink.figures(), "sent": {str(s.index): s.seq for s in sources}, "ready": True, "at": time.monotonic()})
+        stop.wait(STATUS_INTERVAL_S)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     peers.add_argument("--sink-port", type=int, required=True)
     peers.add_argument("--sources", type=int, default=8)
     peers.add_argument("--status", required=True)
-    peers.add_argument("--rate", type=float, default=50.0, help="sends per second per source")
+    peers.add_argument("--rate", type=float, default=50.0, help="sends per second per source (0: unpaced)")
     peers.add_argument("--burst", type=int, default=1, help="lines per send")
     peers.add_argument("--duration", type=float, default=60.0)
+    peers.add_argument("--start-file", default=None, help="send nothing until this file exists")
     cmd = sub.add_parser("cmd")
     cmd.add_argument("orch_host")
     cmd.add_argument("orch_port", type=int)
