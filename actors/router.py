@@ -49,6 +49,10 @@ DATA_HWM = 10_000
 READER_YIELD_EVERY = 64
 SINK_JOIN_S = 1.0
 FINAL_FLUSH_TIMEOUT_S = 1.0
+# On a graceful stop: how long queued payloads may take to reach their sinks, and the final acks to leave.
+SHUTDOWN_DRAIN_S = 1.0
+SHUTDOWN_POLL_S = 0.01
+FINAL_ACK_LINGER_MS = 500
 TAP_HWM = 1_000
 
 
@@ -116,12 +120,15 @@ class Sink:
     queue: SinkQueue
     worker: SinkWorker
     dropping: int = 0  # payloads dropped in the current episode (0: not dropping)
+    expiring: int = 0  # payloads dropped for age in the current down episode (0: none)
 
 
 @dataclass
 class Counters:
     delivered: int = 0
     dropped: int = 0
+    expired: int = 0
+    direct: int = 0
     batches: int = 0
     malformed: int = 0
     filtered: int = 0
@@ -228,22 +235,42 @@ class Router:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._drain_and_ack()
         for sink in self.sinks.values():
             sink.worker.stop()
         for sink in self.sinks.values():
             sink.worker.stop(SINK_JOIN_S)
         await self._final_usage_flush()
         self.client.close()
-        for sock in (self.dealer, self.sub, self.tap):
+        if self.dealer is not None:
+            self.dealer.close()  # with the linger set above: the final acks leave first
+        for sock in (self.sub, self.tap):
             if sock is not None:
                 sock.close(linger=0)
         log.info("%s stopped: %d delivered, %d dropped", self.name, self.counters.delivered, self.counters.dropped)
         self.pub.close()
 
+    async def _drain_and_ack(self) -> None:
+        """Graceful stop (scale down): deliver what is queued (bounded), then ack it, so the gateway resends nothing twice."""
+        deadline = time.monotonic() + SHUTDOWN_DRAIN_S
+        while any(s.queue.messages and s.worker.down_reason is None for s in self.sinks.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(SHUTDOWN_POLL_S)
+        await asyncio.sleep(0)  # the last delivery reports
+        if self.dealer is None or not self.ack_due:
+            return
+        due, self.ack_due = self.ack_due, {}
+        self.dealer.setsockopt(zmq.LINGER, FINAL_ACK_LINGER_MS)
+        try:
+            for source, seq in due.items():
+                await asyncio.wait_for(self.dealer.send(encode(DataAck(source=source, seq=seq))), FINAL_ACK_LINGER_MS / 1000)
+                self.counters.acks += 1
+        except (asyncio.TimeoutError, zmq.ZMQError) as exc:
+            log.warning("%s: final acks not sent (%s); the gateway will resend those payloads", self.name, exc)
+
     def stats(self) -> dict[str, Any]:
         """What /status and the UI show for this router."""
         c = self.counters
-        return {"delivered": c.delivered, "dropped": c.dropped, "filtered": c.filtered, "queued": sum(s.queue.messages for s in self.sinks.values()),
+        return {"delivered": c.delivered, "dropped": c.dropped, "expired": c.expired, "direct": c.direct, "filtered": c.filtered, "queued": sum(s.queue.messages for s in self.sinks.values()),
                 "sinks": len(self.sinks), "batches": c.batches, "unacked": self.acks.outstanding(), "acks": c.acks,
                 "malformed": c.malformed, "routes": len(self.replica.routes), "taps": len(self.tap_subscriptions),
                 "resyncs": self.replica.resyncs, "ready": self.replica.ready}
@@ -288,8 +315,10 @@ class Router:
     def _tables_changed(self) -> None:
         """Routes or peripherals changed: rebuild the fan-out index lazily, refresh sink addresses and bounds now."""
         self.fanout_dirty = True
+        max_age_s = float(tunable(self.replica.config, "router_queue_age_s"))
         for sink in self.sinks.values():
             sink.worker.address = self._address_of(sink.uuid)
+            sink.worker.max_age_s = max_age_s
             sink.queue.max_messages, sink.queue.max_bytes = self._queue_bounds()
         self._update_taps()
 
@@ -364,8 +393,11 @@ class Router:
                 self._chunk_done(chunk)
                 continue
             sink = self.sinks.get(sink_uuid) or self._new_sink(sink_uuid)
-            if sink.queue.offer(chunk):
+            if sink.queue.offer(chunk, sink.worker.try_direct):
                 self._dropped_at_enqueue(sink, chunk)
+            elif chunk.delivered == len(chunk.payloads):
+                self.counters.direct += 1
+                self._account(sink, [chunk], time.time())
 
     def _ruled_chunk(self, route: str, rules: RouteRules, batch: DataBatch, tracker: BatchTracker) -> Chunk:
         """Apply a route's filter/transform; what a filter holds back is counted, not delivered."""
@@ -396,6 +428,7 @@ class Router:
         label = f"{peripheral.get('name', uuid[:8])}:{peripheral.get('port')}"
         queue = SinkQueue(*self._queue_bounds())
         worker = SinkWorker(uuid, self._address_of(uuid), queue, self._report_from_thread)
+        worker.max_age_s = float(tunable(self.replica.config, "router_queue_age_s"))
         sink = Sink(uuid=uuid, label=label, queue=queue, worker=worker)
         self.sinks[uuid] = sink
         worker.start()
@@ -420,21 +453,41 @@ class Router:
         label = sink.label if sink else worker.key
         if event is not None:
             if event == "up":
-                log.info("sink %s reachable again", label)
+                expired = f"; {sink.expiring} payloads older than {worker.max_age_s:g}s were dropped while it was down" if sink and sink.expiring else ""
+                log.info("sink %s reachable again%s", label, expired)
+                if sink is not None:
+                    sink.expiring = 0
             else:
                 log.warning("sink %s %s; retrying with backoff", label, event)
-        now = time.time()
+        self._account(sink, chunks, time.time())
+
+    def _account(self, sink: Sink | None, chunks: list[Chunk], now: float) -> None:
+        """Count what chunks delivered, dropped for age, and finish them (ack when a batch is complete)."""
         for chunk in chunks:
             usage = self._usage(chunk.route)
-            usage.messages += chunk.delivered
-            usage.bytes += chunk.delivered_bytes
             if chunk.delivered:
+                usage.messages += chunk.delivered
+                usage.bytes += chunk.delivered_bytes
                 usage.last_used = now
-            self.counters.delivered += chunk.delivered
+                self.counters.delivered += chunk.delivered
+            if chunk.expired:
+                self._expired(sink, chunk, usage)
             self._chunk_done(chunk)
         if sink is not None and sink.dropping and chunks and sink.queue.messages <= sink.queue.max_messages // 2:
-            log.info("sink %s caught up; %d messages were dropped meanwhile", label, sink.dropping)
+            log.info("sink %s caught up; %d messages were dropped meanwhile", sink.label, sink.dropping)
             sink.dropping = 0
+
+    def _expired(self, sink: Sink | None, chunk: Chunk, usage: RouteUsage) -> None:
+        """Payloads that waited too long for a sink that is down: counted dropped; one activity line per down episode."""
+        usage.dropped += chunk.expired
+        self.counters.dropped += chunk.expired
+        self.counters.expired += chunk.expired
+        if sink is None:
+            return
+        if not sink.expiring:
+            log.warning("sink %s is down (%s); dropping payloads that waited longer than %gs (router_queue_age_s)",
+                        sink.label, sink.worker.down_reason or "unreachable", sink.worker.max_age_s)
+        sink.expiring += chunk.expired
 
     def _chunk_done(self, chunk: Chunk) -> None:
         tracker: BatchTracker = chunk.token

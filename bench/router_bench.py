@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -46,75 +47,110 @@ LOWEST_PORT = 20000
 # ---- helper process: sinks ----------------------------------------------------------------
 
 class BenchSink:
-    """One sink: serves connections one at a time (per-message or stream), checks order, records latency."""
+    """One sink's counts: order per source, latency per line, connections (per-message or stream)."""
 
-    def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(1024)
-        self.listener.settimeout(ACCEPT_POLL_S)
-        self.port = self.listener.getsockname()[1]
-        self.lock = threading.Lock()
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.port = listener.getsockname()[1]
         self.reset()
-        threading.Thread(target=self._serve, daemon=True).start()
 
     def reset(self) -> None:
-        with getattr(self, "lock", threading.Lock()):
-            self.received = 0
-            self.out_of_order = 0
-            self.last_seq: dict[bytes, int] = {}
-            self.latencies: list[int] = []
-            self.connections = 0
-            self.last_at = 0
+        self.received = 0
+        self.out_of_order = 0
+        self.last_seq: dict[bytes, int] = {}
+        self.latencies: list[int] = []
+        self.connections = 0
+        self.last_at = 0
+
+    def lines(self, lines: list[bytes], now: int) -> None:
+        for line in lines:
+            source, seq, sent = line.split(b" ", 3)[:3]
+            seq_n = int(seq)
+            previous = self.last_seq.get(source, 0)
+            if seq_n <= previous:
+                self.out_of_order += 1
+            else:
+                self.last_seq[source] = seq_n
+            self.latencies.append(now - int(sent))
+        self.received += len(lines)
+        self.last_at = now
+
+    def report(self) -> dict[str, Any]:
+        return {"received": self.received, "out_of_order": self.out_of_order, "latencies": self.latencies,
+                "connections": self.connections, "last_at": self.last_at}
+
+
+class SinkServer:
+    """Every sink in one thread over one selector: no GIL hand-off between sink threads inflates the latencies we measure."""
+
+    def __init__(self, count: int) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.sinks = []
+        for _ in range(count):
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1024)
+            listener.setblocking(False)
+            sink = BenchSink(listener)
+            self.sinks.append(sink)
+            self.selector.register(listener, selectors.EVENT_READ, (sink, None))
+        self.lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
         while True:
+            for key, _ in self.selector.select():
+                sink, pending = key.data
+                with self.lock:
+                    if pending is None:
+                        self._accept(key.fileobj, sink)
+                    else:
+                        self._read(key.fileobj, sink, pending)
+
+    def _accept(self, listener: socket.socket, sink: BenchSink) -> None:
+        while True:
             try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            self.connections += 1
-            with conn:
-                self._read(conn)
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                return
+            conn.setblocking(False)
+            sink.connections += 1
+            self.selector.register(conn, selectors.EVENT_READ, (sink, [b""]))
 
-    def _read(self, conn: socket.socket) -> None:
-        pending = b""
-        while data := conn.recv(1 << 18):
-            now = time.monotonic_ns()
-            pending += data
-            *lines, pending = pending.split(b"\n")
-            with self.lock:
-                for line in lines:
-                    source, seq, sent = line.split(b" ", 3)[:3]
-                    seq_n = int(seq)
-                    if seq_n <= self.last_seq.get(source, 0):
-                        self.out_of_order += 1
-                    self.last_seq[source] = max(seq_n, self.last_seq.get(source, 0))
-                    self.latencies.append(now - int(sent))
-                self.received += len(lines)
-                self.last_at = now
-
-    def report(self) -> dict[str, Any]:
-        with self.lock:
-            return {"received": self.received, "out_of_order": self.out_of_order, "latencies": self.latencies,
-                    "connections": self.connections, "last_at": self.last_at}
+    def _read(self, conn: socket.socket, sink: BenchSink, pending: list[bytes]) -> None:
+        try:
+            data = conn.recv(1 << 18)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.selector.unregister(conn)
+            conn.close()
+            return
+        *lines, pending[0] = (pending[0] + data).split(b"\n")
+        if lines:
+            sink.lines(lines, time.monotonic_ns())
 
 
 def role_sinks() -> None:
-    """Print the sink ports, then answer 'report' / 'reset' lines on stdin with JSON."""
-    sinks = [BenchSink() for _ in range(SOURCES)]
+    """Print the sink ports, then answer 'count' / 'reset' / 'report' lines on stdin with JSON."""
+    server = SinkServer(SOURCES)
+    sinks = server.sinks
     print(json.dumps([s.port for s in sinks]), flush=True)
     for command in sys.stdin:
-        if command.strip() == "count":  # cheap, asked while a run is on: never stalls the sinks
+        if command.strip() == "count":  # cheap, asked while a run is on
             print(json.dumps({"received": sum(s.received for s in sinks)}), flush=True)
         elif command.strip() == "reset":
-            for sink in sinks:
-                sink.reset()
+            with server.lock:
+                for sink in sinks:
+                    sink.reset()
             print("{}", flush=True)
         elif command.strip() == "report":
-            reports = [s.report() for s in sinks]
-            latencies = sorted(l for r in reports for l in r["latencies"])
+            with server.lock:
+                reports = [s.report() for s in sinks]
+                latencies = sorted(l for r in reports for l in r["latencies"])
             print(json.dumps({"received": sum(r["received"] for r in reports), "out_of_order": sum(r["out_of_order"] for r in reports),
                               "connections": sum(r["connections"] for r in reports), "last_at": max(r["last_at"] for r in reports),
                               "p50_ms": percentile(latencies, 0.50), "p99_ms": percentile(latencies, 0.99)}), flush=True)

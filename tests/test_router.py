@@ -178,6 +178,41 @@ def test_worker_in_stream_mode_writes_many_lines_over_one_connection() -> None:
         assert sink.connections == 1
 
 
+def test_an_idle_stream_sink_is_written_directly_and_a_busy_one_through_its_queue() -> None:
+    reports = Reports()
+    queue = SinkQueue()
+    with LineSink() as sink:
+        worker = SinkWorker("k", SinkAddress("localhost", sink.port, MODE_STREAM), queue, reports).start()
+        try:
+            queue.offer(chunk([b"first"]), worker.try_direct)  # no connection yet: the worker connects
+            wait_until(lambda: reports.chunks, TIMEOUT_S, message="the first chunk through the worker")
+            direct = chunk([b"second", b"third"])
+            assert queue.offer(direct, worker.try_direct) == 0
+            assert direct.delivered == 2 and worker.direct_writes == 1 and not queue.chunks
+            assert wait_lines(sink, 3) == [b"first", b"second", b"third"]
+        finally:
+            worker.stop(1.0)
+        assert sink.connections == 1
+
+
+def test_payloads_older_than_the_age_bound_are_dropped_while_the_sink_is_down() -> None:
+    reports = Reports()
+    queue = SinkQueue()
+    worker = SinkWorker("k", SinkAddress("127.0.0.1", free_port(), MODE_MESSAGE), queue, reports,
+                        backoff=Backoff(initial_s=0.01, maximum_s=0.02))
+    worker.max_age_s = 0.2
+    worker.start()
+    try:
+        for index in range(5):
+            queue.offer(chunk([b"%d" % index, b"x"]))
+        wait_until(lambda: sum(c.expired for c in reports.chunks) == 10, TIMEOUT_S, message="every payload expired")
+        assert queue.messages == 0 and not queue.chunks
+        assert all(c.delivered == 0 for c in reports.chunks)
+        assert reports.events[0].startswith("down")
+    finally:
+        worker.stop(1.0)
+
+
 # ---- a real router process -------------------------------------------------------------
 
 class FakeGateway:
@@ -338,6 +373,21 @@ def test_a_sink_that_is_down_gets_its_queue_when_it_comes_back(rig: Rig) -> None
         assert wait_lines(sink, 2) == [b"while", b"down"]
     finally:
         sink.stop()
+
+
+def test_a_sink_down_beyond_the_age_bound_loses_its_old_payloads_counted_and_logged_once(rig: Rig) -> None:
+    rig.state.request(Op.SET_CONFIG, values={"router_queue_age_s": 0.3})
+    source = rig.peripheral("Source", free_port())
+    rig.peripheral("Sink", free_port())  # nothing listens there
+    rig.route("r", "Source", "Sink")
+    rig.wait_routes(1)
+    for _ in range(4):
+        last = rig.gateway.send(source, [b"stale", b"reading"])
+    rig.gateway.wait_ack(source, last)  # expired payloads are done: acknowledged
+    stats = rig.router_stats()
+    assert stats["expired"] == 8 and stats["dropped"] == 8 and stats["delivered"] == 0 and stats["queued"] == 0
+    log_text = (rig.instance.config_dir / "logs" / "router-1.log").read_text()
+    assert log_text.count("dropping payloads that waited longer than 0.3s") == 1
 
 
 def restarted(sink: LineSink) -> bool:

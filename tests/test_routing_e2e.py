@@ -1,0 +1,358 @@
+"""Routing end to end: real `launch.py --headless`, sources on their data ports, sinks that check order.
+
+Sources keep one data-port connection open and send numbered lines ("<seq>"); every sink
+records what arrives. Sinks read all their connections in one thread and, when several are
+readable at once, the oldest connection first: a router that hands a source over (scale,
+restart) has written everything to its connection before the next router writes anything, so
+this arrival order is the order the routers delivered in.
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from actors.protocol import Heartbeat, decode_as
+from conftest import REPO_ROOT, Instance, free_port, start_instance, wait_until
+from fakes import register
+
+DELIVERY_TIMEOUT_S = 15.0
+SELECT_TIMEOUT_S = 0.05
+SEND_PAUSE_S = 0.002  # between the small bursts of a flowing source
+
+
+class OrderSink:
+    """A sink peripheral serving any number of connections in one thread; records lines in arrival order."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(128)
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        self.lines: list[bytes] = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            ready = self.selector.select(SELECT_TIMEOUT_S)
+            for key, _ in sorted(ready, key=lambda item: -1 if item[0].data is None else item[0].data[0]):
+                if key.data is None:
+                    self._accept()
+                else:
+                    self._read(key.fileobj, key.data)
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        self.connections += 1
+        self.selector.register(conn, selectors.EVENT_READ, (self.connections, [b""]))
+
+    def _read(self, conn: Any, data: tuple[int, list[bytes]]) -> None:
+        try:
+            chunk = conn.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.selector.unregister(conn)
+            conn.close()
+            return
+        pending = data[1]
+        *lines, pending[0] = (pending[0] + chunk).split(b"\n")
+        with self.lock:
+            self.lines.extend(lines)
+
+    def numbers(self) -> list[int]:
+        """The numbered lines received so far (warm-up lines left out), in arrival order."""
+        with self.lock:
+            return [int(line) for line in self.lines if line.isdigit()]
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(2.0)
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()
+        self.selector.close()
+
+
+class Source:
+    """A registered source with one data-port connection kept open; sends numbered lines."""
+
+    def __init__(self, instance: Instance, name: str) -> None:
+        self.name = name
+        self.uuid = str(uuidlib.uuid4())
+        ack = register(instance.command_port, name, self.uuid, free_port())
+        assert ack.startswith("/ack "), ack
+        self.conn = socket.create_connection(("127.0.0.1", int(ack.split()[1])), timeout=5.0)
+        self.conn.sendall(self.uuid.encode() + b"\n")
+        self.sent = 0
+
+    def send(self, count: int) -> None:
+        """The next count numbers, one line each."""
+        first = self.sent + 1
+        self.sent += count
+        self.conn.sendall(b"".join(b"%d\n" % n for n in range(first, self.sent + 1)))
+
+    def warm_up(self, sink: OrderSink) -> None:
+        """Send "warm" until the sink has one: the gateway and the source's router know the route now."""
+        def arrived() -> bool:
+            with sink.lock:
+                if b"warm" in sink.lines:
+                    return True
+            self.conn.sendall(b"warm\n")
+            return False
+        wait_until(arrived, DELIVERY_TIMEOUT_S, 0.1, f"a first line from {self.name}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Flow:
+    """Sources sending continuously from a thread, a few lines at a time, until stopped."""
+
+    def __init__(self, sources: list[Source], burst: int = 5) -> None:
+        self.sources = sources
+        self.burst = burst
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                for source in self.sources:
+                    source.send(self.burst)
+                time.sleep(SEND_PAUSE_S)
+        except OSError as exc:  # the test fails below with the reason
+            self.error = exc
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5.0)
+        assert self.error is None, f"a source could not send: {self.error}"
+
+
+def add_sink(instance: Instance, name: str, delivery: str = "stream") -> OrderSink:
+    sink = OrderSink()
+    ack = register(instance.command_port, name, str(uuidlib.uuid4()), sink.port)
+    assert ack.startswith("/ack "), ack
+    if delivery != "message":
+        assert "stream" in instance.command(f"/delivery {name} {delivery}")
+    return sink
+
+
+def add_route(instance: Instance, name: str, incoming: str, outgoing: str) -> None:
+    assert instance.command(f"/routes add {name} {incoming} {outgoing}").strip() == f"Route '{name}' added successfully."
+
+
+def wait_all(sink: OrderSink, count: int) -> list[int]:
+    """Every number up to count arrived (duplicates allowed: at-least-once)."""
+    wait_until(lambda: len(set(sink.numbers())) >= count, DELIVERY_TIMEOUT_S, 0.05, f"{count} lines at the sink on port {sink.port}")
+    return sink.numbers()
+
+
+def assert_in_order_without_loss(numbers: list[int], count: int) -> None:
+    """1..count all there; first arrivals increase (a resend after a router stops may repeat, never reorder)."""
+    first_seen: list[int] = []
+    seen: set[int] = set()
+    for number in numbers:
+        if number not in seen:
+            seen.add(number)
+            first_seen.append(number)
+    assert first_seen == list(range(1, count + 1)), f"order broken or lines lost: first wrong at {_first_mismatch(first_seen, count)}"
+
+
+def _first_mismatch(numbers: list[int], count: int) -> Any:
+    for index, (got, want) in enumerate(zip(numbers, range(1, count + 1))):
+        if got != want:
+            return {"index": index, "got": numbers[max(0, index - 3):index + 3], "want": want}
+    return {"length": len(numbers), "want": count}
+
+
+def router_stats(instance: Instance) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c.get("stats") or {} for c in instance.status()["children"] if c["name"].startswith("router")}
+
+
+def launch(instance: Instance, *args: str) -> str:
+    done = subprocess.run([sys.executable, "launch.py", "--config-dir", str(instance.config_dir), *args],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def running_routers(instance: Instance) -> list[str]:
+    return sorted(c["name"] for c in instance.status()["children"] if c["name"].startswith("router") and c["state"] == "running" and c["ready"])
+
+
+# ---- tests -------------------------------------------------------------------------------
+
+def test_per_source_order_with_three_routers(tmp_path: Path) -> None:
+    instance = start_instance(tmp_path, routers=3, only=["broker", "state", "gateway", "router"])
+    sinks: list[OrderSink] = []
+    sources: list[Source] = []
+    try:
+        for index in range(6):
+            sinks.append(add_sink(instance, f"Sink{index}"))
+            sources.append(Source(instance, f"Source{index}"))
+            add_route(instance, f"r{index}", f"Source{index}", f"Sink{index}")
+        for source, sink in zip(sources, sinks):
+            source.warm_up(sink)
+        for _ in range(20):
+            for source in sources:
+                source.send(50)
+        for sink in sinks:
+            assert_in_order_without_loss(wait_all(sink, 1000), 1000)
+        wait_until(lambda: sum(1 for stats in router_stats(instance).values() if stats.get("delivered")) >= 2,
+                   DELIVERY_TIMEOUT_S, 0.1, "heartbeats showing two or more routers delivering")
+    finally:
+        for thing in (*sources, *sinks):
+            thing.close()
+        instance.stop()
+
+
+def test_a_route_added_then_removed_while_data_flows(orchestrator: Instance) -> None:
+    first, second = add_sink(orchestrator, "First"), add_sink(orchestrator, "Second")
+    source = Source(orchestrator, "Source")
+    add_route(orchestrator, "one", "Source", "First")
+    source.warm_up(first)
+    flow = Flow([source])
+    try:
+        wait_until(lambda: len(first.numbers()) > 100, DELIVERY_TIMEOUT_S, message="data flowing on the first route")
+        add_route(orchestrator, "two", "Source", "Second")
+        wait_until(lambda: len(second.numbers()) > 100, DELIVERY_TIMEOUT_S, message="data on the added route")
+        assert orchestrator.command("/routes remove one").strip().startswith("Route 'one' removed")
+        removed_at = source.sent
+        wait_until(lambda: source.sent > removed_at + 500, DELIVERY_TIMEOUT_S, message="more data after the removal")
+    finally:
+        flow.stop()
+        source.close()
+    try:
+        got_second = wait_all_from(second, source.sent)
+        got_first = first.numbers()
+        assert got_first == list(range(1, len(got_first) + 1)), "the first route lost or reordered lines before its removal"
+        assert got_first[-1] < source.sent, "the removed route still delivered"
+        assert got_second == list(range(got_second[0], source.sent + 1)), "the added route has a gap or a reordering"
+        assert got_second[0] <= got_first[-1], "the routes did not overlap while both existed"
+    finally:
+        first.close()
+        second.close()
+
+
+def wait_all_from(sink: OrderSink, last: int) -> list[int]:
+    wait_until(lambda: sink.numbers() and sink.numbers()[-1] >= last, DELIVERY_TIMEOUT_S, 0.05, f"line {last} at the sink")
+    return sink.numbers()
+
+
+def test_scale_to_three_routers_and_back_keeps_order_and_loses_nothing(tmp_path: Path) -> None:
+    instance = start_instance(tmp_path, routers=1, only=["broker", "state", "gateway", "router"])
+    sinks = [add_sink(instance, f"Sink{i}") for i in range(4)]
+    sources = [Source(instance, f"Source{i}") for i in range(4)]
+    try:
+        for index, (source, sink) in enumerate(zip(sources, sinks)):
+            add_route(instance, f"r{index}", source.name, f"Sink{index}")
+            source.warm_up(sink)
+        flow = Flow(sources)
+        try:
+            assert "3" in launch(instance, "scale", "3")
+            wait_until(lambda: len(running_routers(instance)) == 3, DELIVERY_TIMEOUT_S, 0.1, "three routers running")
+            wait_until(lambda: sum(1 for s in router_stats(instance).values() if s.get("delivered")) >= 2,
+                       DELIVERY_TIMEOUT_S, 0.1, "a second router delivering")
+            launch(instance, "scale", "1")
+            wait_until(lambda: len(running_routers(instance)) == 1, DELIVERY_TIMEOUT_S, 0.1, "back to one router")
+            moved_at = [s.sent for s in sources]
+            wait_until(lambda: all(s.sent > m + 200 for s, m in zip(sources, moved_at)), DELIVERY_TIMEOUT_S, message="data after scaling down")
+        finally:
+            flow.stop()
+        for source, sink in zip(sources, sinks):
+            assert_in_order_without_loss(wait_all(sink, source.sent), source.sent)
+    finally:
+        for thing in (*sources, *sinks):
+            thing.close()
+        instance.stop()
+
+
+def test_a_killed_router_is_restarted_and_routing_resumes(orchestrator: Instance) -> None:
+    sink = add_sink(orchestrator, "Sink")
+    source = Source(orchestrator, "Source")
+    try:
+        add_route(orchestrator, "r", "Source", "Sink")
+        source.warm_up(sink)
+        source.send(100)
+        wait_all(sink, 100)
+        old_pid = orchestrator.child_pid("router-1")
+        os.kill(old_pid, signal.SIGKILL)
+        wait_until(lambda: orchestrator.child_pid("router-1") not in (None, old_pid) and running_routers(orchestrator) == ["router-1"],
+                   DELIVERY_TIMEOUT_S, 0.1, "the supervisor to restart router-1")
+        source.send(100)
+        wait_until(lambda: 200 in sink.numbers(), DELIVERY_TIMEOUT_S, 0.05, "routing through the restarted router")
+    finally:
+        source.close()
+        sink.close()
+
+
+def state_writes(instance: Instance) -> int:
+    """The state keeper's file-write counter, from its next heartbeat on the bus."""
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
+    sub.connect(instance.runtime.endpoints.events_out)
+    try:
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if sub.poll(500):
+                beat = decode_as(sub.recv_multipart()[1], Heartbeat)
+                if beat.actor == "state":
+                    return int(beat.stats["writes"])
+        raise AssertionError("no heartbeat from the state keeper")
+    finally:
+        sub.close()
+        context.destroy(linger=0)
+
+
+def test_last_used_is_persisted_without_a_write_per_message(orchestrator: Instance) -> None:
+    sink = add_sink(orchestrator, "Sink")
+    source = Source(orchestrator, "Source")
+    try:
+        add_route(orchestrator, "r", "Source", "Sink")
+        source.warm_up(sink)
+        wait_until(lambda: (orchestrator.read_json("routes.cf") or [{}])[0].get("last_used"), DELIVERY_TIMEOUT_S, 0.1, "the warm-up's usage")
+        before = state_writes(orchestrator)
+        started = time.time()
+        for _ in range(20):
+            source.send(100)
+        wait_all(sink, 2000)
+
+        def recorded() -> dict | None:
+            route = orchestrator.read_json("routes.cf")[0]
+            return route if route.get("messages", 0) >= 2000 and route["last_used"] >= started else None
+        route = wait_until(recorded, DELIVERY_TIMEOUT_S, 0.1, "usage of 2000 messages in routes.cf")
+        assert route["last_used"] <= time.time()
+        writes = state_writes(orchestrator) - before
+        assert writes <= 8, f"{writes} state writes for 2000 messages: bookkeeping is on the payload path"
+    finally:
+        source.close()
+        sink.close()
