@@ -28,7 +28,7 @@ import zmq
 
 from . import viewmodel as vm
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
-from .cli import send_command
+from .cli import send_as_admin
 from .errors import OrchestratorError
 from .protocol import Activity, Heartbeat, Op, ProtocolError, StateUpdate, Topic
 from .replica import StateReplica
@@ -616,7 +616,8 @@ class UiActor:
             return "Not connected to the orchestrator yet: its command port is not known."
         self.commands += 1
         try:
-            return send_command(address[0], address[1], line, COMMAND_TIMEOUT_S) or "(no reply)"
+            token = str(self.view.replica.config.get("admin_token") or "")  # so menu actions work where loopback is not admin
+            return send_as_admin(address[0], address[1], line, token, COMMAND_TIMEOUT_S) or "(no reply)"
         except OSError as exc:  # cli.Unreachable, whose message names the address
             return f"Could not send the command: {exc}"
 
