@@ -108,6 +108,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"{gateway.get('no_route', 0)} without route, {gateway.get('pending', 0)} waiting for a router",
         f"  last scan        {status.get('Last Scan', 'Never')}",
     ]
+    actors = status.get("Actors") or []
+    if actors:
+        lines.append("  live actors      " + ", ".join(f"{a.get('name')}@{a.get('host')}" for a in actors))
     return "\n".join(lines)
 
 
