@@ -300,6 +300,19 @@ def command(port: int, line: str) -> str:
     return b"".join(chunks).decode()
 
 
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (threads included)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
 def rss_kb(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -405,9 +418,12 @@ def run_relay(sinks: Helper, sink_ports: list[int], count: int, rate: float, pac
 def run_orchestrator(sinks: Helper, sink_ports: list[int], routers: int, delivery: str, count: int, rate: float, paced_count: int) -> dict[str, Any]:
     orch = Orchestrator(routers)
     try:
-        idle = rss_kb(orch.pids())
+        pids = orch.pids()
+        idle = rss_kb(pids)
         targets = orch.wire(sink_ports, delivery)
+        cpu_before = cpu_s(pids)
         unpaced = run_load(sinks, targets, count, 0)
+        unpaced["cpu_us_per_msg"] = round((cpu_s(pids) - cpu_before) / max(unpaced["delivered"], 1) * 1e6, 1)
         paced = run_load(sinks, targets, paced_count, rate)
         return {"unpaced": unpaced, "paced": paced, "rss_idle_mb": round(idle / 1024, 1), "rss_mb": round(rss_kb(orch.pids()) / 1024, 1)}
     finally:
@@ -417,12 +433,12 @@ def run_orchestrator(sinks: Helper, sink_ports: list[int], routers: int, deliver
 def print_table(results: list[tuple[str, dict[str, Any]]]) -> None:
     base = results[0][1]["unpaced"]["msgs_per_s"] or 1
     base_p99 = results[0][1]["paced"]["p99_ms"] or 1
-    header = f"{'scenario':<12} {'delivered':>9} {'lost':>6} {'order':>5} {'msgs/s':>9} {'x relay':>7} {'conns':>7} | {'paced p50':>9} {'p99 ms':>7} {'x relay':>7} {'lost':>5} {'order':>5} | {'RSS idle':>8} {'RSS MB':>7}"
+    header = f"{'scenario':<14} {'delivered':>9} {'lost':>6} {'order':>5} {'msgs/s':>9} {'x relay':>7} {'conns':>7} {'CPU us/msg':>10} | {'paced p50':>9} {'p99 ms':>7} {'x relay':>7} {'lost':>5} {'order':>5} | {'RSS idle':>8} {'RSS MB':>7}"
     print(header)
     print("-" * len(header))
     for name, r in results:
         u, p = r["unpaced"], r["paced"]
-        print(f"{name:<12} {u['delivered']:>9} {u['lost']:>6} {u['out_of_order']:>5} {u['msgs_per_s']:>9} {u['msgs_per_s'] / base:>7.2f} {u['connections']:>7} | "
+        print(f"{name:<14} {u['delivered']:>9} {u['lost']:>6} {u['out_of_order']:>5} {u['msgs_per_s']:>9} {u['msgs_per_s'] / base:>7.2f} {u['connections']:>7} {u.get('cpu_us_per_msg', '-')!s:>10} | "
               f"{p['p50_ms']!s:>9} {p['p99_ms']!s:>7} {(p['p99_ms'] or 0) / base_p99:>7.2f} {p['lost']:>5} {p['out_of_order']:>5} | "
               f"{r['rss_idle_mb']!s:>8} {r['rss_mb']!s:>7}")
 
