@@ -402,8 +402,9 @@ class Router:
     def _ruled_chunk(self, route: str, rules: RouteRules, batch: DataBatch, tracker: BatchTracker) -> Chunk:
         """Apply a route's filter/transform; what a filter holds back is counted, not delivered."""
         kept = []
+        source = self.replica.peripherals.get(batch.source, {}).get("name", batch.source)  # templates show the name
         for payload in batch.payloads:
-            result, _why = rules.apply(payload, batch.source)
+            result, _why = rules.apply(payload, source)
             if result is not None:
                 kept.append(result)
         filtered = len(batch.payloads) - len(kept)

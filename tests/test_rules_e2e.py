@@ -162,7 +162,7 @@ def test_template_transform_with_payload_source_and_field(system: System) -> Non
     before = time.time()
     got, = send_and_settle(system, source, [json.dumps({"text": "hi  there"})], [(sink, 1)])
     head, _, stamp = got[0].partition(" <")
-    assert head == f"[{source.uuid}] hi  there"  # {source} is the source's uuid as the router knows it
+    assert head == "[Tpl_Source] hi  there"  # {source} is the source peripheral's name
     assert before - 1 <= float(stamp.rstrip(">")) <= time.time() + 1
 
 
