@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .protocol import StateUpdate, UpdateKind
+from .protocol import Heartbeat, Message, StateUpdate, UpdateKind
+
+KEEPER_ACTOR = "state"  # the heartbeat that carries the keeper's (epoch, seq)
 
 
 class StateReplica:
@@ -53,6 +55,16 @@ class StateReplica:
         self.seq = update.seq
         self._change(update)
         return True
+
+    def feed(self, message: Message) -> bool:
+        """Take any bus event: updates are applied, the keeper's heartbeat checked; True when the tables changed."""
+        if isinstance(message, StateUpdate):
+            return self.apply(message)
+        if isinstance(message, Heartbeat) and message.actor == KEEPER_ACTOR:
+            epoch, seq = message.stats.get("epoch"), message.stats.get("seq")
+            if isinstance(epoch, str) and isinstance(seq, int) and not isinstance(seq, bool):
+                self.check_heartbeat(epoch, seq)
+        return False
 
     def check_heartbeat(self, epoch: str, seq: int) -> None:
         """The keeper's heartbeat tells its latest seq: a trailing lost update shows up here."""

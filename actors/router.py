@@ -30,7 +30,7 @@ import zmq.asyncio
 
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .errors import OrchestratorError
-from .protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Heartbeat, Op, ProtocolError, StateUpdate, Tap, Topic,
+from .protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Heartbeat, Op, ProtocolError, Tap, Topic,
                        decode_as, encode, tap_topic)
 from .replica import StateReplica
 from .rules import RouteRules, RuleError
@@ -287,13 +287,8 @@ class Router:
             except ProtocolError:
                 self.counters.malformed += 1
                 continue
-            if topic == Topic.STATE.value and isinstance(message, StateUpdate):
-                if self.replica.apply(message):
-                    self._tables_changed()
-            elif topic == Topic.HEARTBEAT.value and isinstance(message, Heartbeat) and message.actor == "state":
-                epoch, seq = message.stats.get("epoch"), message.stats.get("seq")
-                if isinstance(epoch, str) and isinstance(seq, int):
-                    self.replica.check_heartbeat(epoch, seq)
+            if self.replica.feed(message):
+                self._tables_changed()
             self._maybe_resync()
 
     def _maybe_resync(self) -> None:

@@ -22,7 +22,7 @@ import zmq.asyncio
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .errors import OrchestratorError
 from .probe import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, InfoAnswer, Outcome, ProbeResult, Target, accepting, probe_concurrency, slow_first, sweep
-from .protocol import Heartbeat, Op, ProtocolError, StateUpdate, Topic
+from .protocol import Op, ProtocolError, Topic
 from .replica import StateReplica
 from .runner import StopFlag, run_actor
 from .settings import POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, ConfigError, Endpoints, Runtime, parse_ports
@@ -215,12 +215,7 @@ class Scanner:
             except ProtocolError:
                 self.dropped_events += 1
                 continue
-            if isinstance(message, StateUpdate):
-                self.replica.apply(message)
-            elif isinstance(message, Heartbeat) and message.actor == "state":
-                epoch, seq = message.stats.get("epoch"), message.stats.get("seq")
-                if isinstance(epoch, str) and isinstance(seq, int):
-                    self.replica.check_heartbeat(epoch, seq)
+            self.replica.feed(message)
 
     async def _keep_synced(self, client: AsyncStateClient) -> None:
         """Take a snapshot whenever the replica is out of step (at start, after a gap, after a keeper restart)."""

@@ -50,7 +50,6 @@ SNAPSHOT_RETRY_S = HEARTBEAT_INTERVAL_S
 COMMAND_TIMEOUT_S = REQUEST_TIMEOUT_S * 3  # a command may wait on the state keeper's own retries
 ACTOR_FORGET_S = HEARTBEAT_EXPIRY_S * 20  # an actor silent this long leaves the status line for good
 ESC_DELAY_MS = 25
-STATE_ACTOR = "state"
 LOOPBACK_HOST = "127.0.0.1"
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 EXIT_OK = 0
@@ -129,7 +128,7 @@ class BusView:
 
     def _on_event(self, message: object) -> bool:
         if isinstance(message, StateUpdate):
-            return self.replica.apply(message)
+            return self.replica.feed(message)
         if isinstance(message, Activity):
             self.activity.append(vm.ActivityLine(message.ts, message.actor, message.level, message.text))
             return True
@@ -147,8 +146,7 @@ class BusView:
         self.actors[beat.actor] = vm.ActorStatus(beat.actor, now, beat.started_at, beat.pid, beat.stats, beat.host)
         was_silent = not self.connected()
         self.last_beat = now
-        if beat.actor == STATE_ACTOR and isinstance(beat.stats.get("epoch"), str) and isinstance(beat.stats.get("seq"), int):
-            self.replica.check_heartbeat(beat.stats["epoch"], beat.stats["seq"])
+        self.replica.feed(beat)
         self._forget_silent(now)
         return was_silent or known is None or known.pid != beat.pid
 

@@ -180,3 +180,14 @@ def test_reset_clears_state_and_keeps_a_backup(core):
     backup = json.loads(open(os.path.join(result["backup"], "orch.cf")).read())
     assert [p["name"] for p in backup["peripherals"]] == ["A"]
     assert core.read_json("orch.cf")["command_port"] == core.command_port
+
+
+def test_replica_feed_applies_updates_and_detects_a_missed_trailing_update():
+    replica = StateReplica()
+    replica.load_snapshot({"epoch": "e", "seq": 1, "config": {}, "peripherals": [], "routes": []})
+    route = {"name": "r", "incoming": "a", "outgoing": "b"}
+    assert replica.feed(StateUpdate(epoch="e", seq=2, kind="route", key="r", value=route))
+    assert replica.feed(Heartbeat(actor="router-1", pid=1, host="h", started_at=0, stats={"epoch": "e", "seq": 9})) is False
+    assert not replica.needs_snapshot  # only the keeper's heartbeat speaks for the state
+    replica.feed(Heartbeat(actor="state", pid=1, host="h", started_at=0, stats={"epoch": "e", "seq": 3}))
+    assert replica.needs_snapshot

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from actors.settings import Runtime
-from actors.supervisor import Child, Supervisor
+from actors.supervisor import Supervisor
 from conftest import REPO_ROOT, start_instance, wait_until
 
 
