@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from conftest import REPO_ROOT, Instance, free_port, send_line, start_instance, wait_until
-from fakes import RegisteringPeripheral, SinkPeripheral, register, send_and_close
+from fakes import RegisteringPeripheral, register, send_and_close
 
 from actors.cli import EXIT_UNREACHABLE, command_address, run_ctl, send_command
 from actors.commands import UNKNOWN_COMMAND
