@@ -175,13 +175,21 @@ def resume_time(sources: list[Source], sinks: list[Sink], killed_at: float) -> f
     return max(firsts)
 
 
-def files_hold(instance: Instance, route: str) -> bool:
+def files_hold(instance: Instance, route: str, peripheral: str | None = None) -> bool:
+    """Both files parse, hold the route and (if given) the peripheral uuid acknowledged before the kill."""
     try:
         routes = json.loads((instance.config_dir / "routes.cf").read_text())
-        json.loads((instance.config_dir / "orch.cf").read_text())
+        config = json.loads((instance.config_dir / "orch.cf").read_text())
     except (OSError, ValueError):
         return False
-    return any(r["name"] == route for r in routes)
+    registered = peripheral is None or any(p.get("uuid") == peripheral for p in config.get("peripherals", []))
+    return registered and any(r["name"] == route for r in routes)
+
+
+def register_probe_pair(instance: Instance) -> None:
+    """A source and sink that carry no traffic: the probe routes added before each kill join them (never the load)."""
+    send_line(instance.command_port, f"/register ProbeSrc {uuidlib.uuid4()} 1")
+    send_line(instance.command_port, f"/register ProbeDst {uuidlib.uuid4()} 1")
 
 
 def setup_routes(instance: Instance, rate: float) -> tuple[list[Source], list[Sink]]:
@@ -203,8 +211,9 @@ def setup_routes(instance: Instance, rate: float) -> tuple[list[Source], list[Si
 
 
 def kill_and_measure(instance: Instance, victim: str, sources: list[Source], sinks: list[Sink], phase_s: float) -> Row:
-    probe = f"probe-{victim}"
-    ack = send_line(instance.command_port, f"/routes add {probe} Source0 Sink0")
+    probe, probe_uuid = f"probe-{victim}", str(uuidlib.uuid4())
+    ack = send_line(instance.command_port, f"/routes add {probe} ProbeSrc ProbeDst")
+    registered = send_line(instance.command_port, f"/register Probe-{victim} {probe_uuid} 1").startswith("/ack")
     pid = instance.child_pid(victim)
     if pid is None:
         return Row(victim, None, 0, 0, 0, 0, 0, files_hold(instance, probe), "not running")
@@ -215,7 +224,10 @@ def kill_and_measure(instance: Instance, victim: str, sources: list[Source], sin
     time.sleep(1.0)  # let in-flight deliveries land
     send_line(instance.command_port, f"/routes remove {probe}")
     sent, delivered, lost, dup, disorder = analyse(sources, sinks, started, started + phase_s)
-    return Row(victim, _ms(resume_time(sources, sinks, started)), sent, delivered, lost, dup, disorder, files_hold(instance, probe) or "added" not in ack.lower(), "")
+    acknowledged = "added" in ack.lower()
+    files_ok = files_hold(instance, probe if acknowledged else "load0", probe_uuid if registered else None)
+    note = "" if acknowledged and registered else "probe change not acknowledged"
+    return Row(victim, _ms(resume_time(sources, sinks, started)), sent, delivered, lost, dup, disorder, files_ok, note)
 
 
 def kill_supervisor(instance: Instance, folder: Path) -> Row:
@@ -244,14 +256,16 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-def run_faults(rate: float, phase_s: float, routers: int, victims: list[str] | None = None, with_supervisor: bool = True) -> list[Row]:
-    folder = Path(tempfile.mkdtemp(prefix="orch-faults-"))
+def run_faults(rate: float, phase_s: float, routers: int, victims: list[str] | None = None, with_supervisor: bool = True,
+               folder: Path | None = None) -> list[Row]:
+    folder = folder or Path(tempfile.mkdtemp(prefix="orch-faults-"))
     instance = start_instance(folder, routers=routers)
     rows: list[Row] = []
     sources: list[Source] = []
     sinks: list[Sink] = []
     try:
         sources, sinks = setup_routes(instance, rate)
+        register_probe_pair(instance)
         threads = [threading.Thread(target=s.run, daemon=True) for s in sources]
         for thread in threads:
             thread.start()
