@@ -70,7 +70,7 @@ TUNABLE_DEFAULTS: dict[str, float] = {
     "router_queue_age_s": 60.0,  # router: oldest payload kept for a sink that is down
     "gateway_window_messages": 10_000,  # gateway: payloads per source sent but not yet acknowledged by a router
     "gateway_window_bytes": 8 << 20,  # gateway: bytes per source sent but not yet acknowledged
-    "gateway_pending_messages": 10_000,  # gateway: payloads per source held beyond the window (reading pauses at 1/4)
+    "gateway_pending_messages": 100_000,  # gateway: payloads per source held beyond the window (reading pauses at 1/4)
     "gateway_pending_bytes": 16 << 20,  # gateway: bytes per source held beyond the window
 }
 
