@@ -243,9 +243,8 @@ class DataPlane:
     def ack(self, source: str, seq: int) -> None:
         """A router finished every payload of source up to seq."""
         state = self.sources.get(source)
-        if state is None or seq <= state.acked:
-            return
-        seq = min(seq, state.next_seq - 1)
+        if state is None or seq <= state.acked or seq >= state.next_seq:
+            return  # stale, or beyond what we sent (an ack meant for a previous gateway process)
         self.counters["payloads_acked"] += max(seq - state.acked, 0)
         state.acked = seq
         while state.unacked and state.unacked[0].last <= seq:

@@ -221,3 +221,11 @@ def test_random_deaths_never_lose_or_reorder_first_deliveries() -> None:
     assert plane.stats()["unacked_payloads"] == 0 and plane.stats()["pending"] == 0
     assert len(firsts) == sent - plane.stats()["dropped_buffer_full"]
     assert plane.stats()["payloads_resent"] > 0 and plane.stats()["router_switches"] > 0
+
+
+def test_an_ack_beyond_what_was_sent_is_ignored() -> None:
+    plane, routers, _, _ = make()
+    plane.heard(b"r1")
+    plane.submit(SOURCE, [b"1"])
+    plane.ack(SOURCE, 500)  # meant for a gateway process that ran before this one
+    assert plane.stats()["unacked_payloads"] == 1 and plane.stats()["payloads_acked"] == 0
