@@ -20,6 +20,18 @@ LISTEN_BACKLOG = 128
 Handler = Callable[[socket.socket, "FakeListener"], None]
 
 
+def listen_in_thread(host: str, port: int, serve: Callable[[socket.socket], None], label: str) -> tuple[socket.socket, threading.Thread]:
+    """Bind and listen (port 0: an ephemeral port), then run serve(listener) in a daemon thread."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(LISTEN_BACKLOG)
+    listener.settimeout(ACCEPT_POLL_S)
+    thread = threading.Thread(target=serve, args=(listener,), name=f"{label}-{listener.getsockname()[1]}", daemon=True)
+    thread.start()
+    return listener, thread
+
+
 class FakeListener:
     """A TCP listener on loopback whose connections are served by `handler(conn, self)` in threads."""
 
@@ -39,15 +51,8 @@ class FakeListener:
     def start(self) -> "FakeListener":
         """Bind (port 0: an ephemeral port) and start accepting."""
         self.stopping.clear()
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, self.port))
-        listener.listen(LISTEN_BACKLOG)
-        listener.settimeout(ACCEPT_POLL_S)
-        self.listener = listener
-        self.port = listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._accept_loop, args=(listener,), name=f"fake-{self.port}", daemon=True)
-        self.thread.start()
+        self.listener, self.thread = listen_in_thread("127.0.0.1" if self.host is None else self.host, self.port, self._accept_loop, "fake")
+        self.port = self.listener.getsockname()[1]
         return self
 
     def stop(self) -> None:
@@ -213,15 +218,8 @@ class LineSink:
 
     def start(self) -> "LineSink":
         self.stopping.clear()
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(LISTEN_BACKLOG)
-        listener.settimeout(ACCEPT_POLL_S)
-        self.listener = listener
-        self.port = listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, args=(listener,), name=f"sink-{self.port}", daemon=True)
-        self.thread.start()
+        self.listener, self.thread = listen_in_thread("127.0.0.1", self.port, self._serve, "sink")
+        self.port = self.listener.getsockname()[1]
         return self
 
     def stop(self) -> None:

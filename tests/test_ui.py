@@ -202,16 +202,6 @@ def test_keys_to_leave():
 
 
 # ---- end to end, in tmux ---------------------------------------------------------------------------
-@pytest.fixture
-def core(tmp_path: Path) -> Iterator[Instance]:
-    """Broker and state keeper only: enough for everything but commands."""
-    instance = start_instance(tmp_path, only=["broker", "state"])
-    try:
-        yield instance
-    finally:
-        instance.stop()
-
-
 def test_overview_shows_registered_peripherals_and_routes(core: Instance, tmp_path: Path, tmux_uis: list[TmuxUi]):
     populate(core)
     session = open_ui(tmux_uis, core, tmp_path)
