@@ -10,7 +10,6 @@ and never logged or shown.
 """
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import time
 from collections import OrderedDict
@@ -53,6 +52,8 @@ def in_networks(address: Address | None, networks: tuple[Network, ...]) -> bool:
 
 def token_matches(given: str, token: str) -> bool:
     """Constant-time comparison; an empty token (auth off) matches nothing."""
+    import hmac  # here, not at the top: hmac loads OpenSSL (4 MB in every gateway), needed only when /auth is used
+
     return bool(token) and hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
 
 
