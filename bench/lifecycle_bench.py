@@ -31,6 +31,17 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages (libzmq, the interpreter) split between the processes sharing them."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def measure_start(routers: int) -> tuple[float, float, object]:
     folder = Path(tempfile.mkdtemp(prefix="orch-bench-"))
     started = time.monotonic()
@@ -66,6 +77,7 @@ def main() -> int:
         per_process["supervisor"] = rss_kib(instance.process.pid)
         total_mib = sum(per_process.values()) / 1024
         print(f"start-up: ready after {ready_after * 1000:.0f} ms (supervisor's own clock); {wall * 1000:.0f} ms wall including launch")
+        print(f"idle memory: {sum(pss_kib(p) for p in pids) / 1024:.1f} MiB PSS (shared pages counted once) over {len(pids)} processes")
         print(f"idle memory: {total_mib:.1f} MiB RSS over {len(pids)} processes (" + ", ".join(f"{k} {v / 1024:.1f}" for k, v in per_process.items()) + ")")
         for name in [c["name"] for c in children]:
             times = [measure_restart(instance, name) for _ in range(args.rounds)]
