@@ -26,6 +26,7 @@ LINGER_S = 1.0  # how long we keep reading (and discarding) after our last line
 LINGER_MAX_BYTES = 16 * 1024 * 1024
 QUEUE_PAUSE_LINES = 1000  # stop reading while this many lines wait behind a command
 QUEUE_RESUME_LINES = QUEUE_PAUSE_LINES // 2
+READ_CHUNK_BYTES = 32 * 1024  # per read: keeps commands answered quickly while data floods in
 # Why reading is paused; reading resumes only when no reason is left.
 HOLD_QUEUE = "queue"  # lines wait behind a command
 HOLD_WRITE = "write"  # the client does not read its replies
@@ -62,7 +63,7 @@ class TooLong:
     """Queue marker: the next line was over the limit."""
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """A client on the command port (role "command") or a data port (role "data")."""
 
     def __init__(self, host: Host, role: str) -> None:
@@ -70,6 +71,7 @@ class Connection(asyncio.Protocol):
         self.role = role
         self.limits = host.limits
         self.transport: asyncio.Transport | None = None
+        self.read_view = memoryview(bytearray(READ_CHUNK_BYTES))
         self.buffer = b""
         self.queue: deque[bytes | Item | TooLong] = deque()
         self.worker: asyncio.Task | None = None
@@ -97,6 +99,13 @@ class Connection(asyncio.Protocol):
                                ErrorCode.UNAVAILABLE))
             return
         self.host.connections.add(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Reads land here, READ_CHUNK_BYTES at a time: a flooding client holds the loop for one small chunk, not 256 KiB."""
+        return self.read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.read_view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self.hung_up:
