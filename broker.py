@@ -7,8 +7,10 @@ The data plane (gateway -> routers) never passes through here.
 from __future__ import annotations
 
 import logging
+import time
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from actors.bus import ActivityHandler, Heartbeater, connect_publisher
 from actors.runner import StopFlag, run_actor
@@ -18,6 +20,7 @@ from actors.settings import POLL_INTERVAL_MS, Runtime
 log = logging.getLogger("broker")
 
 BUS_HWM = 100_000
+REFUSAL_LOG_INTERVAL_S = 60.0
 
 
 class Broker:
@@ -29,6 +32,8 @@ class Broker:
         self.stop = stop
         self.name = name
         self.forwarded = {"events": 0, "requests": 0, "replies": 0}
+        self.refused = 0
+        self.last_refusal_log: dict[str, float] = {}
 
     def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
         sock = self.context.socket(kind)
@@ -57,20 +62,46 @@ class Broker:
         for sock in sockets:
             poller.register(sock, zmq.POLLIN)
         pairs = {events_in: (events_out, "events"), events_out: (events_in, None), front: (back, "requests"), back: (front, "replies")}
+        monitors = self._watch_handshakes(sockets) if auth is not None else {}
+        for monitor in monitors:
+            poller.register(monitor, zmq.POLLIN)
         log.info("broker running")
         try:
             while not self.stop.should_stop():
                 for sock, _ in poller.poll(POLL_INTERVAL_MS):
+                    if sock in monitors:
+                        self._report_refusal(sock, monitors[sock])
+                        continue
                     target, counter = pairs[sock]
                     self._shuttle(sock, target, counter)
-                heart.maybe_beat(dict(self.forwarded))
+                heart.maybe_beat({**self.forwarded, "refused_handshakes": self.refused})
         finally:
             pub.close()
+            for monitor in monitors:
+                monitor.close()
             for sock in sockets:
                 sock.close()
             if auth is not None:
                 auth.stop()
             log.info("broker stopped")
+
+    def _watch_handshakes(self, sockets: list[zmq.Socket]) -> dict[zmq.Socket, str]:
+        """Monitor sockets that report failed CURVE handshakes (ZAP only logs them at debug level)."""
+        events = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        return {sock.get_monitor_socket(events): sock.getsockopt_string(zmq.LAST_ENDPOINT) for sock in sockets}
+
+    def _report_refusal(self, monitor: zmq.Socket, endpoint: str) -> None:
+        """One warning per endpoint per REFUSAL_LOG_INTERVAL_S: a satellite with wrong keys, or a stranger."""
+        try:
+            event = recv_monitor_message(monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        self.refused += 1
+        now = time.monotonic()
+        if now - self.last_refusal_log.get(endpoint, -REFUSAL_LOG_INTERVAL_S) >= REFUSAL_LOG_INTERVAL_S:
+            self.last_refusal_log[endpoint] = now
+            log.warning("refused a bus connection on %s (CurveZMQ handshake failed, event %s): a satellite with the wrong keys?",
+                        endpoint, event.get("event"))
 
     def _shuttle(self, source: zmq.Socket, target: zmq.Socket, counter: str | None) -> None:
         """Move every waiting message from source to target (bounded, so no pair starves the others)."""

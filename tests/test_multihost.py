@@ -168,6 +168,7 @@ def test_a_satellite_with_the_wrong_keys_is_refused(boards: Boards) -> None:
     for log in (boards.main_config / "logs").glob("*.log"):
         text = log.read_text()
         assert "Traceback" not in text and " CRITICAL " not in text, f"{log.name}: {text[-2000:]}"
+    assert "refused a bus connection" in (boards.main_config / "logs" / "broker.log").read_text()
 
 
 # ---- pieces that run anywhere ---------------------------------------------------------------------
