@@ -75,6 +75,7 @@ class Op(str, Enum):
     CONTROL_STATUS = "control_status"
     CONTROL_STOP = "control_stop"
     CONTROL_SCALE = "control_scale"
+    CONTROL_ACTIVITY = "control_activity"
 
 
 class UpdateKind(str, Enum):

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -21,7 +22,7 @@ import zmq
 
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .errors import BadArguments, ErrorCode, OrchestratorError, UnknownOp
-from .protocol import Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
+from .protocol import Activity, Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
 from .security import secure_server, start_authenticator
 from .settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, POLL_INTERVAL_MS, Runtime
 
@@ -41,6 +42,7 @@ FLAP_LIMIT = 6
 STARTUP_GRACE_S = 15.0
 HANG_TIMEOUT_S = HEARTBEAT_EXPIRY_S * 4
 STOP_GRACE_S = 3.0
+ACTIVITY_HISTORY = 500  # activity lines kept for a UI that attaches later
 REMOTE_FORGET_S = 60.0  # an actor of another supervisor silent this long leaves the status table
 
 
@@ -126,6 +128,7 @@ class Supervisor:
         self.stopping = False
         self.started_at = time.time()
         self.ready_after_s: float | None = None
+        self.activity: deque[dict[str, Any]] = deque(maxlen=ACTIVITY_HISTORY)
         self.last_bus_heartbeat = 0.0
         self.attach_ui = attach_ui
         self.name_suffix = name_suffix  # satellites: keeps names unique on the shared bus
@@ -246,6 +249,8 @@ class Supervisor:
             elif request.op == Op.CONTROL_STOP.value:
                 self.stopping = True
                 result = {"stopping": True}
+            elif request.op == Op.CONTROL_ACTIVITY.value:
+                result = {"activity": list(self.activity)}
             elif request.op == Op.CONTROL_SCALE.value:
                 count = request.args.get("routers")
                 if not isinstance(count, int):
@@ -265,13 +270,18 @@ class Supervisor:
             reply = Reply(ok=False, error=str(exc), code=ErrorCode.BAD_ARGUMENTS)
         sock.send_multipart(frames[:-1] + [encode(reply)])
 
-    def _on_heartbeat(self, frames: list[bytes]) -> None:
+    def _on_event(self, frames: list[bytes]) -> None:
+        """Heartbeats (liveness, readiness) and activity lines (kept for UIs that attach later)."""
         try:
             _, message = parse_event(frames)
         except ProtocolError:
             return
-        if not isinstance(message, Heartbeat):
-            return
+        if isinstance(message, Activity):
+            self.activity.append({"ts": message.ts, "actor": message.actor, "level": message.level, "text": message.text})
+        elif isinstance(message, Heartbeat):
+            self._on_heartbeat(message)
+
+    def _on_heartbeat(self, message: Heartbeat) -> None:
         now = time.time()
         self.last_bus_heartbeat = now
         own = False
@@ -320,7 +330,7 @@ class Supervisor:
         control.setsockopt(zmq.LINGER, 0)
         secure_server(control, endpoints.control, endpoints.keys_dir)
         control.bind(endpoints.control)
-        events = connect_subscriber(context, endpoints, [Topic.HEARTBEAT])
+        events = connect_subscriber(context, endpoints, [Topic.HEARTBEAT, Topic.ACTIVITY])
         pub = connect_publisher(context, self.runtime.endpoints)
         activity = ActivityHandler("supervisor", pub)
         log.addHandler(activity)
@@ -337,7 +347,7 @@ class Supervisor:
                 if control in ready:
                     self._on_control(control)
                 while events in ready and events.poll(0):
-                    self._on_heartbeat(events.recv_multipart())
+                    self._on_event(events.recv_multipart())
                 self._check_children()
                 self._expire_remote()
                 heart.maybe_beat({"children": len(self.children), "failed": sum(c.failed for c in self.children),

@@ -90,6 +90,7 @@ class BusView:
         self.own_name = own_name
         self.sub = connect_subscriber(context, runtime.endpoints, (Topic.STATE, Topic.ACTIVITY, Topic.HEARTBEAT))
         self.client = StateClient(context, runtime.endpoints.state_front, runtime.endpoints.keys_dir)
+        self.control = StateClient(context, runtime.endpoints.control, runtime.endpoints.keys_dir)
         self.replica = StateReplica()
         self.activity: deque[vm.ActivityLine] = deque(maxlen=ACTIVITY_KEEP)
         self.actors: dict[str, vm.ActorStatus] = {}
@@ -103,6 +104,7 @@ class BusView:
 
     def close(self) -> None:
         self.client.close()
+        self.control.close()
         self.sub.close()
 
     def connected(self) -> bool:
@@ -168,7 +170,22 @@ class BusView:
             return False
         self.replica.load_snapshot(snapshot)
         self.snapshots += 1
+        if self.snapshots == 1:
+            self._load_history()
         return True
+
+    def _load_history(self) -> None:
+        """Activity from before we attached, kept by the supervisor; merged in time order, without repeats."""
+        try:
+            result = self.control.request(Op.CONTROL_ACTIVITY, timeout=SNAPSHOT_TIMEOUT_S)
+        except OrchestratorError as exc:
+            log.debug("no activity history: %s", exc)
+            return
+        seen = {(line.ts, line.actor, line.text) for line in self.activity}
+        older = [vm.ActivityLine(e["ts"], e["actor"], e["level"], e["text"]) for e in result.get("activity", [])
+                 if isinstance(e, dict) and (e.get("ts"), e.get("actor"), e.get("text")) not in seen]
+        merged = sorted([*older, *self.activity], key=lambda line: line.ts)
+        self.activity = deque(merged[-ACTIVITY_KEEP:], maxlen=ACTIVITY_KEEP)
 
     def command_address(self) -> tuple[str, int] | None:
         """Where the gateway listens for commands, from the replicated config (None before the first snapshot)."""

@@ -329,3 +329,23 @@ def test_without_a_terminal_no_ui_starts(core: Instance):
     done = subprocess.run([sys.executable, "-m", "actors.ui", "--runtime", core.runtime.to_json(), "--name", "ui-notty"], cwd=REPO_ROOT,
                           stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
     assert done.returncode == 0
+
+
+def test_a_ui_attaching_later_shows_the_activity_from_before(core: Instance) -> None:
+    from actors.protocol import Op
+    from actors.ui import BusView
+    from conftest import wait_until
+
+    core.state_client().request(Op.REGISTER, name="Early_Bird", uuid="12345678-1234-4234-8234-000000000042", port=1)
+    wait_until(lambda: any("Early_Bird" in e["text"] for e in core.control(Op.CONTROL_ACTIVITY)["activity"]), 5,
+               message="the supervisor to keep the activity line")
+    view = BusView(core.runtime, core.context, "ui-test")
+    try:
+        def attached() -> bool:
+            view.drain()
+            view.maybe_snapshot()
+            return view.snapshots > 0
+        wait_until(attached, 10, message="a snapshot")
+        assert any("Early_Bird" in line.text for line in view.activity)
+    finally:
+        view.close()
