@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -136,7 +137,8 @@ class DataPlane:
         self.waiting: set[str] = set()
         self.counters = {"batches_sent": 0, "payloads_sent": 0, "payloads_acked": 0, "dropped_buffer_full": 0,
                          "forced_switches": 0, "router_switches": 0, "routers_lost": 0, "routers_restarted": 0,
-                         "batches_resent": 0, "payloads_resent": 0, "pause_episodes": 0}
+                         "batches_resent": 0, "payloads_resent": 0, "pause_episodes": 0, "stale_acks": 0}
+        self.epoch = uuid.uuid4().hex[:12]  # numbers this process's batches: an ack for a previous gateway is told apart
 
     # ---- routers ---------------------------------------------------------------------
     def heard(self, identity: bytes, pid: int | None = None, host: str | None = None, fd: int | None = None) -> bool:
@@ -240,11 +242,14 @@ class DataPlane:
         state.pending_bytes += nbytes
         self._pump(source, state)
 
-    def ack(self, source: str, seq: int) -> None:
-        """A router finished every payload of source up to seq."""
+    def ack(self, source: str, seq: int, epoch: str = "") -> None:
+        """A router finished every payload of source up to seq (numbered by the gateway process ``epoch``)."""
         state = self.sources.get(source)
+        if epoch and epoch != self.epoch:
+            self.counters["stale_acks"] += 1  # meant for a previous gateway process, whose numbers restarted
+            return
         if state is None or seq <= state.acked or seq >= state.next_seq:
-            return  # stale, or beyond what we sent (an ack meant for a previous gateway process)
+            return  # stale, or beyond what we sent
         self.counters["payloads_acked"] += max(seq - state.acked, 0)
         state.acked = seq
         while state.unacked and state.unacked[0].last <= seq:
@@ -293,7 +298,7 @@ class DataPlane:
             if room <= 0 or (state.unacked and state.unacked_bytes >= limits.window_bytes):
                 return
             chunk = [state.pending.popleft() for _ in range(room)]
-            body = encode(DataBatch(source=source, seq=state.next_seq, payloads=chunk, received_at=time.time()))
+            body = encode(DataBatch(source=source, seq=state.next_seq, payloads=chunk, received_at=time.time(), epoch=self.epoch))
             if not self._transmit(target, body):
                 state.pending.extendleft(reversed(chunk))
                 return

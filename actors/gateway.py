@@ -428,7 +428,7 @@ class Gateway:
                     log.info("router %s (pid %d) joined the data plane", identity.decode(errors="replace"), message.pid)
             elif isinstance(message, DataAck):
                 self.plane.alive(identity)
-                self.plane.ack(message.source, message.seq)
+                self.plane.ack(message.source, message.seq, message.epoch)
             else:
                 self.counters["malformed_messages"] += 1
 

@@ -158,15 +158,17 @@ class DataBatch(Message):
     seq: int
     payloads: list
     received_at: float = 0.0
+    epoch: str = ""  # the gateway process that numbered it: seqs restart with a new gateway
 
 
 @dataclass
 class DataAck(Message):
-    """A router confirms every payload of ``source`` up to and including ``seq``."""
+    """A router confirms every payload of ``source`` up to and including ``seq``, as numbered by gateway ``epoch``."""
 
     TYPE: ClassVar[MessageType] = MessageType.DATA_ACK
     source: str
     seq: int
+    epoch: str = ""
 
 
 @dataclass

@@ -64,17 +64,23 @@ class BatchTracker:
     last_seq: int
     pending: int
     done: bool = False
+    epoch: str = ""  # the gateway that numbered the batch
+
+    @property
+    def stream(self) -> tuple[str, str]:
+        """What acks are counted along: one source as numbered by one gateway process."""
+        return self.source, self.epoch
 
 
 class AckBook:
     """Per-source FIFO of batches: an ack covers a batch only when it and every earlier one are done."""
 
     def __init__(self) -> None:
-        self.waiting: dict[str, collections.deque[BatchTracker]] = {}
+        self.waiting: dict[tuple[str, str], collections.deque[BatchTracker]] = {}
 
     def add(self, tracker: BatchTracker) -> int | None:
         """Track a new batch; returns a seq to ack at once if nothing was pending (no routes)."""
-        queue = self.waiting.setdefault(tracker.source, collections.deque())
+        queue = self.waiting.setdefault(tracker.stream, collections.deque())
         queue.append(tracker)
         return self.chunk_done(tracker) if tracker.pending <= 0 else None
 
@@ -84,12 +90,12 @@ class AckBook:
         if tracker.pending > 0:
             return None
         tracker.done = True
-        queue = self.waiting.get(tracker.source)
+        queue = self.waiting.get(tracker.stream)
         last = None
         while queue and queue[0].done:
             last = queue.popleft().last_seq
         if queue is not None and not queue:
-            del self.waiting[tracker.source]
+            del self.waiting[tracker.stream]
         return last
 
     def outstanding(self) -> int:
@@ -153,7 +159,7 @@ class Router:
         self.compiled_rules: dict[tuple[str, str], RouteRules | None] = {}
         self.fanout_dirty = True
         self.usage: dict[str, RouteUsage] = {}
-        self.ack_due: dict[str, int] = {}
+        self.ack_due: dict[tuple[str, str], int] = {}
         self.ack_ready = asyncio.Event()
         self.tap_subscriptions: set[bytes] = set()
         self.tapped_routes: set[str] = set()
@@ -261,8 +267,8 @@ class Router:
         due, self.ack_due = self.ack_due, {}
         self.dealer.setsockopt(zmq.LINGER, FINAL_ACK_LINGER_MS)
         try:
-            for source, seq in due.items():
-                await asyncio.wait_for(self.dealer.send(encode(DataAck(source=source, seq=seq))), FINAL_ACK_LINGER_MS / 1000)
+            for (source, epoch), seq in due.items():
+                await asyncio.wait_for(self.dealer.send(encode(DataAck(source=source, seq=seq, epoch=epoch))), FINAL_ACK_LINGER_MS / 1000)
                 self.counters.acks += 1
         except (asyncio.TimeoutError, zmq.ZMQError) as exc:
             log.warning("%s: final acks not sent (%s); the gateway will resend those payloads", self.name, exc)
@@ -374,10 +380,10 @@ class Router:
         taps = bool(self.tapped_routes or self.tapped_sources)
         if taps and batch.source in self.tapped_sources:
             self._publish_tap(TAP_PERIPHERAL, batch.source, batch, payloads)
-        tracker = BatchTracker(batch.source, batch.seq + len(payloads) - 1, pending=len(routes) if payloads else 0)
+        tracker = BatchTracker(batch.source, batch.seq + len(payloads) - 1, pending=len(routes) if payloads else 0, epoch=batch.epoch)
         ack = self.acks.add(tracker)
         if ack is not None:
-            self._ack(batch.source, ack)
+            self._ack(tracker.stream, ack)
             return
         nbytes = framed_size(payloads)
         for route, sink_uuid, rules in routes:
@@ -489,11 +495,11 @@ class Router:
         tracker: BatchTracker = chunk.token
         seq = self.acks.chunk_done(tracker)
         if seq is not None:
-            self._ack(tracker.source, seq)
+            self._ack(tracker.stream, seq)
 
-    def _ack(self, source: str, seq: int) -> None:
-        """Coalesce: the ack sender sends the latest seq per source."""
-        self.ack_due[source] = seq
+    def _ack(self, stream: tuple[str, str], seq: int) -> None:
+        """Coalesce: the ack sender sends the latest seq per (source, gateway epoch)."""
+        self.ack_due[stream] = seq
         self.ack_ready.set()
 
     async def _send_acks(self) -> None:
@@ -502,8 +508,8 @@ class Router:
             await self.ack_ready.wait()
             self.ack_ready.clear()
             due, self.ack_due = self.ack_due, {}
-            for source, seq in due.items():
-                await self.dealer.send(encode(DataAck(source=source, seq=seq)))
+            for (source, epoch), seq in due.items():
+                await self.dealer.send(encode(DataAck(source=source, seq=seq, epoch=epoch)))
                 self.counters.acks += 1
 
     # ---- usage -----------------------------------------------------------------------

@@ -229,3 +229,14 @@ def test_an_ack_beyond_what_was_sent_is_ignored() -> None:
     plane.submit(SOURCE, [b"1"])
     plane.ack(SOURCE, 500)  # meant for a gateway process that ran before this one
     assert plane.stats()["unacked_payloads"] == 1 and plane.stats()["payloads_acked"] == 0
+
+
+def test_batches_carry_this_gateways_epoch_and_acks_for_another_are_ignored() -> None:
+    plane, routers, _, _ = make()
+    plane.heard(b"r1", pid=1, host="h")
+    plane.submit(SOURCE, [b"1", b"2", b"3"])
+    assert routers.sent[0][1].epoch == plane.epoch
+    plane.ack(SOURCE, 3, epoch="a-previous-gateway")
+    assert plane.stats()["stale_acks"] == 1 and plane.stats()["unacked_payloads"] == 3
+    plane.ack(SOURCE, 3, epoch=plane.epoch)
+    assert plane.stats()["unacked_payloads"] == 0

@@ -519,3 +519,11 @@ def test_route_rules_filter_and_transform_before_delivery(rig: Rig) -> None:
         rig.gateway.wait_ack(source, last)
         assert wait_lines(sink, 2) == [b"kept 1", b"kept 3"]
         wait_until(lambda: rig.router_stats()["filtered"] == 1, TIMEOUT_S, message="one payload filtered")
+
+
+def test_acks_are_counted_per_source_and_gateway_epoch() -> None:
+    book = AckBook()
+    old = BatchTracker("s", 50, pending=1, epoch="old-gateway")
+    assert book.add(old) is None
+    assert book.add(BatchTracker("s", 3, pending=0, epoch="new-gateway")) == 3  # not held behind the old gateway's batch
+    assert book.chunk_done(old) == 50
