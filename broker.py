@@ -7,10 +7,10 @@ The data plane (gateway -> routers) never passes through here.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from actors.bus import ActivityHandler, Heartbeater, connect_publisher
 from actors.runner import StopFlag, run_actor
@@ -93,15 +93,17 @@ class Broker:
     def _report_refusal(self, monitor: zmq.Socket, endpoint: str) -> None:
         """One warning per endpoint per REFUSAL_LOG_INTERVAL_S: a satellite with wrong keys, or a stranger."""
         try:
-            event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            frames = monitor.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
+        # Frame 1 is (uint16 event, int32 value), parsed here: zmq.utils.monitor would pull asyncio (8 MB) into the broker.
+        event = struct.unpack("=Hi", frames[0][:6])[0] if frames and len(frames[0]) >= 6 else None
         self.refused += 1
         now = time.monotonic()
         if now - self.last_refusal_log.get(endpoint, -REFUSAL_LOG_INTERVAL_S) >= REFUSAL_LOG_INTERVAL_S:
             self.last_refusal_log[endpoint] = now
             log.warning("refused a bus connection on %s (CurveZMQ handshake failed, event %s): a satellite with the wrong keys?",
-                        endpoint, event.get("event"))
+                        endpoint, event)
 
     def _shuttle(self, source: zmq.Socket, target: zmq.Socket, counter: str | None) -> None:
         """Move every waiting message from source to target (bounded, so no pair starves the others)."""
