@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import Instance, send_line, start_instance  # noqa: E402
+from faults import Sink  # noqa: E402  (bench/ is on the path when run as a script)
 
 WARMUP_S = 10.0
 FLAT_TOLERANCE = 0.10  # growth after warm-up beyond 10% ...
@@ -35,30 +36,15 @@ SEND_CHUNK_LINES = 50
 SOURCE_SNDBUF_BYTES = 64 * 1024
 
 
-class SlowSink:
+class SlowSink(Sink):
     """A sink peripheral that takes at most rate lines/s (so the routers fall behind) and counts unique seqs."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.seen: set[int] = set()
         self.lines = 0
-        self.stopping = False
-        self.lock = threading.Lock()
         self.started = time.monotonic()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self.stopping:
-            try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _read(self, conn: socket.socket) -> None:
         buffer = b""
@@ -80,10 +66,6 @@ class SlowSink:
                 with self.lock:
                     self.lines += len(lines)
                     self.seen.update(int(line.rpartition(b" ")[2]) for line in lines if line.rpartition(b" ")[2].isdigit())
-
-    def stop(self) -> None:
-        self.stopping = True
-        self.listener.close()
 
 
 class Source:

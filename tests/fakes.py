@@ -32,6 +32,17 @@ def listen_in_thread(host: str, port: int, serve: Callable[[socket.socket], None
     return listener, thread
 
 
+def stop_listening(fake: "FakeListener | LineSink") -> None:
+    """Stop the accept thread started by listen_in_thread, then close the listener."""
+    fake.stopping.set()
+    if fake.thread is not None:
+        fake.thread.join(timeout=2.0)
+        fake.thread = None
+    if fake.listener is not None:
+        fake.listener.close()
+        fake.listener = None
+
+
 class FakeListener:
     """A TCP listener on loopback whose connections are served by `handler(conn, self)` in threads."""
 
@@ -57,13 +68,7 @@ class FakeListener:
 
     def stop(self) -> None:
         """Close the listener and every open connection; the port refuses connections afterwards."""
-        self.stopping.set()
-        if self.thread is not None:
-            self.thread.join(timeout=2.0)
-            self.thread = None
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        stop_listening(self)
         with self.lock:
             for conn in list(self.open_conns):
                 _close_quietly(conn)
@@ -224,13 +229,7 @@ class LineSink:
 
     def stop(self) -> None:
         """Close the listener and the connection being served; the port refuses connections afterwards."""
-        self.stopping.set()
-        if self.thread is not None:
-            self.thread.join(timeout=2.0)
-            self.thread = None
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        stop_listening(self)
 
     def __enter__(self) -> "LineSink":
         return self.start() if self.listener is None else self
