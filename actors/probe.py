@@ -113,20 +113,25 @@ class ProbeResult:
 async def _read_answer(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[bytes, bool]:
     """Read until an EOF line, close, the byte cap or the answer timeout; returns (bytes, ended)."""
     buffer = bytearray()
+
+    async def read_until_end() -> bool:
+        while len(buffer) < MAX_ANSWER_BYTES:
+            chunk = await loop.sock_recv(sock, READ_CHUNK_BYTES)
+            if not chunk:
+                return True
+            buffer.extend(chunk)
+            if EOF_PATTERN.search(buffer):
+                return True
+        return False
+
     try:
-        async with asyncio.timeout(ANSWER_TIMEOUT_S):
-            while len(buffer) < MAX_ANSWER_BYTES:
-                chunk = await loop.sock_recv(sock, READ_CHUNK_BYTES)
-                if not chunk:
-                    return bytes(buffer), True
-                buffer += chunk
-                if EOF_PATTERN.search(buffer):
-                    return bytes(buffer), True
-    except TimeoutError:
+        # wait_for, not asyncio.timeout: robot boards run Python 3.10
+        ended = await asyncio.wait_for(read_until_end(), ANSWER_TIMEOUT_S)
+    except asyncio.TimeoutError:
         return bytes(buffer), False
     except OSError:  # reset by the peer: what arrived before it is all there is
         return bytes(buffer), True
-    return bytes(buffer), False
+    return bytes(buffer), ended
 
 
 def _judge(target: Target, data: bytes, ended: bool) -> ProbeResult:

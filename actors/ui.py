@@ -383,7 +383,9 @@ class Interaction:
     def _overview_key(self, key: Key) -> None:
         if key in ("m", "M"):
             self.push(MenuScreen())
-        elif key in (":", "/"):
+        elif key == ":":
+            self.command = ""
+        elif key == "/":
             self.command = "/"
         elif key in (KEY_TAB, curses.KEY_BTAB):
             self.scroll = self.scroll.next_focus()
@@ -414,11 +416,11 @@ class Interaction:
     def _command_key(self, key: Key) -> None:
         buffer = self.command or ""
         if key in ENTER_KEYS:
-            line, self.command = buffer.strip(), None
-            if line and line != "/":
+            line, self.command = vm.as_command(buffer), None
+            if line:
                 self.push(TextScreen(line, self.send(line)))
         elif key in BACKSPACE_KEYS:
-            self.command = buffer[:-1] or None
+            self.command = buffer[:-1] if buffer else None
         elif key == KEY_ESC:
             self.command = None
         elif isinstance(key, str) and key.isprintable():

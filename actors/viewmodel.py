@@ -460,6 +460,12 @@ def prompt_screen(title: str, prompt: str, buffer: str, width: int, height: int,
     return lines[:height]
 
 
+def as_command(typed: str) -> str:
+    """What the ':' line sends: `help` and `/help` alike become `/help`; nothing typed sends nothing."""
+    line = typed.strip().lstrip("/")
+    return f"/{line}" if line else ""
+
+
 def command_footer(buffer: str, width: int) -> str:
     """The ':' command line in the footer row, scrolled so the cursor end stays visible."""
     shown = clean(buffer)
