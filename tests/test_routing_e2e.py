@@ -9,7 +9,6 @@ this arrival order is the order the routers delivered in.
 from __future__ import annotations
 
 import json
-
 import os
 import selectors
 import signal
