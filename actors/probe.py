@@ -51,17 +51,20 @@ class InfoAnswer:
 
 
 def parse_info(data: bytes) -> InfoAnswer:
-    """Parse ``name\\nuuid\\n[key=value\\n...]EOF\\n``; an answer cut short after the uuid line is accepted."""
+    """Parse ``name\\nuuid\\n[key=value\\n...]EOF\\n``: three lines at least (docs/protocol.md 4), EOF optional after a key=value."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise BadAnswer("not UTF-8 text") from None
     lines = [line.rstrip("\r") for line in text.split("\n")]
-    if EOF_LINE in lines:
+    ended = EOF_LINE in lines
+    if ended:
         lines = lines[: lines.index(EOF_LINE)]
     lines = [line for line in lines if line.strip()]
     if len(lines) < 2:
         raise BadAnswer(f"expected a name and a uuid line, got {len(lines)} line(s)")
+    if len(lines) == 2 and not ended:
+        raise BadAnswer("a name and a uuid line only: a third line (key=value or EOF) is required")
     name, uuid = lines[0].strip(), lines[1].strip()
     if not NAME_PATTERN.match(name) or not name.isprintable():
         raise BadAnswer(f"invalid name {name[:40]!r}")
