@@ -142,9 +142,16 @@ def control_request(runtime: Runtime, op: Op, **request_args: Any) -> Any:
         context.term()
 
 
+def health_text(status: dict[str, Any]) -> str:
+    """"ready", "starting" or "degraded: <reason>; <reason>" from the supervisor's status."""
+    health = status.get("health") or ("ready" if status.get("ready") else "starting")
+    reasons = status.get("reasons") or []
+    return f"{health}: {'; '.join(reasons)}" if health == "degraded" and reasons else health
+
+
 def print_status(status: dict[str, Any]) -> None:
-    print(f"orchestrator pid {status['pid']} on {status['config_dir']}, up {status['uptime_s']:.0f}s, "
-          f"{'ready' if status['ready'] else 'starting'}" + (f" (ready after {status['ready_after_s'] * 1000:.0f} ms)" if status["ready_after_s"] else ""))
+    print(f"orchestrator pid {status['pid']} on {status['config_dir']}, up {status['uptime_s']:.0f}s, {health_text(status)}"
+          + (f" (ready after {status['ready_after_s'] * 1000:.0f} ms)" if status["ready_after_s"] else ""))
     for child in status["children"]:
         age = "-" if child["heartbeat_age_s"] is None else f"{child['heartbeat_age_s']:.1f}s"
         print(f"  {child['name']:<10} {child['state']:<8} pid {str(child['pid'] or '-'):<8} restarts {child['restarts']:<3} heartbeat {age}")
