@@ -22,11 +22,13 @@ from zmq.utils.monitor import parse_monitor_message
 
 from .access import AccessPolicy, RefusalLog, effective_address
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
-from .commands import CommandLine, ConfigBlock, Peer, Reply, apply_config_block, build_registry, error, failure, format_time
+from .commands import (BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, Reply, apply_config_block, build_registry, error, failure,
+                       format_time)
 from .connection import HOLD_BACKPRESSURE, Connection, Limits
 from .dataplane import DataPlane, FlowLimits, RouterBusy, RouterGone
 from .errors import ErrorCode, OrchestratorError, Unavailable
-from .protocol import DataAck, Heartbeat, Op, ProtocolError, StateUpdate, Tap, Topic, decode, tap_topic
+from .protocol import DataAck, Heartbeat, Op, ProtocolError, Request, StateUpdate, Tap, Topic, decode, encode, tap_topic
+from .protocol import Reply as BusReply
 from .replica import StateReplica
 from .runner import StopFlag, run_actor
 from .security import secure_server, start_authenticator
@@ -46,6 +48,8 @@ TICK_S = POLL_INTERVAL_MS / 1000
 ACTIVITY_REPORT_INTERVAL_S = 5.0
 EXAMPLE_SOURCES_SHOWN = 3
 LISTENER_KEYS = ("command_port", "data_port_range", "bind_host")
+BUS_COMMAND_HOST = "127.0.0.1"  # who a bus command (launch.py ctl, the UI) is from when its transport has no address (ipc)
+TAP_OVER_BUS = "Error: /tap streams live payloads on a TCP connection to the command port; it cannot run through launch.py ctl"
 
 
 def limits_from_config(config: dict[str, Any]) -> Limits:
@@ -89,6 +93,7 @@ class Gateway:
         self.limits = limits_from_config({})
         self.outbox: dict[str, list[bytes]] = {}
         self.resync: asyncio.Task | None = None
+        self.bus_commands: set[asyncio.Task] = set()  # commands from launch.py ctl / the UI, answered over the data socket
         self.started_at = time.time()
         self.counters = {"connections_total": 0, "connections_refused": 0, "lines_in": 0, "bytes_in": 0, "payloads_in": 0,
                          "commands": 0, "unknown_source": 0, "no_route": 0, "bad_lines": 0, "too_long": 0, "idle_timeouts": 0,
@@ -149,6 +154,7 @@ class Gateway:
             server.close()
         for conn in list(self.connections):
             conn.abort()
+        tasks = [*tasks, *self.bus_commands]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -415,7 +421,10 @@ class Gateway:
         while True:
             frames = await self.data.recv_multipart(copy=False)
             if len(frames) != 2:
-                self.counters["malformed_messages"] += 1
+                if len(frames) == 3 and not frames[1].bytes:  # [identity, b"", Request]: a command client, never a router
+                    self._bus_command(frames[0].bytes, frames[2])
+                else:
+                    self.counters["malformed_messages"] += 1
                 continue
             identity, body = frames[0].bytes, frames[1].bytes
             try:
@@ -431,6 +440,51 @@ class Gateway:
                 self.plane.ack(message.source, message.seq, message.epoch)
             else:
                 self.counters["malformed_messages"] += 1
+
+    # ---- commands over the bus (launch.py ctl/status, the UI's command line) --------
+    def _bus_command(self, identity: bytes, frame: zmq.Frame) -> None:
+        """Whoever reaches our bus socket is the owner (0700 run folder, or CurveZMQ keys): commands run as admin, no token."""
+        try:
+            request = decode(frame.bytes)
+        except ProtocolError:
+            request = None
+        if not isinstance(request, Request) or request.op != Op.COMMAND.value or not isinstance(request.args.get("line"), str):
+            self.counters["malformed_messages"] += 1
+            return
+        try:
+            host = frame.get("Peer-Address") or BUS_COMMAND_HOST
+        except zmq.ZMQError:
+            host = BUS_COMMAND_HOST
+        task = asyncio.create_task(self._answer_bus_command(identity, request, Peer(host, 0, admin=True)))
+        self.bus_commands.add(task)
+        task.add_done_callback(self.bus_commands.discard)
+
+    async def _answer_bus_command(self, identity: bytes, request: Request, peer: Peer) -> None:
+        text = await self.run_lines(request.args["line"], peer)
+        future = self.data.send_multipart([identity, b"", encode(BusReply(ok=True, result={"text": text}, req_id=request.req_id))],
+                                          flags=zmq.NOBLOCK)
+        if future.exception() is not None:
+            log.debug("a command client left before its reply: %s", future.exception())
+
+    async def run_lines(self, text: str, peer: Peer) -> str:
+        """What the command port would write back for these lines (commands, /config blocks), minus streaming."""
+        self.counters["lines_in"] += text.count("\n") + 1
+        session = LineSession(data_port=False, max_config_bytes=self.limits.max_line_bytes)
+        out: list[bytes] = []
+        for raw in text.encode("utf-8", "replace").split(b"\n"):
+            item = session.feed(raw)
+            if item is None:
+                continue
+            if isinstance(item, DataLine):
+                self.ingest(item.source, [item.payload])
+                continue
+            reply = item.reply if isinstance(item, BadLine) else await self.answer(item, peer)
+            if reply.tap is not None:
+                reply = error(TAP_OVER_BUS)
+            out.append(reply.wire())
+            if reply.close:
+                break
+        return b"".join(out).decode("utf-8", "replace")
 
     # ---- figures ---------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
