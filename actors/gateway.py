@@ -32,7 +32,8 @@ from .protocol import Reply as BusReply
 from .replica import StateReplica
 from .runner import StopFlag, run_actor
 from .security import secure_server, start_authenticator
-from .settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime, default_config, parse_ports, tunable
+from .settings import (BIND_RETRY_BASE_S, BIND_RETRY_MAX_S, HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime,
+                       default_config, parse_ports, tunable)
 from .stateclient import AsyncStateClient
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,10 @@ class Gateway:
         self.held: dict[str, set[Connection]] = {}  # paused source -> connections not read meanwhile
         self.servers: dict[int, tuple[str, asyncio.Server]] = {}
         self.bound_host: str | None = None
-        self.failed_binds: dict[int, str] = {}
+        self.failed_binds: dict[int, str] = {}  # port -> why it could not be bound; retried with backoff until it can
+        self.rebind: asyncio.Task | None = None
+        self.bind_retry_s = BIND_RETRY_BASE_S
+        self.next_bind_retry = 0.0
         self.listener_config: tuple[Any, ...] | None = None
         self.routed_sources: set[str] = set()
         self.heartbeats: dict[str, Heartbeat] = {}
@@ -176,6 +180,8 @@ class Gateway:
         self._report_drops()
         if self.replica.needs_snapshot and self.resync is None:
             self.resync = asyncio.create_task(self._resync())
+        if self.failed_binds and self.rebind is None and time.monotonic() >= self.next_bind_retry:
+            self.rebind = asyncio.create_task(self._retry_binds())
         self.heart.maybe_beat(self.stats())
 
     # ---- state -----------------------------------------------------------------------
@@ -254,6 +260,8 @@ class Gateway:
                 del self.servers[port]
         self.bound_host = host
         self.failed_binds = {}
+        self.bind_retry_s = BIND_RETRY_BASE_S
+        self.next_bind_retry = time.monotonic() + self.bind_retry_s
         for port, role in sorted(wanted.items()):
             if port not in self.servers:
                 await self._listen(host, port, role)
@@ -261,15 +269,35 @@ class Gateway:
                  sum(1 for role, _ in self.servers.values() if role == "data"),
                  f"; could not bind {len(self.failed_binds)} ports" if self.failed_binds else "")
 
-    async def _listen(self, host: str, port: int, role: str) -> None:
+    async def _listen(self, host: str, port: int, role: str) -> bool:
+        """Open one listener; a failure is recorded (and logged once per port) for _retry_binds."""
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(lambda: Connection(self, role), host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
         except OSError as exc:
-            self.failed_binds[port] = exc.strerror or str(exc)
-            log.error("cannot listen on %s:%d (%s port): %s; serving the other ports", host, port, role, exc.strerror or exc)
-            return
+            if port not in self.failed_binds:
+                log.error("cannot listen on %s:%d (%s port): %s; serving the other ports and retrying every %.0fs at most",
+                          host, port, role, exc.strerror or exc, BIND_RETRY_MAX_S)
+            self.failed_binds[port] = bind_failure(exc)
+            return False
         self.servers[port] = (role, server)
+        return True
+
+    async def _retry_binds(self) -> None:
+        """Ports held by another process (another instance, a squatter): try again, backing off, until they are ours."""
+        try:
+            wanted = wanted_listeners(self.replica.config)
+            for port in sorted(self.failed_binds):
+                role = wanted.get(port)
+                if role is None or port in self.servers:
+                    self.failed_binds.pop(port, None)
+                elif self.bound_host is not None and await self._listen(self.bound_host, port, role):
+                    self.failed_binds.pop(port, None)
+                    log.info("now listening on %s:%d (%s port): the port was freed", self.bound_host, port, role)
+            self.bind_retry_s = min(BIND_RETRY_MAX_S, self.bind_retry_s * 2)
+            self.next_bind_retry = time.monotonic() + self.bind_retry_s
+        finally:
+            self.rebind = None
 
     # ---- connections -----------------------------------------------------------------
     def _sweep_idle(self) -> None:
@@ -490,7 +518,8 @@ class Gateway:
     def stats(self) -> dict[str, Any]:
         """Heartbeat stats: real counters for /status and the UI."""
         return {**self.counters, **self.plane.stats(), "connections_open": len(self.connections),
-                "listening": len(self.servers), "bind_failures": len(self.failed_binds)}
+                "listening": len(self.servers), "bind_failures": len(self.failed_binds),
+                "failed_binds": {str(port): why for port, why in self.failed_binds.items()}}
 
     def _live_beats(self) -> dict[str, Heartbeat]:
         now = time.monotonic()
@@ -525,6 +554,13 @@ class Gateway:
             "Last Scan": format_time(last_scan),
             "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],
         }
+
+
+def bind_failure(exc: OSError) -> str:
+    """Why a port could not be bound, as the degraded status shows it ("port 6000 held by another process")."""
+    if exc.errno == errno.EADDRINUSE:
+        return "held by another process"
+    return f"cannot be bound: {exc.strerror or exc}"
 
 
 def actor_entry(beat: Heartbeat) -> dict[str, Any]:

@@ -29,6 +29,8 @@ POLL_INTERVAL_MS = int(HEARTBEAT_INTERVAL_S * 1000 / 4)
 WRITE_COALESCE_S = 0.2
 REQUEST_TIMEOUT_S = 2.0
 USAGE_FLUSH_INTERVAL_S = HEARTBEAT_INTERVAL_S
+BIND_RETRY_BASE_S = 0.5  # gateway: first retry of a port it could not bind (held by another process); doubles up to the max
+BIND_RETRY_MAX_S = 5.0
 
 # Unix socket paths are limited to 107 bytes; longer run dirs move to a private folder in /tmp.
 MAX_IPC_PATH_BYTES = 100
