@@ -476,8 +476,13 @@ class Gateway:
             request = decode(frame.bytes)
         except ProtocolError:
             request = None
-        if not isinstance(request, Request) or request.op != Op.COMMAND.value or not isinstance(request.args.get("line"), str):
+        if not isinstance(request, Request):
             self.counters["malformed_messages"] += 1
+            return
+        if request.op != Op.COMMAND.value or not isinstance(request.args.get("line"), str):
+            self.counters["malformed_messages"] += 1
+            self._reply_bus(identity, BusReply(ok=False, error=f"expected op {Op.COMMAND.value!r} with a text 'line'",
+                                               code=int(ErrorCode.BAD_ARGUMENTS), req_id=request.req_id))
             return
         try:
             host = frame.get("Peer-Address") or BUS_COMMAND_HOST
@@ -489,14 +494,16 @@ class Gateway:
 
     async def _answer_bus_command(self, identity: bytes, request: Request, peer: Peer) -> None:
         text = await self.run_lines(request.args["line"], peer)
-        future = self.data.send_multipart([identity, b"", encode(BusReply(ok=True, result={"text": text}, req_id=request.req_id))],
-                                          flags=zmq.NOBLOCK)
+        self._reply_bus(identity, BusReply(ok=True, result={"text": text}, req_id=request.req_id))
+
+    def _reply_bus(self, identity: bytes, reply: BusReply) -> None:
+        """Answer a command client without ever blocking; one that left is simply gone."""
+        future = self.data.send_multipart([identity, b"", encode(reply)], flags=zmq.NOBLOCK)
         if future.exception() is not None:
             log.debug("a command client left before its reply: %s", future.exception())
 
     async def run_lines(self, text: str, peer: Peer) -> str:
         """What the command port would write back for these lines (commands, /config blocks), minus streaming."""
-        self.counters["lines_in"] += text.count("\n") + 1
         session = LineSession(data_port=False, max_config_bytes=self.limits.max_line_bytes)
         out: list[bytes] = []
         for raw in text.encode("utf-8", "replace").split(b"\n"):

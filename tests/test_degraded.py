@@ -9,8 +9,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
+
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from actors import viewmodel as vm
+from actors.cli import bus_command
+from actors.protocol import Op, Reply, Request, decode_as, encode
 from conftest import REPO_ROOT, Instance, free_port_range, send_line, start_instance, wait_until
 
 GATEWAY_ONLY = ["broker", "state", "gateway"]
@@ -130,3 +138,45 @@ def test_the_ui_status_line_says_degraded_with_the_reason():
     healthy = vm.ActorStatus("supervisor", now, time.time() - 30, 1, {"health": "ready", "reasons": []})
     line = vm.overview(vm.Model(actors={"supervisor": healthy}, connected=True, ever_connected=True), 100, 24).lines[1]
     assert "degraded" not in line.text and line.style is not vm.Style.ALERT
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory) -> Iterator[Instance]:
+    instance = start_instance(tmp_path_factory.mktemp("bus-commands"), only=GATEWAY_ONLY, config={"admin_clients": []})
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def test_bus_commands_run_blocks_refuse_tap_and_answer_a_wrong_op(gateway):
+    uuid = "11111111-2222-4333-8444-000000000009"
+    assert bus_command(gateway.runtime, f"/register Lamp {uuid} 40001", 5).startswith("/ack ")
+    configured = bus_command(gateway.runtime, f"/config {uuid}\n{{\"colour\": \"red\"}}\nEOF", 5)  # a block, as on the port
+    assert not configured.startswith(("Error", "Unknown", "Usage", "Invalid")), configured
+    wait_until(lambda: "red" in json.dumps(gateway.state_client().request(Op.SNAPSHOT)), 5, message="the stored config")
+    assert bus_command(gateway.runtime, "/tap Lamp", 5).startswith("Error: /tap streams")
+    assert bus_command(gateway.runtime, "/help\n/routes info", 5).endswith("No routes configured.\n")
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(gateway.runtime.endpoints.data)
+    try:
+        sock.send_multipart([b"", encode(Request(op="reset", args={}, req_id="x1"))])
+        assert sock.poll(5000)
+        reply = decode_as(sock.recv_multipart()[-1], Reply)
+        assert not reply.ok and "expected op 'command'" in reply.error
+        sock.send_multipart([b"", b"\xc1garbage"])  # undecodable: counted, no answer, nothing breaks
+        sock.send_multipart([b"", b"", b"three"])
+    finally:
+        sock.close(linger=0)
+        context.term()
+    assert bus_command(gateway.runtime, "/help", 5).startswith("Available commands:")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=300))
+def test_any_text_through_the_bus_gets_an_answer_and_breaks_nothing(gateway, text):
+    reply = bus_command(gateway.runtime, text, 5)
+    assert isinstance(reply, str)
+    assert bus_command(gateway.runtime, "/routes info", 5) == "No routes configured.\n"
