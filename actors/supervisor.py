@@ -416,7 +416,8 @@ class Supervisor:
                     self._on_event(events.recv_multipart())
                 self._check_children()
                 self._expire_remote()
-                heart.maybe_beat(self._beat_stats())
+                if time.monotonic() >= heart.next_beat:  # health is worked out once per beat, not once per poll
+                    heart.maybe_beat(self._beat_stats())
         finally:
             log.info("stopping %d processes", sum(c.alive for c in self.children))
             self.stop_all()
