@@ -5,9 +5,7 @@ import dataclasses
 import ipaddress
 import json
 import os
-import tempfile
 import uuid
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,8 @@ LOCK_FILE_NAME = "orch.lock"
 LOG_DIR_NAME = "logs"
 BACKUP_DIR_NAME = "backups"
 RUN_DIR_NAME = "run"
+RUN_POINTER_FILE_NAME = "orch.run"  # path of the private run folder, when <config>/run is too long for ipc sockets
+RUN_DIR_PREFIX = "orch-"  # of that private folder (tempfile.mkdtemp: unpredictable, 0700)
 KEYS_DIR_NAME = "keys"
 DEFAULT_CONFIG_DIR = "config"
 
@@ -29,10 +29,13 @@ POLL_INTERVAL_MS = int(HEARTBEAT_INTERVAL_S * 1000 / 4)
 WRITE_COALESCE_S = 0.2
 REQUEST_TIMEOUT_S = 2.0
 USAGE_FLUSH_INTERVAL_S = HEARTBEAT_INTERVAL_S
+BIND_RETRY_BASE_S = 0.5  # gateway: first retry of a port it could not bind (held by another process); doubles up to the max
+BIND_RETRY_MAX_S = 5.0
 
-# Unix socket paths are limited to 107 bytes; longer run dirs move to /tmp.
+# Unix socket paths are limited to 107 bytes; longer run dirs move to a private folder in /tmp.
 MAX_IPC_PATH_BYTES = 100
 PRIVATE_DIR_MODE = 0o700  # run, logs, backups and keys folders
+PRIVATE_FILE_MODE = 0o600  # the run folder pointer
 
 
 ALL_NETWORKS = ("0.0.0.0/0", "::/0")
@@ -208,13 +211,27 @@ class Endpoints:
         return [self.events_in, self.events_out, self.state_front, self.state_back]
 
 
-def run_dir_for(config_dir: Path) -> Path:
-    """The folder for sockets and pid files of the instance that owns config_dir."""
+def in_config_run_dir(config_dir: Path) -> Path | None:
+    """<config>/run when the ipc socket paths inside it fit the unix socket limit, else None."""
     candidate = config_dir.resolve() / RUN_DIR_NAME
-    if len(str(candidate / "state-front.ipc")) <= MAX_IPC_PATH_BYTES:
-        return candidate
-    digest = f"{zlib.crc32(str(config_dir.resolve()).encode()):08x}"  # zlib, not hashlib: OpenSSL costs 4 MB per process
-    return Path(tempfile.gettempdir()) / f"orch-{digest}"
+    return candidate if len(str(candidate / "state-front.ipc")) <= MAX_IPC_PATH_BYTES else None
+
+
+def run_dir_for(config_dir: Path) -> Path:
+    """The folder for the sockets of the instance that owns config_dir.
+
+    <config>/run when its paths fit; otherwise the private folder the supervisor recorded in
+    <config>/orch.run (never a predictable name in /tmp that another user could create first).
+    Without a record, the too-long <config>/run: nothing listens there, clients say "not running".
+    """
+    fitting = in_config_run_dir(config_dir)
+    if fitting is not None:
+        return fitting
+    try:
+        recorded = (config_dir / RUN_POINTER_FILE_NAME).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        recorded = ""
+    return Path(recorded) if recorded.startswith("/") else config_dir.resolve() / RUN_DIR_NAME
 
 
 @dataclass
@@ -259,7 +276,9 @@ class Runtime:
         )
 
     def ensure_dirs(self) -> None:
-        for folder in (self.config_dir, self.run_dir, self.log_dir):
+        """Create the config and log folders; the run folder must be ours and 0700 (runfolder.ensure_private_dir)."""
+        from .runfolder import ensure_private_dir  # here: runfolder imports this module
+        for folder in (self.config_dir, self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        for private in (self.run_dir, self.log_dir):  # sockets and logs: owner only
-            os.chmod(private, PRIVATE_DIR_MODE)
+        os.chmod(self.log_dir, PRIVATE_DIR_MODE)  # logs: owner only
+        ensure_private_dir(self.run_dir)
