@@ -19,6 +19,7 @@ from .errors import DuplicateRoute, ErrorCode, OrchestratorError, UnknownPeriphe
 from .protocol import TAP_PERIPHERAL, TAP_ROUTE, Op
 from .replica import StateReplica
 from .rules import RULE_KEYS, SYNTAX, RuleError, check_rule
+from .settings import ConfigError, parse_port
 
 UNKNOWN_COMMAND = "Unknown command. Type '/help' for available commands."
 CONFIG_END = "EOF"
@@ -385,10 +386,12 @@ async def cmd_register(args: list[str], ctx: CommandContext, peer: Peer) -> Repl
     if len(args) != 3:
         return error("Invalid register command format.")
     name, uuid, port_text = args
-    if not port_text.isdigit():
-        return error("Port must be an integer.")
+    try:
+        port = parse_port(port_text)
+    except ConfigError as exc:  # the legacy sentence for text that is no number at all
+        return error(f"Error: {exc}" if port_text.isascii() and port_text.isdigit() else "Port must be an integer.")
     extra = {} if peer.is_local else {"host": peer.host}
-    record = await ctx.request(Op.REGISTER, name=name, uuid=uuid, port=int(port_text), **extra)
+    record = await ctx.request(Op.REGISTER, name=name, uuid=uuid, port=port, **extra)
     await ctx.settle(lambda replica: uuid in replica.peripherals)
     return ok(f"/ack {record['data_port']}")
 
