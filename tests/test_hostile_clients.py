@@ -4,6 +4,7 @@ brute-forced. Attackers bind to 127.0.0.2 (outside admin_clients); 127.0.0.1 is 
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -18,6 +19,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from actors.access import AuthGuard, AuthLimits, ConnectionSlots, SlotLimits
+from actors.commands import CommandLine, ConfigBlock, Peer, Reply, error
+from actors.connection import Connection, Limits
 from actors.settings import ConfigError, parse_port, parse_ports
 from conftest import Instance, start_instance, wait_until
 
@@ -166,6 +169,91 @@ def test_auth_failures_outside_the_window_do_not_add_up() -> None:
     assert guard.locked_for("10.0.0.9", now=600.0) == 0.0
 
 
+# ---- the connection's own safety net ---------------------------------------------------
+class FailingHost:
+    """A gateway whose every command fails in a way nobody foresaw, after the client already half-closed."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {key: 0 for key in ("connections_total", "bytes_in", "lines_in", "partial_lines_dropped")}
+        self.connections: set[Connection] = set()
+        self.limits = Limits(max_line_bytes=1 << 16, idle_timeout_s=60.0)
+        self.failures: list[Exception] = []
+        self.released: list[Peer] = []
+
+    def ingest(self, source: str, payloads: list[bytes], conn: Connection | None = None) -> None:
+        raise AssertionError("no data expected")
+
+    async def answer(self, item: CommandLine | ConfigBlock, peer: Peer) -> Reply:
+        await asyncio.sleep(0)  # the client's EOF arrives while the command is being answered
+        raise RuntimeError("a bug below the gateway")
+
+    def admit(self, peer_host: str, peer_port: int, local_host: str) -> tuple[Peer, Reply | None]:
+        return Peer(peer_host, peer_port, admin=True), None
+
+    def release_slot(self, peer: Peer) -> None:
+        self.released.append(peer)
+
+    def handler_failed(self, exc: Exception, peer: Peer) -> Reply:
+        self.failures.append(exc)
+        return error("Error: command failed (RuntimeError); it was not applied")
+
+    async def tap(self, connection: Connection, kind: str, key: str) -> None:
+        raise AssertionError("no tap expected")
+
+
+class RecordingTransport(asyncio.Transport):
+    """Just enough of a TCP transport: records what is written and calls connection_lost on close, as asyncio does."""
+
+    def __init__(self, protocol: Connection) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.written = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": (ATTACKER, 40000), "sockname": (ADMIN, 6000)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+
+def test_an_unforeseen_exception_is_answered_and_the_half_closed_client_frees_its_slot() -> None:
+    async def scenario() -> tuple[FailingHost, RecordingTransport]:
+        host = FailingHost()
+        connection = Connection(host, "command")
+        transport = RecordingTransport(connection)
+        connection.connection_made(transport)
+        connection.data_received(b"/help\n/list\n")
+        connection.eof_received()
+        for _ in range(100):
+            if transport.closed and not host.connections:
+                break
+            await asyncio.sleep(0)
+        return host, transport
+
+    host, transport = asyncio.run(scenario())
+    assert transport.written == b"Error: command failed (RuntimeError); it was not applied\n"
+    assert [type(exc) for exc in host.failures] == [RuntimeError]
+    assert transport.closed and not host.connections and [p.host for p in host.released] == [ATTACKER]
+
+
 # ---- a real gateway: slots ------------------------------------------------------------
 def test_hundreds_of_short_connections_with_a_superscript_port_leak_no_slot(all_slots_free: Instance) -> None:
     instance = all_slots_free
@@ -197,6 +285,18 @@ def test_config_that_a_library_cannot_take_gets_an_error_line_and_frees_the_slot
     for _ in range(20):  # the same, from clients that hang up at once
         hit_and_run(instance.command_port, DECOY + f"/config {UUID}\n{body}\nEOF".encode())
     wait_until(lambda: open_connections(instance) == 0, timeout=READ_TIMEOUT_S, message="every slot given back")
+
+
+def test_unforeseen_failures_are_counted_each_time_and_logged_once_per_address_and_reason(all_slots_free: Instance) -> None:
+    instance = all_slots_free
+    talk(instance.command_port, [f"/register Deep {UUID} 7000"])
+    before = gateway_status(instance)["Gateway"]["handler_errors"]
+    body = json.dumps({"huge": 1 << 65})  # valid JSON; too big for the bus encoding (msgpack)
+    replies = [talk(instance.command_port, [f"/config {UUID}", body, "EOF"]) for _ in range(5)]
+    assert all(r.startswith("Error: command failed (OverflowError)") for r in replies), replies
+    assert gateway_status(instance)["Gateway"]["handler_errors"] == before + 5
+    wait_until(lambda: "failed with OverflowError" in gateway_log(instance), message="the activity line")
+    assert gateway_log(instance).count("failed with OverflowError") == 1
 
 
 @given(port_text=st.one_of(st.text(min_size=1, max_size=12), st.integers(min_value=-1, max_value=1 << 80).map(str),
