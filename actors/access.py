@@ -56,6 +56,11 @@ def effective_address(peer_host: str, local_host: str) -> Address | None:
     return peer
 
 
+def is_this_machine(address: Address | None) -> bool:
+    """127.0.0.1 or ::1 exactly (or our own address, see effective_address): launch.py ctl, the UI, local peripherals."""
+    return address == LOOPBACK_V4 or address == LOOPBACK_V6
+
+
 def in_networks(address: Address | None, networks: tuple[Network, ...]) -> bool:
     return address is not None and any(address.version == net.version and address in net for net in networks)
 
@@ -155,13 +160,13 @@ class ConnectionSlots:
         self.by_address: dict[str, int] = {}
         self.held = 0
 
-    def claim(self, key: str, admin: bool, limits: SlotLimits) -> SlotRefusal | None:
-        """Take a slot for a client at key, or say why not (admins skip the per-address cap and may use the reserve)."""
-        if admin and self.held >= limits.total:
+    def claim(self, key: str, trusted: bool, limits: SlotLimits) -> SlotRefusal | None:
+        """Take a slot for a client at key, or say why not (trusted clients skip the per-address cap and may use the reserve)."""
+        if trusted and self.held >= limits.total:
             return SlotRefusal(f"Error: too many connections (limit {limits.total}); try again later")
-        if not admin and self.held >= limits.non_admin_total:
+        if not trusted and self.held >= limits.non_admin_total:
             return SlotRefusal(f"Error: too many connections (limit {limits.non_admin_total} for non-admin clients); try again later")
-        if not admin and self.by_address.get(key, 0) >= limits.per_address:
+        if not trusted and self.by_address.get(key, 0) >= limits.per_address:
             return SlotRefusal(f"Error: too many connections from {key} (limit {limits.per_address} per address); try again later",
                                per_address=True)
         self.by_address[key] = self.by_address.get(key, 0) + 1

@@ -20,7 +20,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from .access import AccessPolicy, AuthGuard, AuthLimits, ConnectionSlots, RefusalLog, SlotLimits, address_key, effective_address
+from .access import AccessPolicy, AuthGuard, AuthLimits, ConnectionSlots, RefusalLog, SlotLimits, effective_address, is_this_machine
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .commands import CommandLine, ConfigBlock, Peer, Reply, apply_config_block, build_registry, error, failure, format_time
 from .connection import HOLD_BACKPRESSURE, Connection, Limits
@@ -303,7 +303,8 @@ class Gateway:
             self.counters["refused_clients"] += 1
             self._report_refusal(peer_host, "connect", "connection refused: not in allowed_clients")
             return peer, error(f"Error: connections not allowed from {peer_host}; closing", ErrorCode.FORBIDDEN, close=True)
-        refusal = self.slots.claim(address_key(peer_host), peer.admin, self.slot_limits)
+        trusted = peer.admin or is_this_machine(address)  # may use the admin reserve, no per-address cap
+        refusal = self.slots.claim(peer_host, trusted, self.slot_limits)  # keyed by the raw peer address: no parse per connection
         if refusal is None:
             return peer, None
         self.counters["connections_refused"] += 1
@@ -313,7 +314,7 @@ class Gateway:
 
     def release_slot(self, peer: Peer) -> None:
         """Host: a client admitted earlier is gone."""
-        self.slots.release(address_key(peer.host))
+        self.slots.release(peer.host)
 
     def handler_failed(self, exc: Exception, peer: Peer) -> Reply:
         """Host: a handler raised what nobody foresaw (a bug, or input deeper or bigger than a library takes)."""

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from actors.access import AuthGuard, AuthLimits, ConnectionSlots, SlotLimits
 from actors.commands import CommandLine, ConfigBlock, Peer, Reply, error
 from actors.connection import Connection, Limits
+from actors.protocol import Op
 from actors.settings import ConfigError, parse_port, parse_ports
 from conftest import Instance, start_instance, wait_until
 
@@ -324,8 +325,27 @@ def test_one_address_cannot_take_every_slot(all_slots_free: Instance) -> None:
     wait_until(lambda: "connection refused: too many connections from 127.0.0.2" in gateway_log(instance), message="the activity line")
 
 
-def test_admins_get_in_when_non_admin_addresses_fill_their_slots(all_slots_free: Instance) -> None:
-    instance = all_slots_free
+def admin_clients(instance: Instance, networks: list[str]) -> None:
+    """Change admin_clients live and wait until the gateway applies it (judged from 127.0.0.1)."""
+    instance.state_client().request(Op.SET_CONFIG, values={"admin_clients": networks})
+    wanted = "Route 'nothing' not found" if ADMIN in networks else "Error: /routes remove not allowed"
+    wait_until(lambda: talk(instance.command_port, ["/routes remove nothing"]).startswith(wanted), message=f"admin_clients {networks}")
+
+
+@pytest.fixture(params=[[ADMIN], []], ids=["localhost-is-admin", "no-admin-networks"])
+def admins(request: pytest.FixtureRequest, all_slots_free: Instance) -> Iterator[Instance]:
+    """The instance with 127.0.0.1 as the admin, or with no admin networks at all (this machine still gets in)."""
+    if request.param != [ADMIN]:
+        admin_clients(all_slots_free, request.param)
+    try:
+        yield all_slots_free
+    finally:
+        if request.param != [ADMIN]:
+            admin_clients(all_slots_free, [ADMIN])
+
+
+def test_this_machine_gets_in_when_non_admin_addresses_fill_their_slots(admins: Instance) -> None:
+    instance = admins
     attackers = [f"127.0.0.{n}" for n in range(2, 7)]  # 5 addresses x 5 = 25 > the 16 non-admin slots
     with ExitStack() as stack:
         for source in attackers:
