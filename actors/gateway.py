@@ -20,7 +20,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from .access import AccessPolicy, RefusalLog, effective_address
+from .access import AccessPolicy, AuthGuard, AuthLimits, ConnectionSlots, RefusalLog, SlotLimits, effective_address, is_this_machine
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .commands import (BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, Reply, apply_config_block, build_registry, error, failure,
                        format_time)
@@ -54,8 +54,8 @@ TAP_OVER_BUS = "Error: /tap streams live payloads on a TCP connection to the com
 
 
 def limits_from_config(config: dict[str, Any]) -> Limits:
-    """Connection limits from orch.cf keys max_line_bytes, idle_timeout, max_connections (defaults when absent or invalid)."""
-    return Limits(int(tunable(config, "max_line_bytes")), float(tunable(config, "idle_timeout")), int(tunable(config, "max_connections")))
+    """Connection limits from orch.cf keys max_line_bytes, idle_timeout (defaults when absent or invalid)."""
+    return Limits(int(tunable(config, "max_line_bytes")), float(tunable(config, "idle_timeout")))
 
 
 def wanted_listeners(config: dict[str, Any]) -> dict[int, str]:
@@ -95,13 +95,17 @@ class Gateway:
         self.heard_at: dict[str, float] = {}
         self.connections: set[Connection] = set()
         self.limits = limits_from_config({})
+        self.slots = ConnectionSlots()
+        self.slot_limits = SlotLimits.from_config({})
+        self.auth_guard = AuthGuard()
         self.outbox: dict[str, list[bytes]] = {}
         self.resync: asyncio.Task | None = None
         self.bus_commands: set[asyncio.Task] = set()  # commands from launch.py ctl / the UI, answered over the data socket
         self.started_at = time.time()
         self.counters = {"connections_total": 0, "connections_refused": 0, "lines_in": 0, "bytes_in": 0, "payloads_in": 0,
                          "commands": 0, "unknown_source": 0, "no_route": 0, "bad_lines": 0, "too_long": 0, "idle_timeouts": 0,
-                         "partial_lines_dropped": 0, "malformed_messages": 0, "refused_clients": 0, "refused_admin": 0, "auth_failures": 0}
+                         "partial_lines_dropped": 0, "malformed_messages": 0, "refused_clients": 0, "refused_admin": 0, "auth_failures": 0,
+                         "connections_refused_per_address": 0, "handler_errors": 0}
         self.access = AccessPolicy.from_config({})
         self.refusals = RefusalLog()
         self.reported = {"unknown_source": 0, "no_route": 0}
@@ -230,6 +234,8 @@ class Gateway:
         self.limits = limits_from_config(self.replica.config)
         self.plane.limits = FlowLimits.from_config(self.replica.config)
         self.access = AccessPolicy.from_config(self.replica.config)
+        self.slot_limits = SlotLimits.from_config(self.replica.config)
+        self.auth_guard.limits = AuthLimits.from_config(self.replica.config)
 
     async def request(self, op: Op, **args: Any) -> Any:
         """CommandContext: one request to the state keeper."""
@@ -316,6 +322,8 @@ class Gateway:
             reply = await self.registry.dispatch(item.text, self, peer)
         except OrchestratorError as exc:
             return failure(exc)
+        except Exception as exc:  # noqa: BLE001 - the one catch-all of the command path: input nobody foresaw costs one error line
+            return self.handler_failed(exc, peer)
         if reply.code == ErrorCode.FORBIDDEN:
             self._refused_command(item, peer)
         return reply
@@ -325,11 +333,33 @@ class Gateway:
         """Host: the client with its admin right, and a refusal when allowed_clients excludes it."""
         address = effective_address(peer_host, local_host)
         peer = Peer(peer_host, peer_port, admin=self.access.is_admin(address))
-        if self.access.may_connect(address):
+        if not self.access.may_connect(address):
+            self.counters["refused_clients"] += 1
+            self._report_refusal(peer_host, "connect", "connection refused: not in allowed_clients")
+            return peer, error(f"Error: connections not allowed from {peer_host}; closing", ErrorCode.FORBIDDEN, close=True)
+        trusted = peer.admin or is_this_machine(address)  # may use the admin reserve, no per-address cap
+        refusal = self.slots.claim(peer_host, trusted, self.slot_limits)  # keyed by the raw peer address: no parse per connection
+        if refusal is None:
             return peer, None
-        self.counters["refused_clients"] += 1
-        self._report_refusal(peer_host, "connect", "connection refused: not in allowed_clients")
-        return peer, error(f"Error: connections not allowed from {peer_host}; closing", ErrorCode.FORBIDDEN, close=True)
+        self.counters["connections_refused"] += 1
+        self.counters["connections_refused_per_address"] += refusal.per_address
+        self._report_refusal(peer_host, "slots", f"connection refused: {refusal.text.removeprefix('Error: ').split(';')[0]}")
+        return peer, error(refusal.text, ErrorCode.UNAVAILABLE, close=True)
+
+    def release_slot(self, peer: Peer) -> None:
+        """Host: a client admitted earlier is gone."""
+        self.slots.release(peer.host)
+
+    def handler_failed(self, exc: Exception, peer: Peer) -> Reply:
+        """Host: a handler raised what nobody foresaw (a bug, or input deeper or bigger than a library takes)."""
+        self.counters["handler_errors"] += 1
+        reason = type(exc).__name__
+        quiet = self.refusals.should_report(peer.host, f"error:{reason}")
+        log.debug("a command from %s failed", peer.host, exc_info=exc)  # the traceback, for whoever debugs with --log-level DEBUG
+        if quiet is not None:
+            log.error("a command from %s failed with %s: %s; answered with an error%s", peer.host, reason, str(exc)[:200],
+                      f" ({quiet} more since the last report)" if quiet else "")
+        return error(f"Error: command failed ({reason}); it was not applied", ErrorCode.INTERNAL)
 
     def _refused_command(self, item: CommandLine, peer: Peer) -> None:
         """Count and report (rate-limited) an admin command or /auth refused; never the line itself (it may hold the token)."""
@@ -526,7 +556,7 @@ class Gateway:
         """Heartbeat stats: real counters for /status and the UI."""
         return {**self.counters, **self.plane.stats(), "connections_open": len(self.connections),
                 "listening": len(self.servers), "bind_failures": len(self.failed_binds),
-                "failed_binds": {str(port): why for port, why in self.failed_binds.items()}}
+                "failed_binds": {str(port): why for port, why in self.failed_binds.items()}, "auth_lockouts": self.auth_guard.lockouts}
 
     def _live_beats(self) -> dict[str, Heartbeat]:
         now = time.monotonic()
@@ -557,7 +587,10 @@ class Gateway:
             "Messages Dropped": dropped + stats["unknown_source"] + stats["no_route"] + stats["dropped_buffer_full"],
             "Gateway": {k: stats[k] for k in ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full",
                                               "pending", "unacked_payloads", "payloads_resent", "sources_paused", "pause_episodes",
-                                              "routers_lost", "bad_lines", "too_long", "connections_open", "connections_refused")},
+                                              "routers_lost", "bad_lines", "too_long", "partial_lines_dropped", "connections_open",
+                                              "connections_refused", "connections_refused_per_address", "idle_timeouts",
+                                              "handler_errors", "auth_failures", "auth_lockouts")},
+            "Auth Locked": self.auth_guard.locked(),
             "Last Scan": format_time(last_scan),
             "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],
         }

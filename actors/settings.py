@@ -5,6 +5,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,12 @@ TUNABLE_DEFAULTS: dict[str, float] = {
     "max_line_bytes": 1 << 20,  # gateway: longest accepted line
     "idle_timeout": 600.0,  # gateway: seconds before a silent client is closed
     "max_connections": 1000,  # gateway: concurrent client connections
+    "max_connections_per_address": 64,  # gateway: concurrent connections from one non-admin address
+    "admin_reserved_connections": 16,  # gateway: slots of max_connections only admin clients may take
+    "auth_max_failures": 5,  # /auth: wrong tokens from one address within auth_failure_window before it is locked
+    "auth_failure_window": 60.0,  # /auth: seconds over which failures are counted
+    "auth_lockout": 300.0,  # /auth: seconds an address stays locked (even the right token is refused)
+    "auth_failure_delay": 0.25,  # /auth: seconds before a wrong token is answered; doubles per recent failure
     "router_queue_messages": 10_000,  # router: payloads waiting per sink
     "router_queue_bytes": 16 << 20,  # router: bytes waiting per sink
     "router_queue_age_s": 60.0,  # router: oldest payload kept for a sink that is down
@@ -90,6 +97,21 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message says which and why."""
 
 
+MIN_PORT = 1
+MAX_PORT = 65535
+PORT_PATTERN = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() and int() accept '²' and '٣'
+
+
+def parse_port(value: str | int, what: str = "port") -> int:
+    """The one port parser: a number 1-65535 written in ASCII digits (no sign, space, '_' or other scripts)."""
+    if isinstance(value, str) and PORT_PATTERN.fullmatch(value):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not MIN_PORT <= value <= MAX_PORT:
+        shown = value if not isinstance(value, str) else value[:20]
+        raise ConfigError(f"{what} must be a number from {MIN_PORT} to {MAX_PORT} in ASCII digits, got {shown!r}")
+    return value
+
+
 def parse_ports(spec: str | int) -> list[int]:
     """Turn "6200-6300,7000" (ranges and single ports, comma separated) into a sorted port list."""
     if isinstance(spec, bool):
@@ -103,12 +125,12 @@ def parse_ports(spec: str | int) -> list[int]:
         part = part.strip()
         low_text, sep, high_text = part.partition("-")
         try:
-            low = int(low_text)
-            high = int(high_text) if sep else low
-        except ValueError:
-            raise ConfigError(f"bad port range {part!r} in {spec!r}") from None
-        if not (1 <= low <= high <= 65535):
-            raise ConfigError(f"port range {part!r} must satisfy 1 <= start <= end <= 65535")
+            low = parse_port(low_text.strip())
+            high = parse_port(high_text.strip()) if sep else low
+        except ConfigError:
+            raise ConfigError(f"bad port range {part[:40]!r} in {spec[:80]!r}: ports are 1-65535 in ASCII digits") from None
+        if low > high:
+            raise ConfigError(f"port range {part!r} must satisfy start <= end")
         ports.update(range(low, high + 1))
     return sorted(ports)
 
@@ -146,8 +168,7 @@ def validate_config(raw: Any) -> dict[str, Any]:
     if config["scan_interval"] <= 0:
         raise ConfigError("'scan_interval' must be positive")
     _check_type(config, "command_port", (int,))
-    if not 1 <= config["command_port"] <= 65535:
-        raise ConfigError("'command_port' must be a port number")
+    parse_port(config["command_port"], "'command_port'")
     _check_type(config, "script_uuid", (str,))
     _check_type(config, "offline_after_sweeps", (int,))
     if not isinstance(config["peripherals"], list):
