@@ -1,4 +1,4 @@
-"""Reading and writing orch.cf / routes.cf: atomic writes, corrupt files kept aside, backups."""
+"""Reading and writing orch.cf / routes.cf: validation on load, what cannot be used kept aside, atomic writes, last good copy, backups."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .settings import BACKUP_DIR_NAME, CONFIG_FILE_NAME, PRIVATE_DIR_MODE, ROUTES_FILE_NAME, ConfigError, default_config, validate_config, validate_routes
+from .settings import (BACKUP_DIR_NAME, CONFIG_FILE_NAME, LOOPBACK_HOST, LOOPBACK_ONLY_SECURITY, LOOPBACK_ONLY_KEY, PRIVATE_DIR_MODE, ROUTES_FILE_NAME, SECURITY_KEYS,
+                       Checked, ConfigError, SecurityConfigError, check_config, check_routes, default_config,
+                       loopback_only_reason, require_secure)
 
 log = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
+CORRUPT_KIND = "corrupt"  # a file that is not JSON at all: <name>.corrupt-<time>
+REJECTED_KIND = "rejected"  # keys and records validation could not use: <name>.rejected-<time>
+LAST_GOOD_SUFFIX = ".last-good"  # orch.cf as the state keeper last wrote it; its security keys survive a corrupt orch.cf
+LAST_GOOD_INTERVAL_S = 60.0  # refresh the last good copy at most this often unless a security key changed
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -37,56 +43,196 @@ def atomic_write_json(path: Path, data: Any) -> None:
         os.close(dir_fd)
 
 
-def keep_aside(path: Path, reason: str) -> Path:
-    """Rename a file we cannot use to <name>.corrupt-<timestamp> so the user's data is never lost."""
+def _aside_path(path: Path, kind: str) -> Path:
+    """<name>.<kind>-<timestamp>, with a counter when that name is taken."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    target = path.with_name(f"{path.name}.{kind}-{stamp}")
     counter = 1
     while target.exists():
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{counter}")
+        target = path.with_name(f"{path.name}.{kind}-{stamp}-{counter}")
         counter += 1
+    return target
+
+
+def keep_aside(path: Path, reason: str) -> Path:
+    """Rename a file we cannot use to <name>.corrupt-<timestamp> so the user's data is never lost."""
+    target = _aside_path(path, CORRUPT_KIND)
     os.replace(path, target)
     log.error("%s is unusable (%s); kept aside as %s, starting from defaults", path, reason, target.name)
     return target
 
 
+def write_rejected(path: Path, reasons: list[str], keys: dict[str, Any], records: list[Any], records_key: str) -> Path:
+    """Save what validation could not use (keys as found, rejected records) in <name>.rejected-<timestamp>, owner-only."""
+    target = _aside_path(path, REJECTED_KIND)
+    document: dict[str, Any] = {"file": path.name, "reasons": reasons}
+    if keys:
+        document["keys"] = keys
+    if records:
+        document[records_key] = records
+    atomic_write_json(target, document)
+    return target
+
+
+def read_json_file(path: Path) -> Any:
+    """The parsed file; ConfigError when it is not JSON (or not text)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not JSON: {exc}") from None
+
+
+def preflight(config_dir: Path) -> str | None:
+    """Before any actor starts: the message that stops the launch (an unreadable security key), or None.
+
+    A missing or non-JSON orch.cf does not stop it: the state keeper handles those (defaults, last good copy, loopback only).
+    """
+    path = Path(config_dir) / CONFIG_FILE_NAME
+    try:
+        raw = read_json_file(path)
+    except (OSError, ConfigError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    try:
+        require_secure(check_config(raw))
+    except SecurityConfigError as exc:
+        return str(exc)
+    return None
+
+
 class ConfigStore:
     """The two JSON files of one config folder. Only the state keeper uses this class."""
 
-    def __init__(self, config_dir: Path) -> None:
+    def __init__(self, config_dir: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.config_dir = config_dir
         self.config_path = config_dir / CONFIG_FILE_NAME
         self.routes_path = config_dir / ROUTES_FILE_NAME
+        self.last_good_path = config_dir / f"{CONFIG_FILE_NAME}{LAST_GOOD_SUFFIX}"
         self.backup_dir = config_dir / BACKUP_DIR_NAME
-        self.kept_aside: list[Path] = []
+        self.clock = clock
+        self.kept_aside: list[Path] = []  # whole files that were not JSON (.corrupt-*)
+        self.rejected: list[Path] = []  # keys and records validation could not use (.rejected-*)
+        self.notes: list[tuple[int, str]] = []  # (logging level, line) about the load, logged once the activity log is up
         self.writes = 0
+        self.last_good_security: dict[str, Any] | None = None
+        self.last_good_at: float | None = None
 
     def load(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Load both files, creating missing ones and setting corrupt ones aside."""
+        """Load both files, creating missing ones, converting what reads unambiguously, keeping aside what cannot be used."""
         self.config_dir.mkdir(parents=True, exist_ok=True)
-        config = self._load_one(self.config_path, validate_config, default_config)
-        routes = self._load_one(self.routes_path, validate_routes, list)
+        config = self._load_config()
+        routes = self._load_routes()
         return config, routes
 
-    def _load_one(self, path: Path, validate: Callable[[Any], Any], make_default: Callable[[], Any]) -> Any:
-        if not path.exists():
-            value = make_default()
-            log.info("%s not found; created with defaults", path)
-            atomic_write_json(path, value)
-            return value
+    def _note(self, level: int, text: str) -> None:
+        self.notes.append((level, text))
+
+    def _load_config(self) -> dict[str, Any]:
+        if not self.config_path.exists():
+            config = default_config()
+            self._note(logging.INFO, f"{self.config_path} not found; created with defaults")
+            atomic_write_json(self.config_path, config)
+            self.write_last_good(config)
+            return config
         try:
-            return validate(json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError, ConfigError) as exc:
-            self.kept_aside.append(keep_aside(path, str(exc)))
-            value = make_default()
-            atomic_write_json(path, value)
-            return value
+            raw = read_json_file(self.config_path)
+            if not isinstance(raw, dict):
+                raise ConfigError(f"orch.cf must hold a JSON object, got {type(raw).__name__}")
+        except ConfigError as exc:
+            return self._replace_corrupt_config(str(exc))
+        checked = check_config(raw)
+        self._report(self.config_path, raw, checked, "peripherals")
+        config = checked.value
+        if LOOPBACK_ONLY_KEY in config and not loopback_only_reason(config):
+            del config[LOOPBACK_ONLY_KEY]  # bind_host was fixed by hand
+        if checked.insecure:
+            config.update(self._security_fallback(list(checked.insecure)))
+        else:
+            self.write_last_good(config)
+        return config
+
+    def _load_routes(self) -> list[dict[str, Any]]:
+        if not self.routes_path.exists():
+            self._note(logging.INFO, f"{self.routes_path} not found; created empty")
+            atomic_write_json(self.routes_path, [])
+            return []
+        try:
+            raw = read_json_file(self.routes_path)
+            if not isinstance(raw, list):
+                raise ConfigError(f"routes.cf must hold a JSON list, got {type(raw).__name__}")
+        except ConfigError as exc:
+            self.kept_aside.append(keep_aside(self.routes_path, str(exc)))
+            atomic_write_json(self.routes_path, [])
+            return []
+        checked = check_routes(raw)
+        self._report(self.routes_path, raw, checked, "routes")
+        return checked.value
+
+    def _report(self, path: Path, raw: Any, checked: Checked, records_key: str) -> None:
+        """One warning per conversion or reset; what could not be used goes to a .rejected file next to the file."""
+        for line in checked.warnings:
+            self._note(logging.WARNING, f"{path.name}: {line}")
+        for reason in checked.insecure.values():
+            self._note(logging.ERROR, f"{path.name}: {reason}")
+        if checked.reset or checked.rejected or checked.insecure:
+            keys = {**checked.reset, **{key: raw[key] for key in checked.insecure}}  # as found: the file is rewritten without them
+            target = write_rejected(path, checked.reasons + list(checked.insecure.values()), keys, checked.rejected, records_key)
+            self.rejected.append(target)
+            self._note(logging.WARNING, f"{path.name}: what could not be used is kept in {target.name}")
+
+    def _replace_corrupt_config(self, reason: str) -> dict[str, Any]:
+        """orch.cf is not a JSON object: keep it aside, start from defaults, but never with more open security settings."""
+        self.kept_aside.append(keep_aside(self.config_path, reason))
+        config = default_config()
+        config.update(self._security_fallback(list(SECURITY_KEYS)))
+        atomic_write_json(self.config_path, config)
+        return config
+
+    def _security_fallback(self, keys: list[str]) -> dict[str, Any]:
+        """Values for security keys that could not be read: the last good copy's, or loopback only when there is none."""
+        last_good = self._read_last_good()
+        if last_good is not None:
+            self._note(logging.WARNING, f"{', '.join(keys)} taken from {self.last_good_path.name}, the last copy the state keeper wrote")
+            return {key: last_good[key] for key in keys}
+        reason = (f"orch.cf's {', '.join(keys)} could not be read and there is no {self.last_good_path.name}: "
+                  f"the command and data ports listen on {LOOPBACK_HOST} only until bind_host is set in orch.cf")
+        self._note(logging.ERROR, reason)
+        return {**{key: LOOPBACK_ONLY_SECURITY[key] for key in keys}, LOOPBACK_ONLY_KEY: reason}
+
+    def _read_last_good(self) -> dict[str, Any] | None:
+        """The security keys of the last good copy, or None when it is absent or itself unusable."""
+        try:
+            raw = read_json_file(self.last_good_path)
+        except (OSError, ConfigError):
+            return None
+        if not isinstance(raw, dict):
+            return None
+        checked = check_config(raw)
+        if checked.insecure:
+            return None
+        return {key: checked.value[key] for key in SECURITY_KEYS}
+
+    def write_last_good(self, config: dict[str, Any]) -> None:
+        """Keep orch.cf.last-good (owner-only): when the security keys changed, else at most every LAST_GOOD_INTERVAL_S."""
+        security = {key: config.get(key) for key in SECURITY_KEYS}
+        now = self.clock()
+        if security == self.last_good_security and self.last_good_at is not None and now - self.last_good_at < LAST_GOOD_INTERVAL_S:
+            return
+        try:
+            atomic_write_json(self.last_good_path, config)
+        except OSError as exc:
+            log.error("could not write %s: %s", self.last_good_path, exc)
+            return
+        self.last_good_security = security
+        self.last_good_at = now
 
     def save(self, config: dict[str, Any], routes: list[dict[str, Any]]) -> None:
-        """Write both files atomically."""
+        """Write both files atomically (and the last good copy of orch.cf when due)."""
         atomic_write_json(self.config_path, config)
         atomic_write_json(self.routes_path, routes)
         self.writes += 1
+        self.write_last_good(config)
 
     def backup(self) -> Path:
         """Copy both files into backups/<timestamp>/ (before a reset) and return that folder."""

@@ -21,7 +21,7 @@ from .errors import ErrorCode, OrchestratorError, UnknownOp
 from .protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, decode_as, encode
 from .runner import StopFlag, run_actor
 from .security import secure_client
-from .settings import POLL_INTERVAL_MS, Runtime
+from .settings import POLL_INTERVAL_MS, Runtime, loopback_only_reason
 from .tables import Change, Tables
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ REPLY_CACHE_SIZE = 4096
 LAZY_WRITE_DELAY_S = 1.0
 LAZY_OPS = {Op.SEEN.value, Op.LOST.value, Op.ROUTE_USAGE.value}
 QUIET_OPS = {Op.SNAPSHOT.value, Op.ROUTE_USAGE.value, Op.SEEN.value}
+CONFIG_NOTICE_REPEAT_S = 300.0  # how often a loopback-only fallback is logged again
 
 
 class StateKeeper:
@@ -51,6 +52,7 @@ class StateKeeper:
         self.requests = 0
         self.durable_dirty = False
         self.lazy_dirty_since: float | None = None
+        self.notice_logged_at = time.monotonic()
         self.handlers: dict[str, Callable[[dict[str, Any]], tuple[Any, list[Change]]]] = {
             Op.REGISTER.value: self.tables.register,
             Op.SEEN.value: self.tables.seen,
@@ -80,11 +82,14 @@ class StateKeeper:
         log.info("state keeper started: %d peripherals, %d routes from %s", len(self.tables.peripherals), len(self.tables.routes), self.runtime.config_dir)
         for path in self.store.kept_aside:
             log.error("a corrupt config file was kept aside as %s", path)
+        for level, line in self.store.notes:
+            log.log(level, "%s", line)
         try:
             while not self.stop.should_stop():
                 if self.sock.poll(POLL_INTERVAL_MS):
                     self._serve_burst()
                 self._lazy_flush()
+                self._repeat_config_notice()
                 self.heart.maybe_beat(self._stats())
         finally:
             self._flush()
@@ -93,8 +98,23 @@ class StateKeeper:
             log.info("state keeper stopped")
 
     def _stats(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "seq": self.seq, "writes": self.store.writes, "dropped": self.dropped, "requests": self.requests,
-                "peripherals": len(self.tables.peripherals), "routes": len(self.tables.routes)}
+        stats = {"epoch": self.epoch, "seq": self.seq, "writes": self.store.writes, "dropped": self.dropped, "requests": self.requests,
+                 "peripherals": len(self.tables.peripherals), "routes": len(self.tables.routes)}
+        notice = self.config_notice()
+        if notice:
+            stats["config_notice"] = notice  # shown by `launch.py status` and the UI
+        return stats
+
+    def config_notice(self) -> str:
+        """Why the ports listen on loopback only, while they still do (until bind_host is changed)."""
+        return loopback_only_reason(self.tables.config)
+
+    def _repeat_config_notice(self) -> None:
+        """Say it again now and then: a loopback-only instance is unreachable from other boards, and nobody may be watching."""
+        now = time.monotonic()
+        if now - self.notice_logged_at >= CONFIG_NOTICE_REPEAT_S and self.config_notice():
+            self.notice_logged_at = now
+            log.error("%s", self.config_notice())
 
     # ---- requests --------------------------------------------------------------------
     def _serve_burst(self) -> None:

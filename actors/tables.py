@@ -12,7 +12,7 @@ from typing import Any, Callable
 from .errors import BadArguments, DuplicateRoute, UnknownPeripheral, UnknownRoute
 from .protocol import UpdateKind
 from .rules import RULE_KEYS, RuleError, check_rule
-from .settings import ACCESS_LIST_KEYS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError, default_config, parse_ports, validate_config
+from .settings import ACCESS_LIST_KEYS, ROUTE_COUNTERS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError, default_config, parse_ports, validate_config
 
 UUID_PATTERN = re.compile(r"^[0-9a-fA-F-]{36}$")
 NAME_PATTERN = re.compile(r"^\S{1,128}$")
@@ -21,8 +21,6 @@ SETTABLE_CONFIG_KEYS = ("known_ports", "known_hosts", "scan_interval", "offline_
                         *ACCESS_LIST_KEYS, *SECRET_KEYS, *TUNABLE_DEFAULTS)
 # The settings a reset keeps, so the instance stays reachable where it was just reached.
 KEPT_ON_RESET = ("command_port", "data_port_range", "bind_host", "known_ports", "known_hosts", *ACCESS_LIST_KEYS, *SECRET_KEYS)
-
-ROUTE_COUNTERS = ("messages", "bytes", "dropped", "filtered")
 
 Change = tuple[str, str, Any]
 

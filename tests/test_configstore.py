@@ -22,11 +22,15 @@ def test_corrupt_json_is_kept_aside_and_defaults_are_used(tmp_path):
     assert (tmp_path / kept[0]).read_text() == "{not json"
 
 
-def test_wrong_types_count_as_corrupt(tmp_path):
-    (tmp_path / "orch.cf").write_text(json.dumps({"command_port": "six thousand"}))
+def test_a_wrong_value_resets_only_its_key_and_is_kept_in_a_rejected_file(tmp_path):
+    (tmp_path / "orch.cf").write_text(json.dumps({"command_port": "six thousand", "scan_interval": 7, "script_uuid": "keep-me"}))
     store = ConfigStore(tmp_path)
-    store.load()
-    assert store.kept_aside and "six thousand" in store.kept_aside[0].read_text()
+    config, _ = store.load()
+    assert (config["command_port"], config["scan_interval"], config["script_uuid"]) == (6000, 7, "keep-me")
+    assert not store.kept_aside and len(store.rejected) == 1
+    assert store.rejected[0].name.startswith("orch.cf.rejected-")
+    assert json.loads(store.rejected[0].read_text())["keys"] == {"command_port": "six thousand"}
+    assert any("'command_port'" in line and "six thousand" in line and "6000" in line for _, line in store.notes)
 
 
 def test_atomic_write_leaves_no_temp_file_and_owner_only_mode(tmp_path):
