@@ -6,10 +6,12 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .settings import (BACKUP_DIR_NAME, CONFIG_FILE_NAME, LOOPBACK_HOST, LOOPBACK_ONLY_SECURITY, LOOPBACK_ONLY_KEY, PRIVATE_DIR_MODE, ROUTES_FILE_NAME, SECURITY_KEYS,
+from .settings import (BACKUP_DIR_NAME, CONFIG_FILE_NAME, LOOPBACK_HOST, LOOPBACK_ONLY_SECURITY, LOOPBACK_ONLY_KEY, PRIVATE_DIR_MODE, ROUTE_COUNTERS, ROUTES_FILE_NAME,
+                       SECURITY_KEYS,
                        Checked, ConfigError, SecurityConfigError, check_config, check_routes, default_config,
                        loopback_only_reason, require_secure)
 
@@ -20,10 +22,25 @@ CORRUPT_KIND = "corrupt"  # a file that is not JSON at all: <name>.corrupt-<time
 REJECTED_KIND = "rejected"  # keys and records validation could not use: <name>.rejected-<time>
 LAST_GOOD_SUFFIX = ".last-good"  # orch.cf as the state keeper last wrote it; its security keys survive a corrupt orch.cf
 LAST_GOOD_INTERVAL_S = 60.0  # refresh the last good copy at most this often unless a security key changed
+# Fields the system maintains: a hand edit (or an editor's stale buffer) never rolls them back.
+PERIPHERAL_MAINTAINED = ("last_seen", "online")
+ROUTE_MAINTAINED = ("last_used", "rate", *ROUTE_COUNTERS)
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON so that a reader (or a crash) only ever sees the old or the new file, whole."""
+Stamp = tuple[int, int, int]  # (inode, mtime in ns, size): changes when anyone rewrites or edits the file
+
+
+def stamp_of(path: Path) -> Stamp | None:
+    """The file's stamp, None when it is gone: a stat, cheap enough to poll."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def atomic_write_json(path: Path, data: Any) -> tuple[Stamp, str]:
+    """Write JSON so that a reader (or a crash) only ever sees the old or the new file, whole; returns its stamp and text."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     text = json.dumps(data, indent=4, ensure_ascii=False) + "\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
@@ -32,6 +49,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+            st = os.fstat(handle.fileno())  # before the rename: an edit landing right after it shows as a different stamp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -41,6 +59,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return (st.st_ino, st.st_mtime_ns, st.st_size), text
 
 
 def _aside_path(path: Path, kind: str) -> Path:
@@ -101,6 +120,47 @@ def preflight(config_dir: Path) -> str | None:
     return None
 
 
+@dataclass
+class OutsideEdit:
+    """What a hand edit of the files means for the running state."""
+
+    config: dict[str, Any] | None = None  # the merged orch.cf document, None when orch.cf was not edited
+    routes: list[dict[str, Any]] | None = None  # the merged routes, None when routes.cf was not edited
+    rewrite: bool = False  # an edit could not be used (or a file was removed): write the files from the running state
+
+
+def merge_records(base: list[dict[str, Any]], theirs: list[dict[str, Any]], ours: list[dict[str, Any]], rejected: list[Any], key: str,
+                  maintained: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Three-way merge of records by key: what the user added, changed or removed wins, except the fields the system maintains.
+
+    A record the user broke (kept aside as rejected) counts as unchanged, not as removed.
+    """
+    base_by = {record[key]: record for record in base}
+    theirs_by = {record[key]: record for record in theirs}
+    for entry in rejected:
+        if isinstance(entry, dict) and entry.get(key) in base_by and entry[key] not in theirs_by:
+            theirs_by[entry[key]] = base_by[entry[key]]
+    merged = {record[key]: dict(record) for record in ours}
+    for name, record in theirs_by.items():
+        old = base_by.get(name)
+        if old is None:
+            running = merged.get(name, {})
+            merged[name] = {**record, **{field: running[field] for field in maintained if field in running}}
+        elif record != old and name in merged:
+            current = merged[name]
+            for field in set(record) | set(old):
+                if field in maintained or record.get(field) == old.get(field):
+                    continue
+                if field in record:
+                    current[field] = record[field]
+                else:
+                    current.pop(field, None)
+    for name in base_by:
+        if name not in theirs_by:
+            merged.pop(name, None)
+    return list(merged.values())
+
+
 class ConfigStore:
     """The two JSON files of one config folder. Only the state keeper uses this class."""
 
@@ -116,6 +176,7 @@ class ConfigStore:
         self.notes: list[tuple[int, str]] = []  # (logging level, line) about the load, logged once the activity log is up
         self.writes = 0
         self.last_good_security: dict[str, Any] | None = None
+        self.bases: dict[Path, tuple[Stamp | None, str]] = {}  # per file: its stamp and text as we last wrote (or read) it
         self.last_good_at: float | None = None
 
     def load(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -128,15 +189,30 @@ class ConfigStore:
     def _note(self, level: int, text: str) -> None:
         self.notes.append((level, text))
 
+    def _write(self, path: Path, document: Any) -> None:
+        """Write one of the two files and remember what it holds now: the base of the next hand-edit merge."""
+        self.bases[path] = atomic_write_json(path, document)
+
+    def _read(self, path: Path) -> Any:
+        """Parse one of the two files and remember it as the base (stamp taken first: a change while reading shows later)."""
+        stamp = stamp_of(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            raw = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"not JSON: {exc}") from None
+        self.bases[path] = (stamp, text)
+        return raw
+
     def _load_config(self) -> dict[str, Any]:
         if not self.config_path.exists():
             config = default_config()
             self._note(logging.INFO, f"{self.config_path} not found; created with defaults")
-            atomic_write_json(self.config_path, config)
+            self._write(self.config_path, config)
             self.write_last_good(config)
             return config
         try:
-            raw = read_json_file(self.config_path)
+            raw = self._read(self.config_path)
             if not isinstance(raw, dict):
                 raise ConfigError(f"orch.cf must hold a JSON object, got {type(raw).__name__}")
         except ConfigError as exc:
@@ -155,15 +231,15 @@ class ConfigStore:
     def _load_routes(self) -> list[dict[str, Any]]:
         if not self.routes_path.exists():
             self._note(logging.INFO, f"{self.routes_path} not found; created empty")
-            atomic_write_json(self.routes_path, [])
+            self._write(self.routes_path, [])
             return []
         try:
-            raw = read_json_file(self.routes_path)
+            raw = self._read(self.routes_path)
             if not isinstance(raw, list):
                 raise ConfigError(f"routes.cf must hold a JSON list, got {type(raw).__name__}")
         except ConfigError as exc:
             self.kept_aside.append(keep_aside(self.routes_path, str(exc)))
-            atomic_write_json(self.routes_path, [])
+            self._write(self.routes_path, [])
             return []
         checked = check_routes(raw)
         self._report(self.routes_path, raw, checked, "routes")
@@ -186,7 +262,7 @@ class ConfigStore:
         self.kept_aside.append(keep_aside(self.config_path, reason))
         config = default_config()
         config.update(self._security_fallback(list(SECURITY_KEYS)))
-        atomic_write_json(self.config_path, config)
+        self._write(self.config_path, config)
         return config
 
     def _security_fallback(self, keys: list[str]) -> dict[str, Any]:
@@ -229,10 +305,79 @@ class ConfigStore:
 
     def save(self, config: dict[str, Any], routes: list[dict[str, Any]]) -> None:
         """Write both files atomically (and the last good copy of orch.cf when due)."""
-        atomic_write_json(self.config_path, config)
-        atomic_write_json(self.routes_path, routes)
+        self._write(self.config_path, config)
+        self._write(self.routes_path, routes)
         self.writes += 1
         self.write_last_good(config)
+
+    # ---- hand edits while running -------------------------------------------------------------
+    def edited_outside(self) -> list[Path]:
+        """The files whose stamp is not the one we last wrote or read: someone else changed (or removed) them."""
+        return [path for path in (self.config_path, self.routes_path) if path in self.bases and stamp_of(path) != self.bases[path][0]]
+
+    def merge_outside_edits(self, ours_config: dict[str, Any], ours_routes: list[dict[str, Any]]) -> OutsideEdit:
+        """Validate each edited file and merge it three ways (base: what we last wrote; ours: the running state)."""
+        edit = OutsideEdit()
+        for path in self.edited_outside():
+            stamp = stamp_of(path)
+            if stamp is None:
+                self._note(logging.WARNING, f"{path.name} was removed by hand; written again from the running state")
+                edit.rewrite = True
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+                raw = json.loads(text)
+                if not isinstance(raw, dict if path == self.config_path else list):
+                    raise ValueError(f"it must hold a JSON {'object' if path == self.config_path else 'list'}")
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                self._keep_unusable_edit(path, str(exc))
+                edit.rewrite = True
+                continue
+            base = json.loads(self.bases[path][1])
+            if path == self.config_path:
+                edit.config = self._merge_config(base, raw, ours_config)
+            else:
+                edit.routes = self._merge_routes(base, raw, ours_routes)
+            self.bases[path] = (stamp, text)
+        return edit
+
+    def _keep_unusable_edit(self, path: Path, reason: str) -> None:
+        """An edit that does not parse: its bytes go to <name>.rejected-<time> (nothing of it is lost); the file is rewritten."""
+        target = _aside_path(path, REJECTED_KIND)
+        try:
+            data = path.read_bytes()
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            self._note(logging.ERROR, f"{path.name} was edited by hand but cannot be used ({reason}) nor kept aside ({exc}); left as it is")
+            return
+        self.rejected.append(target)
+        self._note(logging.ERROR, f"{path.name} was edited by hand but cannot be used ({reason}); kept as {target.name}, "
+                                  f"the file is written again from the running state")
+
+    def _merge_config(self, base_raw: Any, raw: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+        """Keys the user changed win (an unreadable security key never does); peripherals merge record by record."""
+        checked = check_config(raw)
+        self._report(self.config_path, raw, checked, "peripherals")
+        theirs = checked.value
+        base = check_config(base_raw).value if isinstance(base_raw, dict) else dict(ours)
+        merged = dict(ours)
+        for key, value in theirs.items():
+            if key != "peripherals" and key in raw and key not in checked.insecure and value != base.get(key):
+                merged[key] = value
+        if LOOPBACK_ONLY_KEY in merged and not loopback_only_reason(merged):
+            del merged[LOOPBACK_ONLY_KEY]  # bind_host was fixed by hand
+        if "peripherals" in raw:
+            merged["peripherals"] = merge_records(base["peripherals"], theirs["peripherals"], ours["peripherals"], checked.rejected, "uuid",
+                                                  PERIPHERAL_MAINTAINED)
+        return merged
+
+    def _merge_routes(self, base_raw: Any, raw: list[Any], ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        checked = check_routes(raw)
+        self._report(self.routes_path, raw, checked, "routes")
+        base = check_routes(base_raw).value if isinstance(base_raw, list) else list(ours)
+        return merge_records(base, checked.value, ours, checked.rejected, "name", ROUTE_MAINTAINED)
 
     def backup(self) -> Path:
         """Copy both files into backups/<timestamp>/ (before a reset) and return that folder."""

@@ -89,6 +89,29 @@ class Tables:
         record.setdefault("rate", 0.0)
         return record
 
+    def load_documents(self, config: dict[str, Any], routes: list[dict[str, Any]]) -> list[Change]:
+        """Take validated file contents (a merged hand edit) as the tables; return the changes to publish."""
+        changes: list[Change] = []
+        peripherals = {entry["uuid"]: self._normalise_peripheral(entry) for entry in config.get("peripherals", [])}
+        changes += self._replace(self.peripherals, peripherals, UpdateKind.PERIPHERAL.value)
+        changes += self._replace(self.routes, {entry["name"]: self._normalise_route(entry) for entry in routes}, UpdateKind.ROUTE.value)
+        settings = {k: v for k, v in config.items() if k != "peripherals"}
+        if settings != self.config:
+            self.config = settings
+            changes.append((UpdateKind.CONFIG.value, "", dict(self.config)))
+        return changes
+
+    @staticmethod
+    def _replace(table: dict[str, dict[str, Any]], wanted: dict[str, dict[str, Any]], kind: str) -> list[Change]:
+        changes: list[Change] = [(kind, key, None) for key in table if key not in wanted]
+        for key, _, _ in changes:
+            del table[key]
+        for key, record in wanted.items():
+            if table.get(key) != record:
+                table[key] = record
+                changes.append((kind, key, dict(record)))
+        return changes
+
     # ---- lookups ---------------------------------------------------------------------
     def by_name(self, name: str) -> dict[str, Any]:
         for peripheral in self.peripherals.values():
