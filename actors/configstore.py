@@ -39,8 +39,11 @@ def stamp_of(path: Path) -> Stamp | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def atomic_write_json(path: Path, data: Any) -> tuple[Stamp, str]:
-    """Write JSON so that a reader (or a crash) only ever sees the old or the new file, whole; returns its stamp and text."""
+def atomic_write_json(path: Path, data: Any, before_replace: Callable[[], None] | None = None) -> tuple[Stamp, str]:
+    """Write JSON so that a reader (or a crash) only ever sees the old or the new file, whole; returns its stamp and text.
+
+    ``before_replace`` runs just before the rename (the state keeper catches a hand edit it is about to replace).
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     text = json.dumps(data, indent=4, ensure_ascii=False) + "\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
@@ -50,6 +53,8 @@ def atomic_write_json(path: Path, data: Any) -> tuple[Stamp, str]:
             handle.flush()
             os.fsync(handle.fileno())
             st = os.fstat(handle.fileno())  # before the rename: an edit landing right after it shows as a different stamp
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -177,6 +182,7 @@ class ConfigStore:
         self.writes = 0
         self.last_good_security: dict[str, Any] | None = None
         self.bases: dict[Path, tuple[Stamp | None, str]] = {}  # per file: its stamp and text as we last wrote (or read) it
+        self.late_edits: dict[Path, tuple[str, bytes]] = {}  # per file: (base text, edit) of an edit our rename replaced
         self.last_good_at: float | None = None
 
     def load(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -191,7 +197,7 @@ class ConfigStore:
 
     def _write(self, path: Path, document: Any) -> None:
         """Write one of the two files and remember what it holds now: the base of the next hand-edit merge."""
-        self.bases[path] = atomic_write_json(path, document)
+        self.bases[path] = atomic_write_json(path, document, before_replace=lambda: self._catch_late_edit(path))
 
     def _read(self, path: Path) -> Any:
         """Parse one of the two files and remember it as the base (stamp taken first: a change while reading shows later)."""
@@ -312,45 +318,71 @@ class ConfigStore:
 
     # ---- hand edits while running -------------------------------------------------------------
     def edited_outside(self) -> list[Path]:
-        """The files whose stamp is not the one we last wrote or read: someone else changed (or removed) them."""
-        return [path for path in (self.config_path, self.routes_path) if path in self.bases and stamp_of(path) != self.bases[path][0]]
+        """The files someone else changed (or removed) since we last wrote or read them, including an edit our last write caught."""
+        return [path for path in (self.config_path, self.routes_path)
+                if path in self.late_edits or (path in self.bases and stamp_of(path) != self.bases[path][0])]
 
     def merge_outside_edits(self, ours_config: dict[str, Any], ours_routes: list[dict[str, Any]]) -> OutsideEdit:
         """Validate each edited file and merge it three ways (base: what we last wrote; ours: the running state)."""
         edit = OutsideEdit()
-        for path in self.edited_outside():
+        for path in (self.config_path, self.routes_path):
+            late = self.late_edits.pop(path, None)
+            if late is not None:  # landed between our last check and our rename: merged against the base it was made on
+                self._merge_one(path, late[0], late[1], edit, ours_config, ours_routes)
+            if path not in self.bases or stamp_of(path) == self.bases[path][0]:
+                continue
             stamp = stamp_of(path)
-            if stamp is None:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = None
+            if stamp is None or data is None:
                 self._note(logging.WARNING, f"{path.name} was removed by hand; written again from the running state")
                 edit.rewrite = True
                 continue
-            try:
-                text = path.read_text(encoding="utf-8")
-                raw = json.loads(text)
-                if not isinstance(raw, dict if path == self.config_path else list):
-                    raise ValueError(f"it must hold a JSON {'object' if path == self.config_path else 'list'}")
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
-                self._keep_unusable_edit(path, str(exc))
-                edit.rewrite = True
-                continue
-            base = json.loads(self.bases[path][1])
-            if path == self.config_path:
-                edit.config = self._merge_config(base, raw, ours_config)
-            else:
-                edit.routes = self._merge_routes(base, raw, ours_routes)
-            self.bases[path] = (stamp, text)
+            base_text = self.bases[path][1]
+            self.bases[path] = (stamp, base_text)  # seen: not merged again at the next poll
+            if self._merge_one(path, base_text, data, edit, ours_config, ours_routes):
+                self.bases[path] = (stamp, data.decode("utf-8"))
         return edit
 
-    def _keep_unusable_edit(self, path: Path, reason: str) -> None:
+    def _merge_one(self, path: Path, base_text: str, data: bytes, edit: OutsideEdit, ours_config: dict[str, Any],
+                   ours_routes: list[dict[str, Any]]) -> bool:
+        """Merge one edited version of a file into ``edit``; False when it does not parse (kept aside, rewrite asked)."""
+        try:
+            raw = json.loads(data.decode("utf-8"))
+            if not isinstance(raw, dict if path == self.config_path else list):
+                raise ValueError(f"it must hold a JSON {'object' if path == self.config_path else 'list'}")
+        except (UnicodeDecodeError, ValueError) as exc:
+            self._keep_unusable_edit(path, data, str(exc))
+            edit.rewrite = True
+            return False
+        base = json.loads(base_text)
+        if path == self.config_path:
+            edit.config = self._merge_config(base, raw, edit.config if edit.config is not None else ours_config)
+        else:
+            edit.routes = self._merge_routes(base, raw, edit.routes if edit.routes is not None else ours_routes)
+        return True
+
+    def _catch_late_edit(self, path: Path) -> None:
+        """Just before our rename: an edit made since our last check would be replaced; keep it to merge at the next check."""
+        base = self.bases.get(path)
+        if base is None or stamp_of(path) in (None, base[0]):
+            return
+        try:
+            self.late_edits[path] = (base[1], path.read_bytes())
+        except OSError:
+            return
+
+    def _keep_unusable_edit(self, path: Path, data: bytes, reason: str) -> None:
         """An edit that does not parse: its bytes go to <name>.rejected-<time> (nothing of it is lost); the file is rewritten."""
         target = _aside_path(path, REJECTED_KIND)
         try:
-            data = path.read_bytes()
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
         except OSError as exc:
-            self._note(logging.ERROR, f"{path.name} was edited by hand but cannot be used ({reason}) nor kept aside ({exc}); left as it is")
+            self._note(logging.ERROR, f"{path.name} was edited by hand but cannot be used ({reason}) nor kept aside ({exc})")
             return
         self.rejected.append(target)
         self._note(logging.ERROR, f"{path.name} was edited by hand but cannot be used ({reason}); kept as {target.name}, "

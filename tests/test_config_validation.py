@@ -549,3 +549,19 @@ def test_a_record_broken_by_hand_is_kept_aside_not_removed(tmp_path: Path) -> No
     assert [r["name"] for r in edit.routes] == ["asr_llm", "llm_tts"]
     assert json.loads(store.rejected[-1].read_text())["routes"] == [broken[0]]
     assert store.edited_outside() == []
+
+
+def test_an_edit_landing_between_the_check_and_the_rename_is_merged_at_the_next_check(tmp_path: Path) -> None:
+    write_files(tmp_path, legacy_config())
+    store = ConfigStore(tmp_path)
+    config, routes = store.load()
+    assert store.edited_outside() == []  # the check before the write
+    late = legacy_routes() + [{"name": "late", "incoming": routes[0]["incoming"], "outgoing": routes[0]["outgoing"]}]
+    (tmp_path / "routes.cf").write_text(json.dumps(late))  # lands before our rename
+    routes[0]["messages"] = 3
+    store.save(config, routes)
+    assert "late" not in (tmp_path / "routes.cf").read_text()  # our write replaced it ...
+    assert store.edited_outside() == [tmp_path / "routes.cf"]  # ... but it was caught
+    edit = store.merge_outside_edits(config, routes)
+    assert [r["name"] for r in edit.routes] == ["asr_llm", "llm_tts", "late"] and edit.routes[0]["messages"] == 3
+    assert store.edited_outside() == []
