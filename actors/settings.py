@@ -278,10 +278,6 @@ class Checked:
     reasons: list[str] = field(default_factory=list)  # why each reset key or rejected record was not used
     insecure: dict[str, str] = field(default_factory=dict)  # security key -> why it cannot be read (its value is never echoed)
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.warnings or self.reset or self.rejected or self.insecure)
-
 
 def _shown(key: str, value: Any) -> str:
     """A value for a log line: secrets never appear."""
@@ -302,33 +298,37 @@ def check_config(raw: dict[str, Any]) -> Checked:
     """
     defaults = default_config()
     checked = Checked({**defaults, **raw})
-    config = checked.value
     for key, reader in KEY_READERS.items():
-        if key not in raw:
-            continue
-        value = raw[key]
-        try:
-            result = reader(value)
-        except ConfigError as exc:
-            if key in SECURITY_KEYS:
-                checked.insecure[key] = f"{key!r}: {exc}, got {_shown(key, value)}"
-                config[key] = LOOPBACK_ONLY_SECURITY[key]
-                continue
-            default = defaults.get(key, TUNABLE_DEFAULTS.get(key))
-            reason = f"{key!r}: {exc}, got {_shown(key, value)}; using the default {default!r}"
-            checked.warnings.append(reason)
-            checked.reasons.append(reason)
-            checked.reset[key] = value
-            if key in defaults:
-                config[key] = default
-            else:
-                config.pop(key)  # a tunable: absent means its default
-            continue
-        if result is not value:
-            checked.warnings.append(f"{key!r}: read {_shown(key, value)} as {_shown(key, result)}")
-            config[key] = result
+        if key in raw:
+            _check_key(checked, key, raw[key], reader, defaults)
+    config = checked.value
     config["peripherals"] = _check_records(config["peripherals"], check_peripheral, "uuid", "peripheral", checked)
     return checked
+
+
+def _check_key(checked: Checked, key: str, value: Any, reader: Callable[[Any], Any], defaults: dict[str, Any]) -> None:
+    """Read one key into ``checked.value``: as is, converted (a warning), reset to its default (a warning), or insecure."""
+    config = checked.value
+    try:
+        result = reader(value)
+    except ConfigError as exc:
+        if key in SECURITY_KEYS:
+            checked.insecure[key] = f"{key!r}: {exc}, got {_shown(key, value)}"
+            config[key] = LOOPBACK_ONLY_SECURITY[key]
+            return
+        default = defaults.get(key, TUNABLE_DEFAULTS.get(key))
+        reason = f"{key!r}: {exc}, got {_shown(key, value)}; using the default {default!r}"
+        checked.warnings.append(reason)
+        checked.reasons.append(reason)
+        checked.reset[key] = value
+        if key in defaults:
+            config[key] = default
+        else:
+            config.pop(key)  # a tunable: absent means its default
+        return
+    if result is not value:
+        checked.warnings.append(f"{key!r}: read {_shown(key, value)} as {_shown(key, result)}")
+        config[key] = result
 
 
 def check_routes(raw: list[Any]) -> Checked:
@@ -387,11 +387,11 @@ def _read_port_field(value: Any) -> Any:
     return read_int(value, 0, MAX_PORT)
 
 
-def _read_timestamp(value: Any) -> Any:
+def _read_number(value: Any) -> Any:
     if isinstance(value, str) and DECIMAL_PATTERN.match(value):
         return float(value)
     if not _is_number(value):
-        raise ConfigError("must be a time in seconds")
+        raise ConfigError("must be a number")
     return value
 
 
@@ -434,7 +434,7 @@ def check_peripheral(entry: Any) -> tuple[dict[str, Any], list[str]]:
     _need_text(entry, "uuid")
     notes: list[str] = []
     record = _read_fields(entry, PERIPHERAL_FIELD_READERS, notes)
-    _drop_unreadable(record, ("last_seen",), _read_timestamp, notes)
+    _drop_unreadable(record, ("last_seen",), _read_number, notes)
     if "online" in record and not isinstance(record["online"], bool):
         notes.append(f"online {_shown('online', record.pop('online'))} unreadable; starts offline")
     return record, notes
@@ -448,7 +448,7 @@ def check_route(entry: Any) -> tuple[dict[str, Any], list[str]]:
         _need_text(entry, key)
     notes: list[str] = []
     record = _read_fields(entry, ROUTE_FIELD_READERS, notes)
-    _drop_unreadable(record, ("last_used", "rate"), _read_timestamp, notes)
+    _drop_unreadable(record, ("last_used", "rate"), _read_number, notes)
     _drop_unreadable(record, ROUTE_COUNTERS, _read_counter, notes)
     for key in RULE_KEYS:
         if record.get(key) is not None:

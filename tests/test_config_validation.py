@@ -565,3 +565,13 @@ def test_an_edit_landing_between_the_check_and_the_rename_is_merged_at_the_next_
     edit = store.merge_outside_edits(config, routes)
     assert [r["name"] for r in edit.routes] == ["asr_llm", "llm_tts", "late"] and edit.routes[0]["messages"] == 3
     assert store.edited_outside() == []
+
+
+def test_a_legacy_route_to_an_unknown_uuid_loads_as_it_is(tmp_path: Path) -> None:
+    routes = legacy_routes() + [{"name": "to_nowhere", "incoming": "9f6e64a3-031c-40db-9793-cd8076951fd6",
+                                 "outgoing": "00000000-dead-4bee-8000-000000000000", "incoming_port": 6207, "outgoing_port": 6999, "last_used": 1.5}]
+    write_files(tmp_path, legacy_config(), routes)
+    store = ConfigStore(tmp_path)
+    config, loaded = store.load()
+    assert [r["name"] for r in loaded] == ["asr_llm", "llm_tts", "to_nowhere"] and loaded[2]["outgoing_port"] == 6999
+    assert not store.rejected and not store.notes
