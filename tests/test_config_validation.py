@@ -575,3 +575,13 @@ def test_a_legacy_route_to_an_unknown_uuid_loads_as_it_is(tmp_path: Path) -> Non
     config, loaded = store.load()
     assert [r["name"] for r in loaded] == ["asr_llm", "llm_tts", "to_nowhere"] and loaded[2]["outgoing_port"] == 6999
     assert not store.rejected and not store.notes
+
+
+def test_fixing_bind_host_by_hand_while_running_ends_loopback_only(tmp_path: Path) -> None:
+    (tmp_path / "orch.cf").write_text("not json")
+    store = ConfigStore(tmp_path)
+    config, routes = store.load()
+    assert config.get("loopback_only_because")
+    hand_edit(tmp_path / "orch.cf", lambda document: {**document, "bind_host": "0.0.0.0"})
+    edit = store.merge_outside_edits(config, routes)
+    assert edit.config["bind_host"] == "0.0.0.0" and "loopback_only_because" not in edit.config
