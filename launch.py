@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from actors.cli import EXIT_UNREACHABLE
+from actors.configstore import preflight
 from actors.errors import OrchestratorError
 from actors.protocol import Op
 from actors.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, release_run_dir
@@ -32,6 +33,8 @@ from actors.settings import DEFAULT_CONFIG_DIR, Endpoints, Runtime
 from actors.supervisor import ACTOR_MODULES, DEFAULT_ACTORS, DEFAULT_ROUTERS, AlreadyRunning, Supervisor, acquire_lock
 
 CONTROL_TIMEOUT_S = 3.0
+EXIT_BAD_CONFIG = 2
+CONFIG_ACTORS = ("state", "gateway")  # the actors that read orch.cf: the launch checks it first when one of them runs here
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +97,17 @@ def runtime_for(args: argparse.Namespace, console_log: bool = True) -> Runtime:
     return dataclasses.replace(local, endpoints=endpoints)
 
 
+def refuse_bad_config(runtime: Runtime) -> bool:
+    """Check orch.cf before any actor starts: an unreadable security key stops the launch with one message (no restart loop)."""
+    problem = preflight(runtime.config_dir)
+    if problem is None:
+        return False
+    logging.getLogger("supervisor").error("not starting: %s", problem)
+    if not runtime.console_log:  # the console handler has shown it already
+        print(f"not starting: {problem}", file=sys.stderr)
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Run an instance in the foreground until Ctrl+C, SIGTERM or `launch.py stop`."""
     attach_ui = not args.headless and not args.join and sys.stdin.isatty() and sys.stdout.isatty()
@@ -120,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
         lock.close()
         return 2
     setup_supervisor_logging(runtime)
+    if any(actor in CONFIG_ACTORS for actor in actors) and refuse_bad_config(runtime):
+        lock.close()
+        return EXIT_BAD_CONFIG
     if args.bus and needs_curve(runtime.endpoints.events_in):
         ensure_keys(Path(runtime.endpoints.keys_dir))
     missing = missing_client_keys(Path(runtime.endpoints.keys_dir)) if args.join and needs_curve(runtime.endpoints.events_in) else []
@@ -179,6 +196,12 @@ def print_status(status: dict[str, Any]) -> None:
               f"heartbeat {actor['heartbeat_age_s']:.1f}s")
 
 
+def config_notices(status: dict[str, Any]) -> list[str]:
+    """Loud configuration states reported by the actors (e.g. ports on loopback only after an unreadable orch.cf)."""
+    return [child["stats"]["config_notice"] for child in status.get("children", [])
+            if isinstance(child.get("stats"), dict) and child["stats"].get("config_notice")]
+
+
 def show_status(runtime: Runtime, as_json: bool, satellite: bool = False) -> int:
     """The supervisor's process table plus the gateway's /status figures (when the gateway answers)."""
     from actors.cli import Unreachable, fetch_status, format_status
@@ -194,6 +217,8 @@ def show_status(runtime: Runtime, as_json: bool, satellite: bool = False) -> int
         print(json.dumps({"supervisor": processes, "orchestrator": figures}, indent=2))
         return 0
     print_status(processes)
+    for notice in config_notices(processes):
+        print(f"  WARNING: {notice}")
     print(format_status(figures) if figures else f"  (no figures: {reason})")
     return 0
 

@@ -19,7 +19,7 @@ import zmq
 
 from .protocol import Op, ProtocolError, Reply, Request, decode_as, encode
 from .security import secure_client
-from .settings import CONFIG_FILE_NAME, ConfigError, Runtime, default_config, validate_config
+from .settings import CONFIG_FILE_NAME, Runtime, check_config, default_config
 
 CTL_TIMEOUT_S = 10.0
 RECV_BYTES = 65536
@@ -36,14 +36,20 @@ class Unreachable(OSError):
 
 
 def read_config(config_dir: Path) -> dict[str, Any]:
-    """The instance's orch.cf (defaults if absent); Unreachable when it cannot be read."""
+    """The instance's orch.cf as the state keeper reads it (defaults if absent); Unreachable when it cannot be used."""
     path = Path(config_dir) / CONFIG_FILE_NAME
     try:
-        return validate_config(json.loads(path.read_text(encoding="utf-8")))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return default_config()
-    except (json.JSONDecodeError, UnicodeDecodeError, ConfigError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise Unreachable(f"cannot read the command port from {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise Unreachable(f"cannot read the command port from {path}: it does not hold a JSON object")
+    checked = check_config(raw)
+    if checked.insecure:
+        raise Unreachable(f"cannot use {path}: {next(iter(checked.insecure.values()))}")
+    return checked.value
 
 
 def command_address(config_dir: Path) -> tuple[str, int]:

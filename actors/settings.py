@@ -4,12 +4,15 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import math
 import os
 import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from .rules import RULE_KEYS, RuleError, check_rule
 
 CONFIG_FILE_NAME = "orch.cf"
 ROUTES_FILE_NAME = "routes.cf"
@@ -112,8 +115,30 @@ def parse_port(value: str | int, what: str = "port") -> int:
     return value
 
 
+class SecurityConfigError(ConfigError):
+    """A security key that cannot be read: it is never replaced by a more open value, so the instance does not start."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+SECURITY_KEYS = ("bind_host", *ACCESS_LIST_KEYS, *SECRET_KEYS)
+LOOPBACK_HOST = "127.0.0.1"
+# What the security keys become when orch.cf is not JSON and no last good copy exists: reachable from this machine only.
+LOOPBACK_ONLY_SECURITY: dict[str, Any] = {"bind_host": LOOPBACK_HOST, "allowed_clients": list(LOOPBACK_NETWORKS),
+                                          "admin_clients": list(LOOPBACK_NETWORKS), "admin_token": ""}
+# Written into orch.cf with the loopback-only values, so the reason survives restarts until bind_host is changed.
+LOOPBACK_ONLY_KEY = "loopback_only_because"
+ROUTE_COUNTERS = ("messages", "bytes", "dropped", "filtered")
+INTEGER_PATTERN = re.compile(r"^\s*\d+\s*$", re.ASCII)
+DECIMAL_PATTERN = re.compile(r"^\s*\d+(?:\.\d+)?\s*$", re.ASCII)
+HOST_NAME_PATTERN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$",
+                               re.ASCII)
+
+
 def parse_ports(spec: str | int) -> list[int]:
-    """Turn "6200-6300,7000" (ranges and single ports, comma separated) into a sorted port list."""
+    """Turn "6200-6300,7000" (ranges and single ports, comma separated, ASCII digits) into a sorted port list."""
     if isinstance(spec, bool):
         raise ConfigError(f"port spec must be text like '6200-6300', not {spec!r}")
     if isinstance(spec, int):
@@ -150,55 +175,342 @@ def parse_networks(spec: Any, key: str = "networks") -> list[ipaddress.IPv4Netwo
     return networks
 
 
-def _check_type(config: dict[str, Any], key: str, kinds: tuple[type, ...]) -> None:
-    value = config.get(key)
-    if not isinstance(value, kinds) or isinstance(value, bool):
-        raise ConfigError(f"{key!r} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+# ---- per-key readers: return the value itself when it is right, a converted copy when it reads unambiguously, else raise ----
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_int(value: Any, low: int, high: int | None = None) -> Any:
+    """An integer in [low, high]; ASCII digit text ("6000") converts."""
+    if isinstance(value, str) and INTEGER_PATTERN.match(value):
+        value = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        raise ConfigError(f"must be a whole number{f' from {low} to {high}' if high is not None else f' of at least {low}'}")
+    return value
+
+
+def read_positive_number(value: Any) -> Any:
+    """A finite number above zero; decimal text ("5", "0.5") converts."""
+    if isinstance(value, str) and DECIMAL_PATTERN.match(value):
+        value = float(value) if "." in value else int(value)
+    if not _is_number(value) or value <= 0:
+        raise ConfigError("must be a number above zero")
+    return value
+
+
+def read_port_spec(value: Any) -> Any:
+    """Port ranges as text; a bare number converts, empty parts between commas ("6200-6300,") are dropped."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        parse_ports(value)
+        return str(value)
+    if not isinstance(value, str):
+        raise ConfigError("must be text like \"6200-6300,7000\"")
+    try:
+        parse_ports(value)
+        return value
+    except ConfigError:
+        cleaned = ",".join(part.strip() for part in value.split(",") if part.strip())
+        if not cleaned or cleaned == value:
+            raise
+    parse_ports(cleaned)
+    return cleaned
+
+
+def read_text(value: Any) -> Any:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError("must be non-empty text")
+    return value
+
+
+def read_text_list(value: Any) -> Any:
+    """A list of names; one name alone converts to a list of one."""
+    if isinstance(value, str) and value.strip():
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError("must be a list of names")
+    return value
+
+
+def read_peripheral_list(value: Any) -> Any:
+    """The peripheral records (checked one by one later); null converts to an empty list."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError("must be a list of peripheral records")
+    return value
+
+
+def read_bind_host(value: Any) -> Any:
+    """An address of this machine or a host name ("" and "0.0.0.0" mean every interface); surrounding spaces are dropped."""
+    if not isinstance(value, str):
+        raise ConfigError("must be an address such as \"0.0.0.0\" or \"127.0.0.1\"")
+    stripped = value.strip()
+    if stripped:
+        try:
+            ipaddress.ip_address(stripped)
+        except ValueError:
+            if not HOST_NAME_PATTERN.match(stripped):
+                raise ConfigError("must be an address such as \"0.0.0.0\" or \"127.0.0.1\"") from None
+    return value if stripped == value else stripped
+
+
+def read_networks(value: Any) -> Any:
+    """A list of networks; one network as text converts to a list of one (exactly that network, nothing more)."""
+    if isinstance(value, str):
+        parse_networks([value])
+        return [value]
+    parse_networks(value)
+    return value
+
+
+def read_token(value: Any) -> Any:
+    """Text without spaces (empty turns /auth off); a whole number converts to its digits. Errors never echo it."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or any(ch.isspace() for ch in value):
+        raise ConfigError("must be text without spaces (empty turns /auth off)")
+    return value
+
+
+KEY_READERS: dict[str, Callable[[Any], Any]] = {
+    "known_ports": read_port_spec,
+    "data_port_range": read_port_spec,
+    "scan_interval": read_positive_number,
+    "command_port": lambda value: read_int(value, 1, MAX_PORT),
+    "offline_after_sweeps": lambda value: read_int(value, 1),
+    "script_uuid": read_text,
+    "known_hosts": read_text_list,
+    "peripherals": read_peripheral_list,
+    "bind_host": read_bind_host,
+    "allowed_clients": read_networks,
+    "admin_clients": read_networks,
+    "admin_token": read_token,
+    **{key: read_positive_number for key in TUNABLE_DEFAULTS},
+}
+
+
+@dataclass
+class Checked:
+    """A file's content after validation per key and per record, with every change explained."""
+
+    value: Any
+    warnings: list[str] = field(default_factory=list)  # conversions and resets, one line each, for the log and activity
+    reset: dict[str, Any] = field(default_factory=dict)  # key -> the unusable value found (replaced by its default)
+    rejected: list[Any] = field(default_factory=list)  # records that cannot be used, as found
+    reasons: list[str] = field(default_factory=list)  # why each reset key or rejected record was not used
+    insecure: dict[str, str] = field(default_factory=dict)  # security key -> why it cannot be read (its value is never echoed)
+
+
+def _shown(key: str, value: Any) -> str:
+    """A value for a log line: secrets never appear."""
+    text = "<hidden>" if key in SECRET_KEYS else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def loopback_only_reason(config: dict[str, Any]) -> str:
+    """Why the ports are on 127.0.0.1 only, while bind_host is still the fallback's; "" otherwise."""
+    reason = config.get(LOOPBACK_ONLY_KEY)
+    return reason if isinstance(reason, str) and reason and config.get("bind_host") == LOOPBACK_HOST else ""
+
+
+def check_config(raw: dict[str, Any]) -> Checked:
+    """Validate orch.cf key by key: convert what reads unambiguously, reset the rest to defaults, reject bad records.
+
+    Security keys are never reset: an unreadable one is listed in ``insecure`` (and set to its loopback-only value).
+    """
+    defaults = default_config()
+    checked = Checked({**defaults, **raw})
+    for key, reader in KEY_READERS.items():
+        if key in raw:
+            _check_key(checked, key, raw[key], reader, defaults)
+    config = checked.value
+    config["peripherals"] = _check_records(config["peripherals"], check_peripheral, "uuid", "peripheral", checked)
+    return checked
+
+
+def _check_key(checked: Checked, key: str, value: Any, reader: Callable[[Any], Any], defaults: dict[str, Any]) -> None:
+    """Read one key into ``checked.value``: as is, converted (a warning), reset to its default (a warning), or insecure."""
+    config = checked.value
+    try:
+        result = reader(value)
+    except ConfigError as exc:
+        if key in SECURITY_KEYS:
+            checked.insecure[key] = f"{key!r}: {exc}, got {_shown(key, value)}"
+            config[key] = LOOPBACK_ONLY_SECURITY[key]
+            return
+        default = defaults.get(key, TUNABLE_DEFAULTS.get(key))
+        reason = f"{key!r}: {exc}, got {_shown(key, value)}; using the default {default!r}"
+        checked.warnings.append(reason)
+        checked.reasons.append(reason)
+        checked.reset[key] = value
+        if key in defaults:
+            config[key] = default
+        else:
+            config.pop(key)  # a tunable: absent means its default
+        return
+    if result is not value:
+        checked.warnings.append(f"{key!r}: read {_shown(key, value)} as {_shown(key, result)}")
+        config[key] = result
+
+
+def check_routes(raw: list[Any]) -> Checked:
+    """Validate routes.cf record by record: convert what reads unambiguously, reject routes that cannot be used."""
+    checked = Checked(None)
+    checked.value = _check_records(raw, check_route, "name", "route", checked)
+    return checked
+
+
+def _check_records(records: list[Any], check: Callable[[Any], tuple[dict[str, Any], list[str]]], key: str, kind: str,
+                   checked: Checked) -> list[dict[str, Any]]:
+    """Keep the usable records (converted where needed), move the others to ``checked.rejected``; the first of a duplicate key wins."""
+    kept: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for entry in records:
+        try:
+            record, notes = check(entry)
+            if record[key] in seen:
+                raise ConfigError(f"another {kind} earlier in the file has the same {key} {record[key]!r}")
+        except ConfigError as exc:
+            label = entry.get("name") if isinstance(entry, dict) else None
+            reason = f"{kind} {label!r} kept aside: {exc}" if label is not None else f"{kind} record {_shown(kind, entry)} kept aside: {exc}"
+            checked.warnings.append(reason)
+            checked.reasons.append(reason)
+            checked.rejected.append(entry)
+            continue
+        seen.add(record[key])
+        checked.warnings.extend(f"{kind} {record['name']!r}: {note}" for note in notes)
+        kept.append(record)
+    return kept
+
+
+def _need_text(entry: dict[str, Any], key: str) -> None:
+    if not isinstance(entry.get(key), str) or not entry[key].strip():
+        raise ConfigError(f"it has no {key}" if entry.get(key) in (None, "") else f"its {key} {entry[key]!r} is not text")
+
+
+def _read_fields(entry: dict[str, Any], readers: dict[str, Callable[[Any], Any]], notes: list[str]) -> dict[str, Any]:
+    """Convert the optional fields that read unambiguously; raise ConfigError for one that cannot be used."""
+    record = dict(entry)
+    for key, reader in readers.items():
+        value = record.get(key)
+        if value is None:
+            continue
+        try:
+            result = reader(value)
+        except ConfigError as exc:
+            raise ConfigError(f"its {key} {exc}, got {_shown(key, value)}") from None
+        if result is not value:
+            notes.append(f"read {key} {value!r} as {result!r}")
+            record[key] = result
+    return record
+
+
+def _read_port_field(value: Any) -> Any:
+    return read_int(value, 0, MAX_PORT)
+
+
+def _read_number(value: Any) -> Any:
+    if isinstance(value, str) and DECIMAL_PATTERN.match(value):
+        return float(value)
+    if not _is_number(value):
+        raise ConfigError("must be a number")
+    return value
+
+
+def _read_host(value: Any) -> Any:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError("must be an address or host name")
+    return value
+
+
+def _read_counter(value: Any) -> Any:
+    return read_int(value, 0)
+
+
+def _drop_unreadable(record: dict[str, Any], keys: tuple[str, ...], reader: Callable[[Any], Any], notes: list[str]) -> None:
+    """Fields the system maintains (times, counters): an unreadable one is dropped (it starts again), never a reason to reject."""
+    for key in keys:
+        value = record.get(key)
+        if value is None:
+            continue
+        try:
+            result = reader(value)
+        except ConfigError:
+            notes.append(f"{key} {_shown(key, value)} unreadable; starts again")
+            del record[key]
+            continue
+        if result is not value:
+            notes.append(f"read {key} {value!r} as {result!r}")
+            record[key] = result
+
+
+PERIPHERAL_FIELD_READERS: dict[str, Callable[[Any], Any]] = {"port": _read_port_field, "data_port": _read_port_field, "host": _read_host}
+ROUTE_FIELD_READERS: dict[str, Callable[[Any], Any]] = {"incoming_port": _read_port_field, "outgoing_port": _read_port_field}
+
+
+def check_peripheral(entry: Any) -> tuple[dict[str, Any], list[str]]:
+    """A peripheral record as the original wrote it (duplicate names allowed); ConfigError when it cannot be used."""
+    if not isinstance(entry, dict):
+        raise ConfigError("it is not an object")
+    _need_text(entry, "name")
+    _need_text(entry, "uuid")
+    notes: list[str] = []
+    record = _read_fields(entry, PERIPHERAL_FIELD_READERS, notes)
+    _drop_unreadable(record, ("last_seen",), _read_number, notes)
+    if "online" in record and not isinstance(record["online"], bool):
+        notes.append(f"online {_shown('online', record.pop('online'))} unreadable; starts offline")
+    return record, notes
+
+
+def check_route(entry: Any) -> tuple[dict[str, Any], list[str]]:
+    """A route record: needs a name and both ends; its rules must compile (they are never checked at delivery)."""
+    if not isinstance(entry, dict):
+        raise ConfigError("it is not an object")
+    for key in ("name", "incoming", "outgoing"):
+        _need_text(entry, key)
+    notes: list[str] = []
+    record = _read_fields(entry, ROUTE_FIELD_READERS, notes)
+    _drop_unreadable(record, ("last_used", "rate"), _read_number, notes)
+    _drop_unreadable(record, ROUTE_COUNTERS, _read_counter, notes)
+    for key in RULE_KEYS:
+        if record.get(key) is not None:
+            try:
+                check_rule(key, record[key])
+            except RuleError as exc:
+                raise ConfigError(f"its {key} cannot be used: {exc}") from None
+    return record, notes
+
+
+def require_secure(checked: Checked) -> None:
+    """Raise SecurityConfigError naming the first unreadable security key."""
+    for key, reason in checked.insecure.items():
+        raise SecurityConfigError(key, f"orch.cf: {reason}; the orchestrator does not start with an unreadable {key!r} "
+                                       f"(it never falls back to a more open value): fix it in orch.cf")
 
 
 def validate_config(raw: Any) -> dict[str, Any]:
-    """Return a complete config from a parsed orch.cf, filling missing keys; raise ConfigError on wrong types."""
+    """Strict: a complete config from a parsed orch.cf, missing keys filled; ConfigError for anything not exactly right.
+
+    For changes by command (refused when wrong) and for checking files we wrote; loading uses check_config.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"orch.cf must hold a JSON object, got {type(raw).__name__}")
-    config = default_config()
-    config.update(raw)
-    parse_ports(config["known_ports"])
-    parse_ports(config["data_port_range"])
-    _check_type(config, "scan_interval", (int, float))
-    if config["scan_interval"] <= 0:
-        raise ConfigError("'scan_interval' must be positive")
-    _check_type(config, "command_port", (int,))
-    parse_port(config["command_port"], "'command_port'")
-    _check_type(config, "script_uuid", (str,))
-    _check_type(config, "offline_after_sweeps", (int,))
-    if not isinstance(config["peripherals"], list):
-        raise ConfigError("'peripherals' must be a list")
-    if not isinstance(config["known_hosts"], list) or not all(isinstance(h, str) for h in config["known_hosts"]):
-        raise ConfigError("'known_hosts' must be a list of host names")
-    for key in ACCESS_LIST_KEYS:
-        parse_networks(config[key], key)
-    token = config["admin_token"]
-    if not isinstance(token, str) or any(ch.isspace() for ch in token):
-        raise ConfigError("'admin_token' must be text without spaces (empty turns /auth off)")  # never echo a secret
-    for key in TUNABLE_DEFAULTS:
-        if key in config and tunable(config, key) != config[key]:
-            raise ConfigError(f"{key!r} must be a positive number, got {config[key]!r}")
-    for entry in config["peripherals"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("uuid"), str) or not isinstance(entry.get("name"), str):
-            raise ConfigError(f"each peripheral needs a text 'name' and 'uuid', got {entry!r}")
-    return config
+    checked = check_config(raw)
+    require_secure(checked)
+    if checked.warnings:
+        raise ConfigError(checked.warnings[0])
+    return checked.value
 
 
 def validate_routes(raw: Any) -> list[dict[str, Any]]:
-    """Return the route list from a parsed routes.cf; raise ConfigError on wrong shapes."""
+    """Strict: the route list from a parsed routes.cf; ConfigError on wrong shapes."""
     if not isinstance(raw, list):
         raise ConfigError(f"routes.cf must hold a JSON list, got {type(raw).__name__}")
-    for route in raw:
-        if not isinstance(route, dict):
-            raise ConfigError(f"each route must be an object, got {route!r}")
-        for key in ("name", "incoming", "outgoing"):
-            if not isinstance(route.get(key), str):
-                raise ConfigError(f"route {route.get('name')!r} needs a text {key!r}")
+    checked = check_routes(raw)
+    if checked.warnings:
+        raise ConfigError(checked.warnings[0])
     return raw
 
 

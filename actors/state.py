@@ -21,7 +21,7 @@ from .errors import ErrorCode, OrchestratorError, UnknownOp
 from .protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, decode_as, encode
 from .runner import StopFlag, run_actor
 from .security import secure_client
-from .settings import POLL_INTERVAL_MS, Runtime
+from .settings import POLL_INTERVAL_MS, Runtime, loopback_only_reason
 from .tables import Change, Tables
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,9 @@ REPLY_CACHE_SIZE = 4096
 LAZY_WRITE_DELAY_S = 1.0
 LAZY_OPS = {Op.SEEN.value, Op.LOST.value, Op.ROUTE_USAGE.value}
 QUIET_OPS = {Op.SNAPSHOT.value, Op.ROUTE_USAGE.value, Op.SEEN.value}
+CONFIG_NOTICE_REPEAT_S = 300.0  # how often a loopback-only fallback is logged again
+EDIT_POLL_INTERVAL_S = 0.5  # how often the files are stat'ed for hand edits (noticed within 1 s)
+CHANGES_NAMED = 10  # a hand edit's activity line names at most this many changed records
 
 
 class StateKeeper:
@@ -51,6 +54,10 @@ class StateKeeper:
         self.requests = 0
         self.durable_dirty = False
         self.lazy_dirty_since: float | None = None
+        self.notice_logged_at = time.monotonic()
+        self.notes_logged = 0
+        self.edits_checked_at = time.monotonic()
+        self.hand_edits = 0
         self.handlers: dict[str, Callable[[dict[str, Any]], tuple[Any, list[Change]]]] = {
             Op.REGISTER.value: self.tables.register,
             Op.SEEN.value: self.tables.seen,
@@ -80,11 +87,16 @@ class StateKeeper:
         log.info("state keeper started: %d peripherals, %d routes from %s", len(self.tables.peripherals), len(self.tables.routes), self.runtime.config_dir)
         for path in self.store.kept_aside:
             log.error("a corrupt config file was kept aside as %s", path)
+        self._log_store_notes()
         try:
             while not self.stop.should_stop():
                 if self.sock.poll(POLL_INTERVAL_MS):
                     self._serve_burst()
+                self._check_outside_edits()
+                if self.durable_dirty:
+                    self._flush()  # an unusable hand edit: the file is written again from the running state
                 self._lazy_flush()
+                self._repeat_config_notice()
                 self.heart.maybe_beat(self._stats())
         finally:
             self._flush()
@@ -93,8 +105,23 @@ class StateKeeper:
             log.info("state keeper stopped")
 
     def _stats(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "seq": self.seq, "writes": self.store.writes, "dropped": self.dropped, "requests": self.requests,
-                "peripherals": len(self.tables.peripherals), "routes": len(self.tables.routes)}
+        stats = {"epoch": self.epoch, "seq": self.seq, "writes": self.store.writes, "dropped": self.dropped, "requests": self.requests,
+                  "peripherals": len(self.tables.peripherals), "routes": len(self.tables.routes), "hand_edits": self.hand_edits}
+        notice = self.config_notice()
+        if notice:
+            stats["config_notice"] = notice  # shown by `launch.py status` and the UI
+        return stats
+
+    def config_notice(self) -> str:
+        """Why the ports listen on loopback only, while they still do (until bind_host is changed)."""
+        return loopback_only_reason(self.tables.config)
+
+    def _repeat_config_notice(self) -> None:
+        """Say it again now and then: a loopback-only instance is unreachable from other boards, and nobody may be watching."""
+        now = time.monotonic()
+        if now - self.notice_logged_at >= CONFIG_NOTICE_REPEAT_S and self.config_notice():
+            self.notice_logged_at = now
+            log.error("%s", self.config_notice())
 
     # ---- requests --------------------------------------------------------------------
     def _serve_burst(self) -> None:
@@ -165,6 +192,32 @@ class StateKeeper:
         return {"config": result, "backup": str(backup)}, changes
 
     # ---- files -----------------------------------------------------------------------
+    def _log_store_notes(self) -> None:
+        """Log (and so show in the activity) what the store found while loading or merging, once each."""
+        for level, line in self.store.notes[self.notes_logged:]:
+            log.log(level, "%s", line)
+        self.notes_logged = len(self.store.notes)
+
+    def _check_outside_edits(self, force: bool = False) -> None:
+        """A cheap stat poll; an edited file is validated, merged with the running state, published and logged."""
+        now = time.monotonic()
+        if not force and now - self.edits_checked_at < EDIT_POLL_INTERVAL_S:
+            return
+        self.edits_checked_at = now
+        edited = self.store.edited_outside()
+        if not edited:
+            return
+        edit = self.store.merge_outside_edits(self.tables.config_document(), self.tables.routes_document())
+        self._log_store_notes()
+        if edit.config is not None or edit.routes is not None:
+            config = edit.config if edit.config is not None else self.tables.config_document()
+            changes = self.tables.load_documents(config, edit.routes if edit.routes is not None else self.tables.routes_document())
+            self.hand_edits += 1
+            self._publish(changes)
+            log.info("%s edited by hand: %s", " and ".join(p.name for p in edited), describe_changes(changes))
+        if edit.rewrite:
+            self.durable_dirty = True
+
     def _lazy_flush(self) -> None:
         if self.lazy_dirty_since is not None and time.monotonic() - self.lazy_dirty_since >= LAZY_WRITE_DELAY_S:
             self._flush()
@@ -172,6 +225,7 @@ class StateKeeper:
     def _flush(self) -> None:
         if not self.durable_dirty and self.lazy_dirty_since is None:
             return
+        self._check_outside_edits(force=True)  # merge an unread hand edit first, so this write does not undo it
         try:
             self.store.save(self.tables.config_document(), self.tables.routes_document())
         except OSError as exc:
@@ -179,6 +233,15 @@ class StateKeeper:
             return
         self.durable_dirty = False
         self.lazy_dirty_since = None
+
+
+def describe_changes(changes: list[Change]) -> str:
+    """What a hand edit changed, for one activity line."""
+    if not changes:
+        return "nothing to change"
+    named = [f"{kind} {key or ''} {'removed' if value is None else 'set'}".replace("  ", " ") for kind, key, value in changes[:CHANGES_NAMED]]
+    more = f" and {len(changes) - CHANGES_NAMED} more" if len(changes) > CHANGES_NAMED else ""
+    return ", ".join(named) + more
 
 
 def describe(request: Request, result: Any) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from .errors import BadArguments, DuplicateRoute, UnknownPeripheral, UnknownRoute
 from .protocol import UpdateKind
 from .rules import RULE_KEYS, RuleError, check_rule
-from .settings import ACCESS_LIST_KEYS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError, default_config, parse_port, parse_ports, validate_config
+from .settings import ACCESS_LIST_KEYS, ROUTE_COUNTERS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError, default_config, parse_port, parse_ports, validate_config
 
 UUID_PATTERN = re.compile(r"^[0-9a-fA-F-]{36}$")
 NAME_PATTERN = re.compile(r"^\S{1,128}$")
@@ -21,8 +21,6 @@ SETTABLE_CONFIG_KEYS = ("known_ports", "known_hosts", "scan_interval", "offline_
                         *ACCESS_LIST_KEYS, *SECRET_KEYS, *TUNABLE_DEFAULTS)
 # The settings a reset keeps, so the instance stays reachable where it was just reached.
 KEPT_ON_RESET = ("command_port", "data_port_range", "bind_host", "known_ports", "known_hosts", *ACCESS_LIST_KEYS, *SECRET_KEYS)
-
-ROUTE_COUNTERS = ("messages", "bytes", "dropped", "filtered")
 
 Change = tuple[str, str, Any]
 
@@ -88,6 +86,29 @@ class Tables:
             record.setdefault(counter, 0)
         record.setdefault("rate", 0.0)
         return record
+
+    def load_documents(self, config: dict[str, Any], routes: list[dict[str, Any]]) -> list[Change]:
+        """Take validated file contents (a merged hand edit) as the tables; return the changes to publish."""
+        changes: list[Change] = []
+        peripherals = {entry["uuid"]: self._normalise_peripheral(entry) for entry in config.get("peripherals", [])}
+        changes += self._replace(self.peripherals, peripherals, UpdateKind.PERIPHERAL.value)
+        changes += self._replace(self.routes, {entry["name"]: self._normalise_route(entry) for entry in routes}, UpdateKind.ROUTE.value)
+        settings = {k: v for k, v in config.items() if k != "peripherals"}
+        if settings != self.config:
+            self.config = settings
+            changes.append((UpdateKind.CONFIG.value, "", dict(self.config)))
+        return changes
+
+    @staticmethod
+    def _replace(table: dict[str, dict[str, Any]], wanted: dict[str, dict[str, Any]], kind: str) -> list[Change]:
+        changes: list[Change] = [(kind, key, None) for key in table if key not in wanted]
+        for key, _, _ in changes:
+            del table[key]
+        for key, record in wanted.items():
+            if table.get(key) != record:
+                table[key] = record
+                changes.append((kind, key, dict(record)))
+        return changes
 
     # ---- lookups ---------------------------------------------------------------------
     def by_name(self, name: str) -> dict[str, Any]:

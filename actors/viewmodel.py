@@ -343,6 +343,9 @@ def status_line(model: Model, width: int) -> Line:
         if model.ever_connected or model.silent_for_s >= model.alive_within_s:
             return Line(fit(f"orchestrator not reachable — reconnecting ({age(model.silent_for_s).replace(' ago', '')} silent)", width), Style.ALERT)
         return Line(fit("connecting to orchestrator…", width), Style.DIM)
+    notice = next((a.stats["config_notice"] for a in model.actors.values() if a.stats.get("config_notice")), "")
+    if notice:  # e.g. ports on loopback only after an unreadable orch.cf: more important than the counters
+        return Line(fit(f"WARNING: {notice}", width), Style.ALERT)
     alive = sorted((a for a in model.actors.values() if model.now_mono - a.last_beat <= model.alive_within_s), key=lambda a: a.name)
     parts = [f"actors {len(alive)}: {actors_by_host(alive)}"]
     delivered = [a.stats.get("delivered") for a in model.actors.values() if a.name.startswith("router")]

@@ -43,3 +43,25 @@ def test_long_config_paths_get_a_short_run_dir(tmp_path):
     assert run_dir_for(deep) == run_dir and len(str(run_dir)) < 80
     assert Endpoints.local(run_dir).events_in.startswith("ipc://")
     release_run_dir(deep, run_dir)
+
+
+@pytest.mark.parametrize("spec", ["٦٠٠٠", "6_000", "6200-6300,", "+5", "5-"])
+def test_parse_ports_reads_ascii_digits_only(spec):
+    with pytest.raises(ConfigError):
+        parse_ports(spec)
+
+
+@pytest.mark.parametrize("key, value", [("bind_host", 17), ("bind_host", "a b"), ("scan_interval", "5"), ("offline_after_sweeps", 0)])
+def test_strict_validation_refuses_what_loading_would_have_to_convert_or_refuse(key, value):
+    with pytest.raises(ConfigError) as caught:
+        validate_config({key: value})
+    assert key in str(caught.value)
+
+
+def test_config_set_refuses_an_unreadable_bind_host():
+    from actors.errors import BadArguments
+    from actors.tables import Tables
+    tables = Tables(default_config(), [])
+    with pytest.raises(BadArguments, match="bind_host"):
+        tables.set_config({"values": {"bind_host": 17}})
+    assert tables.config["bind_host"] == "0.0.0.0"
