@@ -19,44 +19,18 @@ import zmq
 
 from .protocol import Op, ProtocolError, Reply, Request, decode_as, encode
 from .security import secure_client
-from .settings import CONFIG_FILE_NAME, Runtime, check_config, default_config
+from .settings import Runtime
 
 CTL_TIMEOUT_S = 10.0
 RECV_BYTES = 65536
 EXIT_UNREACHABLE = 3
 EXIT_ERROR_REPLY = 1
-WILDCARD_HOSTS = ("", "0.0.0.0", "::")
-LOOPBACK = "127.0.0.1"
 ERROR_PREFIXES = ("Error", "Unknown command", "Usage:", "Invalid")
 IPC_PREFIX = "ipc://"
 
 
 class Unreachable(OSError):
     """Our instance does not answer (not running, or its gateway is down)."""
-
-
-def read_config(config_dir: Path) -> dict[str, Any]:
-    """The instance's orch.cf as the state keeper reads it (defaults if absent); Unreachable when it cannot be used."""
-    path = Path(config_dir) / CONFIG_FILE_NAME
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return default_config()
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Unreachable(f"cannot read the command port from {path}: {exc}") from None
-    if not isinstance(raw, dict):
-        raise Unreachable(f"cannot read the command port from {path}: it does not hold a JSON object")
-    checked = check_config(raw)
-    if checked.insecure:
-        raise Unreachable(f"cannot use {path}: {next(iter(checked.insecure.values()))}")
-    return checked.value
-
-
-def command_address(config_dir: Path) -> tuple[str, int]:
-    """(host, command_port) of the instance that owns config_dir, from its orch.cf (defaults if absent)."""
-    config = read_config(config_dir)
-    host = config.get("bind_host") or ""
-    return (LOOPBACK if host in WILDCARD_HOSTS else host), int(config["command_port"])
 
 
 def send_command(host: str, port: int, line: str, timeout: float = CTL_TIMEOUT_S) -> str:

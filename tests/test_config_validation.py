@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from actors.cli import Unreachable, command_address
 from actors.configstore import ConfigStore, merge_records, preflight
 from actors.protocol import Op
 from actors.settings import (LOOPBACK_NETWORKS, LOOPBACK_ONLY_SECURITY, SECURITY_KEYS, ConfigError, check_config, check_routes, default_config,
@@ -319,30 +318,16 @@ def test_status_never_prints_a_traceback_for_a_bad_file(tmp_path: Path) -> None:
             result = run_launch(instance.config_dir, "status")
             assert "Traceback" not in result.stderr + result.stdout and result.returncode == 0, name
             assert "running" in result.stdout, name
-            if name == "scan_interval as text":
-                assert "peripherals" in result.stdout, result.stdout  # the figures are still shown
-            elif name in ("bind_host 17", "admin_clients 5"):  # (a file that is not JSON is rewritten by the keeper within a second)
-                assert "no figures" in result.stdout and name.split()[0] in result.stdout, name
+            # status asks its own instance through the run folder: the figures come whatever the file holds
+            assert "peripherals" in result.stdout, result.stdout
     finally:
         instance.stop()
 
 
-@pytest.mark.parametrize("name", sorted(BAD_CONTENTS))
-def test_the_command_port_lookup_of_status_and_ctl_explains_a_bad_file_in_one_line(tmp_path: Path, name: str) -> None:
-    config = on_test_ports(default_config())
-    (tmp_path / "orch.cf").write_bytes(BAD_CONTENTS[name](config))
-    if name == "scan_interval as text":
-        assert command_address(tmp_path) == ("127.0.0.1", config["command_port"])
-        return
-    with pytest.raises(Unreachable) as caught:
-        command_address(tmp_path)
-    assert "orch.cf" in str(caught.value) and "\n" not in str(caught.value)
-
-
-def test_ctl_on_a_bad_security_key_says_which_key_without_a_traceback(tmp_path: Path) -> None:
+def test_ctl_beside_a_bad_security_key_explains_itself_without_a_traceback(tmp_path: Path) -> None:
     write_files(tmp_path, {"bind_host": 17})
-    result = run_launch(tmp_path, "ctl", "/list")
-    assert result.returncode == 3 and "'bind_host'" in result.stderr and "Traceback" not in result.stderr
+    result = run_launch(tmp_path, "ctl", "/list")  # ctl never reads the command port from orch.cf: it asks through the run folder
+    assert result.returncode == 3 and "not running" in result.stderr and "Traceback" not in result.stderr
 
 
 # ---- per-key readers (hypothesis) ---------------------------------------------------------------------------
