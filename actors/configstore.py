@@ -14,12 +14,29 @@ from .settings import BACKUP_DIR_NAME, CONFIG_FILE_NAME, PRIVATE_DIR_MODE, ROUTE
 log = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
+INDENT = "    "
+# Containers this many levels deep or deeper are written on one line: the top of orch.cf (settings, each peripheral's
+# fields) and of routes.cf (each route's fields) stays readable, and a deep peripheral config costs no indentation.
+PRETTY_LEVELS = 3
+ONE_LINE_SEPARATORS = (", ", ": ")
+
+
+def readable_json(value: Any, level: int = 0) -> str:
+    """JSON with the top PRETTY_LEVELS levels indented and everything below on one line (still plain JSON)."""
+    if level >= PRETTY_LEVELS or not isinstance(value, (dict, list)) or not value:
+        return json.dumps(value, ensure_ascii=False, separators=ONE_LINE_SEPARATORS)
+    inner, outer = INDENT * (level + 1), INDENT * level
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(str(key), ensure_ascii=False)}: {readable_json(item, level + 1)}" for key, item in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{outer}}}"
+    items = [f"{inner}{readable_json(item, level + 1)}" for item in value]
+    return "[\n" + ",\n".join(items) + f"\n{outer}]"
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write JSON so that a reader (or a crash) only ever sees the old or the new file, whole."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    text = json.dumps(data, indent=4, ensure_ascii=False) + "\n"
+    text = readable_json(data) + "\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -92,7 +92,8 @@ class Gateway:
         self.started_at = time.time()
         self.counters = {"connections_total": 0, "connections_refused": 0, "lines_in": 0, "bytes_in": 0, "payloads_in": 0,
                          "commands": 0, "unknown_source": 0, "no_route": 0, "bad_lines": 0, "too_long": 0, "idle_timeouts": 0,
-                         "partial_lines_dropped": 0, "malformed_messages": 0, "refused_clients": 0, "refused_admin": 0, "auth_failures": 0}
+                         "partial_lines_dropped": 0, "malformed_messages": 0, "refused_clients": 0, "refused_admin": 0, "auth_failures": 0,
+                         "refused_identity": 0}
         self.access = AccessPolicy.from_config({})
         self.refusals = RefusalLog()
         self.reported = {"unknown_source": 0, "no_route": 0}
@@ -278,11 +279,14 @@ class Gateway:
         self.counters["commands"] += 1
         try:
             if isinstance(item, ConfigBlock):
-                return await apply_config_block(item, self)
-            reply = await self.registry.dispatch(item.text, self, peer)
+                reply = await apply_config_block(item, self, peer)
+            else:
+                reply = await self.registry.dispatch(item.text, self, peer)
         except OrchestratorError as exc:
             return failure(exc)
-        if reply.code == ErrorCode.FORBIDDEN:
+        if reply.code == ErrorCode.NOT_OWNER:
+            self.refused_identity(peer.host, reply.text)
+        elif reply.code == ErrorCode.FORBIDDEN:
             self._refused_command(item, peer)
         return reply
 
@@ -307,6 +311,11 @@ class Gateway:
             self.counters["refused_admin"] += 1
             words = " ".join(command.words) if command is not None else "?"
             self._report_refusal(peer.host, "admin", f"admin command {words} refused: not in admin_clients and no /auth")
+
+    def refused_identity(self, host: str, text: str) -> None:
+        """Host: a client acted for a peripheral another host registered (counted; logged at most once a minute per address)."""
+        self.counters["refused_identity"] += 1
+        self._report_refusal(host, "identity", text.removeprefix("Error: "))
 
     def _report_refusal(self, host: str, reason: str, text: str) -> None:
         quiet = self.refusals.should_report(host, reason)
@@ -467,7 +476,8 @@ class Gateway:
             "Messages Dropped": dropped + stats["unknown_source"] + stats["no_route"] + stats["dropped_buffer_full"],
             "Gateway": {k: stats[k] for k in ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full",
                                               "pending", "unacked_payloads", "payloads_resent", "sources_paused", "pause_episodes",
-                                              "routers_lost", "bad_lines", "too_long", "connections_open", "connections_refused")},
+                                              "routers_lost", "bad_lines", "too_long", "connections_open", "connections_refused",
+                                              "refused_identity")},
             "Last Scan": format_time(last_scan),
             "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],
         }

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import zmq
 
+from .access import RefusalLog
 from .bus import ActivityHandler, Heartbeater, connect_publisher, publish
 from .configstore import ConfigStore
 from .errors import ErrorCode, OrchestratorError, UnknownOp
@@ -49,6 +50,10 @@ class StateKeeper:
         self.reply_cache: OrderedDict[str, bytes] = OrderedDict()
         self.dropped = 0
         self.requests = 0
+        self.refused = 0
+        self.refusals = RefusalLog()  # a flood of refused requests gives one activity line per op and code a minute
+        self.write_seconds = 0.0
+        self.last_write_seconds = 0.0
         self.durable_dirty = False
         self.lazy_dirty_since: float | None = None
         self.handlers: dict[str, Callable[[dict[str, Any]], tuple[Any, list[Change]]]] = {
@@ -94,6 +99,7 @@ class StateKeeper:
 
     def _stats(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "seq": self.seq, "writes": self.store.writes, "dropped": self.dropped, "requests": self.requests,
+                "refused": self.refused, "write_seconds": round(self.write_seconds, 4), "last_write_seconds": round(self.last_write_seconds, 5),
                 "peripherals": len(self.tables.peripherals), "routes": len(self.tables.routes)}
 
     # ---- requests --------------------------------------------------------------------
@@ -137,8 +143,7 @@ class StateKeeper:
                 raise UnknownOp(f"unknown op {request.op!r}")
             result, changes = handler(request.args)
         except OrchestratorError as exc:
-            if request.op not in QUIET_OPS:
-                log.warning("%s refused: %s", request.op, exc)
+            self._refused(request.op, exc)
             return Reply(ok=False, error=str(exc), code=int(exc.code), req_id=request.req_id)
         if changes:
             self._publish(changes)
@@ -149,6 +154,15 @@ class StateKeeper:
         if request.op not in QUIET_OPS and changes:
             log.info("%s", describe(request, result))
         return Reply(ok=True, result=result, req_id=request.req_id)
+
+    def _refused(self, op: str, exc: OrchestratorError) -> None:
+        """Count a refused request; log it, at most once a minute per op and error code (a client may flood us)."""
+        self.refused += 1
+        if op in QUIET_OPS:
+            return
+        quiet = self.refusals.should_report(op, str(int(exc.code)))
+        if quiet is not None:
+            log.warning("%s refused: %s%s", op, exc, f" ({quiet} more since the last report)" if quiet else "")
 
     def _publish(self, changes: list[Change]) -> None:
         for kind, key, value in changes:
@@ -172,11 +186,14 @@ class StateKeeper:
     def _flush(self) -> None:
         if not self.durable_dirty and self.lazy_dirty_since is None:
             return
+        began = time.perf_counter()
         try:
             self.store.save(self.tables.config_document(), self.tables.routes_document())
         except OSError as exc:
             log.error("could not write config files: %s (will retry)", exc)
             return
+        self.last_write_seconds = time.perf_counter() - began
+        self.write_seconds += self.last_write_seconds
         self.durable_dirty = False
         self.lazy_dirty_since = None
 
