@@ -302,6 +302,24 @@ class Tables:
             record["delivery"] = record["config"]["delivery"]
         return record, [self._peripheral_change(record)]
 
+    def set_delivery(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        record = self.by_name_or_uuid(_need(args, "peripheral"))
+        mode = _need(args, "mode")
+        if mode not in DELIVERY_MODES:
+            raise BadArguments(f"delivery mode must be one of {', '.join(DELIVERY_MODES)}")
+        record["delivery"] = mode
+        return record, [self._peripheral_change(record)]
+
+    def remove_peripheral(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        """Forget a peripheral; the routes that start or end at it go too (listed in the result)."""
+        record = self.by_name_or_uuid(_need(args, "name"))
+        del self.peripherals[record["uuid"]]
+        removed = self._routes_touching(record["uuid"])
+        for route in removed:
+            del self.routes[route["name"]]
+        changes = [(UpdateKind.PERIPHERAL.value, record["uuid"], None)] + [(UpdateKind.ROUTE.value, r["name"], None) for r in removed]
+        return {"peripheral": record, "removed_routes": [r["name"] for r in removed]}, changes
+
     # ---- who may do what -------------------------------------------------------------
     @staticmethod
     def _check_owner(record: dict[str, Any], caller: Caller | None, action: str) -> None:
