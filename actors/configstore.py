@@ -15,9 +15,10 @@ log = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
 INDENT = "    "
-# Containers this many levels deep or deeper are written on one line: the top of orch.cf (settings, each peripheral's
-# fields) and of routes.cf (each route's fields) stays readable, and a deep peripheral config costs no indentation.
-PRETTY_LEVELS = 3
+# Containers this many levels deep or deeper are written on one line: orch.cf has a line per setting and per peripheral,
+# routes.cf a line per field of each route; a deep peripheral config costs no indentation, and a save with thousands of
+# peripherals costs about what compact JSON costs (bench/state_bench.py).
+PRETTY_LEVELS = 2
 ONE_LINE_SEPARATORS = (", ", ": ")
 
 

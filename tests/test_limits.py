@@ -119,7 +119,7 @@ def test_a_deep_legacy_config_is_written_compactly_and_the_top_stays_readable(tm
     text = store.config_path.read_text()
     compact = len(json.dumps(value, separators=(",", ":")))
     assert len(text) < compact + ON_DISK_SLACK_BYTES
-    assert '\n    "known_ports": "6200-6300",\n' in text and '\n            "name": "Deep",\n' in text
+    assert '\n    "known_ports": "6200-6300",\n' in text and '\n        {"name": "Deep", "uuid": ' in text
     loaded, _ = store.load()
     assert loaded["peripherals"][0]["config"] == value
 
