@@ -20,6 +20,7 @@ INDENT = "    "
 # peripherals costs about what compact JSON costs (bench/state_bench.py).
 PRETTY_LEVELS = 2
 ONE_LINE_SEPARATORS = (", ", ": ")
+PERIPHERAL_LEVEL = 2  # orch.cf -> "peripherals" -> one peripheral
 
 
 def readable_json(value: Any, level: int = 0) -> str:
@@ -30,14 +31,25 @@ def readable_json(value: Any, level: int = 0) -> str:
     if isinstance(value, dict):
         items = [f"{inner}{json.dumps(str(key), ensure_ascii=False)}: {readable_json(item, level + 1)}" for key, item in value.items()]
         return "{\n" + ",\n".join(items) + f"\n{outer}}}"
-    items = [f"{inner}{readable_json(item, level + 1)}" for item in value]
-    return "[\n" + ",\n".join(items) + f"\n{outer}]"
+    return pretty_list([readable_json(item, level + 1) for item in value], level)
+
+
+def pretty_list(rendered: list[str], level: int) -> str:
+    """A list whose items are already rendered, one per line."""
+    if not rendered:
+        return "[]"
+    inner, outer = INDENT * (level + 1), INDENT * level
+    return "[\n" + ",\n".join(inner + item for item in rendered) + f"\n{outer}]"
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write JSON so that a reader (or a crash) only ever sees the old or the new file, whole."""
+    atomic_write_text(path, readable_json(data) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that a reader (or a crash) only ever sees the old or the new one, whole."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    text = readable_json(data) + "\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -78,6 +90,24 @@ class ConfigStore:
         self.backup_dir = config_dir / BACKUP_DIR_NAME
         self.kept_aside: list[Path] = []
         self.writes = 0
+        self.peripheral_lines: dict[str, str] = {}  # uuid -> its line in orch.cf as last written
+
+    def config_text(self, config: dict[str, Any], changed: set[str] | None = None) -> str:
+        """orch.cf's text; only the peripherals in `changed` (all when None) are rendered again, so a save costs
+        about the same with 10 or 4,000 peripherals (a registration flood does not slow the state keeper down)."""
+        lines: dict[str, str] = {}
+        rendered = []
+        for peripheral in config.get("peripherals", []):
+            uuid = peripheral.get("uuid")
+            line = self.peripheral_lines.get(uuid) if changed is not None and uuid not in changed else None
+            if line is None:
+                line = readable_json(peripheral, PERIPHERAL_LEVEL)
+            lines[uuid] = line
+            rendered.append(line)
+        self.peripheral_lines = lines
+        items = [f"{INDENT}{json.dumps(str(key), ensure_ascii=False)}: "
+                 f"{pretty_list(rendered, 1) if key == 'peripherals' else readable_json(value, 1)}" for key, value in config.items()]
+        return "{\n" + ",\n".join(items) + "\n}\n" if items else "{}\n"
 
     def load(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Load both files, creating missing ones and setting corrupt ones aside."""
@@ -100,9 +130,9 @@ class ConfigStore:
             atomic_write_json(path, value)
             return value
 
-    def save(self, config: dict[str, Any], routes: list[dict[str, Any]]) -> None:
-        """Write both files atomically."""
-        atomic_write_json(self.config_path, config)
+    def save(self, config: dict[str, Any], routes: list[dict[str, Any]], changed: set[str] | None = None) -> None:
+        """Write both files atomically; `changed`: the uuids of the peripherals changed since the last save (None: any)."""
+        atomic_write_text(self.config_path, self.config_text(config, changed))
         atomic_write_json(self.routes_path, routes)
         self.writes += 1
 

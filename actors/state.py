@@ -19,7 +19,7 @@ from .access import RefusalLog
 from .bus import ActivityHandler, Heartbeater, connect_publisher, publish
 from .configstore import ConfigStore
 from .errors import ErrorCode, OrchestratorError, UnknownOp
-from .protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, decode_as, encode
+from .protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, UpdateKind, decode_as, encode
 from .runner import StopFlag, run_actor
 from .security import secure_client
 from .settings import POLL_INTERVAL_MS, Runtime
@@ -53,6 +53,7 @@ class StateKeeper:
         self.refused = 0
         self.refusals = RefusalLog()  # a flood of refused requests gives one activity line per op and code a minute
         self.write_seconds = 0.0
+        self.changed_peripherals: set[str] | None = None  # since the last save; None: render every peripheral again
         self.last_write_seconds = 0.0
         self.durable_dirty = False
         self.lazy_dirty_since: float | None = None
@@ -166,6 +167,11 @@ class StateKeeper:
 
     def _publish(self, changes: list[Change]) -> None:
         for kind, key, value in changes:
+            if self.changed_peripherals is not None:
+                if kind == UpdateKind.PERIPHERAL.value:
+                    self.changed_peripherals.add(key)
+                elif kind == UpdateKind.RESET.value:
+                    self.changed_peripherals = None
             self.seq += 1
             publish(self.pub, Topic.STATE, StateUpdate(epoch=self.epoch, seq=self.seq, kind=kind, key=key, value=value))
 
@@ -188,10 +194,11 @@ class StateKeeper:
             return
         began = time.perf_counter()
         try:
-            self.store.save(self.tables.config_document(), self.tables.routes_document())
+            self.store.save(self.tables.config_document(), self.tables.routes_document(), self.changed_peripherals)
         except OSError as exc:
             log.error("could not write config files: %s (will retry)", exc)
             return
+        self.changed_peripherals = set()
         self.last_write_seconds = time.perf_counter() - began
         self.write_seconds += self.last_write_seconds
         self.durable_dirty = False

@@ -18,7 +18,7 @@ from actors.errors import LimitReached
 from actors.protocol import Op
 from actors.settings import TUNABLE_DEFAULTS, default_config
 from actors.tables import Tables, nesting_depth
-from conftest import COMMAND_TIMEOUT_S, Instance, start_instance
+from conftest import COMMAND_TIMEOUT_S, Instance, start_instance, wait_until
 
 DEFAULT_DEPTH = int(TUNABLE_DEFAULTS["max_peripheral_config_depth"])
 HOST_LIMIT = 5
@@ -167,3 +167,19 @@ def test_a_deep_config_gets_a_clear_error_and_never_reaches_the_file(limited: In
     record = next(p for p in limited.state_client().request(Op.SNAPSHOT)["peripherals"] if p["uuid"] == uuid)
     assert record["config"] == deep(DEFAULT_DEPTH)
     assert (limited.config_dir / "orch.cf").stat().st_size < before + len(limited_deep) + ON_DISK_SLACK_BYTES
+
+
+def test_orch_cf_rendered_piecemeal_equals_a_full_render_of_the_state(limited: Instance) -> None:
+    """The keeper renders only changed peripherals again; the file must still be exactly the current state."""
+    uuid = uid(400)
+    for port in (7400, 7401):
+        assert talk(limited.command_port, [f"/register Piece {uuid} {port}"], "127.0.0.1").startswith("/ack ")
+    talk(limited.command_port, [f"/exit {uuid}"], "127.0.0.1")
+    snapshot = limited.state_client().request(Op.SNAPSHOT)
+
+    def written() -> dict[str, Any] | None:
+        on_disk = json.loads((limited.config_dir / "orch.cf").read_text())
+        return on_disk if on_disk["peripherals"] == snapshot["peripherals"] else None
+
+    on_disk = wait_until(written, message="orch.cf to show the last change")
+    assert (limited.config_dir / "orch.cf").read_text() == readable_json(on_disk) + "\n"
