@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from actors.errors import BadArguments, NotOwner
+from actors.errors import BadArguments, NotOwner, OrchestratorError
 from actors.protocol import Op
 from actors.settings import default_config
-from actors.tables import Tables
+from actors.tables import Tables, same_host
 from conftest import COMMAND_TIMEOUT_S, Instance, free_port, free_port_range, start_instance, wait_until
 from fakes import InfoPeripheral, LineSink
 
@@ -217,6 +218,41 @@ def test_a_scanner_may_follow_an_offline_peripheral_restarted_on_its_own_host(ta
     assert (record["port"], record["online"]) == (6211, True)
     with pytest.raises(NotOwner):
         tables.seen({"name": "Tts", "uuid": uid(21), "port": 6211, "host": "pi", "address": "10.0.0.7"})
+
+
+HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "10.0.0.7", "::ffff:127.0.0.2")
+operations = st.lists(st.tuples(st.sampled_from(("register", "config", "exit")), st.integers(0, 2), st.sampled_from(HOSTS),
+                                st.booleans(), st.integers(6200, 6203)), max_size=25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(operations)
+def test_only_the_owner_or_an_admin_ever_changes_a_peripheral(ops: list[tuple[str, int, str, bool, int]]) -> None:
+    """Whatever clients try, in any order: a record changes only for its own host or an admin, and its host follows only them."""
+    config = default_config()
+    config.update({"command_port": 6000, "data_port_range": "6001-6003"})
+    tables = Tables(config, [], clock=lambda: 100.0)
+    for op, n, host, admin, port in ops:
+        uuid = uid(50 + n)
+        before = dict(tables.peripherals[uuid]) if uuid in tables.peripherals else None
+        caller = {"host": host, "admin": admin}
+        try:
+            if op == "register":
+                tables.register({"name": f"P{port}", "uuid": uuid, "port": port, **caller})
+            elif op == "config":
+                tables.set_peripheral_config({"uuid": uuid, "config": {"by": host}, **caller})
+            else:
+                tables.lost({"uuid": uuid, **caller})
+        except OrchestratorError as exc:  # an unknown uuid or the quota for a new one; for a known one only the owner rule
+            if before is not None:
+                assert isinstance(exc, NotOwner) and not admin and not same_host(before["host"], host)
+                assert tables.peripherals[uuid] == before  # a refusal changes nothing
+            continue
+        after = tables.peripherals[uuid]
+        if before is not None and not admin:
+            assert same_host(before["host"], host)
+        if op == "register":
+            assert same_host(after["host"], host)
 
 
 # ---- our own listeners (issue 12, section 8) -------------------------------------------------------
