@@ -88,7 +88,7 @@ class Connection(asyncio.BufferedProtocol):
         self.last_active = time.monotonic()
         self.session = LineSession(data_port=(role == "data"), max_config_bytes=self.limits.max_line_bytes)
         self.peer = Peer()
-        self.peer_address = ""
+        self.peer_address: str | None = None  # canonical, computed on the first check (admins never need it)
 
     # ---- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -97,8 +97,6 @@ class Connection(asyncio.BufferedProtocol):
         peername = transport.get_extra_info("peername") or ("", 0)
         sockname = transport.get_extra_info("sockname") or ("", 0)
         self.peer, refusal = self.host.admit(str(peername[0]), int(peername[1]), str(sockname[0]))
-        self.peer = dataclasses.replace(self.peer, local_host=str(sockname[0]))
-        self.peer_address = canonical_host(self.peer.host)  # compared with the owner of each source it sends as
         if refusal is not None:
             self.hang_up(refusal)
             return
@@ -201,6 +199,8 @@ class Connection(asyncio.BufferedProtocol):
         if self.peer.admin:
             return True
         record = self.host.replica.peripherals.get(source)
+        if self.peer_address is None:
+            self.peer_address = canonical_host(self.peer.host)
         if record is None or record.get("host") == self.peer_address or same_host(record.get("host"), self.peer_address):
             return True  # an unknown source is counted and dropped by the gateway
         text = (f"Error: data as {source} refused: that peripheral is registered from another host, so sending as it "

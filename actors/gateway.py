@@ -294,7 +294,7 @@ class Gateway:
     def admit(self, peer_host: str, peer_port: int, local_host: str) -> tuple[Peer, Reply | None]:
         """Host: the client with its admin right, and a refusal when allowed_clients excludes it."""
         address = effective_address(peer_host, local_host)
-        peer = Peer(peer_host, peer_port, admin=self.access.is_admin(address))
+        peer = Peer(peer_host, peer_port, admin=self.access.is_admin(address), local_host=local_host)
         if self.access.may_connect(address):
             return peer, None
         self.counters["refused_clients"] += 1
