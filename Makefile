@@ -3,13 +3,20 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+# Offline boards: `make wheelhouse` on a connected machine fills this folder; setup then installs only from it.
+WHEELHOUSE ?= wheelhouse
+# Another board's platform, e.g. PLATFORM=manylinux2014_aarch64 PYTHON_VERSION=3.10 for a Jetson.
+PLATFORM ?=
+PYTHON_VERSION ?=
+PIP_SOURCE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--no-index --find-links $(WHEELHOUSE),)
+TARGET_ARGS := $(if $(PLATFORM),--only-binary=:all: --platform $(PLATFORM),) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION),)
 
-.PHONY: run test bench setup clean
+.PHONY: run test bench setup clean wheelhouse
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(if $(PIP_SOURCE),,$(PY) -m pip install --quiet --upgrade pip)
+	$(PY) -m pip install --quiet $(PIP_SOURCE) -e '.[test]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -22,6 +29,9 @@ test: setup
 
 bench: setup
 	$(PY) bench/run_all.py $(ARGS)
+
+wheelhouse:
+	$(PYTHON) -m pip download --quiet --dest $(WHEELHOUSE) $(TARGET_ARGS) '.[test]' 'setuptools>=61' wheel
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -25,6 +25,7 @@ import zmq
 from actors.cli import EXIT_UNREACHABLE
 from actors.errors import OrchestratorError
 from actors.protocol import Op
+from actors.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, release_run_dir
 from actors.runner import LOG_BACKUPS, LOG_FORMAT, LOG_MAX_BYTES
 from actors.security import ensure_keys, missing_client_keys, needs_curve
 from actors.settings import DEFAULT_CONFIG_DIR, Endpoints, Runtime
@@ -106,11 +107,17 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown actor(s): {', '.join(unknown)}; known: {', '.join(ACTOR_MODULES)}", file=sys.stderr)
         return 2
-    runtime.ensure_dirs()
     try:
         lock = acquire_lock(runtime.config_dir)
     except AlreadyRunning as exc:
         print(f"{exc}. Use 'python launch.py --config-dir {args.config_dir} status' or 'stop'.", file=sys.stderr)
+        return 2
+    try:
+        runtime = with_run_dir(runtime, claim_run_dir(runtime.config_dir))
+        runtime.ensure_dirs()
+    except UnsafeRunDir as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        lock.close()
         return 2
     setup_supervisor_logging(runtime)
     if args.bus and needs_curve(runtime.endpoints.events_in):
@@ -126,7 +133,19 @@ def run(args: argparse.Namespace) -> int:
         suffix = f"@{args.satellite_name}" if args.join else ""
         return Supervisor(runtime, actors, routers=args.routers, attach_ui=attach_ui, name_suffix=suffix).run()
     finally:
+        release_run_dir(runtime.config_dir, runtime.run_dir)
         lock.close()
+
+
+def with_run_dir(runtime: Runtime, run_dir: Path) -> Runtime:
+    """The runtime with the run folder the supervisor claimed (ipc endpoints move with it; tcp ones stay)."""
+    if run_dir == runtime.run_dir:
+        return runtime
+    local = Endpoints.local(runtime.run_dir, runtime.endpoints.keys_dir)
+    moved = Endpoints.local(run_dir, runtime.endpoints.keys_dir)
+    endpoints = Endpoints(**{key: getattr(moved, key) if value == getattr(local, key) else value
+                             for key, value in dataclasses.asdict(runtime.endpoints).items()})
+    return dataclasses.replace(runtime, run_dir=run_dir, endpoints=endpoints)
 
 
 def control_request(runtime: Runtime, op: Op, **request_args: Any) -> Any:
@@ -142,9 +161,16 @@ def control_request(runtime: Runtime, op: Op, **request_args: Any) -> Any:
         context.term()
 
 
+def health_text(status: dict[str, Any]) -> str:
+    """"ready", "starting" or "degraded: <reason>; <reason>" from the supervisor's status."""
+    health = status.get("health") or ("ready" if status.get("ready") else "starting")
+    reasons = status.get("reasons") or []
+    return f"{health}: {'; '.join(reasons)}" if health == "degraded" and reasons else health
+
+
 def print_status(status: dict[str, Any]) -> None:
-    print(f"orchestrator pid {status['pid']} on {status['config_dir']}, up {status['uptime_s']:.0f}s, "
-          f"{'ready' if status['ready'] else 'starting'}" + (f" (ready after {status['ready_after_s'] * 1000:.0f} ms)" if status["ready_after_s"] else ""))
+    print(f"orchestrator pid {status['pid']} on {status['config_dir']}, up {status['uptime_s']:.0f}s, {health_text(status)}"
+          + (f" (ready after {status['ready_after_s'] * 1000:.0f} ms)" if status["ready_after_s"] else ""))
     for child in status["children"]:
         age = "-" if child["heartbeat_age_s"] is None else f"{child['heartbeat_age_s']:.1f}s"
         print(f"  {child['name']:<10} {child['state']:<8} pid {str(child['pid'] or '-'):<8} restarts {child['restarts']:<3} heartbeat {age}")
@@ -178,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     runtime = runtime_for(args)
     try:
+        check_local_run_dir(runtime)
         if args.command == "status":
             return show_status(runtime, args.json, satellite=bool(args.join))
         elif args.command == "stop":
@@ -191,10 +218,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "ui":
             from actors.ui import attach
             return attach(runtime)
-    except OrchestratorError as exc:
+    except (OrchestratorError, UnsafeRunDir) as exc:
         print(f"orchestrator on {runtime.config_dir} is not reachable: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     return 0
+
+
+def check_local_run_dir(runtime: Runtime) -> None:
+    """Before talking over ipc: the run folder must be ours and 0700, or its sockets may be someone else's."""
+    if any(endpoint.startswith("ipc://") for endpoint in dataclasses.asdict(runtime.endpoints).values() if isinstance(endpoint, str)):
+        check_run_dir(runtime.run_dir)
 
 
 if __name__ == "__main__":

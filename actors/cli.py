@@ -1,17 +1,24 @@
 """Command-line client for a running instance: `launch.py ctl '<command>'` and the gateway part of `launch.py status`.
 
-It speaks the same text protocol as any peripheral: connect to the command port (read from the
-instance's orch.cf), send the line, shut the write side, read until the gateway closes.
+It reaches its own instance through the bus, never through the command port: a request over the
+gateway's socket in the private run folder (or, with ``--bus``, over CurveZMQ). Whoever can open
+that socket is the owner, so no token is needed and none is ever sent to a TCP port, and a
+process squatting the command port (another instance, another user) hears nothing.
 """
 from __future__ import annotations
 
 import json
 import socket
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-from .commands import AUTH_OK
+import zmq
+
+from .protocol import Op, ProtocolError, Reply, Request, decode_as, encode
+from .security import secure_client
 from .settings import CONFIG_FILE_NAME, ConfigError, Runtime, default_config, validate_config
 
 CTL_TIMEOUT_S = 10.0
@@ -21,10 +28,11 @@ EXIT_ERROR_REPLY = 1
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 LOOPBACK = "127.0.0.1"
 ERROR_PREFIXES = ("Error", "Unknown command", "Usage:", "Invalid")
+IPC_PREFIX = "ipc://"
 
 
 class Unreachable(OSError):
-    """Nothing answers on the instance's command port."""
+    """Our instance does not answer (not running, or its gateway is down)."""
 
 
 def read_config(config_dir: Path) -> dict[str, Any]:
@@ -45,17 +53,8 @@ def command_address(config_dir: Path) -> tuple[str, int]:
     return (LOOPBACK if host in WILDCARD_HOSTS else host), int(config["command_port"])
 
 
-def send_as_admin(host: str, port: int, line: str, token: str, timeout: float = CTL_TIMEOUT_S) -> str:
-    """Send a command, first authenticating with the admin token when one is set (the owner of orch.cf may read it)."""
-    if not token:
-        return send_command(host, port, line, timeout)
-    reply = send_command(host, port, f"/auth {token}\n{line}", timeout)
-    first, _, rest = reply.partition("\n")
-    return rest if first == AUTH_OK else reply
-
-
 def send_command(host: str, port: int, line: str, timeout: float = CTL_TIMEOUT_S) -> str:
-    """Send one command line, half-close, and return everything the gateway writes until it closes."""
+    """Send one command line to a TCP command port, half-close, and return everything written back until it closes."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(line.rstrip("\n").encode("utf-8") + b"\n")
@@ -68,6 +67,46 @@ def send_command(host: str, port: int, line: str, timeout: float = CTL_TIMEOUT_S
     return b"".join(chunks).decode("utf-8", "replace")
 
 
+def bus_command(runtime: Runtime, line: str, timeout: float = CTL_TIMEOUT_S, context: zmq.Context | None = None) -> str:
+    """Run command line(s) on our own instance's gateway over the bus and return what it answers; raises Unreachable.
+
+    Sent once (a command is not idempotent): the socket queues it until the gateway is there, within timeout.
+    """
+    endpoint = runtime.endpoints.data
+    if endpoint.startswith(IPC_PREFIX) and not Path(endpoint[len(IPC_PREFIX):]).exists():
+        raise Unreachable(f"orchestrator on {runtime.config_dir} is not running (no gateway socket in {runtime.run_dir})")
+    own = context is None
+    context = context or zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        secure_client(sock, endpoint, runtime.endpoints.keys_dir)
+        sock.connect(endpoint)
+        request = Request(op=Op.COMMAND.value, args={"line": line}, req_id=uuid.uuid4().hex)
+        sock.send_multipart([b"", encode(request)])
+        return _await_reply(sock, request.req_id, time.monotonic() + timeout, endpoint)
+    finally:
+        sock.close(linger=0)
+        if own:
+            context.term()
+
+
+def _await_reply(sock: zmq.Socket, req_id: str, deadline: float, endpoint: str) -> str:
+    while (remaining := deadline - time.monotonic()) > 0:
+        if not sock.poll(int(remaining * 1000) + 1):
+            continue
+        frames = sock.recv_multipart()
+        try:
+            reply = decode_as(frames[-1], Reply)
+        except ProtocolError:
+            continue
+        if reply.req_id == req_id:
+            if not reply.ok or not isinstance(reply.result, dict):
+                return f"Error: {reply.error or 'unexpected reply'}"
+            return str(reply.result.get("text", ""))
+    raise Unreachable(f"the gateway did not answer on {endpoint}")
+
+
 def is_error_reply(reply: str) -> bool:
     return reply.startswith(ERROR_PREFIXES)
 
@@ -75,8 +114,7 @@ def is_error_reply(reply: str) -> bool:
 def run_ctl(runtime: Runtime, line: str, timeout: float = CTL_TIMEOUT_S) -> int:
     """`launch.py ctl`: print the reply; exit 0, 1 for an error reply, 3 when unreachable."""
     try:
-        host, port = command_address(runtime.config_dir)
-        reply = send_as_admin(host, port, line, str(read_config(runtime.config_dir).get("admin_token") or ""), timeout)
+        reply = bus_command(runtime, line, timeout)
     except Unreachable as exc:
         print(f"{exc} (is it running? try 'python launch.py --config-dir {runtime.config_dir} status')", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -86,12 +124,11 @@ def run_ctl(runtime: Runtime, line: str, timeout: float = CTL_TIMEOUT_S) -> int:
 
 def fetch_status(runtime: Runtime, timeout: float = CTL_TIMEOUT_S) -> dict[str, Any]:
     """The gateway's /status as a dict; raises Unreachable."""
-    host, port = command_address(runtime.config_dir)
-    reply = send_command(host, port, "/status", timeout)
+    reply = bus_command(runtime, "/status", timeout)
     try:
         return json.loads(reply)
     except json.JSONDecodeError:
-        raise Unreachable(f"unexpected /status reply from {host}:{port}: {reply[:200]!r}") from None
+        raise Unreachable(f"unexpected /status reply from {runtime.endpoints.data}: {reply[:200]!r}") from None
 
 
 def format_status(status: dict[str, Any]) -> str:

@@ -9,16 +9,18 @@ Handlers reach the system only through a ``CommandContext``, so they run against
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
-from .access import effective_address, token_matches
+from .access import AuthGuard, effective_address, token_matches
 from .errors import DuplicateRoute, ErrorCode, OrchestratorError, UnknownPeripheral, UnknownRoute
 from .protocol import TAP_PERIPHERAL, TAP_ROUTE, Op
 from .replica import StateReplica
 from .rules import RULE_KEYS, SYNTAX, RuleError, check_rule
+from .settings import ConfigError, parse_port
 from .tables import check_peripheral_config
 
 UNKNOWN_COMMAND = "Unknown command. Type '/help' for available commands."
@@ -194,6 +196,7 @@ class CommandContext(Protocol):
     """What handlers may use: the replicated tables, requests to the state keeper, the status figures."""
 
     replica: StateReplica
+    auth_guard: AuthGuard  # /auth failures per address: delays and lockouts
 
     async def request(self, op: Op, **args: Any) -> Any: ...
 
@@ -392,20 +395,33 @@ async def cmd_register(args: list[str], ctx: CommandContext, peer: Peer) -> Repl
     if len(args) != 3:
         return error("Invalid register command format.")
     name, uuid, port_text = args
-    if not port_text.isdigit():
-        return error("Port must be an integer.")
-    record = await ctx.request(Op.REGISTER, name=name, uuid=uuid, port=int(port_text), this_machine=peer.this_machine, **peer.identity())
+    try:
+        port = parse_port(port_text)
+    except ConfigError as exc:  # the legacy sentence for text that is no number at all
+        return error(f"Error: {exc}" if port_text.isascii() and port_text.isdigit() else "Port must be an integer.")
+    record = await ctx.request(Op.REGISTER, name=name, uuid=uuid, port=port, this_machine=peer.this_machine, **peer.identity())
     await ctx.settle(lambda replica: uuid in replica.peripherals)
     return ok(f"/ack {record['data_port']}")
 
 
 async def cmd_auth(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
-    """``/auth <token>``: admin rights for the rest of this connection; a wrong token closes it (slows guessing)."""
+    """``/auth <token>``: admin rights for the rest of this connection.
+
+    Guessing is slowed three ways: a wrong token closes the connection, is answered only after a
+    delay that grows with each recent failure from that address, and enough failures lock the
+    address out (while locked, even the right token is refused).
+    """
     token = ctx.replica.config.get("admin_token")
     if not isinstance(token, str) or not token:
         return error("Error: /auth is off (no admin_token is set)", ErrorCode.FORBIDDEN)
+    who = peer.host or "this client"
+    locked_s = ctx.auth_guard.locked_for(peer.host)
+    if locked_s:
+        return error(f"Error: /auth from {who} locked for {locked_s:.0f}s after repeated wrong tokens; closing connection",
+                     ErrorCode.FORBIDDEN, close=True)
     if not token_matches(args[0], token):
-        return error(f"Error: wrong token from {peer.host or 'this client'}; closing connection", ErrorCode.FORBIDDEN, close=True)
+        await asyncio.sleep(ctx.auth_guard.failed(peer.host))
+        return error(f"Error: wrong token from {who}; closing connection", ErrorCode.FORBIDDEN, close=True)
     return Reply(AUTH_OK, grant_admin=True)
 
 

@@ -37,11 +37,10 @@ HOLD_BACKPRESSURE = "backpressure"  # the routers are behind on a source this cl
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-connection limits (orch.cf keys max_line_bytes, idle_timeout, max_connections)."""
+    """Per-connection limits (orch.cf keys max_line_bytes, idle_timeout)."""
 
     max_line_bytes: int
     idle_timeout_s: float
-    max_connections: int
 
 
 class Host(Protocol):
@@ -60,7 +59,13 @@ class Host(Protocol):
     async def answer(self, item: CommandLine | ConfigBlock, peer: Peer) -> Reply: ...
 
     def admit(self, peer_host: str, peer_port: int, local_host: str) -> tuple[Peer, Reply | None]:
-        """Who this client is (with its admin right), and the refusal when allowed_clients excludes it."""
+        """Who this client is (with its admin right) and a connection slot for it, or the refusal (no slot taken)."""
+
+    def release_slot(self, peer: Peer) -> None:
+        """Give back the slot admit took for this client."""
+
+    def handler_failed(self, exc: Exception, peer: Peer) -> Reply:
+        """Count and log (rate-limited) an exception nobody foresaw; the error line for the client."""
 
     async def tap(self, connection: "Connection", kind: str, key: str) -> None: ...
 
@@ -88,6 +93,7 @@ class Connection(asyncio.BufferedProtocol):
         self.last_active = time.monotonic()
         self.session = LineSession(data_port=(role == "data"), max_config_bytes=self.limits.max_line_bytes)
         self.peer = Peer()
+        self.has_slot = False  # admit gave us a slot: connection_lost gives it back
         self.peer_address: str | None = None  # canonical, computed on the first check (admins never need it)
 
     # ---- asyncio callbacks -----------------------------------------------------------
@@ -100,11 +106,7 @@ class Connection(asyncio.BufferedProtocol):
         if refusal is not None:
             self.hang_up(refusal)
             return
-        if len(self.host.connections) >= self.limits.max_connections:
-            self.host.counters["connections_refused"] += 1
-            self.hang_up(error(f"Error: too many connections (limit {self.limits.max_connections}); try again later",
-                               ErrorCode.UNAVAILABLE))
-            return
+        self.has_slot = True
         self.host.connections.add(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -118,10 +120,11 @@ class Connection(asyncio.BufferedProtocol):
         if self.hung_up:
             self._discard(len(data))
             return
-        self.last_active = time.monotonic()
         self.host.counters["bytes_in"] += len(data)
         lines = (self.buffer + data).split(b"\n") if self.buffer else data.split(b"\n")
         self.buffer = lines.pop()
+        if lines:  # idleness is time since the last complete line: a byte now and then does not keep a slot
+            self.last_active = time.monotonic()
         self.host.counters["lines_in"] += len(lines)
         self._take(lines)
         if len(self.buffer) > self.limits.max_line_bytes and not self.hung_up:
@@ -140,6 +143,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.host.connections.discard(self)
+        if self.has_slot:
+            self.has_slot = False
+            self.host.release_slot(self.peer)
         self.eof = True  # the worker (if any) finishes the lines already read: a /register still registers
 
     def pause_writing(self) -> None:
@@ -218,18 +224,28 @@ class Connection(asyncio.BufferedProtocol):
             self.worker = asyncio.get_running_loop().create_task(self._work())
 
     async def _work(self) -> None:
-        """Handle queued entries in order, awaiting commands; then close if the client is done."""
+        """Handle queued entries in order, awaiting commands; then close if the client is done.
+
+        Whatever a line makes a handler raise costs the client an error line, never the worker:
+        a dead worker would leave a half-closed client's slot taken until the idle timeout.
+        """
         try:
             while self.queue and not self.hung_up:
-                await self._handle(self.queue.popleft())
+                await self._handle_safely(self.queue.popleft())
                 if len(self.queue) == QUEUE_RESUME_LINES:
                     self.release(HOLD_QUEUE)
         finally:
             self.worker = None
-        if self.hung_up:
-            self.queue.clear()
-        elif self.eof:
-            self._close()
+            if self.hung_up:
+                self.queue.clear()
+            elif self.eof:
+                self._close()
+
+    async def _handle_safely(self, entry: bytes | Item | TooLong) -> None:
+        try:
+            await self._handle(entry)
+        except Exception as exc:  # noqa: BLE001 - the connection's one catch-all: answer, count, log, hang up
+            self.hang_up(dataclasses.replace(self.host.handler_failed(exc, self.peer), close=True))
 
     async def _handle(self, entry: bytes | Item | TooLong) -> None:
         if isinstance(entry, TooLong):

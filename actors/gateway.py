@@ -20,17 +20,20 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from .access import AccessPolicy, RefusalLog, effective_address
+from .access import AccessPolicy, AuthGuard, AuthLimits, ConnectionSlots, RefusalLog, SlotLimits, effective_address, is_this_machine
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
-from .commands import CommandLine, ConfigBlock, Peer, Reply, apply_config_block, build_registry, error, failure, format_time
+from .commands import (BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, Reply, apply_config_block, build_registry, error, failure,
+                       format_time)
 from .connection import HOLD_BACKPRESSURE, Connection, Limits
 from .dataplane import DataPlane, FlowLimits, RouterBusy, RouterGone
 from .errors import ErrorCode, OrchestratorError, Unavailable
-from .protocol import DataAck, Heartbeat, Op, ProtocolError, StateUpdate, Tap, Topic, decode, tap_topic
+from .protocol import DataAck, Heartbeat, Op, ProtocolError, Request, StateUpdate, Tap, Topic, decode, encode, tap_topic
+from .protocol import Reply as BusReply
 from .replica import StateReplica
 from .runner import StopFlag, run_actor
 from .security import secure_server, start_authenticator
-from .settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime, default_config, parse_ports, tunable
+from .settings import (BIND_RETRY_BASE_S, BIND_RETRY_MAX_S, HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime,
+                       default_config, parse_ports, tunable)
 from .stateclient import AsyncStateClient
 
 log = logging.getLogger(__name__)
@@ -46,11 +49,13 @@ TICK_S = POLL_INTERVAL_MS / 1000
 ACTIVITY_REPORT_INTERVAL_S = 5.0
 EXAMPLE_SOURCES_SHOWN = 3
 LISTENER_KEYS = ("command_port", "data_port_range", "bind_host")
+BUS_COMMAND_HOST = "127.0.0.1"  # who a bus command (launch.py ctl, the UI) is from when its transport has no address (ipc)
+TAP_OVER_BUS = "Error: /tap streams live payloads on a TCP connection to the command port; it cannot run through launch.py ctl"
 
 
 def limits_from_config(config: dict[str, Any]) -> Limits:
-    """Connection limits from orch.cf keys max_line_bytes, idle_timeout, max_connections (defaults when absent or invalid)."""
-    return Limits(int(tunable(config, "max_line_bytes")), float(tunable(config, "idle_timeout")), int(tunable(config, "max_connections")))
+    """Connection limits from orch.cf keys max_line_bytes, idle_timeout (defaults when absent or invalid)."""
+    return Limits(int(tunable(config, "max_line_bytes")), float(tunable(config, "idle_timeout")))
 
 
 def wanted_listeners(config: dict[str, Any]) -> dict[int, str]:
@@ -80,19 +85,27 @@ class Gateway:
         self.held: dict[str, set[Connection]] = {}  # paused source -> connections not read meanwhile
         self.servers: dict[int, tuple[str, asyncio.Server]] = {}
         self.bound_host: str | None = None
-        self.failed_binds: dict[int, str] = {}
+        self.failed_binds: dict[int, str] = {}  # port -> why it could not be bound; retried with backoff until it can
+        self.rebind: asyncio.Task | None = None
+        self.bind_retry_s = BIND_RETRY_BASE_S
+        self.next_bind_retry = 0.0
         self.listener_config: tuple[Any, ...] | None = None
         self.routed_sources: set[str] = set()
         self.heartbeats: dict[str, Heartbeat] = {}
         self.heard_at: dict[str, float] = {}
         self.connections: set[Connection] = set()
         self.limits = limits_from_config({})
+        self.slots = ConnectionSlots()
+        self.slot_limits = SlotLimits.from_config({})
+        self.auth_guard = AuthGuard()
         self.outbox: dict[str, list[bytes]] = {}
         self.resync: asyncio.Task | None = None
+        self.bus_commands: set[asyncio.Task] = set()  # commands from launch.py ctl / the UI, answered over the data socket
         self.started_at = time.time()
         self.counters = {"connections_total": 0, "connections_refused": 0, "lines_in": 0, "bytes_in": 0, "payloads_in": 0,
                          "commands": 0, "unknown_source": 0, "no_route": 0, "bad_lines": 0, "too_long": 0, "idle_timeouts": 0,
                          "partial_lines_dropped": 0, "malformed_messages": 0, "refused_clients": 0, "refused_admin": 0, "auth_failures": 0,
+                         "connections_refused_per_address": 0, "handler_errors": 0,
                          "refused_identity": 0}
         self.access = AccessPolicy.from_config({})
         self.refusals = RefusalLog()
@@ -150,6 +163,7 @@ class Gateway:
             server.close()
         for conn in list(self.connections):
             conn.abort()
+        tasks = [*tasks, *self.bus_commands]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -171,6 +185,8 @@ class Gateway:
         self._report_drops()
         if self.replica.needs_snapshot and self.resync is None:
             self.resync = asyncio.create_task(self._resync())
+        if self.failed_binds and self.rebind is None and time.monotonic() >= self.next_bind_retry:
+            self.rebind = asyncio.create_task(self._retry_binds())
         self.heart.maybe_beat(self.stats())
 
     # ---- state -----------------------------------------------------------------------
@@ -219,6 +235,8 @@ class Gateway:
         self.limits = limits_from_config(self.replica.config)
         self.plane.limits = FlowLimits.from_config(self.replica.config)
         self.access = AccessPolicy.from_config(self.replica.config)
+        self.slot_limits = SlotLimits.from_config(self.replica.config)
+        self.auth_guard.limits = AuthLimits.from_config(self.replica.config)
 
     async def request(self, op: Op, **args: Any) -> Any:
         """CommandContext: one request to the state keeper."""
@@ -249,6 +267,8 @@ class Gateway:
                 del self.servers[port]
         self.bound_host = host
         self.failed_binds = {}
+        self.bind_retry_s = BIND_RETRY_BASE_S
+        self.next_bind_retry = time.monotonic() + self.bind_retry_s
         for port, role in sorted(wanted.items()):
             if port not in self.servers:
                 await self._listen(host, port, role)
@@ -256,15 +276,35 @@ class Gateway:
                  sum(1 for role, _ in self.servers.values() if role == "data"),
                  f"; could not bind {len(self.failed_binds)} ports" if self.failed_binds else "")
 
-    async def _listen(self, host: str, port: int, role: str) -> None:
+    async def _listen(self, host: str, port: int, role: str) -> bool:
+        """Open one listener; a failure is recorded (and logged once per port) for _retry_binds."""
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(lambda: Connection(self, role), host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
         except OSError as exc:
-            self.failed_binds[port] = exc.strerror or str(exc)
-            log.error("cannot listen on %s:%d (%s port): %s; serving the other ports", host, port, role, exc.strerror or exc)
-            return
+            if port not in self.failed_binds:
+                log.error("cannot listen on %s:%d (%s port): %s; serving the other ports and retrying every %.0fs at most",
+                          host, port, role, exc.strerror or exc, BIND_RETRY_MAX_S)
+            self.failed_binds[port] = bind_failure(exc)
+            return False
         self.servers[port] = (role, server)
+        return True
+
+    async def _retry_binds(self) -> None:
+        """Ports held by another process (another instance, a squatter): try again, backing off, until they are ours."""
+        try:
+            wanted = wanted_listeners(self.replica.config)
+            for port in sorted(self.failed_binds):
+                role = wanted.get(port)
+                if role is None or port in self.servers:
+                    self.failed_binds.pop(port, None)
+                elif self.bound_host is not None and await self._listen(self.bound_host, port, role):
+                    self.failed_binds.pop(port, None)
+                    log.info("now listening on %s:%d (%s port): the port was freed", self.bound_host, port, role)
+            self.bind_retry_s = min(BIND_RETRY_MAX_S, self.bind_retry_s * 2)
+            self.next_bind_retry = time.monotonic() + self.bind_retry_s
+        finally:
+            self.rebind = None
 
     # ---- connections -----------------------------------------------------------------
     def _sweep_idle(self) -> None:
@@ -284,6 +324,8 @@ class Gateway:
                 reply = await self.registry.dispatch(item.text, self, peer)
         except OrchestratorError as exc:
             return failure(exc)
+        except Exception as exc:  # noqa: BLE001 - the one catch-all of the command path: input nobody foresaw costs one error line
+            return self.handler_failed(exc, peer)
         if reply.code == ErrorCode.NOT_OWNER:
             self.refused_identity(peer.host, reply.text)
         elif reply.code == ErrorCode.FORBIDDEN:
@@ -295,11 +337,33 @@ class Gateway:
         """Host: the client with its admin right, and a refusal when allowed_clients excludes it."""
         address = effective_address(peer_host, local_host)
         peer = Peer(peer_host, peer_port, admin=self.access.is_admin(address), local_host=local_host)
-        if self.access.may_connect(address):
+        if not self.access.may_connect(address):
+            self.counters["refused_clients"] += 1
+            self._report_refusal(peer_host, "connect", "connection refused: not in allowed_clients")
+            return peer, error(f"Error: connections not allowed from {peer_host}; closing", ErrorCode.FORBIDDEN, close=True)
+        trusted = peer.admin or is_this_machine(address)  # may use the admin reserve, no per-address cap
+        refusal = self.slots.claim(peer_host, trusted, self.slot_limits)  # keyed by the raw peer address: no parse per connection
+        if refusal is None:
             return peer, None
-        self.counters["refused_clients"] += 1
-        self._report_refusal(peer_host, "connect", "connection refused: not in allowed_clients")
-        return peer, error(f"Error: connections not allowed from {peer_host}; closing", ErrorCode.FORBIDDEN, close=True)
+        self.counters["connections_refused"] += 1
+        self.counters["connections_refused_per_address"] += refusal.per_address
+        self._report_refusal(peer_host, "slots", f"connection refused: {refusal.text.removeprefix('Error: ').split(';')[0]}")
+        return peer, error(refusal.text, ErrorCode.UNAVAILABLE, close=True)
+
+    def release_slot(self, peer: Peer) -> None:
+        """Host: a client admitted earlier is gone."""
+        self.slots.release(peer.host)
+
+    def handler_failed(self, exc: Exception, peer: Peer) -> Reply:
+        """Host: a handler raised what nobody foresaw (a bug, or input deeper or bigger than a library takes)."""
+        self.counters["handler_errors"] += 1
+        reason = type(exc).__name__
+        quiet = self.refusals.should_report(peer.host, f"error:{reason}")
+        log.debug("a command from %s failed", peer.host, exc_info=exc)  # the traceback, for whoever debugs with --log-level DEBUG
+        if quiet is not None:
+            log.error("a command from %s failed with %s: %s; answered with an error%s", peer.host, reason, str(exc)[:200],
+                      f" ({quiet} more since the last report)" if quiet else "")
+        return error(f"Error: command failed ({reason}); it was not applied", ErrorCode.INTERNAL)
 
     def _refused_command(self, item: CommandLine, peer: Peer) -> None:
         """Count and report (rate-limited) an admin command or /auth refused; never the line itself (it may hold the token)."""
@@ -424,7 +488,10 @@ class Gateway:
         while True:
             frames = await self.data.recv_multipart(copy=False)
             if len(frames) != 2:
-                self.counters["malformed_messages"] += 1
+                if len(frames) == 3 and not frames[1].bytes:  # [identity, b"", Request]: a command client, never a router
+                    self._bus_command(frames[0].bytes, frames[2])
+                else:
+                    self.counters["malformed_messages"] += 1
                 continue
             identity, body = frames[0].bytes, frames[1].bytes
             try:
@@ -441,11 +508,64 @@ class Gateway:
             else:
                 self.counters["malformed_messages"] += 1
 
+    # ---- commands over the bus (launch.py ctl/status, the UI's command line) --------
+    def _bus_command(self, identity: bytes, frame: zmq.Frame) -> None:
+        """Whoever reaches our bus socket is the owner (0700 run folder, or CurveZMQ keys): commands run as admin, no token."""
+        try:
+            request = decode(frame.bytes)
+        except ProtocolError:
+            request = None
+        if not isinstance(request, Request):
+            self.counters["malformed_messages"] += 1
+            return
+        if request.op != Op.COMMAND.value or not isinstance(request.args.get("line"), str):
+            self.counters["malformed_messages"] += 1
+            self._reply_bus(identity, BusReply(ok=False, error=f"expected op {Op.COMMAND.value!r} with a text 'line'",
+                                               code=int(ErrorCode.BAD_ARGUMENTS), req_id=request.req_id))
+            return
+        try:
+            host = frame.get("Peer-Address") or BUS_COMMAND_HOST
+        except zmq.ZMQError:
+            host = BUS_COMMAND_HOST
+        task = asyncio.create_task(self._answer_bus_command(identity, request, Peer(host, 0, admin=True)))
+        self.bus_commands.add(task)
+        task.add_done_callback(self.bus_commands.discard)
+
+    async def _answer_bus_command(self, identity: bytes, request: Request, peer: Peer) -> None:
+        text = await self.run_lines(request.args["line"], peer)
+        self._reply_bus(identity, BusReply(ok=True, result={"text": text}, req_id=request.req_id))
+
+    def _reply_bus(self, identity: bytes, reply: BusReply) -> None:
+        """Answer a command client without ever blocking; one that left is simply gone."""
+        future = self.data.send_multipart([identity, b"", encode(reply)], flags=zmq.NOBLOCK)
+        if future.exception() is not None:
+            log.debug("a command client left before its reply: %s", future.exception())
+
+    async def run_lines(self, text: str, peer: Peer) -> str:
+        """What the command port would write back for these lines (commands, /config blocks), minus streaming."""
+        session = LineSession(data_port=False, max_config_bytes=self.limits.max_line_bytes)
+        out: list[bytes] = []
+        for raw in text.encode("utf-8", "replace").split(b"\n"):
+            item = session.feed(raw)
+            if item is None:
+                continue
+            if isinstance(item, DataLine):
+                self.ingest(item.source, [item.payload])
+                continue
+            reply = item.reply if isinstance(item, BadLine) else await self.answer(item, peer)
+            if reply.tap is not None:
+                reply = error(TAP_OVER_BUS)
+            out.append(reply.wire())
+            if reply.close:
+                break
+        return b"".join(out).decode("utf-8", "replace")
+
     # ---- figures ---------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Heartbeat stats: real counters for /status and the UI."""
         return {**self.counters, **self.plane.stats(), "connections_open": len(self.connections),
-                "listening": len(self.servers), "bind_failures": len(self.failed_binds)}
+                "listening": len(self.servers), "bind_failures": len(self.failed_binds),
+                "failed_binds": {str(port): why for port, why in self.failed_binds.items()}, "auth_lockouts": self.auth_guard.lockouts}
 
     def _live_beats(self) -> dict[str, Heartbeat]:
         now = time.monotonic()
@@ -476,11 +596,20 @@ class Gateway:
             "Messages Dropped": dropped + stats["unknown_source"] + stats["no_route"] + stats["dropped_buffer_full"],
             "Gateway": {k: stats[k] for k in ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full",
                                               "pending", "unacked_payloads", "payloads_resent", "sources_paused", "pause_episodes",
-                                              "routers_lost", "bad_lines", "too_long", "connections_open", "connections_refused",
-                                              "refused_identity")},
+                                              "routers_lost", "bad_lines", "too_long", "partial_lines_dropped", "connections_open",
+                                              "connections_refused", "connections_refused_per_address", "idle_timeouts",
+                                              "handler_errors", "auth_failures", "auth_lockouts", "refused_identity")},
+            "Auth Locked": self.auth_guard.locked(),
             "Last Scan": format_time(last_scan),
             "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],
         }
+
+
+def bind_failure(exc: OSError) -> str:
+    """Why a port could not be bound, as the degraded status shows it ("port 6000 held by another process")."""
+    if exc.errno == errno.EADDRINUSE:
+        return "held by another process"
+    return f"cannot be bound: {exc.strerror or exc}"
 
 
 def actor_entry(beat: Heartbeat) -> dict[str, Any]:

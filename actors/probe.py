@@ -51,17 +51,20 @@ class InfoAnswer:
 
 
 def parse_info(data: bytes) -> InfoAnswer:
-    """Parse ``name\\nuuid\\n[key=value\\n...]EOF\\n``; an answer cut short after the uuid line is accepted."""
+    """Parse ``name\\nuuid\\n[key=value\\n...]EOF\\n``: three lines at least (docs/protocol.md 4), EOF optional after a key=value."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise BadAnswer("not UTF-8 text") from None
     lines = [line.rstrip("\r") for line in text.split("\n")]
-    if EOF_LINE in lines:
+    ended = EOF_LINE in lines
+    if ended:
         lines = lines[: lines.index(EOF_LINE)]
     lines = [line for line in lines if line.strip()]
     if len(lines) < 2:
         raise BadAnswer(f"expected a name and a uuid line, got {len(lines)} line(s)")
+    if len(lines) == 2 and not ended:
+        raise BadAnswer("a name and a uuid line only: a third line (key=value or EOF) is required")
     name, uuid = lines[0].strip(), lines[1].strip()
     if not NAME_PATTERN.match(name) or not name.isprintable():
         raise BadAnswer(f"invalid name {name[:40]!r}")
@@ -113,20 +116,25 @@ class ProbeResult:
 async def _read_answer(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[bytes, bool]:
     """Read until an EOF line, close, the byte cap or the answer timeout; returns (bytes, ended)."""
     buffer = bytearray()
+
+    async def read_until_end() -> bool:
+        while len(buffer) < MAX_ANSWER_BYTES:
+            chunk = await loop.sock_recv(sock, READ_CHUNK_BYTES)
+            if not chunk:
+                return True
+            buffer.extend(chunk)
+            if EOF_PATTERN.search(buffer):
+                return True
+        return False
+
     try:
-        async with asyncio.timeout(ANSWER_TIMEOUT_S):
-            while len(buffer) < MAX_ANSWER_BYTES:
-                chunk = await loop.sock_recv(sock, READ_CHUNK_BYTES)
-                if not chunk:
-                    return bytes(buffer), True
-                buffer += chunk
-                if EOF_PATTERN.search(buffer):
-                    return bytes(buffer), True
-    except TimeoutError:
+        # wait_for, not asyncio.timeout: robot boards run Python 3.10
+        ended = await asyncio.wait_for(read_until_end(), ANSWER_TIMEOUT_S)
+    except asyncio.TimeoutError:
         return bytes(buffer), False
     except OSError:  # reset by the peer: what arrived before it is all there is
         return bytes(buffer), True
-    return bytes(buffer), False
+    return bytes(buffer), ended
 
 
 def _judge(target: Target, data: bytes, ended: bool) -> ProbeResult:

@@ -5,9 +5,8 @@ import dataclasses
 import ipaddress
 import json
 import os
-import tempfile
+import re
 import uuid
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ LOCK_FILE_NAME = "orch.lock"
 LOG_DIR_NAME = "logs"
 BACKUP_DIR_NAME = "backups"
 RUN_DIR_NAME = "run"
+RUN_POINTER_FILE_NAME = "orch.run"  # path of the private run folder, when <config>/run is too long for ipc sockets
+RUN_DIR_PREFIX = "orch-"  # of that private folder (tempfile.mkdtemp: unpredictable, 0700)
 KEYS_DIR_NAME = "keys"
 DEFAULT_CONFIG_DIR = "config"
 
@@ -29,10 +30,13 @@ POLL_INTERVAL_MS = int(HEARTBEAT_INTERVAL_S * 1000 / 4)
 WRITE_COALESCE_S = 0.2
 REQUEST_TIMEOUT_S = 2.0
 USAGE_FLUSH_INTERVAL_S = HEARTBEAT_INTERVAL_S
+BIND_RETRY_BASE_S = 0.5  # gateway: first retry of a port it could not bind (held by another process); doubles up to the max
+BIND_RETRY_MAX_S = 5.0
 
-# Unix socket paths are limited to 107 bytes; longer run dirs move to /tmp.
+# Unix socket paths are limited to 107 bytes; longer run dirs move to a private folder in /tmp.
 MAX_IPC_PATH_BYTES = 100
 PRIVATE_DIR_MODE = 0o700  # run, logs, backups and keys folders
+PRIVATE_FILE_MODE = 0o600  # the run folder pointer
 
 
 ALL_NETWORKS = ("0.0.0.0/0", "::/0")
@@ -65,6 +69,12 @@ TUNABLE_DEFAULTS: dict[str, float] = {
     "max_line_bytes": 1 << 20,  # gateway: longest accepted line
     "idle_timeout": 600.0,  # gateway: seconds before a silent client is closed
     "max_connections": 1000,  # gateway: concurrent client connections
+    "max_connections_per_address": 64,  # gateway: concurrent connections from one non-admin address
+    "admin_reserved_connections": 16,  # gateway: slots of max_connections only admin clients may take
+    "auth_max_failures": 5,  # /auth: wrong tokens from one address within auth_failure_window before it is locked
+    "auth_failure_window": 60.0,  # /auth: seconds over which failures are counted
+    "auth_lockout": 300.0,  # /auth: seconds an address stays locked (even the right token is refused)
+    "auth_failure_delay": 0.25,  # /auth: seconds before a wrong token is answered; doubles per recent failure
     "router_queue_messages": 10_000,  # router: payloads waiting per sink
     "router_queue_bytes": 16 << 20,  # router: bytes waiting per sink
     "router_queue_age_s": 60.0,  # router: oldest payload kept for a sink that is down
@@ -90,6 +100,21 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message says which and why."""
 
 
+MIN_PORT = 1
+MAX_PORT = 65535
+PORT_PATTERN = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() and int() accept '²' and '٣'
+
+
+def parse_port(value: str | int, what: str = "port") -> int:
+    """The one port parser: a number 1-65535 written in ASCII digits (no sign, space, '_' or other scripts)."""
+    if isinstance(value, str) and PORT_PATTERN.fullmatch(value):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not MIN_PORT <= value <= MAX_PORT:
+        shown = value if not isinstance(value, str) else value[:20]
+        raise ConfigError(f"{what} must be a number from {MIN_PORT} to {MAX_PORT} in ASCII digits, got {shown!r}")
+    return value
+
+
 def parse_ports(spec: str | int) -> list[int]:
     """Turn "6200-6300,7000" (ranges and single ports, comma separated) into a sorted port list."""
     if isinstance(spec, bool):
@@ -103,12 +128,12 @@ def parse_ports(spec: str | int) -> list[int]:
         part = part.strip()
         low_text, sep, high_text = part.partition("-")
         try:
-            low = int(low_text)
-            high = int(high_text) if sep else low
-        except ValueError:
-            raise ConfigError(f"bad port range {part!r} in {spec!r}") from None
-        if not (1 <= low <= high <= 65535):
-            raise ConfigError(f"port range {part!r} must satisfy 1 <= start <= end <= 65535")
+            low = parse_port(low_text.strip())
+            high = parse_port(high_text.strip()) if sep else low
+        except ConfigError:
+            raise ConfigError(f"bad port range {part[:40]!r} in {spec[:80]!r}: ports are 1-65535 in ASCII digits") from None
+        if low > high:
+            raise ConfigError(f"port range {part!r} must satisfy start <= end")
         ports.update(range(low, high + 1))
     return sorted(ports)
 
@@ -146,8 +171,7 @@ def validate_config(raw: Any) -> dict[str, Any]:
     if config["scan_interval"] <= 0:
         raise ConfigError("'scan_interval' must be positive")
     _check_type(config, "command_port", (int,))
-    if not 1 <= config["command_port"] <= 65535:
-        raise ConfigError("'command_port' must be a port number")
+    parse_port(config["command_port"], "'command_port'")
     _check_type(config, "script_uuid", (str,))
     _check_type(config, "offline_after_sweeps", (int,))
     if not isinstance(config["peripherals"], list):
@@ -211,13 +235,27 @@ class Endpoints:
         return [self.events_in, self.events_out, self.state_front, self.state_back]
 
 
-def run_dir_for(config_dir: Path) -> Path:
-    """The folder for sockets and pid files of the instance that owns config_dir."""
+def in_config_run_dir(config_dir: Path) -> Path | None:
+    """<config>/run when the ipc socket paths inside it fit the unix socket limit, else None."""
     candidate = config_dir.resolve() / RUN_DIR_NAME
-    if len(str(candidate / "state-front.ipc")) <= MAX_IPC_PATH_BYTES:
-        return candidate
-    digest = f"{zlib.crc32(str(config_dir.resolve()).encode()):08x}"  # zlib, not hashlib: OpenSSL costs 4 MB per process
-    return Path(tempfile.gettempdir()) / f"orch-{digest}"
+    return candidate if len(str(candidate / "state-front.ipc")) <= MAX_IPC_PATH_BYTES else None
+
+
+def run_dir_for(config_dir: Path) -> Path:
+    """The folder for the sockets of the instance that owns config_dir.
+
+    <config>/run when its paths fit; otherwise the private folder the supervisor recorded in
+    <config>/orch.run (never a predictable name in /tmp that another user could create first).
+    Without a record, the too-long <config>/run: nothing listens there, clients say "not running".
+    """
+    fitting = in_config_run_dir(config_dir)
+    if fitting is not None:
+        return fitting
+    try:
+        recorded = (config_dir / RUN_POINTER_FILE_NAME).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        recorded = ""
+    return Path(recorded) if recorded.startswith("/") else config_dir.resolve() / RUN_DIR_NAME
 
 
 @dataclass
@@ -262,7 +300,9 @@ class Runtime:
         )
 
     def ensure_dirs(self) -> None:
-        for folder in (self.config_dir, self.run_dir, self.log_dir):
+        """Create the config and log folders; the run folder must be ours and 0700 (runfolder.ensure_private_dir)."""
+        from .runfolder import ensure_private_dir  # here: runfolder imports this module
+        for folder in (self.config_dir, self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        for private in (self.run_dir, self.log_dir):  # sockets and logs: owner only
-            os.chmod(private, PRIVATE_DIR_MODE)
+        os.chmod(self.log_dir, PRIVATE_DIR_MODE)  # logs: owner only
+        ensure_private_dir(self.run_dir)

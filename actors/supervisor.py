@@ -1,7 +1,10 @@
 """The supervisor: starts every actor as its own process, restarts the ones that die, stops them all.
 
-Restarts back off exponentially; a child that crashes FLAP_LIMIT times within FLAP_WINDOW_S is
-reported and left stopped while the rest keep running. One lock file per config folder keeps a
+Restarts back off exponentially (capped at BACKOFF_MAX_S). A child that crashes FLAP_LIMIT times
+within FLAP_WINDOW_S is reported and left stopped while the rest keep running, unless the system
+cannot work without it: the broker, the state keeper, the gateway and the last live router are
+restarted for as long as it takes. ``status`` says "degraded" (with the reasons) while any actor
+is down, backing off, failed or silent, or the gateway cannot bind a port. One lock file per config folder keeps a
 second instance away. A REP socket on ``endpoints.control`` answers status / stop / scale.
 """
 from __future__ import annotations
@@ -33,12 +36,14 @@ ACTOR_MODULES = {"broker": "broker", "state": "actors.state", "gateway": "actors
 DEFAULT_ACTORS = ("broker", "state", "gateway", "router", "scanner")
 MAX_ROUTERS = 16
 DEFAULT_ROUTERS = 1
+ESSENTIAL_KINDS = frozenset({"broker", "state", "gateway"})  # never given up on (nor the last live router)
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 5.0
 STABLE_AFTER_S = 10.0
 FLAP_WINDOW_S = 30.0
 FLAP_LIMIT = 6
+MAX_BACKOFF_DOUBLINGS = 16  # 2**16 * BACKOFF_BASE_S is far past BACKOFF_MAX_S: keeps the power small
 STARTUP_GRACE_S = 15.0
 HANG_TIMEOUT_S = HEARTBEAT_EXPIRY_S * 4
 STOP_GRACE_S = 3.0
@@ -74,12 +79,35 @@ class Child:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def ready(self) -> bool:
+        """Heard from since its latest start (a restarted child is not ready on its predecessor's heartbeat)."""
+        return self.last_heartbeat is not None and self.last_heartbeat >= self.started_at
+
+    def state(self) -> str:
+        if self.failed:
+            return "failed"
+        if self.alive:
+            return "running"
+        return "backoff" if self.process is None and self.next_start > time.monotonic() else "stopped"
+
     def describe(self, now: float) -> dict[str, Any]:
-        state = "failed" if self.failed else ("running" if self.alive else "stopped")
         age = None if self.last_heartbeat is None else round(now - self.last_heartbeat, 2)
-        return {"name": self.name, "kind": self.kind, "pid": self.pid if self.alive else None, "state": state, "restarts": self.restarts,
-                "heartbeat_age_s": age, "ready": self.last_heartbeat is not None and self.last_heartbeat >= self.started_at,
-                "host": self.heartbeat.get("host"), "stats": self.heartbeat.get("stats", {})}
+        return {"name": self.name, "kind": self.kind, "pid": self.pid if self.alive else None, "state": self.state(), "restarts": self.restarts,
+                "heartbeat_age_s": age, "ready": self.ready, "host": self.heartbeat.get("host"), "stats": self.heartbeat.get("stats", {})}
+
+    def problem(self, now: float) -> str | None:
+        """Why this child does not count as up (None when it does): the reason shown by a degraded status."""
+        if self.failed:
+            return f"{self.name} failed (crashed {len(self.crash_times)} times within {FLAP_WINDOW_S:.0f}s; left stopped)"
+        if not self.alive:
+            wait = max(0.0, self.next_start - time.monotonic())
+            return f"{self.name} down (restart in {wait:.1f}s)" if wait else f"{self.name} down (restarting)"
+        if not self.ready:
+            return f"{self.name} starting (no heartbeat yet)"
+        if now - self.last_heartbeat > HEARTBEAT_EXPIRY_S:
+            return f"{self.name} silent for {now - self.last_heartbeat:.0f}s"
+        return None
 
 
 @dataclass
@@ -169,13 +197,25 @@ class Supervisor:
             child.crash_times.clear()
         child.crash_times = [t for t in child.crash_times if now - t < FLAP_WINDOW_S] + [now]
         child.process = None
-        if len(child.crash_times) >= FLAP_LIMIT:
+        flapping = len(child.crash_times) >= FLAP_LIMIT
+        if flapping and self._may_give_up(child):
             child.failed = True
             log.error("%s crashed %d times within %.0fs; left stopped (see logs/%s.log)", child.name, len(child.crash_times), FLAP_WINDOW_S, child.name)
             return
-        delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (len(child.crash_times) - 1))
+        if len(child.crash_times) == FLAP_LIMIT:
+            log.error("%s crashed %d times within %.0fs; the system cannot work without it, so it is restarted every %.0fs at most "
+                      "(see logs/%s.log)", child.name, FLAP_LIMIT, FLAP_WINDOW_S, BACKOFF_MAX_S, child.name)
+        delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(len(child.crash_times) - 1, MAX_BACKOFF_DOUBLINGS))
         child.next_start = time.monotonic() + delay
         log.warning("%s exited with code %s after %.1fs; restarting in %.1fs", child.name, code, ran_for, delay)
+
+    def _may_give_up(self, child: Child) -> bool:
+        """Only actors the system can run without may be left stopped: never an essential one, never the last live router."""
+        if child.kind in ESSENTIAL_KINDS:
+            return False
+        if child.kind == "router":
+            return any(c is not child and c.kind == "router" and not c.failed for c in self.children)
+        return True
 
     def _check_children(self) -> None:
         now = time.time()
@@ -218,10 +258,30 @@ class Supervisor:
                 child.process.wait(timeout=STOP_GRACE_S)
 
     # ---- control ---------------------------------------------------------------------
+    def health(self, now: float) -> tuple[str, list[str]]:
+        """("ready" | "degraded" | "starting", reasons): ready only when every actor is up and the gateway holds its ports."""
+        reasons = [p for c in self.children if not c.attached and (p := c.problem(now)) is not None]
+        reasons += self._gateway_problems(now)
+        if self.ready_after_s is None:
+            return "starting", reasons
+        return ("degraded" if reasons else "ready"), reasons
+
+    def _gateway_problems(self, now: float) -> list[str]:
+        """Ports a live gateway reports it cannot bind (another process holds them); it keeps retrying."""
+        problems: list[str] = []
+        for child in self.children:
+            if child.kind != "gateway" or not child.ready or now - (child.last_heartbeat or 0.0) > HEARTBEAT_EXPIRY_S:
+                continue
+            failed = child.heartbeat.get("stats", {}).get("failed_binds")
+            if isinstance(failed, dict):
+                problems += [f"port {port} {why}" for port, why in sorted(failed.items())]
+        return problems
+
     def status(self) -> dict[str, Any]:
         now = time.time()
+        health, reasons = self.health(now)
         return {"pid": os.getpid(), "config_dir": str(self.runtime.config_dir), "uptime_s": round(now - self.started_at, 1),
-                "ready": self.ready_after_s is not None, "ready_after_s": self.ready_after_s,
+                "ready": self.ready_after_s is not None, "ready_after_s": self.ready_after_s, "health": health, "reasons": reasons,
                 "children": [c.describe(now) for c in self.children],
                 "remote": [r.describe(now) for r in sorted(self.remote.values(), key=lambda r: r.name)]}
 
@@ -315,6 +375,12 @@ class Supervisor:
                 actor.reported_lost = True
                 log.warning("%s on %s lost: no heartbeat for %.0fs", actor.name, actor.host, silent)
 
+    def _beat_stats(self) -> dict[str, Any]:
+        """Heartbeat stats: counts, and the health with its reasons (the UI's status line shows them)."""
+        health, reasons = self.health(time.time())
+        return {"children": len(self.children), "failed": sum(c.failed for c in self.children),
+                "restarts": sum(c.restarts for c in self.children), "health": health, "reasons": reasons}
+
     def _on_signal(self, *_: object) -> None:
         self.stopping = True
 
@@ -350,8 +416,8 @@ class Supervisor:
                     self._on_event(events.recv_multipart())
                 self._check_children()
                 self._expire_remote()
-                heart.maybe_beat({"children": len(self.children), "failed": sum(c.failed for c in self.children),
-                                  "restarts": sum(c.restarts for c in self.children)})
+                if time.monotonic() >= heart.next_beat:  # health is worked out once per beat, not once per poll
+                    heart.maybe_beat(self._beat_stats())
         finally:
             log.info("stopping %d processes", sum(c.alive for c in self.children))
             self.stop_all()

@@ -16,7 +16,7 @@ from .access import parse_address
 from .errors import BadArguments, DuplicateRoute, LimitReached, NotOwner, UnknownPeripheral, UnknownRoute
 from .protocol import UpdateKind
 from .rules import RULE_KEYS, RuleError, check_rule
-from .settings import ACCESS_LIST_KEYS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError, default_config, parse_ports, tunable, validate_config
+from .settings import ACCESS_LIST_KEYS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError, default_config, parse_port, parse_ports, tunable, validate_config
 
 UUID_PATTERN = re.compile(r"^[0-9a-fA-F-]{36}$")
 NAME_PATTERN = re.compile(r"^\S{1,128}$")
@@ -119,12 +119,10 @@ def _need(args: dict[str, Any], key: str, kind: type | tuple[type, ...] = str) -
 
 
 def _port(args: dict[str, Any], key: str = "port") -> int:
-    value = args.get(key)
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
-        raise BadArguments(f"{key} must be a port number, got {value!r}")
-    return value
+    try:
+        return parse_port(args.get(key), key)  # type: ignore[arg-type]  # parse_port refuses every other type
+    except ConfigError as exc:
+        raise BadArguments(str(exc)) from None
 
 
 class Tables:

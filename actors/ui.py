@@ -28,7 +28,7 @@ import zmq
 
 from . import viewmodel as vm
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
-from .cli import send_as_admin
+from .cli import bus_command
 from .errors import OrchestratorError
 from .protocol import Activity, Heartbeat, Op, ProtocolError, StateUpdate, Topic
 from .replica import StateReplica
@@ -50,8 +50,6 @@ SNAPSHOT_RETRY_S = HEARTBEAT_INTERVAL_S
 COMMAND_TIMEOUT_S = REQUEST_TIMEOUT_S * 3  # a command may wait on the state keeper's own retries
 ACTOR_FORGET_S = HEARTBEAT_EXPIRY_S * 20  # an actor silent this long leaves the status line for good
 ESC_DELAY_MS = 25
-LOOPBACK_HOST = "127.0.0.1"
-WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 EXIT_OK = 0
 EXIT_NO_TERMINAL = 2
 DETACH, QUIT, STOPPED = "detach", "quit", "stopped"
@@ -186,14 +184,6 @@ class BusView:
                  if isinstance(e, dict) and (e.get("ts"), e.get("actor"), e.get("text")) not in seen]
         merged = sorted([*older, *self.activity], key=lambda line: line.ts)
         self.activity = deque(merged[-ACTIVITY_KEEP:], maxlen=ACTIVITY_KEEP)
-
-    def command_address(self) -> tuple[str, int] | None:
-        """Where the gateway listens for commands, from the replicated config (None before the first snapshot)."""
-        port = self.replica.config.get("command_port")
-        if not isinstance(port, int) or self.replica.epoch is None:
-            return None
-        host = self.replica.config.get("bind_host", "")
-        return (LOOPBACK_HOST if host in WILDCARD_HOSTS else str(host)), port
 
     def model(self) -> vm.Model:
         now_mono = time.monotonic()
@@ -383,7 +373,9 @@ class Interaction:
     def _overview_key(self, key: Key) -> None:
         if key in ("m", "M"):
             self.push(MenuScreen())
-        elif key in (":", "/"):
+        elif key == ":":
+            self.command = ""
+        elif key == "/":
             self.command = "/"
         elif key in (KEY_TAB, curses.KEY_BTAB):
             self.scroll = self.scroll.next_focus()
@@ -414,11 +406,11 @@ class Interaction:
     def _command_key(self, key: Key) -> None:
         buffer = self.command or ""
         if key in ENTER_KEYS:
-            line, self.command = buffer.strip(), None
-            if line and line != "/":
+            line, self.command = vm.as_command(buffer), None
+            if line:
                 self.push(TextScreen(line, self.send(line)))
         elif key in BACKSPACE_KEYS:
-            self.command = buffer[:-1] or None
+            self.command = buffer[:-1] if buffer else None
         elif key == KEY_ESC:
             self.command = None
         elif isinstance(key, str) and key.isprintable():
@@ -625,15 +617,11 @@ class UiActor:
             self.pub.close()
 
     def _command(self, line: str) -> str:
-        """Send one command line to the gateway's command port; a failure becomes the reply text."""
-        address = self.view.command_address()
-        if address is None:
-            return "Not connected to the orchestrator yet: its command port is not known."
+        """Run one command line on our own instance over the bus (never the command port: no token, no squatter); a failure becomes the reply text."""
         self.commands += 1
         try:
-            token = str(self.view.replica.config.get("admin_token") or "")  # so menu actions work where loopback is not admin
-            return send_as_admin(address[0], address[1], line, token, COMMAND_TIMEOUT_S) or "(no reply)"
-        except OSError as exc:  # cli.Unreachable, whose message names the address
+            return bus_command(self.runtime, line, COMMAND_TIMEOUT_S, self.context) or "(no reply)"
+        except OSError as exc:  # cli.Unreachable, whose message names the socket
             return f"Could not send the command: {exc}"
 
     def _session(self, stdscr: Any) -> str:

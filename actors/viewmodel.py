@@ -352,7 +352,20 @@ def status_line(model: Model, width: int) -> Line:
     scanner = model.actors.get("scanner")
     if scanner is not None and "last_scan" in scanner.stats:
         parts.append(f"last scan {since(scanner.stats.get('last_scan'), model.now)}")
+    degraded = degraded_reasons(model)
+    if degraded is not None:
+        return Line(fit(" | ".join([degraded, *parts]), width), Style.ALERT)
     return Line(fit(" | ".join(parts), width))
+
+
+def degraded_reasons(model: Model) -> str | None:
+    """"degraded: <why>" while the (live) supervisor says an actor is down, backing off or failed, or a port is held; else None."""
+    supervisor = model.actors.get("supervisor")
+    if supervisor is None or model.now_mono - supervisor.last_beat > model.alive_within_s or supervisor.stats.get("health") != "degraded":
+        return None
+    reasons = supervisor.stats.get("reasons")
+    listed = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) and reasons else "see launch.py status"
+    return f"degraded: {listed}"
 
 
 def actors_by_host(alive: list[ActorStatus]) -> str:
@@ -458,6 +471,12 @@ def prompt_screen(title: str, prompt: str, buffer: str, width: int, height: int,
     lines.extend([Line("")] * (height - 1 - len(lines)))
     lines.append(Line(fit(hint, width, pad=True), Style.FOOTER))
     return lines[:height]
+
+
+def as_command(typed: str) -> str:
+    """What the ':' line sends: `help` and `/help` alike become `/help`; nothing typed sends nothing."""
+    line = typed.strip().lstrip("/")
+    return f"/{line}" if line else ""
 
 
 def command_footer(buffer: str, width: int) -> str:

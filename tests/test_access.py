@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from actors.access import AccessPolicy, RefusalLog, effective_address, token_matches
+from actors.access import AccessPolicy, AuthGuard, RefusalLog, effective_address, token_matches
 from actors.commands import ADMIN_COMMANDS, Peer, build_registry
 from actors.configstore import ConfigStore
 from actors.errors import ErrorCode
@@ -98,6 +98,7 @@ class TrustingContext:
     def __init__(self, token: str = "") -> None:
         self.replica = StateReplica()
         self.replica.load_snapshot({"epoch": "e", "seq": 0, "config": {"admin_token": token}, "peripherals": [], "routes": []})
+        self.auth_guard = AuthGuard()
 
     async def request(self, op: Op, **args: Any) -> Any:
         return {"backup": "b", "name": "x", "uuid": "u", "peripheral": {"uuid": "u"}, "removed_routes": []}

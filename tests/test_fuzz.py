@@ -31,6 +31,7 @@ CONNECT_TIMEOUT_S = 5.0
 PROBE_TOPIC = b"fuzz-probe"
 EXAMPLE_DEADLINE = timedelta(seconds=5)
 READ_TIMEOUT_S = 2.0
+SLOT_RETURN_TIMEOUT_S = 10.0
 RSS_LIMIT_KB = 160 * 1024  # no process of the instance may exceed this resident size
 RSS_GROWTH_LIMIT_KB = 40 * 1024  # nor grow by more than this over the whole module
 ROUTE_MAKING = {("/routes", "add"), ("/routes", "edit")}  # would deliver to random ports
@@ -64,9 +65,14 @@ class Fuzzed:
         children = {c["name"]: c["pid"] for c in self.instance.status()["children"] if c["state"] == "running"}
         return {**children, "supervisor": self.instance.process.pid}
 
+    def open_slots(self) -> int:
+        """Connections the gateway holds, not counting the one asking."""
+        return json.loads(self.instance.command("/status"))["Gateway"]["connections_open"] - 1
+
     def assert_intact(self) -> None:
-        """/help answers, the files validate, nobody restarted, memory bounded."""
+        """/help answers, no connection slot leaked, the files validate, nobody restarted, memory bounded."""
         assert self.instance.command("/help").startswith("Available commands:")
+        wait_until(lambda: self.open_slots() == 0, SLOT_RETURN_TIMEOUT_S, message="every connection slot given back")
         validate_config(self.instance.read_json("orch.cf"))
         validate_routes(self.instance.read_json("routes.cf"))
         assert self.current_pids() == self.pids, "an actor crashed and was restarted"
@@ -111,7 +117,7 @@ def command_words() -> list[str]:
 
 
 arg = st.one_of(st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)), max_size=24),
-                st.integers(-1, 70000).map(str), st.uuids().map(str), st.sampled_from(["EOF", "{", "}", "/", "-", "0"]))
+                st.integers(-1, 70000).map(str), st.uuids().map(str), st.sampled_from(["EOF", "{", "}", "/", "-", "0", "²", "٣", str(1 << 64)]))
 command_line = st.builds(lambda word, args: " ".join([word, *args]), st.sampled_from(command_words()), st.lists(arg, max_size=4))
 junk_value = st.recursive(st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1) | st.floats(allow_nan=True) | st.text(max_size=16) | st.binary(max_size=16),
                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
@@ -145,6 +151,19 @@ def fuzz_command_lines(fuzzed: Fuzzed, lines: list[str]) -> None:
 
 def test_the_command_port_survives_random_command_lines(fuzzed: Fuzzed) -> None:
     fuzz_command_lines(fuzzed)
+    fuzzed.assert_intact()
+
+
+@FUZZ
+@given(lines=st.lists(command_line, min_size=1, max_size=5))
+def fuzz_hit_and_run(fuzzed: Fuzzed, lines: list[str]) -> None:
+    """Send and close at once without reading: the client is gone while its commands are still being answered."""
+    with socket.create_connection(("127.0.0.1", fuzzed.instance.command_port), timeout=READ_TIMEOUT_S) as sock:
+        sock.sendall("".join(line + "\n" for line in lines).encode("utf-8", "surrogatepass"))
+
+
+def test_clients_that_hang_up_at_once_leak_no_connection_slot(fuzzed: Fuzzed) -> None:
+    fuzz_hit_and_run(fuzzed)
     fuzzed.assert_intact()
 
 

@@ -8,6 +8,7 @@ this arrival order is the order the routers delivered in.
 """
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
@@ -214,6 +215,9 @@ def test_per_source_order_with_three_routers(tmp_path: Path) -> None:
     sinks: list[OrderSink] = []
     sources: list[Source] = []
     try:
+        # A source stays on the router it started on while it has unacknowledged data: spread them only once all are live.
+        wait_until(lambda: json.loads(instance.command("/status"))["Routers Alive"] == 3, DELIVERY_TIMEOUT_S, 0.1,
+                   "the gateway counting three live routers")
         for index in range(6):
             sinks.append(add_sink(instance, f"Sink{index}"))
             sources.append(Source(instance, f"Source{index}"))

@@ -62,9 +62,15 @@ def test_parse_info_tolerates_crlf() -> None:
     assert (answer.name, answer.uuid, answer.config) == ("TTS_Engine", UUID_A, {"voice": "low"})
 
 
-def test_parse_info_accepts_an_answer_cut_short_after_the_uuid() -> None:
-    assert parse_info(f"Terminal_Input_Engine\n{UUID_A}\n".encode()).uuid == UUID_A
-    assert parse_info(f"Terminal_Input_Engine\n{UUID_A}".encode()).uuid == UUID_A
+def test_parse_info_accepts_name_uuid_and_eof_without_config_lines() -> None:
+    assert parse_info(f"Terminal_Input_Engine\n{UUID_A}\nEOF\n".encode()).uuid == UUID_A
+    assert parse_info(f"Terminal_Input_Engine\n{UUID_A}\nmode=text".encode()).config == {"mode": "text"}
+
+
+def test_parse_info_refuses_a_two_line_answer() -> None:
+    for answer in (f"Terminal_Input_Engine\n{UUID_A}\n", f"Terminal_Input_Engine\n{UUID_A}"):
+        with pytest.raises(BadAnswer, match="third line"):
+            parse_info(answer.encode())
 
 
 def test_parse_info_ignores_what_follows_eof_and_lines_without_equals() -> None:
@@ -90,7 +96,7 @@ def test_parse_info_rejects_garbage(data: bytes) -> None:
 def test_sweep_finds_every_fake_peripheral_in_one_sweep(fakes: list[FakeListener]) -> None:
     peripherals = [start(fakes, InfoPeripheral(f"Fake_{i}", config={"n": str(i)})) for i in range(5)]
     crlf = start(fakes, InfoPeripheral("Crlf_Engine", newline=b"\r\n", shut_write=True))
-    no_eof = start(fakes, InfoPeripheral("Closes_Early", eof=False, shut_write=True))
+    no_eof = start(fakes, InfoPeripheral("Closes_Early", config={"voice": "low"}, eof=False, shut_write=True))
     results = asyncio.run(sweep(targets(*peripherals, crlf, no_eof)))
     found = {r.answer.uuid: r.target.port for r in results if r.outcome is Outcome.FOUND and r.answer}
     assert found == {fake.uuid: fake.port for fake in [*peripherals, crlf, no_eof]}

@@ -1,6 +1,7 @@
 """Port parsing and config validation: one parser, clear errors."""
 import pytest
 
+from actors.runfolder import claim_run_dir, release_run_dir
 from actors.settings import ConfigError, Endpoints, Runtime, default_config, parse_ports, run_dir_for, validate_config
 
 
@@ -37,6 +38,8 @@ def test_runtime_survives_json_round_trip(tmp_path):
 
 def test_long_config_paths_get_a_short_run_dir(tmp_path):
     deep = tmp_path / ("x" * 120)
-    run_dir = run_dir_for(deep)
-    assert len(str(run_dir)) < 80
+    deep.mkdir()
+    run_dir = claim_run_dir(deep)  # the supervisor's private folder; clients follow its record
+    assert run_dir_for(deep) == run_dir and len(str(run_dir)) < 80
     assert Endpoints.local(run_dir).events_in.startswith("ipc://")
+    release_run_dir(deep, run_dir)

@@ -1,4 +1,5 @@
 """The supervisor: restarts what dies, stops everything, refuses a second instance."""
+import json
 import os
 import signal
 import subprocess
@@ -7,7 +8,7 @@ import time
 from pathlib import Path
 
 from actors.settings import Runtime
-from actors.supervisor import Supervisor
+from actors.supervisor import ACTOR_MODULES, FLAP_LIMIT, Supervisor
 from conftest import REPO_ROOT, start_instance, wait_until
 
 
@@ -88,3 +89,92 @@ def test_a_child_that_keeps_crashing_is_left_stopped(tmp_path, monkeypatch):
         assert child.restarts >= 4 and not child.alive
     finally:
         supervisor.stop_all()
+
+
+def launch_status(config_dir, *extra):
+    """`launch.py status` as a user runs it: (returncode, stdout)."""
+    result = subprocess.run([sys.executable, "launch.py", "--config-dir", str(config_dir), "status", *extra], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=15)
+    return result.returncode, result.stdout
+
+
+def kill_and_wait_for_successor(instance, name, old):
+    os.kill(old, signal.SIGKILL)
+    return wait_until(lambda: (pid := instance.child_pid(name)) not in (None, old) and pid, 15, message=f"a new {name}")
+
+
+def test_the_state_keeper_is_never_given_up_on_and_status_says_degraded_meanwhile(tmp_path):
+    """Old code: the 6th quick SIGKILL left the keeper failed for good, /register failed, and status still said ready."""
+    instance = start_instance(tmp_path, only=["broker", "state", "gateway"])
+    try:
+        pid = instance.child_pid("state")
+        for _ in range(FLAP_LIMIT):
+            pid = kill_and_wait_for_successor(instance, "state", pid)
+        os.kill(pid, signal.SIGKILL)  # one more than the flapping limit: backing off several seconds now
+        seen = wait_until(lambda: (s := instance.status())["health"] == "degraded" and s, 5, message="a degraded status")
+        assert any(reason.startswith("state ") for reason in seen["reasons"]), seen["reasons"]
+        code, text = launch_status(instance.config_dir)
+        assert code == 0 and "degraded: " in text.splitlines()[0] and "state" in text.splitlines()[0], text
+        code, as_json = launch_status(instance.config_dir, "--json")
+        supervisor = json.loads(as_json)["supervisor"]
+        assert supervisor["health"] == "degraded" and any("state" in r for r in supervisor["reasons"])
+        state = next(c for c in supervisor["children"] if c["name"] == "state")
+        assert state["state"] != "failed"
+        wait_until(lambda: instance.status()["health"] == "ready", 20, 0.1, "the keeper back and the status ready")
+        wait_until(lambda: instance.command("/register Lamp 11111111-2222-4333-8444-555555555555 40001").startswith("/ack "),
+                   10, 0.2, "/register to work")
+        code, text = launch_status(instance.config_dir)
+        assert text.splitlines()[0].split(", ")[2].startswith("ready"), text
+    finally:
+        instance.stop()
+
+
+def crash_supervisor(tmp_path, monkeypatch, kinds, routers=1):
+    """A supervisor whose children (of the given kinds) all exit at once: drives the flapping limit fast."""
+    for kind in set(kinds):
+        monkeypatch.setitem(ACTOR_MODULES, kind, "tests.crasher")
+    monkeypatch.setattr("actors.supervisor.BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr("actors.supervisor.BACKOFF_MAX_S", 0.05)
+    runtime = Runtime.for_config_dir(tmp_path)
+    runtime.ensure_dirs()
+    return Supervisor(runtime, kinds, routers=routers)
+
+
+def run_until(supervisor, predicate, timeout=30):
+    for child in supervisor.children:
+        supervisor._spawn(child)
+    try:
+        wait_until(lambda: supervisor._check_children() or predicate(), timeout, 0.01, message="the supervisor")
+    finally:
+        supervisor.stop_all()
+
+
+def test_essential_actors_are_restarted_past_the_flapping_limit(tmp_path, monkeypatch):
+    supervisor = crash_supervisor(tmp_path, monkeypatch, ["broker", "state", "gateway", "scanner"])
+    scanner = next(c for c in supervisor.children if c.kind == "scanner")
+    essential = [c for c in supervisor.children if c.kind != "scanner"]
+    run_until(supervisor, lambda: scanner.failed and all(c.restarts >= FLAP_LIMIT + 2 for c in essential))
+    assert not any(c.failed for c in essential)
+    health, reasons = supervisor.health(time.time())
+    assert health != "ready" and any(r.startswith("scanner failed") for r in reasons)
+
+
+def test_the_last_live_router_is_never_given_up_on(tmp_path, monkeypatch):
+    supervisor = crash_supervisor(tmp_path, monkeypatch, ["router"], routers=2)
+    first, second = supervisor.children
+    run_until(supervisor, lambda: (first.failed or second.failed) and max(first.restarts, second.restarts) >= FLAP_LIMIT * 2)
+    assert first.failed != second.failed  # one may be left stopped, the last one never
+
+
+def test_backoff_is_capped_and_shown_as_degraded(tmp_path, monkeypatch):
+    supervisor = crash_supervisor(tmp_path, monkeypatch, ["state"])
+    supervisor.ready_after_s = 0.0
+    child = supervisor.children[0]
+    child.crash_times = [time.time()] * 40  # a long crash history must not overflow or grow the delay past the cap
+    child.started_at = time.time()
+    child.process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    child.process.wait(timeout=5)
+    supervisor._reap(child, time.time())
+    assert child.next_start - time.monotonic() <= 0.05 + 0.01 and not child.failed
+    health, reasons = supervisor.health(time.time())
+    assert health == "degraded" and reasons[0].startswith("state down")

@@ -194,6 +194,23 @@ def test_command_line_sends_what_was_typed():
     assert sent == ["/routes info"]
 
 
+def test_command_line_starts_empty_and_takes_commands_with_or_without_slash():
+    for typed in ("help", "/help", "  /help "):
+        interaction, sent = fake_interaction(two_peripherals())
+        interaction.on_key(":")
+        assert interaction.command == ""
+        for key in [*typed, "\n"]:
+            interaction.on_key(key)
+        assert sent == ["/help"], typed
+
+
+def test_command_line_sends_nothing_when_only_a_slash_was_typed():
+    interaction, sent = fake_interaction(two_peripherals())
+    for key in ["/", "\n"]:
+        interaction.on_key(key)
+    assert sent == [] and interaction.command is None
+
+
 def test_keys_to_leave():
     for key, reason in (("d", ui.DETACH), ("q", ui.QUIT), ("\x03", ui.QUIT)):
         interaction, _ = fake_interaction(two_peripherals())
