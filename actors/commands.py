@@ -15,12 +15,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
-from .access import AuthGuard, token_matches
+from .access import AuthGuard, effective_address, token_matches
 from .errors import DuplicateRoute, ErrorCode, OrchestratorError, UnknownPeripheral, UnknownRoute
 from .protocol import TAP_PERIPHERAL, TAP_ROUTE, Op
 from .replica import StateReplica
 from .rules import RULE_KEYS, SYNTAX, RuleError, check_rule
 from .settings import ConfigError, parse_port
+from .tables import check_peripheral_config
 
 UNKNOWN_COMMAND = "Unknown command. Type '/help' for available commands."
 CONFIG_END = "EOF"
@@ -206,15 +207,21 @@ class CommandContext(Protocol):
 
 @dataclass(frozen=True)
 class Peer:
-    """Who sent a command (the register handler records the host of remote peripherals)."""
+    """Who sent a command: its exact address (a peripheral belongs to the host that registered it) and its rights."""
 
     host: str = ""
     port: int = 0
     admin: bool = True  # in-process callers are trusted; a gateway connection sets this from its access policy
+    local_host: str = ""  # our address the client reached (a client on one of our own addresses is this machine)
 
     @property
-    def is_local(self) -> bool:
-        return self.host in ("", "127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+    def this_machine(self) -> bool:
+        address = effective_address(self.host, self.local_host)
+        return not self.host or (address is not None and address.is_loopback)
+
+    def identity(self) -> dict[str, Any]:
+        """What the state keeper needs to apply the ownership rule: the exact address and the admin right."""
+        return {"host": self.host, "admin": self.admin}
 
 
 Handler = Callable[[list[str], CommandContext, Peer], Awaitable[Reply]]
@@ -392,8 +399,7 @@ async def cmd_register(args: list[str], ctx: CommandContext, peer: Peer) -> Repl
         port = parse_port(port_text)
     except ConfigError as exc:  # the legacy sentence for text that is no number at all
         return error(f"Error: {exc}" if port_text.isascii() and port_text.isdigit() else "Port must be an integer.")
-    extra = {} if peer.is_local else {"host": peer.host}
-    record = await ctx.request(Op.REGISTER, name=name, uuid=uuid, port=port, **extra)
+    record = await ctx.request(Op.REGISTER, name=name, uuid=uuid, port=port, this_machine=peer.this_machine, **peer.identity())
     await ctx.settle(lambda replica: uuid in replica.peripherals)
     return ok(f"/ack {record['data_port']}")
 
@@ -429,7 +435,7 @@ async def cmd_exit(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
     """Plain ``/exit`` ends this session; ``/exit <uuid>`` marks that peripheral offline."""
     if not args:
         return ok("Exiting command mode.", close=True)
-    record = await ctx.request(Op.LOST, uuid=args[0])
+    record = await ctx.request(Op.LOST, uuid=args[0], **peer.identity())
     return ok(f"{record['name']} marked offline.")
 
 
@@ -544,16 +550,19 @@ async def cmd_routes_info(args: list[str], ctx: CommandContext, peer: Peer) -> R
     return ok(list_routes(ctx.replica))
 
 
-async def apply_config_block(block: ConfigBlock, ctx: CommandContext) -> Reply:
-    """Store a /config block's JSON object as that peripheral's config."""
+async def apply_config_block(block: ConfigBlock, ctx: CommandContext, peer: Peer = Peer()) -> Reply:
+    """Store a /config block's JSON object as that peripheral's config (its own host or an admin; size and depth limited)."""
     try:
         value = json.loads(block.text)
     except json.JSONDecodeError as exc:
         return error(f"Error: config for {block.target} is not valid JSON: {exc}")
+    except RecursionError:
+        return error(f"Error: config for {block.target} is nested too deep", ErrorCode.LIMIT_REACHED)
     if not isinstance(value, dict):
         return error(f"Error: config for {block.target} must be a JSON object")
     try:
-        record = await ctx.request(Op.SET_PERIPHERAL_CONFIG, uuid=block.target, config=value)
+        check_peripheral_config(value, ctx.replica.config)  # here too: a deep value must not reach msgpack or the keeper
+        record = await ctx.request(Op.SET_PERIPHERAL_CONFIG, uuid=block.target, config=value, **peer.identity())
     except OrchestratorError as exc:
         return failure(exc)
     return ok(f"Config stored for {record['name']}.")

@@ -39,13 +39,45 @@ def stamp_of(path: Path) -> Stamp | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+INDENT = "    "
+# Containers this many levels deep or deeper are written on one line: orch.cf has a line per setting and per peripheral,
+# routes.cf a line per field of each route; a deep peripheral config costs no indentation, and a save with thousands of
+# peripherals costs about what compact JSON costs (bench/state_bench.py).
+PRETTY_LEVELS = 2
+ONE_LINE_SEPARATORS = (", ", ": ")
+PERIPHERAL_LEVEL = 2  # orch.cf -> "peripherals" -> one peripheral
+
+
+def readable_json(value: Any, level: int = 0) -> str:
+    """JSON with the top PRETTY_LEVELS levels indented and everything below on one line (still plain JSON)."""
+    if level >= PRETTY_LEVELS or not isinstance(value, (dict, list)) or not value:
+        return json.dumps(value, ensure_ascii=False, separators=ONE_LINE_SEPARATORS)
+    inner, outer = INDENT * (level + 1), INDENT * level
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(str(key), ensure_ascii=False)}: {readable_json(item, level + 1)}" for key, item in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{outer}}}"
+    return pretty_list([readable_json(item, level + 1) for item in value], level)
+
+
+def pretty_list(rendered: list[str], level: int) -> str:
+    """A list whose items are already rendered, one per line."""
+    if not rendered:
+        return "[]"
+    inner, outer = INDENT * (level + 1), INDENT * level
+    return "[\n" + ",\n".join(inner + item for item in rendered) + f"\n{outer}]"
+
+
 def atomic_write_json(path: Path, data: Any, before_replace: Callable[[], None] | None = None) -> tuple[Stamp, str]:
-    """Write JSON so that a reader (or a crash) only ever sees the old or the new file, whole; returns its stamp and text.
+    """Write JSON (readable_json) atomically; returns the file's stamp and text."""
+    return atomic_write_text(path, readable_json(data) + "\n", before_replace)
+
+
+def atomic_write_text(path: Path, text: str, before_replace: Callable[[], None] | None = None) -> tuple[Stamp, str]:
+    """Write a file so that a reader (or a crash) only ever sees the old or the new one, whole; returns its stamp and text.
 
     ``before_replace`` runs just before the rename (the state keeper catches a hand edit it is about to replace).
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    text = json.dumps(data, indent=4, ensure_ascii=False) + "\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -184,6 +216,24 @@ class ConfigStore:
         self.bases: dict[Path, tuple[Stamp | None, str]] = {}  # per file: its stamp and text as we last wrote (or read) it
         self.late_edits: dict[Path, tuple[str, bytes]] = {}  # per file: (base text, edit) of an edit our rename replaced
         self.last_good_at: float | None = None
+        self.peripheral_lines: dict[str, str] = {}  # uuid -> its line in orch.cf as last written
+
+    def config_text(self, config: dict[str, Any], changed: set[str] | None = None) -> str:
+        """orch.cf's text; only the peripherals in `changed` (all when None) are rendered again, so a save costs
+        about the same with 10 or 4,000 peripherals (a registration flood does not slow the state keeper down)."""
+        lines: dict[str, str] = {}
+        rendered = []
+        for peripheral in config.get("peripherals", []):
+            uuid = peripheral.get("uuid")
+            line = self.peripheral_lines.get(uuid) if changed is not None and uuid not in changed else None
+            if line is None:
+                line = readable_json(peripheral, PERIPHERAL_LEVEL)
+            lines[uuid] = line
+            rendered.append(line)
+        self.peripheral_lines = lines
+        items = [f"{INDENT}{json.dumps(str(key), ensure_ascii=False)}: "
+                 f"{pretty_list(rendered, 1) if key == 'peripherals' else readable_json(value, 1)}" for key, value in config.items()]
+        return "{\n" + ",\n".join(items) + "\n}\n" if items else "{}\n"
 
     def load(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Load both files, creating missing ones, converting what reads unambiguously, keeping aside what cannot be used."""
@@ -195,9 +245,10 @@ class ConfigStore:
     def _note(self, level: int, text: str) -> None:
         self.notes.append((level, text))
 
-    def _write(self, path: Path, document: Any) -> None:
-        """Write one of the two files and remember what it holds now: the base of the next hand-edit merge."""
-        self.bases[path] = atomic_write_json(path, document, before_replace=lambda: self._catch_late_edit(path))
+    def _write(self, path: Path, document: Any, text: str | None = None) -> None:
+        """Write one of the two files (``text``: already rendered) and remember what it holds: the base of the next hand-edit merge."""
+        rendered = text if text is not None else readable_json(document) + "\n"
+        self.bases[path] = atomic_write_text(path, rendered, before_replace=lambda: self._catch_late_edit(path))
 
     def _read(self, path: Path) -> Any:
         """Parse one of the two files and remember it as the base (stamp taken first: a change while reading shows later)."""
@@ -309,9 +360,12 @@ class ConfigStore:
         self.last_good_security = security
         self.last_good_at = now
 
-    def save(self, config: dict[str, Any], routes: list[dict[str, Any]]) -> None:
-        """Write both files atomically (and the last good copy of orch.cf when due)."""
-        self._write(self.config_path, config)
+    def save(self, config: dict[str, Any], routes: list[dict[str, Any]], changed: set[str] | None = None) -> None:
+        """Write both files atomically (and the last good copy of orch.cf when due).
+
+        ``changed``: the uuids of the peripherals changed since the last save (None: any), so only those are rendered again.
+        """
+        self._write(self.config_path, config, self.config_text(config, changed))
         self._write(self.routes_path, routes)
         self.writes += 1
         self.write_last_good(config)

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .commands import BadLine, CommandLine, ConfigBlock, DataLine, Item, LineSession, Peer, Reply, error
+from .errors import ErrorCode
+from .replica import StateReplica
+from .tables import canonical_host, same_host
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,10 @@ class Host(Protocol):
     counters: dict[str, int]
     connections: set["Connection"]
     limits: Limits
+    replica: StateReplica
+
+    def refused_identity(self, host: str, text: str) -> None:
+        """Count and report (rate-limited) a client acting for a peripheral another host registered."""
 
     def ingest(self, source: str, payloads: list[bytes], conn: "Connection | None" = None) -> None: ...
 
@@ -87,6 +94,7 @@ class Connection(asyncio.BufferedProtocol):
         self.session = LineSession(data_port=(role == "data"), max_config_bytes=self.limits.max_line_bytes)
         self.peer = Peer()
         self.has_slot = False  # admit gave us a slot: connection_lost gives it back
+        self.peer_address: str | None = None  # canonical, computed on the first check (admins never need it)
 
     # ---- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -189,8 +197,23 @@ class Connection(asyncio.BufferedProtocol):
         self._ingest(source, batch)
 
     def _ingest(self, source: str, batch: list[bytes]) -> None:
-        if batch:
+        if batch and self._may_send_as(source):
             self.host.ingest(source, batch, self)
+
+    def _may_send_as(self, source: str) -> bool:
+        """Data as a peripheral registered from another host needs admin rights; else we hang up (one check per batch)."""
+        if self.peer.admin:
+            return True
+        record = self.host.replica.peripherals.get(source)
+        if self.peer_address is None:
+            self.peer_address = canonical_host(self.peer.host)
+        if record is None or record.get("host") == self.peer_address or same_host(record.get("host"), self.peer_address):
+            return True  # an unknown source is counted and dropped by the gateway
+        text = (f"Error: data as {source} refused: that peripheral is registered from another host, so sending as it "
+                f"needs admin rights (admin_clients or /auth); closing connection")
+        self.host.refused_identity(self.peer.host, text)
+        self.hang_up(error(text, ErrorCode.NOT_OWNER))
+        return False
 
     def _push(self, entry: bytes | Item | TooLong) -> None:
         """Queue an entry behind the worker (starting it), pausing reads when too much waits."""
@@ -233,7 +256,7 @@ class Connection(asyncio.BufferedProtocol):
         if item is None:
             return
         if isinstance(item, DataLine):
-            self.host.ingest(item.source, [item.payload], self)
+            self._ingest(item.source, [item.payload])
             return
         if isinstance(item, BadLine):
             self.host.counters["bad_lines"] += 1

@@ -15,6 +15,8 @@ class ErrorCode(IntEnum):
     UNAVAILABLE = 8
     FORBIDDEN = 9
     INTERNAL = 10
+    NOT_OWNER = 11  # a peripheral registered from another host: only an admin may act for it
+    LIMIT_REACHED = 12  # a configured limit (peripherals per host, config size or depth) refuses the request
 
 
 class OrchestratorError(Exception):
@@ -62,7 +64,20 @@ class Forbidden(OrchestratorError):
     code = ErrorCode.FORBIDDEN
 
 
-_BY_CODE = {cls.code: cls for cls in (BadArguments, UnknownOp, UnknownPeripheral, UnknownRoute, DuplicateRoute, NoFreeDataPort, Unavailable, Forbidden)}
+class NotOwner(OrchestratorError):
+    """A client acted for a peripheral another host registered, without admin rights."""
+
+    code = ErrorCode.NOT_OWNER
+
+
+class LimitReached(OrchestratorError):
+    """A request would pass a configured limit; the message names the orch.cf key."""
+
+    code = ErrorCode.LIMIT_REACHED
+
+
+_BY_CODE = {cls.code: cls for cls in (BadArguments, UnknownOp, UnknownPeripheral, UnknownRoute, DuplicateRoute, NoFreeDataPort, Unavailable, Forbidden,
+                                     NotOwner, LimitReached)}
 
 
 def error_from_code(code: int, message: str) -> OrchestratorError:

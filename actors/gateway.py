@@ -105,7 +105,8 @@ class Gateway:
         self.counters = {"connections_total": 0, "connections_refused": 0, "lines_in": 0, "bytes_in": 0, "payloads_in": 0,
                          "commands": 0, "unknown_source": 0, "no_route": 0, "bad_lines": 0, "too_long": 0, "idle_timeouts": 0,
                          "partial_lines_dropped": 0, "malformed_messages": 0, "refused_clients": 0, "refused_admin": 0, "auth_failures": 0,
-                         "connections_refused_per_address": 0, "handler_errors": 0}
+                         "connections_refused_per_address": 0, "handler_errors": 0,
+                         "refused_identity": 0}
         self.access = AccessPolicy.from_config({})
         self.refusals = RefusalLog()
         self.reported = {"unknown_source": 0, "no_route": 0}
@@ -318,13 +319,16 @@ class Gateway:
         self.counters["commands"] += 1
         try:
             if isinstance(item, ConfigBlock):
-                return await apply_config_block(item, self)
-            reply = await self.registry.dispatch(item.text, self, peer)
+                reply = await apply_config_block(item, self, peer)
+            else:
+                reply = await self.registry.dispatch(item.text, self, peer)
         except OrchestratorError as exc:
             return failure(exc)
         except Exception as exc:  # noqa: BLE001 - the one catch-all of the command path: input nobody foresaw costs one error line
             return self.handler_failed(exc, peer)
-        if reply.code == ErrorCode.FORBIDDEN:
+        if reply.code == ErrorCode.NOT_OWNER:
+            self.refused_identity(peer.host, reply.text)
+        elif reply.code == ErrorCode.FORBIDDEN:
             self._refused_command(item, peer)
         return reply
 
@@ -332,7 +336,7 @@ class Gateway:
     def admit(self, peer_host: str, peer_port: int, local_host: str) -> tuple[Peer, Reply | None]:
         """Host: the client with its admin right, and a refusal when allowed_clients excludes it."""
         address = effective_address(peer_host, local_host)
-        peer = Peer(peer_host, peer_port, admin=self.access.is_admin(address))
+        peer = Peer(peer_host, peer_port, admin=self.access.is_admin(address), local_host=local_host)
         if not self.access.may_connect(address):
             self.counters["refused_clients"] += 1
             self._report_refusal(peer_host, "connect", "connection refused: not in allowed_clients")
@@ -371,6 +375,11 @@ class Gateway:
             self.counters["refused_admin"] += 1
             words = " ".join(command.words) if command is not None else "?"
             self._report_refusal(peer.host, "admin", f"admin command {words} refused: not in admin_clients and no /auth")
+
+    def refused_identity(self, host: str, text: str) -> None:
+        """Host: a client acted for a peripheral another host registered (counted; logged at most once a minute per address)."""
+        self.counters["refused_identity"] += 1
+        self._report_refusal(host, "identity", text.removeprefix("Error: "))
 
     def _report_refusal(self, host: str, reason: str, text: str) -> None:
         quiet = self.refusals.should_report(host, reason)
@@ -589,7 +598,7 @@ class Gateway:
                                               "pending", "unacked_payloads", "payloads_resent", "sources_paused", "pause_episodes",
                                               "routers_lost", "bad_lines", "too_long", "partial_lines_dropped", "connections_open",
                                               "connections_refused", "connections_refused_per_address", "idle_timeouts",
-                                              "handler_errors", "auth_failures", "auth_lockouts")},
+                                              "handler_errors", "auth_failures", "auth_lockouts", "refused_identity")},
             "Auth Locked": self.auth_guard.locked(),
             "Last Scan": format_time(last_scan),
             "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],

@@ -40,6 +40,7 @@ from .settings import HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, USAGE_FLUSH_INTERV
 from .sinks import (MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue,
                     SinkWorker, framed_size)
 from .stateclient import AsyncStateClient
+from .tables import is_own_listener
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ class Router:
         self.sinks: dict[str, Sink] = {}
         self.fanout: dict[str, list[tuple[str, str, RouteRules | None]]] = {}
         self.compiled_rules: dict[tuple[str, str], RouteRules | None] = {}
+        self.own_listener_sinks: set[str] = set()  # sinks recorded on our own command or data ports (reported once)
         self.fanout_dirty = True
         self.usage: dict[str, RouteUsage] = {}
         self.ack_due: dict[tuple[str, str], int] = {}
@@ -350,7 +352,13 @@ class Router:
         if peripheral is None or not isinstance(peripheral.get("port"), int):
             return None
         mode = MODE_STREAM if peripheral.get("delivery") == MODE_STREAM else MODE_MESSAGE
-        return SinkAddress(host=peripheral.get("host") or "localhost", port=peripheral["port"], mode=mode)
+        host = peripheral.get("host") or "localhost"
+        if is_own_listener(host, peripheral["port"], self.replica.config):  # never deliver to ourselves: it would run as commands
+            if uuid not in self.own_listener_sinks:
+                self.own_listener_sinks.add(uuid)
+                log.error("%s is recorded on our own port %s:%s; nothing is delivered to it", peripheral.get("name"), host, peripheral["port"])
+            return None
+        return SinkAddress(host=host, port=peripheral["port"], mode=mode)
 
     def _queue_bounds(self) -> tuple[int, int]:
         config = self.replica.config

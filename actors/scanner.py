@@ -20,7 +20,7 @@ import zmq
 import zmq.asyncio
 
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
-from .errors import OrchestratorError
+from .errors import NotOwner, OrchestratorError
 from .probe import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, InfoAnswer, Outcome, ProbeResult, Target, accepting, probe_concurrency, slow_first, sweep
 from .protocol import Op, ProtocolError, Topic
 from .replica import StateReplica
@@ -150,6 +150,7 @@ class SweepStats:
     sweeps: int = 0
     garbage_total: int = 0
     lost_total: int = 0
+    refused_total: int = 0  # answers with a known uuid from another host, or another port while it is online: not moved
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -167,6 +168,7 @@ class Scanner:
         self.liveness = Liveness()
         self.stats = SweepStats()
         self.garbage_ports: set[tuple[str, int]] = set()
+        self.refused_moves: set[tuple[str, str, int]] = set()  # (uuid, host, port) already reported: one line each
         self.unresolved_hosts: set[str] = set()
         self.last_plan: ScanPlan | None = None
         self.accepted_before: set[tuple[str, int]] = set()
@@ -309,7 +311,11 @@ class Scanner:
     async def _report_seen(self, client: AsyncStateClient, target: Target, answer: InfoAnswer) -> None:
         known = self.replica.peripherals.get(answer.uuid)
         try:
-            await client.request(Op.SEEN, name=answer.name, uuid=answer.uuid, port=target.port, host=target.host, config=answer.config)
+            await client.request(Op.SEEN, name=answer.name, uuid=answer.uuid, port=target.port, host=target.host,
+                                 address=target.address, config=answer.config)
+        except NotOwner as exc:
+            self._refused_move(answer.uuid, target, exc)
+            return
         except OrchestratorError as exc:
             log.warning("could not report %s at %s:%d: %s", answer.name, target.host, target.port, exc)
             return
@@ -317,6 +323,14 @@ class Scanner:
             log.info("discovered %s (%s) at %s:%d", answer.name, answer.uuid[:8], target.host, target.port)
         elif not known.get("online"):
             log.info("%s is back online at %s:%d", known["name"], target.host, target.port)
+
+    def _refused_move(self, uuid: str, target: Target, exc: NotOwner) -> None:
+        """A process answered /info with a uuid registered elsewhere: counted each sweep, logged once per place."""
+        self.stats.refused_total += 1
+        where = (uuid, target.host, target.port)
+        if where not in self.refused_moves:
+            self.refused_moves.add(where)
+            log.warning("%s", exc)
 
     async def _report_lost(self, client: AsyncStateClient, uuid: str, sweeps: int) -> None:
         try:

@@ -85,6 +85,9 @@ TUNABLE_DEFAULTS: dict[str, float] = {
     "gateway_window_bytes": 8 << 20,  # gateway: bytes per source sent but not yet acknowledged
     "gateway_pending_messages": 100_000,  # gateway: payloads per source held beyond the window (reading pauses at 1/4)
     "gateway_pending_bytes": 16 << 20,  # gateway: bytes per source held beyond the window
+    "max_peripheral_config_bytes": 64 << 10,  # state: a peripheral's stored /config, as compact JSON
+    "max_peripheral_config_depth": 32,  # state: nesting levels of a peripheral's stored /config
+    "max_peripherals_per_host": 256,  # state: peripherals one host outside admin_clients may register
 }
 
 

@@ -15,10 +15,11 @@ from typing import Any, Callable
 
 import zmq
 
+from .access import RefusalLog
 from .bus import ActivityHandler, Heartbeater, connect_publisher, publish
 from .configstore import ConfigStore
 from .errors import ErrorCode, OrchestratorError, UnknownOp
-from .protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, decode_as, encode
+from .protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, UpdateKind, decode_as, encode
 from .runner import StopFlag, run_actor
 from .security import secure_client
 from .settings import POLL_INTERVAL_MS, Runtime, loopback_only_reason
@@ -52,6 +53,11 @@ class StateKeeper:
         self.reply_cache: OrderedDict[str, bytes] = OrderedDict()
         self.dropped = 0
         self.requests = 0
+        self.refused = 0
+        self.refusals = RefusalLog()  # a flood of refused requests gives one activity line per op and code a minute
+        self.write_seconds = 0.0
+        self.changed_peripherals: set[str] | None = None  # since the last save; None: render every peripheral again
+        self.last_write_seconds = 0.0
         self.durable_dirty = False
         self.lazy_dirty_since: float | None = None
         self.notice_logged_at = time.monotonic()
@@ -106,7 +112,8 @@ class StateKeeper:
 
     def _stats(self) -> dict[str, Any]:
         stats = {"epoch": self.epoch, "seq": self.seq, "writes": self.store.writes, "dropped": self.dropped, "requests": self.requests,
-                  "peripherals": len(self.tables.peripherals), "routes": len(self.tables.routes), "hand_edits": self.hand_edits}
+                 "peripherals": len(self.tables.peripherals), "routes": len(self.tables.routes), "hand_edits": self.hand_edits,
+                 "refused": self.refused, "write_seconds": round(self.write_seconds, 4), "last_write_seconds": round(self.last_write_seconds, 5)}
         notice = self.config_notice()
         if notice:
             stats["config_notice"] = notice  # shown by `launch.py status` and the UI
@@ -164,8 +171,7 @@ class StateKeeper:
                 raise UnknownOp(f"unknown op {request.op!r}")
             result, changes = handler(request.args)
         except OrchestratorError as exc:
-            if request.op not in QUIET_OPS:
-                log.warning("%s refused: %s", request.op, exc)
+            self._refused(request.op, exc)
             return Reply(ok=False, error=str(exc), code=int(exc.code), req_id=request.req_id)
         if changes:
             self._publish(changes)
@@ -177,8 +183,22 @@ class StateKeeper:
             log.info("%s", describe(request, result))
         return Reply(ok=True, result=result, req_id=request.req_id)
 
+    def _refused(self, op: str, exc: OrchestratorError) -> None:
+        """Count a refused request; log it, at most once a minute per op and error code (a client may flood us)."""
+        self.refused += 1
+        if op in QUIET_OPS:
+            return
+        quiet = self.refusals.should_report(op, str(int(exc.code)))
+        if quiet is not None:
+            log.warning("%s refused: %s%s", op, exc, f" ({quiet} more since the last report)" if quiet else "")
+
     def _publish(self, changes: list[Change]) -> None:
         for kind, key, value in changes:
+            if self.changed_peripherals is not None:
+                if kind == UpdateKind.PERIPHERAL.value:
+                    self.changed_peripherals.add(key)
+                elif kind == UpdateKind.RESET.value:
+                    self.changed_peripherals = None
             self.seq += 1
             publish(self.pub, Topic.STATE, StateUpdate(epoch=self.epoch, seq=self.seq, kind=kind, key=key, value=value))
 
@@ -213,6 +233,7 @@ class StateKeeper:
             config = edit.config if edit.config is not None else self.tables.config_document()
             changes = self.tables.load_documents(config, edit.routes if edit.routes is not None else self.tables.routes_document())
             self.hand_edits += 1
+            self.changed_peripherals = None  # the edit may touch any peripheral: the next write renders them all
             self._publish(changes)
             log.info("%s edited by hand: %s", " and ".join(p.name for p in edited), describe_changes(changes))
         if edit.rewrite:
@@ -226,11 +247,15 @@ class StateKeeper:
         if not self.durable_dirty and self.lazy_dirty_since is None:
             return
         self._check_outside_edits(force=True)  # merge an unread hand edit first, so this write does not undo it
+        began = time.perf_counter()
         try:
-            self.store.save(self.tables.config_document(), self.tables.routes_document())
+            self.store.save(self.tables.config_document(), self.tables.routes_document(), self.changed_peripherals)
         except OSError as exc:
             log.error("could not write config files: %s (will retry)", exc)
             return
+        self.changed_peripherals = set()
+        self.last_write_seconds = time.perf_counter() - began
+        self.write_seconds += self.last_write_seconds
         self.durable_dirty = False
         self.lazy_dirty_since = None
 

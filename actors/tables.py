@@ -5,14 +5,19 @@ the keeper numbers and publishes; value None means "deleted".
 """
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import BadArguments, DuplicateRoute, UnknownPeripheral, UnknownRoute
+from .access import parse_address
+from .errors import BadArguments, DuplicateRoute, LimitReached, NotOwner, UnknownPeripheral, UnknownRoute
 from .protocol import UpdateKind
 from .rules import RULE_KEYS, RuleError, check_rule
-from .settings import ACCESS_LIST_KEYS, ROUTE_COUNTERS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError, default_config, parse_port, parse_ports, validate_config
+from .settings import (ACCESS_LIST_KEYS, ROUTE_COUNTERS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError, default_config, parse_port, parse_ports,
+                       tunable, validate_config)
 
 UUID_PATTERN = re.compile(r"^[0-9a-fA-F-]{36}$")
 NAME_PATTERN = re.compile(r"^\S{1,128}$")
@@ -23,6 +28,82 @@ SETTABLE_CONFIG_KEYS = ("known_ports", "known_hosts", "scan_interval", "offline_
 KEPT_ON_RESET = ("command_port", "data_port_range", "bind_host", "known_ports", "known_hosts", *ACCESS_LIST_KEYS, *SECRET_KEYS)
 
 Change = tuple[str, str, Any]
+
+LOCAL_HOST = "127.0.0.1"  # the host of records that name none, or the legacy "localhost"
+LEGACY_LOCAL_NAMES = frozenset({"", "localhost"})
+LISTENER_CONFIG_KEYS = ("command_port", "data_port_range", "bind_host")
+COMPACT_SEPARATORS = (",", ":")
+
+
+def canonical_host(host: Any) -> str:
+    """The exact address a host is known by (IPv4-mapped IPv6 as IPv4); no host or "localhost" is 127.0.0.1."""
+    if not isinstance(host, str) or host in LEGACY_LOCAL_NAMES:
+        return LOCAL_HOST
+    address = parse_address(host)
+    return str(address) if address is not None else host
+
+
+def same_host(recorded: Any, address: Any) -> bool:
+    """Whether two host fields name the same source address (127.0.0.1 and 127.0.0.2 are different hosts)."""
+    return recorded == address or canonical_host(recorded) == canonical_host(address)
+
+
+def is_this_machine(host: Any, config: dict[str, Any]) -> bool:
+    """Loopback or bind_host (the gateway also flags a client that reached us from another of our own addresses)."""
+    address = canonical_host(host)
+    try:
+        if ipaddress.ip_address(address).is_loopback:
+            return True
+    except ValueError:
+        pass
+    return address == config.get("bind_host")
+
+
+def is_own_listener(host: Any, port: Any, config: dict[str, Any], this_machine: bool = False) -> bool:
+    """Whether (host, port) is our command port or a data port: a peripheral there would get our own deliveries as commands."""
+    try:
+        ours = port == config["command_port"] or port in parse_ports(config["data_port_range"])
+    except (KeyError, ConfigError):
+        return False
+    return ours and (this_machine or is_this_machine(host, config))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request through a client connection: its exact address and whether it has admin rights."""
+
+    host: str
+    admin: bool
+
+
+def caller_of(args: dict[str, Any]) -> Caller | None:
+    """The client behind a request; None when our own actors ask (no "host" given): they are trusted."""
+    if "host" not in args:
+        return None
+    return Caller(canonical_host(args["host"]), args.get("admin") is True)
+
+
+def nesting_depth(value: Any, stop_after: int) -> int:
+    """Levels of objects and lists in value (a scalar is 0), counted without recursion; stops past stop_after."""
+    depth, level = 0, [value]
+    while depth <= stop_after:
+        containers = [item for item in level if isinstance(item, (dict, list))]
+        if not containers:
+            break
+        depth += 1
+        level = [child for item in containers for child in (item.values() if isinstance(item, dict) else item)]
+    return depth
+
+
+def check_peripheral_config(value: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Refuse a peripheral config deeper or bigger (as compact JSON) than orch.cf allows: it is stored and written on every change."""
+    max_depth = int(tunable(settings, "max_peripheral_config_depth"))
+    if nesting_depth(value, max_depth) > max_depth:
+        raise LimitReached(f"config nested deeper than {max_depth} levels (max_peripheral_config_depth)")
+    max_bytes = int(tunable(settings, "max_peripheral_config_bytes"))
+    size = len(json.dumps(value, ensure_ascii=False, separators=COMPACT_SEPARATORS).encode("utf-8"))
+    if size > max_bytes:
+        raise LimitReached(f"config of {size} bytes is over {max_bytes} bytes as stored (max_peripheral_config_bytes)")
 
 
 def is_uuid(text: Any) -> bool:
@@ -168,21 +249,30 @@ class Tables:
 
     # ---- peripherals -----------------------------------------------------------------
     def register(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
-        """/register: add or update a peripheral, assign its data port; returns (record, changes)."""
+        """/register: add or update a peripheral, assign its data port; returns (record, changes).
+
+        A uuid belongs to the host that registered it: from that host a re-registration updates name and port;
+        from another host it needs admin rights, and the host recorded then follows the registration.
+        """
         name, uuid, port = _need(args, "name"), _need(args, "uuid"), _port(args)
         if not NAME_PATTERN.match(name):
             raise BadArguments(f"invalid peripheral name {name!r}")
         if not is_uuid(uuid):
             raise BadArguments(f"invalid uuid {uuid!r}: expected 36 hex digits and dashes")
+        caller = caller_of(args)
+        self._refuse_own_listener(caller.host if caller else LOCAL_HOST, port, args.get("this_machine") is True)
         record = self.peripherals.get(uuid)
         if record is None:
+            self._check_host_quota(caller)
             record = self._normalise_peripheral({"name": self.unique_name(name, uuid), "uuid": uuid, "port": port})
             self.peripherals[uuid] = record
-        elif record["name"] != name and not record["name"].startswith(f"{name}_"):
-            record["name"] = self.unique_name(name, uuid)
+        else:
+            self._check_owner(record, caller, "re-registering")
+            if record["name"] != name and not record["name"].startswith(f"{name}_"):
+                record["name"] = self.unique_name(name, uuid)
         record["port"] = port
-        if args.get("host"):
-            record["host"] = args["host"]
+        if caller is not None:
+            record["host"] = caller.host
         if record.get("data_port") is None:
             record["data_port"] = self.free_data_port(uuid)
         record["last_seen"] = self.clock()
@@ -190,36 +280,44 @@ class Tables:
         return record, [self._peripheral_change(record), *self._refresh_route_ports(uuid)]
 
     def seen(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
-        """The scanner found a peripheral answering /info."""
+        """The scanner found a peripheral answering /info; it never moves a known one to another host or a live one to another port."""
         name, uuid, port = _need(args, "name"), _need(args, "uuid"), _port(args)
         if not is_uuid(uuid):
             raise BadArguments(f"invalid uuid {uuid!r}")
+        host, address = args.get("host") or "localhost", args.get("address")
+        self._refuse_own_listener(address or host, port)
         record = self.peripherals.get(uuid)
-        if record is None:
-            record = self._normalise_peripheral({"name": self.unique_name(name, uuid), "uuid": uuid, "port": port})
+        if record is None:  # recorded by address, like a registration: the same host may then send and register as it
+            record = self._normalise_peripheral({"name": self.unique_name(name, uuid), "uuid": uuid, "port": port,
+                                                 "host": canonical_host(address or host)})
             self.peripherals[uuid] = record
+        else:
+            self._check_scanner_move(record, host, address, port)
         record["port"] = port
         if isinstance(args.get("config"), dict) and args["config"]:
             record["config"] = args["config"]
             if args["config"].get("delivery") in DELIVERY_MODES:
                 record["delivery"] = args["config"]["delivery"]
-        if args.get("host"):
-            record["host"] = args["host"]
         record["last_seen"] = self.clock()
         record["online"] = True
         return record, [self._peripheral_change(record), *self._refresh_route_ports(uuid)]
 
     def lost(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
-        """Mark a peripheral offline (scanner liveness, or /exit <uuid>); routes stay."""
+        """Mark a peripheral offline (scanner liveness, or /exit <uuid> from its own host or an admin); routes stay."""
         record = self.by_name_or_uuid(_need(args, "uuid"))
+        self._check_owner(record, caller_of(args), "/exit for")
         if not record["online"]:
             return record, []
         record["online"] = False
         return record, [self._peripheral_change(record)]
 
     def set_peripheral_config(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        """/config from the peripheral's own host (or an admin), within the size and depth limits."""
         record = self.by_name_or_uuid(_need(args, "uuid"))
-        record["config"] = _need(args, "config", dict)
+        value = _need(args, "config", dict)
+        self._check_owner(record, caller_of(args), "/config for")
+        check_peripheral_config(value, self.config)
+        record["config"] = value
         if record["config"].get("delivery") in DELIVERY_MODES:
             record["delivery"] = record["config"]["delivery"]
         return record, [self._peripheral_change(record)]
@@ -241,6 +339,40 @@ class Tables:
             del self.routes[route["name"]]
         changes = [(UpdateKind.PERIPHERAL.value, record["uuid"], None)] + [(UpdateKind.ROUTE.value, r["name"], None) for r in removed]
         return {"peripheral": record, "removed_routes": [r["name"] for r in removed]}, changes
+
+    # ---- who may do what -------------------------------------------------------------
+    @staticmethod
+    def _check_owner(record: dict[str, Any], caller: Caller | None, action: str) -> None:
+        """Only the host that registered a peripheral, an admin, or our own actors may act for it."""
+        if caller is None or caller.admin or same_host(record.get("host"), caller.host):
+            return
+        raise NotOwner(f"{action} {record['name']} ({record['uuid']}) refused: it is registered from another host, "
+                       f"so that needs admin rights (admin_clients or /auth)")
+
+    def _check_scanner_move(self, record: dict[str, Any], host: str, address: str | None, port: int) -> None:
+        """The scanner has no admin rights: a uuid answering elsewhere is not moved (only a restarted, offline one on its own host)."""
+        recorded = record.get("host")
+        if not (same_host(recorded, host) or (address is not None and same_host(recorded, address))):
+            raise NotOwner(f"{record['name']} ({record['uuid'][:8]}) answered /info on {host}:{port} but is registered from "
+                           f"another host; not moved")
+        if port != record.get("port") and record.get("online") and isinstance(record.get("port"), int):
+            raise NotOwner(f"{record['name']} ({record['uuid'][:8]}) answered /info on port {port} while online on port "
+                           f"{record['port']}; not moved")
+
+    def _check_host_quota(self, caller: Caller | None) -> None:
+        """A host outside admin_clients registers at most max_peripherals_per_host peripherals (a flood stops here)."""
+        if caller is None or caller.admin:
+            return
+        limit = int(tunable(self.config, "max_peripherals_per_host"))
+        held = sum(1 for p in self.peripherals.values() if p.get("host") == caller.host)
+        if held >= limit:
+            raise LimitReached(f"host {caller.host} already has {held} peripherals registered (max_peripherals_per_host "
+                               f"{limit}); remove some or ask an admin")
+
+    def _refuse_own_listener(self, host: Any, port: int, this_machine: bool = False, config: dict[str, Any] | None = None) -> None:
+        if is_own_listener(host, port, config or self.config, this_machine):
+            raise BadArguments(f"port {port} on {canonical_host(host)} is one of this orchestrator's own listeners "
+                               f"(command or data port); a peripheral cannot use it")
 
     # ---- routes ----------------------------------------------------------------------
     def add_route(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
@@ -337,6 +469,10 @@ class Tables:
         except ConfigError as exc:
             raise BadArguments(str(exc)) from None
         validated.pop("peripherals")
+        if any(key in values for key in LISTENER_CONFIG_KEYS):
+            for peripheral in self.peripherals.values():
+                if isinstance(peripheral.get("port"), int):
+                    self._refuse_own_listener(peripheral.get("host"), peripheral["port"], config=validated)
         self.config = validated
         return dict(self.config), [(UpdateKind.CONFIG.value, "", dict(self.config))]
 

@@ -25,6 +25,7 @@ BENCHMARKS = {
     "faults": "faults.py",
     "overload": "overload.py",
     "multihost": "multihost_bench.py",
+    "state": "state_bench.py",
 }
 
 

@@ -138,15 +138,17 @@ def test_wrong_argument_count_answers_usage() -> None:
 
 def test_register_answers_ack_and_passes_remote_host() -> None:
     ctx = FakeContext({Op.REGISTER: lambda args: {"name": args["name"], "uuid": args["uuid"], "data_port": 6042}})
-    reply = asyncio.run(build_registry().dispatch(f"/register Foo {UUID_A} 7000", ctx, Peer("10.0.0.5", 4000)))
+    reply = asyncio.run(build_registry().dispatch(f"/register Foo {UUID_A} 7000", ctx, Peer("10.0.0.5", 4000, admin=False)))
     assert reply.wire() == b"/ack 6042\n"
-    assert ctx.requests == [(Op.REGISTER, {"name": "Foo", "uuid": UUID_A, "port": 7000, "host": "10.0.0.5"})]
+    assert ctx.requests == [(Op.REGISTER, {"name": "Foo", "uuid": UUID_A, "port": 7000, "host": "10.0.0.5", "admin": False,
+                                           "this_machine": False})]
 
 
-def test_register_from_loopback_leaves_host_alone() -> None:
+def test_register_from_loopback_records_the_exact_address_too() -> None:
+    """127.0.0.1 and 127.0.0.2 are different hosts: a local registration names its address like any other."""
     ctx = FakeContext({Op.REGISTER: {"data_port": 1}})
-    run(f"/register Foo {UUID_A} 7000", ctx, Peer("127.0.0.1", 1))
-    assert "host" not in ctx.requests[0][1]
+    run(f"/register Foo {UUID_A} 7000", ctx, Peer("127.0.0.2", 1, admin=False))
+    assert (ctx.requests[0][1]["host"], ctx.requests[0][1]["this_machine"]) == ("127.0.0.2", True)
 
 
 def test_register_errors_keep_the_original_wording() -> None:
@@ -197,7 +199,7 @@ def test_exit_plain_closes_and_exit_uuid_marks_offline() -> None:
     plain = asyncio.run(build_registry().dispatch("/exit", ctx))
     assert plain.close and plain.text == "Exiting command mode."
     assert run(f"/exit {UUID_A}", ctx) == "Foo marked offline."
-    assert ctx.requests == [(Op.LOST, {"uuid": UUID_A})]
+    assert ctx.requests == [(Op.LOST, {"uuid": UUID_A, "host": "", "admin": True})]
 
 
 def test_delivery_and_remove_send_their_ops() -> None:
@@ -223,7 +225,7 @@ def test_config_block_stores_json_object() -> None:
     ctx = FakeContext({Op.SET_PERIPHERAL_CONFIG: {"name": "Foo"}})
     reply = asyncio.run(apply_config_block(ConfigBlock(UUID_A, '{"a": 1}'), ctx))
     assert reply.text == "Config stored for Foo."
-    assert ctx.requests == [(Op.SET_PERIPHERAL_CONFIG, {"uuid": UUID_A, "config": {"a": 1}})]
+    assert ctx.requests == [(Op.SET_PERIPHERAL_CONFIG, {"uuid": UUID_A, "config": {"a": 1}, "host": "", "admin": True})]
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
