@@ -6,7 +6,7 @@ the gateway counts us live; ``[encoded DataBatch]`` in, ``[encoded DataAck]`` ou
 chunk of the batch (and of every earlier batch of that source) is settled: delivered, dropped,
 or parked. Delivery itself is in ``sinks.py``: a bounded queue and a worker thread per sink.
 
-Isolation: a sink that is down, or holds work without progress for ``router_stall_s``, is
+Isolation: a sink that is down, or whose oldest payload waited longer than ``router_stall_s``, is
 *parked*: its queued chunks, and every chunk queued for it until it caught up, are settled at
 once, so the gateway's per-source window never waits for it and every other route of the
 same sources keeps its pace. Only a parked sink's payloads lose the resend-after-router-crash
@@ -60,6 +60,8 @@ SHUTDOWN_DRAIN_S = 1.0
 SHUTDOWN_POLL_S = 0.01
 FINAL_ACK_LINGER_MS = 500
 TAP_HWM = 1_000
+# A sink's trouble episode ends (one summary line) once it caught up and lost nothing for this long.
+EPISODE_QUIET_S = 2.0
 
 
 @dataclass(eq=False)
@@ -131,6 +133,10 @@ class Episode:
     started: float  # time.monotonic()
     dropped: int = 0  # beyond the queue bound
     expired: int = 0  # older than the age bound
+    last_trouble: float = 0.0  # time.monotonic() of the last loss or stall seen
+
+    def quiet_since(self, now: float) -> float:
+        return now - max(self.started, self.last_trouble)
 
 
 @dataclass
@@ -447,8 +453,11 @@ class Router:
     # ---- isolation: episodes and parking -----------------------------------------------
     def _episode(self, sink: Sink, reason: str) -> Episode:
         """The sink's current trouble episode; starting one logs the one warning it gets."""
-        if sink.episode is None:
-            sink.episode = Episode(reason, time.monotonic())
+        now = time.monotonic()
+        if sink.episode is not None:
+            sink.episode.last_trouble = now
+        else:
+            sink.episode = Episode(reason, now)
             log.warning("sink %s is not keeping up (%s); the other routes go on without it; it keeps at most "
                         "%d messages / %d bytes / %gs (router_queue_*), the rest is dropped and counted per route",
                         sink.label, reason, sink.queue.max_messages, sink.queue.max_bytes, sink.worker.max_age_s)
@@ -462,9 +471,12 @@ class Router:
                 self._account(sink, stale, time.time())
             stalled_s = sink.worker.stalled_for(now)
             if not sink.parked and stalled_s > self.stall_s:
-                self._park(sink, sink.worker.down_reason or f"no progress for {stalled_s:.1f}s")
-            elif sink.queue.messages == 0 and sink.worker.down_reason is None:
+                self._park(sink, sink.worker.down_reason or f"payloads waiting {stalled_s:.1f}s")
+            elif sink.queue.messages == 0 and sink.worker.down_reason is None and (
+                    sink.episode is None or sink.episode.quiet_since(now) >= EPISODE_QUIET_S):
                 self._caught_up(sink, now)
+            elif stalled_s > self.stall_s and sink.episode is not None:
+                sink.episode.last_trouble = now
 
     def _park(self, sink: Sink, reason: str) -> None:
         """Settle everything the sink holds: its sources' acks stop waiting for it until it caught up."""

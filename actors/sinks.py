@@ -25,8 +25,8 @@ before each take, before each payload of message mode, and while a stream write 
 a sink that does not read (the connection is then closed: a half-written line is never
 completed later). What the kernel already accepted on a connection counts as delivered.
 
-Stall: ``SinkWorker.stalled_for`` says how long the sink has held work without progress, so
-the router can stop waiting for it (see router.py, "parked").
+Stall: ``SinkWorker.stalled_for`` says how long the oldest payload held for the sink has
+waited, so the router can stop waiting for a sink that does not keep up (router.py, "parked").
 """
 from __future__ import annotations
 
@@ -127,7 +127,6 @@ class SinkQueue:
         self.chunks: collections.deque[Chunk] = collections.deque()
         self.messages = 0
         self.nbytes = 0
-        self.busy_since = 0.0  # time.monotonic() when the queue last went from empty to holding work
         self.taken: list[Chunk] = []  # what the worker took and has not released yet
         self.ready = threading.Condition(threading.Lock())
 
@@ -141,8 +140,6 @@ class SinkQueue:
             if direct is not None and not self.messages and direct(chunk):
                 return 0
             chunk.queued_at = time.monotonic()
-            if not self.messages:
-                self.busy_since = chunk.queued_at
             room_messages = self.max_messages - self.messages
             room_bytes = self.max_bytes - self.nbytes
             if len(chunk.payloads) > room_messages or chunk.nbytes > room_bytes:
@@ -193,6 +190,19 @@ class SinkQueue:
                 self.nbytes -= chunk.nbytes
                 expired.append(chunk)
         return expired
+
+    def oldest_at(self) -> float | None:
+        """When the oldest payload still held (being delivered or queued) was queued; None when empty.
+
+        Read without the lock (the router thread polls it each tick): a hint, never used for delivery.
+        """
+        taken = self.taken
+        if taken:
+            return taken[0].queued_at
+        try:
+            return self.chunks[0].queued_at
+        except IndexError:
+            return None
 
     def held(self) -> list[Chunk]:
         """Every chunk not released yet, taken (being delivered) first, then queued, in order."""
@@ -279,7 +289,6 @@ class SinkWorker:
         self.stream: Connection | None = None
         self.stream_address: SinkAddress | None = None
         self.connections = 0
-        self.progress_at = 0.0  # time.monotonic() of the last payload or bytes that went out
         self.thread = threading.Thread(target=self._run, name=f"sink-{key[:8]}", daemon=True)
 
     def start(self) -> "SinkWorker":
@@ -313,12 +322,15 @@ class SinkWorker:
         return STREAM_WRITE_MAX_BYTES if up and address is not None and address.mode == MODE_STREAM else 0
 
     def stalled_for(self, now: float) -> float:
-        """Seconds the sink has held work without taking any of it (0 when idle or moving); inf while down."""
+        """How long the oldest payload held for this sink has waited (0 when idle); inf while the sink is down.
+
+        A sink that keeps up keeps this small whatever its pace; one that is stuck or slower than
+        its sources lets it grow, even while it still takes a line now and then.
+        """
         if self.down_reason is not None:
             return float("inf")
-        if not self.queue.messages:
-            return 0.0
-        return max(now - max(self.progress_at, self.queue.busy_since), 0.0)
+        oldest = self.queue.oldest_at()
+        return 0.0 if oldest is None else max(now - oldest, 0.0)
 
     def _expire_queued(self) -> None:
         """Drop (and report) the queued chunks older than the age bound, before taking any."""
@@ -377,7 +389,7 @@ class SinkWorker:
                 continue
             chunk.delivered += 1
             chunk.delivered_bytes += len(payload)
-            now = self.progress_at = time.monotonic()
+            now = time.monotonic()
             self._succeeded()
 
     def _send_one(self, payload: bytes) -> None:
@@ -420,7 +432,6 @@ class SinkWorker:
                 if self._expire_stream(chunks, data, offset):
                     return
                 continue
-            self.progress_at = time.monotonic()
             self._succeeded()
         if offset >= len(data):
             for chunk in chunks:
