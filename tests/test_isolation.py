@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 import uuid as uuidlib
 from pathlib import Path
@@ -38,6 +39,8 @@ AGE_S = 3.0  # above TCP's 1 s SYN retry, which a healthy message-mode sink with
 WINDOW = 200
 ISOLATION_CONFIG = {"router_queue_messages": QUEUE_MESSAGES, "router_queue_age_s": AGE_S, "gateway_window_messages": WINDOW}
 LATE_AGE_S = 1.0
+LATENESS_SLACK_S = 1.0  # a line's way from the router's check to the sink's reading it (one connection at 10 lines/s)
+SLOW_BACK_SETTLE_S = 2.0
 SINK_BACKLOG = 1024
 UNIT_TIMEOUT_S = 5.0
 
@@ -199,6 +202,75 @@ def test_a_payload_older_than_the_age_bound_is_never_delivered_to_a_sink_that_co
         assert late == [], f"payloads older than the age bound were delivered late: {late[:5]}"
         wait_until(lambda: route_counters(instance).get(f"back{tag}", {}).get("dropped", 0) >= 5, LOSS_TIMEOUT_S, 0.2,
                    "the expired payloads counted on their route")
+    finally:
+        for name in (f"back{tag}", f"fresh{tag}"):
+            instance.command(f"/routes remove {name}")
+        for thing in (source, fresh, sink):
+            stop_quietly(thing)
+
+
+class TimedSink:
+    """A slow message-mode sink with a backlog of one: a connection at a time, lines_per_s; records (line, arrival time)."""
+
+    def __init__(self, port: int, lines_per_s: float) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", port))
+        self.listener.listen(1)
+        self.listener.settimeout(0.05)
+        self.delay_s = 1.0 / lines_per_s
+        self.arrivals: list[tuple[bytes, float]] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(1.0)
+                data = b""
+                try:
+                    while chunk := conn.recv(4096):
+                        data += chunk
+                except OSError:
+                    pass
+            now = time.time()
+            self.arrivals += [(line, now) for line in data.split(b"\n") if line]
+            self.stopping.wait(self.delay_s)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(2.0)
+        self.listener.close()
+
+
+def test_a_sink_that_comes_back_slowly_never_gets_payloads_older_than_the_age_bound(late_instance: Instance) -> None:
+    """Down, then back at 10 lines/s: what aged in its queue while it drained is dropped, not delivered late."""
+    instance, tag = late_instance, "slowback"
+    port = free_port()
+    register_sink(instance, f"Back{tag}", port, MODE_MESSAGE)
+    fresh = add_padded_sink(instance, f"Fresh{tag}", MODE_MESSAGE)
+    source = Source(instance, f"S{tag}")
+    sink = None
+    try:
+        add_route(instance, f"back{tag}", source.name, f"Back{tag}")
+        add_route(instance, f"fresh{tag}", source.name, f"Fresh{tag}")
+        source.warm_up(fresh)
+        source.conn.sendall(b"".join(b"t %.6f\n" % time.time() for _ in range(50)))
+        time.sleep(LATE_AGE_S / 3)  # back before the bound: the payloads age while it drains them slowly
+        sink = TimedSink(port, lines_per_s=10.0)
+        wait_until(lambda: route_counters(instance).get(f"back{tag}", {}).get("dropped", 0) > 0, LOSS_TIMEOUT_S, 0.2,
+                   "the payloads that aged while the sink drained, counted dropped")
+        time.sleep(SLOW_BACK_SETTLE_S)
+        lateness = [arrived - float(line.split()[1]) for line, arrived in list(sink.arrivals) if line.startswith(b"t ")]
+        assert lateness, "the sink that came back got nothing"
+        assert max(lateness) < LATE_AGE_S + LATENESS_SLACK_S, f"delivered {max(lateness):.1f}s after it was sent (bound {LATE_AGE_S}s)"
     finally:
         for name in (f"back{tag}", f"fresh{tag}"):
             instance.command(f"/routes remove {name}")
