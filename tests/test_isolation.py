@@ -12,6 +12,7 @@ waits for the bad sink before acknowledging stalls the healthy routes within a f
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -150,6 +151,8 @@ def test_a_bad_sink_delays_no_other_route_and_its_loss_is_counted(instance: Inst
             assert_in_order_without_loss(sink.numbers(), LINES_PER_SOURCE)
         counted = wait_until(lambda: _bad_loss(instance, tag), LOSS_TIMEOUT_S, 0.2, f"the {kind} sink's loss in /routes info")
         assert counted["h1"] == counted["h2"] == 0, f"a healthy route lost payloads: {counted}"
+        losing = json.loads(instance.command("/status"))["Routes Losing"]
+        assert set(losing) & {f"b1{tag}", f"b2{tag}"} and not set(losing) & {f"h1{tag}", f"h2{tag}"}, losing
     finally:
         for name in routes:
             instance.command(f"/routes remove {name}")
