@@ -180,8 +180,11 @@ class SinkQueue:
     def expire(self, cutoff: float) -> list[Chunk]:
         """Remove the queued chunks enqueued before cutoff (monotonic), marked expired; they are the oldest, at the head."""
         expired: list[Chunk] = []
-        if not self.chunks or self.chunks[0].queued_at >= cutoff:
-            return expired  # the common case, without the lock (a deque's head is read atomically)
+        try:
+            if self.chunks[0].queued_at >= cutoff:
+                return expired  # the common case, without the lock (a deque's head is read atomically)
+        except IndexError:
+            return expired  # empty (or emptied by the other thread just now)
         with self.ready:
             while self.chunks and self.chunks[0].queued_at < cutoff:
                 chunk = self.chunks.popleft()
