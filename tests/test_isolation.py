@@ -69,6 +69,8 @@ def bad_down(port: int) -> Any:
     return None  # nothing listens on the port
 
 
+# A sink that resets its connections "takes" what the kernel accepted before the reset: loss the router cannot see.
+SILENT_LOSS = {"resetting"}
 BAD_SINKS: dict[str, Callable[[int], Any]] = {
     "down": bad_down,
     "resetting": lambda port: resetting_port(port).start(),
@@ -149,15 +151,27 @@ def test_a_bad_sink_delays_no_other_route_and_its_loss_is_counted(instance: Inst
         assert time.monotonic() - sent_at < PROMPT_S
         for sink in healthy:
             assert_in_order_without_loss(sink.numbers(), LINES_PER_SOURCE)
-        counted = wait_until(lambda: _bad_loss(instance, tag), LOSS_TIMEOUT_S, 0.2, f"the {kind} sink's loss in /routes info")
+        if kind in SILENT_LOSS:
+            counted = wait_until(lambda: _bad_used(instance, tag), LOSS_TIMEOUT_S, 0.2, f"the {kind} sink's usage in /routes info")
+        else:
+            counted = wait_until(lambda: _bad_loss(instance, tag), LOSS_TIMEOUT_S, 0.2, f"the {kind} sink's loss in /routes info")
+            losing = json.loads(instance.command("/status"))["Routes Losing"]
+            assert set(losing) & {f"b1{tag}", f"b2{tag}"}, losing
         assert counted["h1"] == counted["h2"] == 0, f"a healthy route lost payloads: {counted}"
-        losing = json.loads(instance.command("/status"))["Routes Losing"]
-        assert set(losing) & {f"b1{tag}", f"b2{tag}"} and not set(losing) & {f"h1{tag}", f"h2{tag}"}, losing
+        assert not set(json.loads(instance.command("/status"))["Routes Losing"]) & {f"h1{tag}", f"h2{tag}"}
     finally:
         for name in routes:
             instance.command(f"/routes remove {name}")
         for thing in (*sources, *healthy, bad):
             stop_quietly(thing)
+
+
+def _bad_used(instance: Instance, tag: str) -> dict[str, int] | None:
+    """Dropped per route once the bad routes' usage reached /routes info (a sink that resets may lose nothing we can see)."""
+    counters = route_counters(instance)
+    if not any(counters.get(f"{key}{tag}", {}).get("messages", 0) + counters.get(f"{key}{tag}", {}).get("dropped", 0) for key in ("b1", "b2")):
+        return None
+    return {key: counters.get(f"{key}{tag}", {}).get("dropped", 0) for key in ("h1", "h2", "b1", "b2")}
 
 
 def _bad_loss(instance: Instance, tag: str) -> dict[str, int] | None:
