@@ -12,6 +12,7 @@ Everything runs on loopback ports this script opened itself, in a temporary fold
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import sys
 import tempfile
@@ -31,6 +32,11 @@ from fakes import DeafSink  # noqa: E402
 
 WARM_UP_S = 1.0
 P99 = 0.99
+# Before the deaf rounds, this much is routed to the deaf sink so the kernel buffers between the
+# router and it are full: every later write to it blocks (the case that stalled main for good).
+FILL_LINES = 8000
+FILL_LINE_BYTES = 1000
+FILL_SETTLE_S = 1.0
 
 
 @dataclass
@@ -71,6 +77,22 @@ def start_bad(kind: str) -> tuple[int, DeafSink | None]:
     return deaf.port, deaf
 
 
+def router_dropped(instance: Instance) -> int:
+    """What the routers dropped so far (queue and age bounds), from their heartbeats."""
+    return sum(int((c.get("stats") or {}).get("dropped") or 0) for c in instance.status()["children"] if c["name"].startswith("router"))
+
+
+def fill_deaf(instance: Instance) -> None:
+    """Route a burst of long lines from a filler source to the deaf sink, then remove the route: its connection stays full."""
+    filler_uuid = str(uuidlib.uuid4())
+    ack = send_line(instance.command_port, f"/register Filler {filler_uuid} 1")
+    send_line(instance.command_port, "/routes add fill Filler Baddeaf")
+    with socket.create_connection(("127.0.0.1", int(ack.split()[1])), timeout=5.0) as conn:
+        conn.sendall(f"{filler_uuid}\n".encode() + (b"f" * FILL_LINE_BYTES + b"\n") * FILL_LINES)
+    time.sleep(FILL_SETTLE_S)
+    send_line(instance.command_port, "/routes remove fill")
+
+
 def measure_phase(instance: Instance, kind: str, with_bad: bool, source: Source, sink: Sink, phase_s: float) -> PhaseRow:
     if with_bad:
         reply = send_line(instance.command_port, f"/routes add bad{kind} Source Bad{kind}")
@@ -106,9 +128,14 @@ def run(rate: float, phase_s: float, rounds: int, kinds: list[str]) -> list[Phas
             register(instance, f"Bad{kind}", port)
         time.sleep(WARM_UP_S)
         for kind in kinds:
+            if kind == "deaf":
+                fill_deaf(instance)
+            dropped_before = router_dropped(instance)
             for _ in range(rounds):
                 for with_bad in (False, True):
                     rows.append(measure_phase(instance, kind, with_bad, source, sink, phase_s))
+            print(f"{kind}: the router dropped {router_dropped(instance) - dropped_before} payloads for the bad sink "
+                  f"(queue/age bounds) during its rounds", flush=True)
     finally:
         if source is not None:
             source.stopping = True
