@@ -448,8 +448,9 @@ class SinkWorker:
         start = 0
         for chunk in chunks:
             written = min(max(offset - start, 0), chunk.nbytes)
+            whole = data.rfind(NEWLINE, start, start + written) + 1 - start  # bytes of the whole lines written (0: none)
             chunk.delivered = data.count(NEWLINE, start, start + written)
-            chunk.delivered_bytes = written - chunk.delivered
+            chunk.delivered_bytes = max(whole, 0) - chunk.delivered
             chunk.expired = len(chunk.payloads) - chunk.delivered
             start += chunk.nbytes
         return True

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors.sinks import MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
 from conftest import Instance, free_port, start_instance, wait_until
@@ -387,3 +389,19 @@ def test_a_sink_holding_work_without_progress_reports_a_stall_and_an_idle_one_no
     queue.offer(Chunk("r", [b"a"], 2))
     assert worker.stalled_for(time.monotonic() + 1.0) >= 1.0
     assert worker.stalled_for(time.monotonic()) < 0.5  # just queued: not a stall yet
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.binary(min_size=0, max_size=8).filter(lambda b: b"\n" not in b), min_size=1, max_size=5), min_size=1, max_size=5),
+       st.floats(min_value=0.0, max_value=1.0))
+def test_an_expired_stream_write_counts_whole_lines_written_as_delivered_and_the_rest_expired(payload_lists: list[list[bytes]], where: float) -> None:
+    chunks = [Chunk("r", payloads, framed_size(payloads)) for payloads in payload_lists]  # queued_at 0: all older than the bound
+    data = b"".join(b"\n".join(c.payloads) + b"\n" for c in chunks)
+    offset = int(len(data) * where)
+    worker = SinkWorker("k", SinkAddress("127.0.0.1", 1, MODE_STREAM), SinkQueue(), Reports())
+    assert worker._expire_stream(chunks, data, offset) == (offset < len(data))
+    if offset < len(data):
+        assert sum(c.delivered for c in chunks) == data.count(b"\n", 0, offset)  # a half-written line is not delivered
+        for chunk in chunks:
+            assert chunk.delivered + chunk.expired == len(chunk.payloads)
+            assert chunk.delivered_bytes == sum(map(len, chunk.payloads[:chunk.delivered]))
