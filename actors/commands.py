@@ -387,7 +387,12 @@ async def cmd_list(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
 
 
 async def cmd_status(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
-    return ok(json.dumps(ctx.status(), indent=4))
+    return ok(json.dumps({**ctx.status(), "Routes Losing": route_losses(ctx.replica)}, indent=4))
+
+
+def route_losses(replica: StateReplica) -> dict[str, int]:
+    """Payloads each route lost (beyond its sink's queue bound or older than the age bound), for the routes that lost any."""
+    return {route["name"]: int(route.get("dropped") or 0) for route in replica.routes.values() if route.get("dropped")}
 
 
 async def cmd_register(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:

@@ -4,11 +4,13 @@ Pure logic around one injected ``send(identity, body)`` callable, so it runs aga
 Each source's payloads are numbered from 1 and sent as ``DataBatch`` to one router, chosen by
 rendezvous hashing over the live routers.
 
-At-least-once: every batch is kept until a router acknowledges it (routers ack only after
-delivery to every sink). When the router a source's batches went to dies (silent for
+At-least-once: every batch is kept until a router acknowledges it (routers ack once every sink
+delivered it, dropped it, or parked it: a sink that is down or not keeping up never holds back
+its sources, see router.py). When the router a source's batches went to dies (silent for
 HEARTBEAT_EXPIRY_S, its connection dropped, its identity unreachable, or a new process took its
 identity), the source's unacknowledged batches are sent again, in order, to its next router
-before any newer batch. Duplicates are possible; loss and reordering are not.
+before any newer batch. Duplicates are possible; loss and reordering are not, except for the
+payloads a dead router had parked for a bad sink.
 
 Order: a source moves to another live router only once the old one acknowledged everything
 (drain, then switch), or after DRAIN_TIMEOUT_S (then its unacknowledged batches go too).

@@ -3,9 +3,15 @@
 Data plane (DESIGN.md, "the data plane is short"): a DEALER with identity ``name`` connected
 to the gateway's ROUTER on ``endpoints.data``; heartbeats on it each HEARTBEAT_INTERVAL_S so
 the gateway counts us live; ``[encoded DataBatch]`` in, ``[encoded DataAck]`` out once every
-payload of the batch (and of every earlier batch of that source) was delivered to or dropped
-for every sink of every matching route. Delivery itself is in ``sinks.py``: a bounded queue and
-a worker thread per sink.
+chunk of the batch (and of every earlier batch of that source) is settled: delivered, dropped,
+or parked. Delivery itself is in ``sinks.py``: a bounded queue and a worker thread per sink.
+
+Isolation: a sink that is down, or whose oldest payload waited longer than ``router_stall_s``, is
+*parked*: its queued chunks, and every chunk queued for it until it caught up, are settled at
+once, so the gateway's per-source window never waits for it and every other route of the
+same sources keeps its pace. Only a parked sink's payloads lose the resend-after-router-crash
+guarantee; its queue stays bounded by count, bytes and age, and what it loses is counted per
+route (usage ``dropped``) with one activity line when the episode starts and one when it ends.
 
 Bookkeeping stays off the payload path: usage counters go to the state keeper at most once per
 USAGE_FLUSH_INTERVAL_S; no file, log line or round trip per payload.
@@ -55,6 +61,8 @@ SHUTDOWN_DRAIN_S = 1.0
 SHUTDOWN_POLL_S = 0.01
 FINAL_ACK_LINGER_MS = 500
 TAP_HWM = 1_000
+# A sink's trouble episode ends (one summary line) once it caught up and lost nothing for this long.
+EPISODE_QUIET_S = 2.0
 
 
 @dataclass(eq=False)
@@ -119,15 +127,29 @@ class RouteUsage:
 
 
 @dataclass
+class Episode:
+    """A time a sink was not keeping up (down, stalled, or losing payloads): logged when it starts and ends."""
+
+    reason: str
+    started: float  # time.monotonic()
+    dropped: int = 0  # beyond the queue bound
+    expired: int = 0  # older than the age bound
+    last_trouble: float = 0.0  # time.monotonic() of the last loss or stall seen
+
+    def quiet_since(self, now: float) -> float:
+        return now - max(self.started, self.last_trouble)
+
+
+@dataclass
 class Sink:
-    """A sink peripheral as the router sees it: its queue, worker and drop-episode state."""
+    """A sink peripheral as the router sees it: its queue, worker and trouble episode."""
 
     uuid: str
     label: str
     queue: SinkQueue
     worker: SinkWorker
-    dropping: int = 0  # payloads dropped in the current episode (0: not dropping)
-    expiring: int = 0  # payloads dropped for age in the current down episode (0: none)
+    parked: bool = False  # not keeping up: its chunks no longer hold back acks
+    episode: Episode | None = None
 
 
 @dataclass
@@ -160,6 +182,7 @@ class Router:
         self.compiled_rules: dict[tuple[str, str], RouteRules | None] = {}
         self.own_listener_sinks: set[str] = set()  # sinks recorded on our own command or data ports (reported once)
         self.fanout_dirty = True
+        self.stall_s = float(tunable({}, "router_stall_s"))
         self.usage: dict[str, RouteUsage] = {}
         self.ack_due: dict[tuple[str, str], int] = {}
         self.ack_ready = asyncio.Event()
@@ -235,6 +258,7 @@ class Router:
                 next_usage = now + USAGE_FLUSH_INTERVAL_S
                 self._flush_usage()
                 self._reap_idle_sinks()
+            self._watch_sinks(now)
             self._read_tap_subscriptions()
             self.heart.maybe_beat(self.stats())
             await asyncio.sleep(TICK_S)
@@ -261,7 +285,7 @@ class Router:
     async def _drain_and_ack(self) -> None:
         """Graceful stop (scale down): deliver what is queued (bounded), then ack it, so the gateway resends nothing twice."""
         deadline = time.monotonic() + SHUTDOWN_DRAIN_S
-        while any(s.queue.messages and s.worker.down_reason is None for s in self.sinks.values()) and time.monotonic() < deadline:
+        while any(s.queue.messages and not s.parked and s.worker.down_reason is None for s in self.sinks.values()) and time.monotonic() < deadline:
             await asyncio.sleep(SHUTDOWN_POLL_S)
         await asyncio.sleep(0)  # the last delivery reports
         if self.dealer is None or not self.ack_due:
@@ -279,7 +303,7 @@ class Router:
         """What /status and the UI show for this router."""
         c = self.counters
         return {"delivered": c.delivered, "dropped": c.dropped, "expired": c.expired, "direct": c.direct, "filtered": c.filtered, "queued": sum(s.queue.messages for s in self.sinks.values()),
-                "sinks": len(self.sinks), "batches": c.batches, "unacked": self.acks.outstanding(), "acks": c.acks,
+                "sinks": len(self.sinks), "parked": sum(1 for s in self.sinks.values() if s.parked), "batches": c.batches, "unacked": self.acks.outstanding(), "acks": c.acks,
                 "malformed": c.malformed, "routes": len(self.replica.routes), "taps": len(self.tap_subscriptions),
                 "resyncs": self.replica.resyncs, "ready": self.replica.ready}
 
@@ -318,6 +342,7 @@ class Router:
     def _tables_changed(self) -> None:
         """Routes or peripherals changed: rebuild the fan-out index lazily, refresh sink addresses and bounds now."""
         self.fanout_dirty = True
+        self.stall_s = float(tunable(self.replica.config, "router_stall_s"))
         max_age_s = float(tunable(self.replica.config, "router_queue_age_s"))
         for sink in self.sinks.values():
             sink.worker.address = self._address_of(sink.uuid)
@@ -404,9 +429,12 @@ class Router:
             sink = self.sinks.get(sink_uuid) or self._new_sink(sink_uuid)
             if sink.queue.offer(chunk, sink.worker.try_direct):
                 self._dropped_at_enqueue(sink, chunk)
-            elif chunk.delivered == len(chunk.payloads):
+            elif not chunk.queued_at:  # written directly, nothing queued
                 self.counters.direct += 1
                 self._account(sink, [chunk], time.time())
+                continue
+            if sink.parked:
+                self._chunk_done(chunk)  # parked: the other routes of this batch need not wait for it
 
     def _ruled_chunk(self, route: str, rules: RouteRules, batch: DataBatch, tracker: BatchTracker) -> Chunk:
         """Apply a route's filter/transform; what a filter holds back is counted, not delivered."""
@@ -423,15 +451,56 @@ class Router:
         return Chunk(route, kept, framed_size(kept), tracker)
 
     def _dropped_at_enqueue(self, sink: Sink, chunk: Chunk) -> None:
-        """Count a tail drop; log once per drop episode; finish the chunk if nothing of it was queued."""
+        """Count a tail drop in the sink's episode; finish the chunk if nothing of it was queued."""
         self._usage(chunk.route).dropped += chunk.dropped
         self.counters.dropped += chunk.dropped
-        if not sink.dropping:
-            log.warning("sink %s is not keeping up (%s); dropping messages beyond its queue bound of %d messages / %d bytes",
-                        sink.label, sink.worker.down_reason or "slow", sink.queue.max_messages, sink.queue.max_bytes)
-        sink.dropping += chunk.dropped
+        self._episode(sink, sink.worker.down_reason or "queue full").dropped += chunk.dropped
         if not chunk.payloads:
             self._chunk_done(chunk)
+
+    # ---- isolation: episodes and parking -----------------------------------------------
+    def _episode(self, sink: Sink, reason: str) -> Episode:
+        """The sink's current trouble episode; starting one logs the one warning it gets."""
+        now = time.monotonic()
+        if sink.episode is not None:
+            sink.episode.last_trouble = now
+        else:
+            sink.episode = Episode(reason, now)
+            log.warning("sink %s is not keeping up (%s); the other routes go on without it; it keeps at most "
+                        "%d messages / %d bytes / %gs (router_queue_*), the rest is dropped and counted per route",
+                        sink.label, reason, sink.queue.max_messages, sink.queue.max_bytes, sink.worker.max_age_s)
+        return sink.episode
+
+    def _watch_sinks(self, now: float) -> None:
+        """Each tick: drop what aged in every queue, park the sinks that stalled, end the episodes of those that caught up."""
+        for sink in self.sinks.values():
+            stale = sink.queue.expire(now - sink.worker.max_age_s)
+            if stale:
+                self._account(sink, stale, time.time())
+            stalled_s = sink.worker.stalled_for(now)
+            if not sink.parked and stalled_s > self.stall_s:
+                self._park(sink, sink.worker.down_reason or f"payloads waiting {stalled_s:.1f}s")
+            elif sink.queue.messages == 0 and sink.worker.down_reason is None and (
+                    sink.episode is None or sink.episode.quiet_since(now) >= EPISODE_QUIET_S):
+                self._caught_up(sink, now)
+            elif stalled_s > self.stall_s and sink.episode is not None:
+                sink.episode.last_trouble = now
+
+    def _park(self, sink: Sink, reason: str) -> None:
+        """Settle everything the sink holds: its sources' acks stop waiting for it until it caught up."""
+        sink.parked = True
+        self._episode(sink, reason)
+        for chunk in sink.queue.held():
+            self._chunk_done(chunk)
+
+    def _caught_up(self, sink: Sink, now: float) -> None:
+        """The sink's queue is empty and it is up: unpark it and close its episode with what it lost."""
+        sink.parked = False
+        episode, sink.episode = sink.episode, None
+        if episode is not None:
+            log.info("sink %s caught up after %.1fs; lost %d payloads (%d beyond the queue bound, %d older than %gs)",
+                     sink.label, now - episode.started, episode.dropped + episode.expired, episode.dropped,
+                     episode.expired, sink.worker.max_age_s)
 
     def _new_sink(self, uuid: str) -> Sink:
         peripheral = self.replica.peripherals.get(uuid, {})
@@ -460,15 +529,8 @@ class Router:
 
     def _on_report(self, worker: SinkWorker, chunks: list[Chunk], event: str | None) -> None:
         sink = self.sinks.get(worker.key)
-        label = sink.label if sink else worker.key
-        if event is not None:
-            if event == "up":
-                expired = f"; {sink.expiring} payloads older than {worker.max_age_s:g}s were dropped while it was down" if sink and sink.expiring else ""
-                log.info("sink %s reachable again%s", label, expired)
-                if sink is not None:
-                    sink.expiring = 0
-            else:
-                log.warning("sink %s %s; retrying with backoff", label, event)
+        if event is not None and event != "up" and sink is not None:
+            self._episode(sink, event)  # up again: the episode ends once the sink caught up (_watch_sinks)
         self._account(sink, chunks, time.time())
 
     def _account(self, sink: Sink | None, chunks: list[Chunk], now: float) -> None:
@@ -483,23 +545,20 @@ class Router:
             if chunk.expired:
                 self._expired(sink, chunk, usage)
             self._chunk_done(chunk)
-        if sink is not None and sink.dropping and chunks and sink.queue.messages <= sink.queue.max_messages // 2:
-            log.info("sink %s caught up; %d messages were dropped meanwhile", sink.label, sink.dropping)
-            sink.dropping = 0
 
     def _expired(self, sink: Sink | None, chunk: Chunk, usage: RouteUsage) -> None:
-        """Payloads that waited too long for a sink that is down: counted dropped; one activity line per down episode."""
+        """Payloads that waited longer than the age bound: counted dropped, in the sink's episode."""
         usage.dropped += chunk.expired
         self.counters.dropped += chunk.expired
         self.counters.expired += chunk.expired
-        if sink is None:
-            return
-        if not sink.expiring:
-            log.warning("sink %s is down (%s); dropping payloads that waited longer than %gs (router_queue_age_s)",
-                        sink.label, sink.worker.down_reason or "unreachable", sink.worker.max_age_s)
-        sink.expiring += chunk.expired
+        if sink is not None:
+            self._episode(sink, sink.worker.down_reason or f"payloads older than {sink.worker.max_age_s:g}s").expired += chunk.expired
 
     def _chunk_done(self, chunk: Chunk) -> None:
+        """Settle chunk once (delivered, dropped or parked); ack when its batch and every earlier one are settled."""
+        if chunk.settled:
+            return
+        chunk.settled = True
         tracker: BatchTracker = chunk.token
         seq = self.acks.chunk_done(tracker)
         if seq is not None:

@@ -80,7 +80,8 @@ TUNABLE_DEFAULTS: dict[str, float] = {
     "auth_failure_delay": 0.25,  # /auth: seconds before a wrong token is answered; doubles per recent failure
     "router_queue_messages": 10_000,  # router: payloads waiting per sink
     "router_queue_bytes": 16 << 20,  # router: bytes waiting per sink
-    "router_queue_age_s": 60.0,  # router: oldest payload kept for a sink that is down
+    "router_queue_age_s": 60.0,  # router: oldest payload kept for any sink (older ones are dropped, never delivered late)
+    "router_stall_s": 2.0,  # router: a sink down, or whose oldest payload waited this long (a TCP connect retry takes 1 s), stops holding back its sources' acks
     "gateway_window_messages": 10_000,  # gateway: payloads per source sent but not yet acknowledged by a router
     "gateway_window_bytes": 8 << 20,  # gateway: bytes per source sent but not yet acknowledged
     "gateway_pending_messages": 100_000,  # gateway: payloads per source held beyond the window (reading pauses at 1/4)

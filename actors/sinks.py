@@ -19,9 +19,14 @@ straight from the router's loop thread with one non-blocking send (``SinkWorker.
 no hand-off to the worker thread, which on a busy 2-core machine costs a scheduler wake-up
 and a GIL hand-over. Whatever the socket does not take at once goes to the worker as usual.
 
-Age bound: while a sink is down, payloads that waited longer than ``max_age_s`` are dropped
-(``Chunk.expired``), so a sink that is gone for long gets fresh data when it returns, not a
-backlog of stale readings.
+Age bound: a payload that waited longer than ``max_age_s`` is dropped (``Chunk.expired``),
+never delivered late, whatever the sink's state and in both modes: stale chunks are dropped
+before each take, before each payload of message mode, and while a stream write is blocked on
+a sink that does not read (the connection is then closed: a half-written line is never
+completed later). What the kernel already accepted on a connection counts as delivered.
+
+Stall: ``SinkWorker.stalled_for`` says how long the oldest payload held for the sink has
+waited, so the router can stop waiting for a sink that does not keep up (router.py, "parked").
 """
 from __future__ import annotations
 
@@ -49,6 +54,8 @@ BACKOFF_MAX_S = 2.0
 STREAM_WRITE_MAX_BYTES = 256 * 1024
 # How often an idle worker looks at its stop flag.
 IDLE_WAIT_S = 0.25
+# A blocked stream write wakes at least this often near its age deadline.
+MIN_BLOCKED_WAIT_S = 0.01
 SINK_QUEUE_MAX_AGE_S = float(TUNABLE_DEFAULTS["router_queue_age_s"])
 NEWLINE = b"\n"
 
@@ -75,7 +82,8 @@ class Chunk:
     dropped: int = 0  # beyond the queue bound, at enqueue
     expired: int = 0  # waited longer than the age bound for a sink that is down
     written: int = 0  # bytes already written on the current stream connection (a partial direct write)
-    queued_at: float = 0.0  # time.monotonic() at enqueue
+    queued_at: float = 0.0  # time.monotonic() at enqueue (0: never queued, e.g. written directly)
+    settled: bool = False  # the router counted it done for its batch's ack (delivered, dropped, or parked)
 
     def finish_written(self) -> None:
         """Every payload went out."""
@@ -119,6 +127,7 @@ class SinkQueue:
         self.chunks: collections.deque[Chunk] = collections.deque()
         self.messages = 0
         self.nbytes = 0
+        self.taken: list[Chunk] = []  # what the worker took and has not released yet
         self.ready = threading.Condition(threading.Lock())
 
     def offer(self, chunk: Chunk, direct: Callable[[Chunk], bool] | None = None) -> int:
@@ -156,6 +165,8 @@ class SinkQueue:
                 chunk = self.chunks.popleft()
                 size += chunk.nbytes
                 taken.append(chunk)
+            if taken:
+                self.taken = taken
             return taken
 
     def release(self, chunks: list[Chunk]) -> None:
@@ -164,10 +175,16 @@ class SinkQueue:
             for chunk in chunks:
                 self.messages -= len(chunk.payloads)
                 self.nbytes -= chunk.nbytes
+            self.taken = []
 
     def expire(self, cutoff: float) -> list[Chunk]:
         """Remove the queued chunks enqueued before cutoff (monotonic), marked expired; they are the oldest, at the head."""
         expired: list[Chunk] = []
+        try:
+            if self.chunks[0].queued_at >= cutoff:
+                return expired  # the common case, without the lock (a deque's head is read atomically)
+        except IndexError:
+            return expired  # empty (or emptied by the other thread just now)
         with self.ready:
             while self.chunks and self.chunks[0].queued_at < cutoff:
                 chunk = self.chunks.popleft()
@@ -176,6 +193,24 @@ class SinkQueue:
                 self.nbytes -= chunk.nbytes
                 expired.append(chunk)
         return expired
+
+    def oldest_at(self) -> float | None:
+        """When the oldest payload still held (being delivered or queued) was queued; None when empty.
+
+        Read without the lock (the router thread polls it each tick): a hint, never used for delivery.
+        """
+        taken = self.taken
+        if taken:
+            return taken[0].queued_at
+        try:
+            return self.chunks[0].queued_at
+        except IndexError:
+            return None
+
+    def held(self) -> list[Chunk]:
+        """Every chunk not released yet, taken (being delivered) first, then queued, in order."""
+        with self.ready:
+            return [*self.taken, *self.chunks]
 
     def wake(self) -> None:
         with self.ready:
@@ -272,6 +307,7 @@ class SinkWorker:
     def _run(self) -> None:
         try:
             while not self.stopping.is_set():
+                self._expire_queued()
                 chunks = self.queue.take(self._take_limit(), IDLE_WAIT_S)
                 if chunks:
                     self._deliver(chunks)
@@ -287,6 +323,23 @@ class SinkWorker:
         address = self.address
         up = self.down_reason is None
         return STREAM_WRITE_MAX_BYTES if up and address is not None and address.mode == MODE_STREAM else 0
+
+    def stalled_for(self, now: float) -> float:
+        """How long the oldest payload held for this sink has waited (0 when idle); inf while the sink is down.
+
+        A sink that keeps up keeps this small whatever its pace; one that is stuck or slower than
+        its sources lets it grow, even while it still takes a line now and then.
+        """
+        if self.down_reason is not None:
+            return float("inf")
+        oldest = self.queue.oldest_at()
+        return 0.0 if oldest is None else max(now - oldest, 0.0)
+
+    def _expire_queued(self) -> None:
+        """Drop (and report) the queued chunks older than the age bound, before taking any."""
+        stale = self.queue.expire(time.monotonic() - self.max_age_s)
+        if stale:
+            self.report(self, stale, None)
 
     def try_direct(self, chunk: Chunk) -> bool:
         """Router thread, queue lock held, queue empty (the worker is idle): one non-blocking write to the open stream.
@@ -325,18 +378,21 @@ class SinkWorker:
     def _deliver_messages(self, chunk: Chunk) -> None:
         """connect, write payload\\n, close: once per payload, resuming where a failure stopped."""
         payloads = chunk.payloads
+        now = time.monotonic()
         while chunk.delivered < len(payloads) and not self.stopping.is_set():
+            if self._too_old(chunk, now):
+                chunk.expired = len(payloads) - chunk.delivered
+                return
             payload = payloads[chunk.delivered]
             try:
                 self._send_one(payload)
             except OSError as exc:
                 self._failed(exc)
-                if self._too_old(chunk):
-                    chunk.expired = len(payloads) - chunk.delivered
-                    return
+                now = time.monotonic()
                 continue
             chunk.delivered += 1
             chunk.delivered_bytes += len(payload)
+            now = time.monotonic()
             self._succeeded()
 
     def _send_one(self, payload: bytes) -> None:
@@ -362,9 +418,15 @@ class SinkWorker:
                 if conn is not used:
                     offset = data.rfind(NEWLINE, 0, offset) + 1 if offset else 0  # a new connection starts at a line start
                     used = conn
+                    if self._expire_stream(chunks, data, offset):
+                        return  # aged while we waited to (re)connect: never delivered late
                 offset += conn.send(view[offset:])
             except (BlockingIOError, InterruptedError, TimeoutError):
-                _wait_writable(conn, self.send_timeout_s)  # a slow reader: keep waiting on the same connection
+                if self._expire_stream(chunks, data, offset):
+                    self._close_stream()  # the sink does not read: never finish a half-written line later
+                    self._mark_down(f"not reading for {self.max_age_s:g}s")
+                    return
+                _wait_writable(conn, self._blocked_wait_s(chunks, offset))  # a slow reader: keep waiting on the same connection
                 continue
             except OSError as exc:
                 self._close_stream()
@@ -379,17 +441,27 @@ class SinkWorker:
                 chunk.finish_written()
 
     def _expire_stream(self, chunks: list[Chunk], data: bytes, offset: int) -> bool:
-        """The sink is down and the oldest chunk passed the age bound: what was written counts delivered, the rest expired."""
-        if not self._too_old(chunks[0]):
+        """The oldest unwritten chunk passed the age bound: whole lines written count delivered, the rest expired."""
+        first = _first_unwritten(chunks, offset)
+        if first is None or not self._too_old(first, time.monotonic()):
             return False
         start = 0
         for chunk in chunks:
             written = min(max(offset - start, 0), chunk.nbytes)
+            whole = data.rfind(NEWLINE, start, start + written) + 1 - start  # bytes of the whole lines written (0: none)
             chunk.delivered = data.count(NEWLINE, start, start + written)
-            chunk.delivered_bytes = written - chunk.delivered
+            chunk.delivered_bytes = max(whole, 0) - chunk.delivered
             chunk.expired = len(chunk.payloads) - chunk.delivered
             start += chunk.nbytes
         return True
+
+    def _blocked_wait_s(self, chunks: list[Chunk], offset: int) -> float:
+        """How long a blocked write waits for room: at most until its oldest unwritten line passes the age bound."""
+        first = _first_unwritten(chunks, offset)
+        if first is None:
+            return self.send_timeout_s
+        left = first.queued_at + self.max_age_s - time.monotonic()
+        return min(self.send_timeout_s, max(left, MIN_BLOCKED_WAIT_S))
 
     def _stream_connection(self) -> Connection:
         address = self._current_address()
@@ -418,30 +490,37 @@ class SinkWorker:
         return address
 
     def _failed(self, exc: OSError) -> None:
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        if self.down_reason is None:
-            self.down_reason = reason
-            self.report(self, [], f"down: {reason}")
+        self._mark_down(exc.strerror or str(exc) or type(exc).__name__)
         forget = getattr(self.connector, "forget", None)
         if forget is not None:
             forget()
         self.stopping.wait(self.backoff.failure())
 
-    def _too_old(self, chunk: Chunk) -> bool:
-        """While the sink is down: did chunk wait longer than the age bound? Then also drop the queue's stale head."""
-        cutoff = time.monotonic() - self.max_age_s
-        if chunk.queued_at >= cutoff:
-            return False
-        stale = self.queue.expire(cutoff)
-        if stale:
-            self.report(self, stale, None)
-        return True
+    def _mark_down(self, reason: str) -> None:
+        """Report the first failure of a down episode (the router logs it and stops waiting for this sink)."""
+        if self.down_reason is None:
+            self.down_reason = reason
+            self.report(self, [], f"down: {reason}")
+
+    def _too_old(self, chunk: Chunk, now: float) -> bool:
+        """Did chunk wait longer than the age bound?"""
+        return chunk.queued_at < now - self.max_age_s
 
     def _succeeded(self) -> None:
         if self.down_reason is not None:
             self.down_reason = None
             self.report(self, [], "up")
         self.backoff.success()
+
+
+def _first_unwritten(chunks: list[Chunk], offset: int) -> Chunk | None:
+    """The chunk holding byte offset of the joined write (None: all written)."""
+    end = 0
+    for chunk in chunks:
+        end += chunk.nbytes
+        if end > offset:
+            return chunk
+    return None
 
 
 def _wait_writable(conn: Connection | None, timeout_s: float) -> None:

@@ -281,21 +281,25 @@ def peripheral_rows(peripherals: Sequence[dict[str, Any]], width: int, now: floa
 
 
 def route_rows(routes: Sequence[dict[str, Any]], names: dict[str, str], width: int, now: float) -> tuple[str, list[Line]]:
-    """Header text and rows: name, from → to (peripheral names), last used, messages, rate."""
-    flexible = max(2, width - (AGE_W + COUNT_W + RATE_W + 4))
+    """Header text and rows: name, from → to (peripheral names), last used, messages, rate; LOST once any route lost payloads."""
+    lossy = any(r.get("dropped") for r in routes)
+    lost_w = COUNT_W + 1 if lossy else 0
+    flexible = max(2, width - (AGE_W + COUNT_W + RATE_W + 4 + lost_w))
     name_w = max(1, flexible // 3)
     path_w = max(1, flexible - name_w)
     rows = []
     for r in sorted(routes, key=lambda r: str(r.get("name", ""))):
         source = names.get(r.get("incoming", ""), str(r.get("incoming", "?"))[:8])
         sink = names.get(r.get("outgoing", ""), str(r.get("outgoing", "?"))[:8])
+        lost = [(count(r.get("dropped")) if r.get("dropped") else "-", COUNT_W, ">")] if lossy else []
         text = columns([(route_label(r, name_w), name_w, "<"), (f"{source} {ARROW} {sink}", path_w, "<"),
                         (since(r.get("last_used"), now), AGE_W, ">"), (count(r.get("messages")), COUNT_W, ">"),
-                        (rate(r.get("rate")), RATE_W, ">")])
-        rows.append(Line(fit(text, width)))
+                        *lost, (rate(r.get("rate")), RATE_W, ">")])
+        rows.append(Line(fit(text, width), Style.ALERT if r.get("dropped") else Style.NORMAL))
     legend = f" ({RULE_MARKER} rules)" if any(has_rules(r) for r in routes) else ""
+    lost_header = [("LOST", COUNT_W, ">")] if lossy else []
     header = columns([(f"ROUTES {len(routes)}{legend}", name_w, "<"), (f"FROM {ARROW} TO", path_w, "<"), ("LAST USED", AGE_W, ">"),
-                      ("MESSAGES", COUNT_W, ">"), ("RATE", RATE_W, ">")])
+                      ("MESSAGES", COUNT_W, ">"), *lost_header, ("RATE", RATE_W, ">")])
     return header, rows
 
 

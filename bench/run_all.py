@@ -23,6 +23,7 @@ BENCHMARKS = {
     "ui": "ui_bench.py",
     "rules": "rules_bench.py",
     "faults": "faults.py",
+    "isolation": "isolation_bench.py",
     "overload": "overload.py",
     "multihost": "multihost_bench.py",
     "state": "state_bench.py",

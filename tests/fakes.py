@@ -6,6 +6,7 @@ stops cleanly (listener closed, open connections released) on stop() or at the e
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 import uuid as uuidlib
@@ -367,3 +368,77 @@ class RegisteringPeripheral(SinkPeripheral):
     def exit(self) -> None:
         """`/exit <uuid>`, as the terminal-input peripheral sends when it quits."""
         send_and_close(self.orch_port, f"/exit {self.uuid}\n".encode(), self.orch_host)
+
+
+# ---- sinks that misbehave (isolation tests and the fault bench) ---------------------------------
+DEAF_RCVBUF_BYTES = 4096  # a sink that never reads: its kernel buffer fills fast
+DEAF_MAX_CONNECTIONS = 32  # then it stops accepting: its backlog fills and connects hang
+DEAF_BACKLOG = 1
+
+
+class DeafSink:
+    """Accepts connections and never reads from them; after DEAF_MAX_CONNECTIONS it stops accepting.
+
+    In stream mode the router's write blocks once the buffers are full; in message mode the first
+    connections "succeed" into the kernel buffers, then connects hang on the full backlog.
+    """
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
+        self.stopping = threading.Event()
+        self.conns: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> "DeafSink":
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DEAF_RCVBUF_BYTES)  # inherited by accepted sockets
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(DEAF_BACKLOG)
+        listener.settimeout(ACCEPT_POLL_S)
+        self.listener, self.port = listener, listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._accept, args=(listener,), name=f"deaf-{self.port}", daemon=True)
+        self.thread.start()
+        return self
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self.stopping.is_set():
+            if len(self.conns) >= DEAF_MAX_CONNECTIONS:
+                self.stopping.wait(ACCEPT_POLL_S)
+                continue
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def stop(self) -> None:
+        stop_listening(self)  # type: ignore[arg-type]
+        for conn in self.conns:
+            _close_quietly(conn)
+        self.conns.clear()
+
+    def __enter__(self) -> "DeafSink":
+        return self.start() if self.listener is None else self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def _reset_at_once(conn: socket.socket, _: FakeListener) -> None:
+    """Abort the connection (RST, not FIN): the writer's next write fails."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def resetting_port(port: int = 0) -> FakeListener:
+    """A sink that refuses its data: accepts, then resets each connection at once."""
+    return FakeListener(_reset_at_once, port)
+
+
+def slow_reader(port: int = 0, lines_per_s: float = 1.0) -> LineSink:
+    """A sink that reads one line per 1/lines_per_s seconds, one connection at a time."""
+    return LineSink(port, delay_s=1.0 / lines_per_s)

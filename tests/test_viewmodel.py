@@ -214,3 +214,15 @@ def test_prompt_notes_fit_and_keep_the_hint_at_the_bottom(width, height):
     assert_fits(lines, width, height)
     if width >= vm.MIN_WIDTH and height >= vm.MIN_HEIGHT:
         assert lines[-1].text.startswith("hint") and len(lines) == height
+
+
+def test_a_route_that_loses_payloads_shows_how_many_and_stands_out():
+    names = {UUID_A: "Mic", UUID_B: "Speaker"}
+    losing = {**route("lossy", UUID_A, UUID_B, messages=900), "dropped": 1234}
+    header, rows = vm.route_rows([losing, route("fine", UUID_A, UUID_B, messages=900)], names, 100, time.time())
+    assert "LOST" in header
+    by_name = {row.text.split()[0]: row for row in rows}
+    assert "1,234" in by_name["lossy"].text and by_name["lossy"].style == vm.Style.ALERT
+    assert "1,234" not in by_name["fine"].text and by_name["fine"].style == vm.Style.NORMAL
+    header, _ = vm.route_rows([route("fine", UUID_A, UUID_B, messages=900)], names, 100, time.time())
+    assert "LOST" not in header  # the column appears only once a route lost something
