@@ -15,7 +15,7 @@ import zmq
 from actors.bus import ActivityHandler, Heartbeater, connect_publisher
 from actors.runner import StopFlag, run_actor
 from actors.security import secure_server, start_authenticator
-from actors.settings import POLL_INTERVAL_MS, Runtime
+from actors.settings import Runtime
 
 log = logging.getLogger("broker")
 
@@ -65,10 +65,15 @@ class Broker:
         monitors = self._watch_handshakes(sockets) if auth is not None else {}
         for monitor in monitors:
             poller.register(monitor, zmq.POLLIN)
+        wakeup = self.stop.wakeup_fd()
+        poller.register(wakeup, zmq.POLLIN)
         log.info("broker running")
         try:
             while not self.stop.should_stop():
-                for sock, _ in poller.poll(POLL_INTERVAL_MS):
+                # Asleep until a frame arrives or the next beat is due: nothing else is timed here.
+                for sock, _ in poller.poll(heart.due_in() * 1000 + 1):
+                    if sock == wakeup:
+                        continue
                     if sock in monitors:
                         self._report_refusal(sock, monitors[sock])
                         continue

@@ -73,15 +73,23 @@ class ActivityHandler(logging.Handler):
         publish(self.sock, Topic.ACTIVITY, Activity(actor=self.actor, level=record.levelname, text=text, ts=record.created))
 
 
+LIVENESS_TOPICS = (Topic.HEARTBEAT, Topic.KEEPER_HEARTBEAT)  # every actor's heartbeat, the keeper's included
+
+
 class Heartbeater:
     """Publishes this actor's heartbeat every HEARTBEAT_INTERVAL_S, from the actor's own loop."""
 
-    def __init__(self, actor: str, sock: zmq.Socket) -> None:
+    def __init__(self, actor: str, sock: zmq.Socket, topic: Topic = Topic.HEARTBEAT) -> None:
         self.actor = actor
         self.sock = sock
+        self.topic = topic
         self.started_at = time.time()
         self.host = socket.gethostname()
         self.next_beat = 0.0
+
+    def due_in(self) -> float:
+        """Seconds until the next beat is due (0 when it is): how long the actor's loop may sleep."""
+        return max(0.0, self.next_beat - time.monotonic())
 
     def maybe_beat(self, stats: dict[str, Any] | None = None) -> bool:
         """Beat if one is due; returns True when it did."""
@@ -89,5 +97,5 @@ class Heartbeater:
         if now < self.next_beat:
             return False
         self.next_beat = now + HEARTBEAT_INTERVAL_S
-        publish(self.sock, Topic.HEARTBEAT, Heartbeat(actor=self.actor, pid=os.getpid(), host=self.host, started_at=self.started_at, stats=stats or {}))
+        publish(self.sock, self.topic, Heartbeat(actor=self.actor, pid=os.getpid(), host=self.host, started_at=self.started_at, stats=stats or {}))
         return True

@@ -216,6 +216,10 @@ class DataPlane:
         now = self.clock()
         return sorted(r for r, info in self.routers.items() if self._is_live(info, now))
 
+    def next_expiry(self) -> float | None:
+        """Clock time at which the quietest live router would be declared dead (None without routers)."""
+        return min((info.heard_at + HEARTBEAT_EXPIRY_S for info in self.routers.values()), default=None)
+
     def expire(self) -> list[bytes]:
         """Declare dead the routers not heard from within HEARTBEAT_EXPIRY_S; returns them."""
         now = self.clock()

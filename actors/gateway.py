@@ -21,7 +21,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from .access import AccessPolicy, AuthGuard, AuthLimits, ConnectionSlots, RefusalLog, SlotLimits, effective_address, is_this_machine
-from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
+from .bus import LIVENESS_TOPICS, ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .commands import (BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, Reply, apply_config_block, build_registry, error, failure,
                        format_time)
 from .connection import HOLD_BACKPRESSURE, Connection, Limits
@@ -41,11 +41,10 @@ log = logging.getLogger(__name__)
 LISTEN_BACKLOG = 1024
 DATA_HWM = 100_000
 SETTLE_TIMEOUT_S = HEARTBEAT_INTERVAL_S
-SETTLE_POLL_S = 0.005
 TAP_HWM = 1000
 TAP_POLL_MS = 200
 TAP_MAX_BUFFERED_BYTES = 1 << 20
-TICK_S = POLL_INTERVAL_MS / 1000
+RETRY_S = POLL_INTERVAL_MS / 1000  # while a source waits for a router (none live, or busy): how often it is retried
 ACTIVITY_REPORT_INTERVAL_S = 5.0
 EXAMPLE_SOURCES_SHOWN = 3
 LISTENER_KEYS = ("command_port", "data_port_range", "bind_host")
@@ -122,7 +121,11 @@ class Gateway:
         self.pub = connect_publisher(self.context, self.runtime.endpoints)
         logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
         self.heart = Heartbeater(self.name, self.pub)
-        self.sub = connect_subscriber(self.actx, self.runtime.endpoints, (Topic.STATE, Topic.HEARTBEAT))
+        self.sub = connect_subscriber(self.actx, self.runtime.endpoints, (Topic.STATE, *LIVENESS_TOPICS))
+        self.wake = asyncio.Event()
+        self.replica_changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self.stop.on_set(lambda: loop.call_soon_threadsafe(self.wake.set))
         endpoints = self.runtime.endpoints
         self.auth = start_authenticator(zmq.Context.shadow(self.actx.underlying), [endpoints.data], endpoints.keys_dir)
         self.data = self._bind_data_socket()
@@ -133,7 +136,11 @@ class Gateway:
         try:
             await self._startup()
             while not self.stop.should_stop():
-                await asyncio.sleep(TICK_S)
+                try:
+                    await asyncio.wait_for(self.wake.wait(), self._sleep_s())
+                except asyncio.TimeoutError:
+                    pass
+                self.wake.clear()
                 self._tick()
         finally:
             await self._shutdown(tasks)
@@ -189,6 +196,30 @@ class Gateway:
             self.rebind = asyncio.create_task(self._retry_binds())
         self.heart.maybe_beat(self.stats())
 
+    def _sleep_s(self) -> float:
+        """Until the next timed job: a beat, a router's expiry, a waiting source's retry, an idle client's
+        time-out, a bind retry, the drop report. Work that arrives (data, commands, events) is handled at once."""
+        now = time.monotonic()
+        due = [self.heart.due_in(), self.next_report - now]
+        expiry = self.plane.next_expiry()
+        if expiry is not None:
+            due.append(expiry - now)
+        if self.plane.waiting:
+            due.append(RETRY_S)
+        if self.failed_binds:
+            due.append(self.next_bind_retry - now)
+        if self.connections:
+            timeout = self.limits.idle_timeout_s
+            due.append(min(timeout - conn.idle_for(now) for conn in self.connections))
+        return max(0.0, min(due))
+
+    def _replica_moved(self) -> None:
+        """Wake whoever settles on the replica; a replica out of step wakes the loop to resync."""
+        self.replica_changed.set()
+        self.replica_changed = asyncio.Event()
+        if self.replica.needs_snapshot:
+            self.wake.set()
+
     # ---- state -----------------------------------------------------------------------
     async def _snapshot(self) -> bool:
         try:
@@ -198,6 +229,7 @@ class Gateway:
             return False
         self.replica.load_snapshot(snapshot)
         self._state_changed()
+        self._replica_moved()
         return True
 
     async def _resync(self) -> None:
@@ -221,8 +253,11 @@ class Gateway:
                     self._state_changed()
                     if message.kind in ("config", "reset"):
                         await self._reconcile_listeners()
+                self._replica_moved()
             elif isinstance(message, Heartbeat):
                 self._heard(message)
+                if self.replica.needs_snapshot:
+                    self.wake.set()
 
     def _heard(self, beat: Heartbeat) -> None:
         self.heartbeats[beat.actor] = beat
@@ -245,8 +280,11 @@ class Gateway:
     async def settle(self, done: Callable[[StateReplica], bool]) -> None:
         """CommandContext: wait (bounded) until our replica shows a change the keeper confirmed."""
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while not done(self.replica) and time.monotonic() < deadline:
-            await asyncio.sleep(SETTLE_POLL_S)
+        while not done(self.replica) and (left := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(self.replica_changed.wait(), left)  # set by every update applied, no polling
+            except asyncio.TimeoutError:
+                return
 
     # ---- listeners -------------------------------------------------------------------
     def _bind_host(self) -> str:

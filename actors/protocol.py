@@ -41,6 +41,9 @@ class Topic(bytes, Enum):
     STATE = b"state"
     ACTIVITY = b"activity"
     HEARTBEAT = b"heartbeat"
+    # The state keeper's heartbeat (it carries epoch/seq): under "state" so every replica gets it without
+    # subscribing to all heartbeats; whoever watches liveness subscribes to both.
+    KEEPER_HEARTBEAT = b"state\x00heartbeat"
     STATS = b"stats"
     TAP = b"tap\x00"  # prefix of every tap topic; see tap_topic()
 

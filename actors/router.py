@@ -50,7 +50,7 @@ from .tables import is_own_listener
 
 log = logging.getLogger(__name__)
 
-TICK_S = POLL_INTERVAL_MS / 1000 / 2
+TICK_S = POLL_INTERVAL_MS / 1000 / 2  # while a sink has payloads queued or is in trouble: ages, stalls and parking are checked this often
 DATA_HWM = 10_000
 # Batches handled before the data reader lets the rest of the loop run.
 READER_YIELD_EVERY = 64
@@ -186,6 +186,7 @@ class Router:
         self.usage: dict[str, RouteUsage] = {}
         self.ack_due: dict[tuple[str, str], int] = {}
         self.ack_ready = asyncio.Event()
+        self.wake = asyncio.Event()  # the housekeeping loop sleeps on it until its next deadline
         self.tap_subscriptions: set[bytes] = set()
         self.tapped_routes: set[str] = set()
         self.tapped_sources: set[str] = set()
@@ -209,9 +210,12 @@ class Router:
         logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
         self.heart = Heartbeater(self.name, self.pub)
         self.tap = self._connect_tap()
-        self.sub = connect_subscriber(self.actx, endpoints, [Topic.STATE, Topic.HEARTBEAT])
+        self.sub = connect_subscriber(self.actx, endpoints, [Topic.STATE])  # the keeper's heartbeat included (KEEPER_HEARTBEAT)
+        self.stop.on_set(lambda: self.loop.call_soon_threadsafe(self.wake.set))
+        self.loop.add_reader(self.tap.getsockopt(zmq.FD), self._read_tap_subscriptions)  # a tap opens at once, not at the next beat
         self.client = AsyncStateClient(self.actx, endpoints.state_front, endpoints.keys_dir)
         tasks = [asyncio.create_task(self._read_events())]
+        tasks[0].add_done_callback(lambda _: self.wake.set())
         log.info("%s started (pid %d), data endpoint %s", self.name, os.getpid(), endpoints.data)
         try:
             await self._housekeeping(tasks)
@@ -250,6 +254,8 @@ class Router:
             if self.dealer is None and self.replica.ready:
                 self.dealer = self._connect_data()
                 tasks += [asyncio.create_task(self._read_data()), asyncio.create_task(self._send_acks())]
+                for task in tasks[-2:]:
+                    task.add_done_callback(lambda _: self.wake.set())
             now = time.monotonic()
             if self.dealer is not None and now >= next_data_beat:
                 next_data_beat = now + HEARTBEAT_INTERVAL_S
@@ -261,7 +267,19 @@ class Router:
             self._watch_sinks(now)
             self._read_tap_subscriptions()
             self.heart.maybe_beat(self.stats())
-            await asyncio.sleep(TICK_S)
+            await self._sleep(min(next_data_beat, next_usage) - time.monotonic())
+
+    async def _sleep(self, until_beat_s: float) -> None:
+        """Until the next beat (usage flush and idle-sink reaping ride on it), or TICK_S while a sink needs watching;
+        woken at once by a stop, a reader's death or a replica out of step."""
+        watching = any(s.queue.messages or s.parked or s.episode is not None or s.worker.down_reason is not None
+                       for s in self.sinks.values())
+        timeout = max(0.0, min(until_beat_s, self.heart.due_in(), TICK_S if watching or self.dealer is None else until_beat_s))
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self.wake.clear()
 
     async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
         for task in tasks:
@@ -276,6 +294,8 @@ class Router:
         self.client.close()
         if self.dealer is not None:
             self.dealer.close()  # with the linger set above: the final acks leave first
+        if self.tap is not None:
+            self.loop.remove_reader(self.tap.getsockopt(zmq.FD))
         for sock in (self.sub, self.tap):
             if sock is not None:
                 sock.close(linger=0)
@@ -321,6 +341,8 @@ class Router:
                 continue
             if self.replica.feed(message):
                 self._tables_changed()
+            if self.replica.needs_snapshot or (self.dealer is None and self.replica.ready):
+                self.wake.set()  # resync, or open the data socket, now rather than at the next beat
             self._maybe_resync()
 
     def _maybe_resync(self) -> None:
@@ -336,6 +358,7 @@ class Router:
         first = self.replica.epoch is None
         self.replica.load_snapshot(snapshot)
         self._tables_changed()
+        self.wake.set()  # the data socket opens now
         if first:
             log.info("%s has the routing table: %d routes, %d peripherals", self.name, len(self.replica.routes), len(self.replica.peripherals))
 
@@ -531,6 +554,7 @@ class Router:
         sink = self.sinks.get(worker.key)
         if event is not None and event != "up" and sink is not None:
             self._episode(sink, event)  # up again: the episode ends once the sink caught up (_watch_sinks)
+            self.wake.set()  # housekeeping watches this sink from now on
         self._account(sink, chunks, time.time())
 
     def _account(self, sink: Sink | None, chunks: list[Chunk], now: float) -> None:

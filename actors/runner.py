@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import logging.handlers
 import os
@@ -18,15 +19,46 @@ LOG_BACKUPS = 3
 LOG_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
+
+
 class StopFlag:
-    """Set by SIGTERM/SIGINT or by a dead parent; the actor's loop checks it and returns."""
+    """Set by SIGTERM/SIGINT or by a dead parent; the actor's loop checks it and returns.
+
+    Loops sleep until their next deadline, so setting the flag also wakes them: a sync loop polls
+    ``wakeup_fd()``, an asyncio loop registers a callback with ``on_set``.
+    """
 
     def __init__(self, parent_pid: int | None = None) -> None:
         self.stopping = False
         self.parent_pid = parent_pid
+        self.callbacks: list[Callable[[], None]] = []
+        self.pipe: tuple[int, int] | None = None
 
     def set(self, *_: object) -> None:
         self.stopping = True
+        if self.pipe is not None:
+            try:
+                os.write(self.pipe[1], b"x")
+            except OSError:
+                pass  # the pipe is full: it is readable already
+        for callback in list(self.callbacks):
+            callback()
+
+    def wakeup_fd(self) -> int:
+        """A file descriptor that becomes readable once the flag is set (for zmq.Poller.register)."""
+        if self.pipe is None:
+            self.pipe = os.pipe()
+            os.set_blocking(self.pipe[1], False)
+            if self.stopping:
+                os.write(self.pipe[1], b"x")
+        return self.pipe[0]
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        """Call callback (from a signal handler: it must be quick, e.g. loop.call_soon_threadsafe) when the flag is set."""
+        self.callbacks.append(callback)
+        if self.stopping:
+            callback()
 
     def should_stop(self) -> bool:
         """True once asked to stop, or once the supervisor that started us is gone (no orphans)."""
@@ -37,6 +69,19 @@ class StopFlag:
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self.set)
         signal.signal(signal.SIGINT, self.set)
+        if self.parent_pid is not None:
+            ask_for_signal_on_parent_death(signal.SIGTERM)
+            if os.getppid() != self.parent_pid:  # died before we asked
+                self.set()
+
+
+def ask_for_signal_on_parent_death(signum: int) -> None:
+    """Linux: be sent signum when the parent dies, so an orphan stops at once without polling getppid()."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: should_stop() still notices a new parent at the next wake-up
 
 
 class Actor(Protocol):

@@ -25,13 +25,12 @@ from .probe import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, InfoAnswer, Outcome, Pro
 from .protocol import Op, ProtocolError, Topic
 from .replica import StateReplica
 from .runner import StopFlag, run_actor
-from .settings import POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, ConfigError, Endpoints, Runtime, parse_ports
+from .settings import REQUEST_TIMEOUT_S, ConfigError, Endpoints, Runtime, parse_ports
 from .stateclient import AsyncStateClient
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_RETRY_S = 0.5
-SWEEP_WAIT_STEP_S = 0.1
 LOCAL_HOST_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "*"})
 WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", ""})
 TCP_ENDPOINT = re.compile(r"^tcp://\[?([^\]]*)\]?:(\d+)$")
@@ -174,6 +173,8 @@ class Scanner:
         self.accepted_before: set[tuple[str, int]] = set()
         self.machine: frozenset[str] = frozenset()
         self.dropped_events = 0
+        self.wake = asyncio.Event()  # the main loop: a stop or a task's end
+        self.replica_moved = asyncio.Event()  # the sweeper and the syncer: an update, a gap, a new config
 
     def run(self) -> None:
         self.pub = connect_publisher(self.context, self.runtime.endpoints)
@@ -189,16 +190,20 @@ class Scanner:
 
     async def _main(self) -> None:
         actx = zmq.asyncio.Context()
-        sub = connect_subscriber(actx, self.runtime.endpoints, [Topic.STATE, Topic.HEARTBEAT])
+        sub = connect_subscriber(actx, self.runtime.endpoints, [Topic.STATE])  # the keeper's heartbeat included (KEEPER_HEARTBEAT)
         client = AsyncStateClient(actx, self.runtime.endpoints.state_front, self.runtime.endpoints.keys_dir)
+        loop = asyncio.get_running_loop()
+        self.stop.on_set(lambda: loop.call_soon_threadsafe(self.wake.set))
         tasks = [asyncio.create_task(coro) for coro in (self._listen(sub), self._keep_synced(client), self._sweep_forever(client))]
+        for task in tasks:
+            task.add_done_callback(lambda _: self.wake.set())
         try:
             while not self.stop.should_stop():
                 self.heart.maybe_beat(self.stats.as_dict())
                 for task in tasks:
                     if task.done():
                         task.result()  # a crashed task ends the actor (the supervisor restarts it)
-                await asyncio.sleep(POLL_INTERVAL_MS / 1000)
+                await wait_event(self.wake, self.heart.due_in())
         finally:
             for task in tasks:
                 task.cancel()
@@ -217,7 +222,8 @@ class Scanner:
             except ProtocolError:
                 self.dropped_events += 1
                 continue
-            self.replica.feed(message)
+            if self.replica.feed(message) or self.replica.needs_snapshot:
+                self.replica_moved.set()
 
     async def _keep_synced(self, client: AsyncStateClient) -> None:
         """Take a snapshot whenever the replica is out of step (at start, after a gap, after a keeper restart)."""
@@ -231,7 +237,7 @@ class Scanner:
                     if not complained:
                         log.warning("no state snapshot yet (%s); retrying", exc)
                         complained = True
-            await asyncio.sleep(SNAPSHOT_RETRY_S if self.replica.needs_snapshot else SWEEP_WAIT_STEP_S)
+            await wait_event(self.replica_moved, SNAPSHOT_RETRY_S if self.replica.needs_snapshot else None)
 
     # ---- sweeping ----
     async def _sweep_forever(self, client: AsyncStateClient) -> None:
@@ -240,7 +246,8 @@ class Scanner:
         while True:
             plan = self._current_plan()
             if plan is None or (started is not None and time.monotonic() - started < plan.interval_s):
-                await asyncio.sleep(SWEEP_WAIT_STEP_S)
+                # Asleep until the sweep is due, or an update arrives (a new scan_interval applies at once).
+                await wait_event(self.replica_moved, None if plan is None else started + plan.interval_s - time.monotonic())
                 continue
             started = time.monotonic()
             await self.sweep_once(plan, client)
@@ -354,6 +361,15 @@ class Scanner:
         stats.sweeps += 1
         stats.garbage_total += stats.garbage
         log.debug("sweep %d: %d ports in %.3fs, %d found, %d garbage, %d silent", stats.sweeps, stats.ports_scanned, seconds, stats.found, stats.garbage, stats.silent)
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> None:
+    """Sleep until event is set (then clear it) or timeout seconds pass (None: no limit)."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
+    event.clear()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,11 +25,13 @@ RUN_DIR_PREFIX = "orch-"  # of that private folder (tempfile.mkdtemp: unpredicta
 KEYS_DIR_NAME = "keys"
 DEFAULT_CONFIG_DIR = "config"
 
-# Timing: everything derives from the heartbeat interval.
-HEARTBEAT_INTERVAL_S = 1.0
-HEARTBEAT_LIVENESS = 3
+# Timing: everything derives from the heartbeat interval. Actors sleep until their next deadline
+# (a beat, an expiry, a flush), so the interval sets the idle cost; two beats per expiry keep a dead
+# or silent actor counted out within HEARTBEAT_EXPIRY_S while one lost beat is tolerated.
+HEARTBEAT_INTERVAL_S = 1.5
+HEARTBEAT_LIVENESS = 2
 HEARTBEAT_EXPIRY_S = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
-POLL_INTERVAL_MS = int(HEARTBEAT_INTERVAL_S * 1000 / 4)
+POLL_INTERVAL_MS = 250  # the retry period of work that is waiting on something else (a busy or absent router)
 WRITE_COALESCE_S = 0.2
 REQUEST_TIMEOUT_S = 2.0
 USAGE_FLUSH_INTERVAL_S = HEARTBEAT_INTERVAL_S

@@ -22,7 +22,7 @@ from .errors import ErrorCode, OrchestratorError, UnknownOp
 from .protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, UpdateKind, decode_as, encode
 from .runner import StopFlag, run_actor
 from .security import secure_client
-from .settings import POLL_INTERVAL_MS, Runtime, loopback_only_reason
+from .settings import Runtime, loopback_only_reason
 from .tables import Change, Tables
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ LAZY_WRITE_DELAY_S = 1.0
 LAZY_OPS = {Op.SEEN.value, Op.LOST.value, Op.ROUTE_USAGE.value}
 QUIET_OPS = {Op.SNAPSHOT.value, Op.ROUTE_USAGE.value, Op.SEEN.value}
 CONFIG_NOTICE_REPEAT_S = 300.0  # how often a loopback-only fallback is logged again
-EDIT_POLL_INTERVAL_S = 0.5  # how often the files are stat'ed for hand edits (noticed within 1 s)
+EDIT_POLL_INTERVAL_S = 1.0  # how often the files are stat'ed for hand edits (noticed within 1 s)
 CHANGES_NAMED = 10  # a hand edit's activity line names at most this many changed records
 
 
@@ -89,14 +89,17 @@ class StateKeeper:
         self.sock.connect(self.runtime.endpoints.state_back)
         self.pub = connect_publisher(self.context, self.runtime.endpoints)
         logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
-        self.heart = Heartbeater(self.name, self.pub)
+        self.heart = Heartbeater(self.name, self.pub, Topic.KEEPER_HEARTBEAT)
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.stop.wakeup_fd(), zmq.POLLIN)
         log.info("state keeper started: %d peripherals, %d routes from %s", len(self.tables.peripherals), len(self.tables.routes), self.runtime.config_dir)
         for path in self.store.kept_aside:
             log.error("a corrupt config file was kept aside as %s", path)
         self._log_store_notes()
         try:
             while not self.stop.should_stop():
-                if self.sock.poll(POLL_INTERVAL_MS):
+                if self.sock in dict(poller.poll(self._sleep_s() * 1000 + 1)):
                     self._serve_burst()
                 self._check_outside_edits()
                 if self.durable_dirty:
@@ -109,6 +112,14 @@ class StateKeeper:
             self.pub.close()
             self.sock.close()
             log.info("state keeper stopped")
+
+    def _sleep_s(self) -> float:
+        """Until the next timed job: a beat, the hand-edit check, a lazy write (requests wake us at once)."""
+        now = time.monotonic()
+        due = [self.heart.due_in(), self.edits_checked_at + EDIT_POLL_INTERVAL_S - now]
+        if self.lazy_dirty_since is not None:
+            due.append(self.lazy_dirty_since + LAZY_WRITE_DELAY_S - now)
+        return max(0.0, min(due))
 
     def _stats(self) -> dict[str, Any]:
         stats = {"epoch": self.epoch, "seq": self.seq, "writes": self.store.writes, "dropped": self.dropped, "requests": self.requests,

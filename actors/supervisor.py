@@ -23,11 +23,11 @@ from typing import IO, Any
 
 import zmq
 
-from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
+from .bus import LIVENESS_TOPICS, ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .errors import BadArguments, ErrorCode, OrchestratorError, UnknownOp
 from .protocol import Activity, Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
 from .security import secure_server, start_authenticator
-from .settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, POLL_INTERVAL_MS, Runtime
+from .settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, Runtime
 
 log = logging.getLogger("supervisor")
 
@@ -47,6 +47,7 @@ MAX_BACKOFF_DOUBLINGS = 16  # 2**16 * BACKOFF_BASE_S is far past BACKOFF_MAX_S: 
 STARTUP_GRACE_S = 15.0
 HANG_TIMEOUT_S = HEARTBEAT_EXPIRY_S * 4
 STOP_GRACE_S = 3.0
+WAKEUP_READ_BYTES = 4096
 ACTIVITY_HISTORY = 500  # activity lines kept for a UI that attaches later
 REMOTE_FORGET_S = 60.0  # an actor of another supervisor silent this long leaves the status table
 
@@ -375,6 +376,20 @@ class Supervisor:
                 actor.reported_lost = True
                 log.warning("%s on %s lost: no heartbeat for %.0fs", actor.name, actor.host, silent)
 
+    def _sleep_s(self, heart: Heartbeater) -> float:
+        """Until the next timed job: a beat, a restart, a hang or a remote actor's expiry. A child's exit
+        (SIGCHLD), a stop signal, an event or a control request wake us earlier."""
+        now, mono = time.time(), time.monotonic()
+        due = [heart.due_in()]
+        for child in self.children:
+            if child.process is None and not child.failed:
+                due.append(child.next_start - mono)
+            elif child.alive and not child.attached:
+                last = child.last_heartbeat if child.last_heartbeat and child.last_heartbeat >= child.started_at else None
+                due.append((child.started_at + STARTUP_GRACE_S if last is None else last + HANG_TIMEOUT_S) - now)
+        due += [actor.last_heartbeat + HEARTBEAT_EXPIRY_S - now for actor in self.remote.values() if not actor.reported_lost]
+        return max(0.0, min(due))
+
     def _beat_stats(self) -> dict[str, Any]:
         """Heartbeat stats: counts, and the health with its reasons (the UI's status line shows them)."""
         health, reasons = self.health(time.time())
@@ -396,7 +411,7 @@ class Supervisor:
         control.setsockopt(zmq.LINGER, 0)
         secure_server(control, endpoints.control, endpoints.keys_dir)
         control.bind(endpoints.control)
-        events = connect_subscriber(context, endpoints, [Topic.HEARTBEAT, Topic.ACTIVITY])
+        events = connect_subscriber(context, endpoints, [*LIVENESS_TOPICS, Topic.ACTIVITY])
         pub = connect_publisher(context, self.runtime.endpoints)
         activity = ActivityHandler("supervisor", pub)
         log.addHandler(activity)
@@ -404,12 +419,16 @@ class Supervisor:
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
         poller.register(events, zmq.POLLIN)
+        wakeup = self._wake_on_signals()
+        poller.register(wakeup, zmq.POLLIN)
         log.info("supervisor %d starting %s on %s", os.getpid(), ", ".join(c.name for c in self.children), self.runtime.config_dir)
         try:
             for child in self.children:
                 self._spawn(child)
             while not self.stopping:
-                ready = dict(poller.poll(POLL_INTERVAL_MS))
+                ready = dict(poller.poll(self._sleep_s(heart) * 1000 + 1))
+                if wakeup in ready:
+                    drain(wakeup)
                 if control in ready:
                     self._on_control(control)
                 while events in ready and events.poll(0):
@@ -427,5 +446,25 @@ class Supervisor:
             if auth is not None:
                 auth.stop()
             context.term()
+            os.close(signal.set_wakeup_fd(-1))
+            os.close(wakeup)
             log.info("stopped")
         return 0
+
+    def _wake_on_signals(self) -> int:
+        """A pipe the interpreter writes to on every signal: a child's exit (SIGCHLD) or a stop wakes the loop at once."""
+        read_end, write_end = os.pipe()
+        for end in (read_end, write_end):
+            os.set_blocking(end, False)
+        signal.set_wakeup_fd(write_end)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler, so the wake-up fd is written
+        return read_end
+
+
+def drain(fd: int) -> None:
+    """Empty a non-blocking wake-up pipe."""
+    try:
+        while os.read(fd, WAKEUP_READ_BYTES):
+            pass
+    except BlockingIOError:
+        pass
