@@ -57,7 +57,7 @@ class Broker:
         events_in, events_out, front, back = sockets
         pub = connect_publisher(self.context, endpoints)
         logging.getLogger().addHandler(ActivityHandler(self.name, pub))
-        heart = Heartbeater(self.name, pub)
+        heart = Heartbeater(self.name, pub, endpoints, beat_on_change=False)  # its counters move with every beat it forwards
         poller = zmq.Poller()
         for sock in sockets:
             poller.register(sock, zmq.POLLIN)

@@ -11,7 +11,7 @@ import zmq
 
 from .protocol import Activity, Heartbeat, Message, ProtocolError, Topic, decode, encode
 from .security import secure_client
-from .settings import HEARTBEAT_INTERVAL_S, Endpoints
+from .settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S, Endpoints
 
 # Events are small and rare; a high-water mark protects memory if the broker stalls.
 EVENT_HWM = 10_000
@@ -76,26 +76,47 @@ class ActivityHandler(logging.Handler):
 LIVENESS_TOPICS = (Topic.HEARTBEAT, Topic.KEEPER_HEARTBEAT)  # every actor's heartbeat, the keeper's included
 
 
-class Heartbeater:
-    """Publishes this actor's heartbeat every HEARTBEAT_INTERVAL_S, from the actor's own loop."""
+def beat_expiry(beat: Heartbeat) -> float:
+    """How long after this beat its sender counts as silent."""
+    return beat.expiry_s if beat.expiry_s > 0 else HEARTBEAT_EXPIRY_S
 
-    def __init__(self, actor: str, sock: zmq.Socket, topic: Topic = Topic.HEARTBEAT) -> None:
+
+def idle_beat_interval(endpoints: Endpoints) -> float:
+    """Seconds between beats while nothing changes: long on one board, HEARTBEAT_INTERVAL_S where other boards watch (tcp bus)."""
+    return IDLE_HEARTBEAT_INTERVAL_S if endpoints.events_in.startswith("ipc://") else HEARTBEAT_INTERVAL_S
+
+
+class Heartbeater:
+    """Publishes this actor's heartbeat from the actor's own loop: every HEARTBEAT_INTERVAL_S while its figures
+    change (when beat_on_change), else every idle_interval_s; each beat says when to count the actor out."""
+
+    def __init__(self, actor: str, sock: zmq.Socket, endpoints: Endpoints | None = None, topic: Topic = Topic.HEARTBEAT,
+                 beat_on_change: bool = True) -> None:
         self.actor = actor
         self.sock = sock
         self.topic = topic
+        self.idle_interval_s = HEARTBEAT_INTERVAL_S if endpoints is None else idle_beat_interval(endpoints)
+        self.beat_on_change = beat_on_change
         self.started_at = time.time()
         self.host = socket.gethostname()
         self.next_beat = 0.0
+        self.last_beat = -HEARTBEAT_INTERVAL_S
+        self.last_stats: dict[str, Any] | None = None
 
     def due_in(self) -> float:
         """Seconds until the next beat is due (0 when it is): how long the actor's loop may sleep."""
         return max(0.0, self.next_beat - time.monotonic())
 
     def maybe_beat(self, stats: dict[str, Any] | None = None) -> bool:
-        """Beat if one is due; returns True when it did."""
+        """Beat if one is due (changed figures make it due HEARTBEAT_INTERVAL_S after the last beat); True when it did."""
         now = time.monotonic()
+        stats = stats or {}
+        if self.beat_on_change and stats != self.last_stats:
+            self.next_beat = min(self.next_beat, self.last_beat + HEARTBEAT_INTERVAL_S)
         if now < self.next_beat:
             return False
-        self.next_beat = now + HEARTBEAT_INTERVAL_S
-        publish(self.sock, self.topic, Heartbeat(actor=self.actor, pid=os.getpid(), host=self.host, started_at=self.started_at, stats=stats or {}))
+        self.last_beat, self.last_stats = now, stats
+        self.next_beat = now + self.idle_interval_s
+        publish(self.sock, self.topic, Heartbeat(actor=self.actor, pid=os.getpid(), host=self.host, started_at=self.started_at, stats=stats,
+                                                 expiry_s=self.idle_interval_s * HEARTBEAT_LIVENESS))
         return True

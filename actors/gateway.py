@@ -21,7 +21,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from .access import AccessPolicy, AuthGuard, AuthLimits, ConnectionSlots, RefusalLog, SlotLimits, effective_address, is_this_machine
-from .bus import LIVENESS_TOPICS, ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
+from .bus import LIVENESS_TOPICS, ActivityHandler, beat_expiry, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .commands import (BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, Reply, apply_config_block, build_registry, error, failure,
                        format_time)
 from .connection import HOLD_BACKPRESSURE, Connection, Limits
@@ -120,7 +120,7 @@ class Gateway:
         self.actx = zmq.asyncio.Context()
         self.pub = connect_publisher(self.context, self.runtime.endpoints)
         logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
-        self.heart = Heartbeater(self.name, self.pub)
+        self.heart = Heartbeater(self.name, self.pub, self.runtime.endpoints)
         self.sub = connect_subscriber(self.actx, self.runtime.endpoints, (Topic.STATE, *LIVENESS_TOPICS))
         self.wake = asyncio.Event()
         self.replica_changed = asyncio.Event()
@@ -607,7 +607,7 @@ class Gateway:
 
     def _live_beats(self) -> dict[str, Heartbeat]:
         now = time.monotonic()
-        return {actor: beat for actor, beat in self.heartbeats.items() if now - self.heard_at[actor] <= HEARTBEAT_EXPIRY_S}
+        return {actor: beat for actor, beat in self.heartbeats.items() if now - self.heard_at[actor] <= beat_expiry(beat)}
 
     def status(self) -> dict[str, Any]:
         """CommandContext: the /status figures (the seed's example, with real counters)."""

@@ -140,6 +140,7 @@ class Heartbeat(Message):
     host: str
     started_at: float
     stats: dict = field(default_factory=dict)
+    expiry_s: float = 0.0  # silent this long = gone (it beats at least twice within); 0: HEARTBEAT_EXPIRY_S (older senders)
 
 
 @dataclass

@@ -208,7 +208,7 @@ class Router:
         self.actx = zmq.asyncio.Context.shadow(self.context.underlying)
         self.pub = connect_publisher(self.context, endpoints)
         logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
-        self.heart = Heartbeater(self.name, self.pub)
+        self.heart = Heartbeater(self.name, self.pub, endpoints)
         self.tap = self._connect_tap()
         self.sub = connect_subscriber(self.actx, endpoints, [Topic.STATE])  # the keeper's heartbeat included (KEEPER_HEARTBEAT)
         self.stop.on_set(lambda: self.loop.call_soon_threadsafe(self.wake.set))

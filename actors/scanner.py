@@ -179,7 +179,7 @@ class Scanner:
     def run(self) -> None:
         self.pub = connect_publisher(self.context, self.runtime.endpoints)
         logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
-        self.heart = Heartbeater(self.name, self.pub)
+        self.heart = Heartbeater(self.name, self.pub, self.runtime.endpoints)
         self.machine = machine_addresses()
         log.info("scanner started (up to %d probes at once, %.2fs connect / %.2fs answer timeouts)", probe_concurrency(), CONNECT_TIMEOUT_S, ANSWER_TIMEOUT_S)
         try:

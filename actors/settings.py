@@ -31,6 +31,10 @@ DEFAULT_CONFIG_DIR = "config"
 HEARTBEAT_INTERVAL_S = 1.5
 HEARTBEAT_LIVENESS = 2
 HEARTBEAT_EXPIRY_S = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
+# On a single board (ipc bus) a dead actor is known at once (SIGCHLD, a dropped data connection): while its
+# figures do not change an actor beats this seldom, and says so in its beat (expiry_s). Satellites always beat
+# every HEARTBEAT_INTERVAL_S, so a silent board is counted out within HEARTBEAT_EXPIRY_S.
+IDLE_HEARTBEAT_INTERVAL_S = 5.0
 POLL_INTERVAL_MS = 250  # the retry period of work that is waiting on something else (a busy or absent router)
 WRITE_COALESCE_S = 0.2
 REQUEST_TIMEOUT_S = 2.0

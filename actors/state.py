@@ -89,7 +89,7 @@ class StateKeeper:
         self.sock.connect(self.runtime.endpoints.state_back)
         self.pub = connect_publisher(self.context, self.runtime.endpoints)
         logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
-        self.heart = Heartbeater(self.name, self.pub, Topic.KEEPER_HEARTBEAT)
+        self.heart = Heartbeater(self.name, self.pub, self.runtime.endpoints, Topic.KEEPER_HEARTBEAT)
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.stop.wakeup_fd(), zmq.POLLIN)

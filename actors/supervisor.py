@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import zmq
 
-from .bus import LIVENESS_TOPICS, ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
+from .bus import LIVENESS_TOPICS, ActivityHandler, beat_expiry, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .errors import BadArguments, ErrorCode, OrchestratorError, UnknownOp
 from .protocol import Activity, Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
 from .security import secure_server, start_authenticator
@@ -45,7 +45,7 @@ FLAP_WINDOW_S = 30.0
 FLAP_LIMIT = 6
 MAX_BACKOFF_DOUBLINGS = 16  # 2**16 * BACKOFF_BASE_S is far past BACKOFF_MAX_S: keeps the power small
 STARTUP_GRACE_S = 15.0
-HANG_TIMEOUT_S = HEARTBEAT_EXPIRY_S * 4
+HANG_TIMEOUT_S = HEARTBEAT_EXPIRY_S * 4  # above an idle beat's expiry (IDLE_HEARTBEAT_INTERVAL_S x liveness)
 STOP_GRACE_S = 3.0
 WAKEUP_READ_BYTES = 4096
 ACTIVITY_HISTORY = 500  # activity lines kept for a UI that attaches later
@@ -70,6 +70,7 @@ class Child:
     failed: bool = False
     last_heartbeat: float | None = None
     heartbeat: dict[str, Any] = field(default_factory=dict)
+    expiry_s: float = HEARTBEAT_EXPIRY_S  # what its last beat said
     attached: bool = False  # the UI: shares our terminal, is not restarted when it detaches
 
     @property
@@ -106,7 +107,7 @@ class Child:
             return f"{self.name} down (restart in {wait:.1f}s)" if wait else f"{self.name} down (restarting)"
         if not self.ready:
             return f"{self.name} starting (no heartbeat yet)"
-        if now - self.last_heartbeat > HEARTBEAT_EXPIRY_S:
+        if now - self.last_heartbeat > self.expiry_s:
             return f"{self.name} silent for {now - self.last_heartbeat:.0f}s"
         return None
 
@@ -121,9 +122,10 @@ class RemoteActor:
     last_heartbeat: float
     stats: dict[str, Any] = field(default_factory=dict)
     reported_lost: bool = False
+    expiry_s: float = HEARTBEAT_EXPIRY_S
 
     def live(self, now: float) -> bool:
-        return now - self.last_heartbeat <= HEARTBEAT_EXPIRY_S
+        return now - self.last_heartbeat <= self.expiry_s
 
     def describe(self, now: float) -> dict[str, Any]:
         return {"name": self.name, "host": self.host, "pid": self.pid, "state": "running" if self.live(now) else "lost",
@@ -271,7 +273,7 @@ class Supervisor:
         """Ports a live gateway reports it cannot bind (another process holds them); it keeps retrying."""
         problems: list[str] = []
         for child in self.children:
-            if child.kind != "gateway" or not child.ready or now - (child.last_heartbeat or 0.0) > HEARTBEAT_EXPIRY_S:
+            if child.kind != "gateway" or not child.ready or now - (child.last_heartbeat or 0.0) > child.expiry_s:
                 continue
             failed = child.heartbeat.get("stats", {}).get("failed_binds")
             if isinstance(failed, dict):
@@ -352,6 +354,7 @@ class Supervisor:
                 if child.pid == message.pid:
                     child.last_heartbeat = now
                     child.heartbeat = {"host": message.host, "stats": message.stats}
+                    child.expiry_s = beat_expiry(message)
         if not own and message.actor != f"supervisor{self.name_suffix}":
             self._heard_remote(message, now)
         if self.ready_after_s is None and all(c.last_heartbeat for c in self.children if not c.failed and not c.attached):
@@ -363,7 +366,7 @@ class Supervisor:
         known = self.remote.get(beat.actor)
         if known is None or not known.live(now) or known.pid != beat.pid:
             log.info("%s on %s joined (pid %d)", beat.actor, beat.host, beat.pid)
-        self.remote[beat.actor] = RemoteActor(beat.actor, beat.host, beat.pid, now, beat.stats)
+        self.remote[beat.actor] = RemoteActor(beat.actor, beat.host, beat.pid, now, beat.stats, expiry_s=beat_expiry(beat))
 
     def _expire_remote(self) -> None:
         """Report remote actors that fell silent (their board is gone or cut off); forget them later."""
@@ -387,7 +390,7 @@ class Supervisor:
             elif child.alive and not child.attached:
                 last = child.last_heartbeat if child.last_heartbeat and child.last_heartbeat >= child.started_at else None
                 due.append((child.started_at + STARTUP_GRACE_S if last is None else last + HANG_TIMEOUT_S) - now)
-        due += [actor.last_heartbeat + HEARTBEAT_EXPIRY_S - now for actor in self.remote.values() if not actor.reported_lost]
+        due += [actor.last_heartbeat + actor.expiry_s - now for actor in self.remote.values() if not actor.reported_lost]
         return max(0.0, min(due))
 
     def _beat_stats(self) -> dict[str, Any]:
@@ -415,7 +418,7 @@ class Supervisor:
         pub = connect_publisher(context, self.runtime.endpoints)
         activity = ActivityHandler("supervisor", pub)
         log.addHandler(activity)
-        heart = Heartbeater(f"supervisor{self.name_suffix}", pub)
+        heart = Heartbeater(f"supervisor{self.name_suffix}", pub, endpoints)
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
         poller.register(events, zmq.POLLIN)

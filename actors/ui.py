@@ -27,14 +27,14 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import zmq
 
 from . import viewmodel as vm
-from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
+from .bus import ActivityHandler, Heartbeater, beat_expiry, connect_publisher, connect_subscriber, parse_event
 from .cli import bus_command
 from .errors import OrchestratorError
 from .protocol import Activity, Heartbeat, Op, ProtocolError, StateUpdate, Topic
 from .replica import StateReplica
 from .rules import FILTER_KEY, RULE_KEYS, SYNTAX, TRANSFORM_KEY
 from .runner import StopFlag, run_actor, setup_logging
-from .settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, Runtime
+from .settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, REQUEST_TIMEOUT_S, Runtime
 from .stateclient import StateClient
 
 
@@ -43,8 +43,7 @@ log = logging.getLogger(__name__)
 ACTIVITY_KEEP = 2000  # lines of recent activity kept in memory (scrollable)
 MAX_EVENTS_PER_DRAIN = 5000  # bounded, so a flood of events cannot starve the keyboard
 FRAME_INTERVAL_S = 0.05  # at most 20 redraws a second while things change
-IDLE_REDRAW_S = HEARTBEAT_INTERVAL_S  # ages and uptime move once a second
-POLL_TIMEOUT_S = POLL_INTERVAL_MS / 1000
+IDLE_REDRAW_S = 1.0  # nothing changed: ages and uptime still move once a second, so the screen does too (no oftener)
 SNAPSHOT_TIMEOUT_S = HEARTBEAT_INTERVAL_S
 SNAPSHOT_RETRY_S = HEARTBEAT_INTERVAL_S
 COMMAND_TIMEOUT_S = REQUEST_TIMEOUT_S * 3  # a command may wait on the state keeper's own retries
@@ -94,6 +93,7 @@ class BusView:
         self.actors: dict[str, vm.ActorStatus] = {}
         self.started = time.monotonic()
         self.last_beat: float | None = None
+        self.last_beat_expiry = HEARTBEAT_EXPIRY_S
         self.next_snapshot = 0.0
         self.tried_snapshot = False
         self.events = 0
@@ -106,8 +106,8 @@ class BusView:
         self.sub.close()
 
     def connected(self) -> bool:
-        """Someone other than us beat within HEARTBEAT_EXPIRY_S: the bus is alive."""
-        return self.last_beat is not None and time.monotonic() - self.last_beat < HEARTBEAT_EXPIRY_S
+        """Someone other than us beat within the expiry that beat announced: the bus is alive."""
+        return self.last_beat is not None and time.monotonic() - self.last_beat < self.last_beat_expiry
 
     def drain(self) -> bool:
         """Read every waiting event; True when something on screen changed."""
@@ -143,9 +143,9 @@ class BusView:
             return False
         now = time.monotonic()
         known = self.actors.get(beat.actor)
-        self.actors[beat.actor] = vm.ActorStatus(beat.actor, now, beat.started_at, beat.pid, beat.stats, beat.host)
+        self.actors[beat.actor] = vm.ActorStatus(beat.actor, now, beat.started_at, beat.pid, beat.stats, beat.host, beat_expiry(beat))
         was_silent = not self.connected()
-        self.last_beat = now
+        self.last_beat, self.last_beat_expiry = now, beat_expiry(beat)
         self.replica.feed(beat)
         self._forget_silent(now)
         return was_silent or known is None or known.pid != beat.pid
@@ -602,7 +602,7 @@ class UiActor:
         self.pub = connect_publisher(self.context, self.runtime.endpoints)
         activity = ActivityHandler(self.name, self.pub)
         logging.getLogger().addHandler(activity)
-        self.heart = Heartbeater(self.name, self.pub)
+        self.heart = Heartbeater(self.name, self.pub, self.runtime.endpoints, beat_on_change=False)  # its counters move with every event
         self.interaction = Interaction(self._command, self.view.model)
         log.info("%s attached to %s", self.name, self.runtime.config_dir)
         try:
@@ -637,6 +637,7 @@ class UiActor:
         poller = zmq.Poller()
         poller.register(self.view.sub, zmq.POLLIN)
         poller.register(sys.stdin.fileno(), zmq.POLLIN)
+        poller.register(self.stop.wakeup_fd(), zmq.POLLIN)
         dirty, last_draw, was_connected = True, 0.0, False
         while not self.stop.should_stop():
             poller.poll(self._wait_ms(dirty, last_draw))
@@ -660,11 +661,14 @@ class UiActor:
                 dirty, last_draw = False, now
         return STOPPED
 
-    @staticmethod
-    def _wait_ms(dirty: bool, last_draw: float) -> int:
+    def _wait_ms(self, dirty: bool, last_draw: float) -> int:
+        """Until the next frame (a change is waiting), the clock's next repaint, a beat or a snapshot retry;
+        events and keys wake us at once."""
         since = time.monotonic() - last_draw
-        wait = FRAME_INTERVAL_S - since if dirty else min(POLL_TIMEOUT_S, IDLE_REDRAW_S - since)
-        return max(0, int(wait * 1000))
+        wait = FRAME_INTERVAL_S - since if dirty else min(IDLE_REDRAW_S - since, self.heart.due_in())
+        if self.view.replica.needs_snapshot and (self.view.connected() or not self.view.tried_snapshot):  # else a beat wakes us
+            wait = min(wait, max(0.0, self.view.next_snapshot - time.monotonic()))
+        return max(0, int(wait * 1000) + 1)
 
     def _read_keys(self, stdscr: Any) -> bool:
         """Handle every key waiting; True when there was at least one."""

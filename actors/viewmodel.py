@@ -75,6 +75,7 @@ class ActorStatus:
     pid: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
     host: str = ""  # the board it runs on (satellites: launch.py --join)
+    expiry_s: float = 3.0  # silent this long after last_beat: not alive (its beat says)
 
 
 @dataclass
@@ -334,7 +335,7 @@ def title_line(model: Model, width: int) -> Line:
 
 def uptime_s(model: Model) -> float | None:
     """Since the supervisor started (or the oldest live actor, when no supervisor beats)."""
-    alive = [a for a in model.actors.values() if model.now_mono - a.last_beat <= model.alive_within_s]
+    alive = [a for a in model.actors.values() if model.now_mono - a.last_beat <= a.expiry_s]
     if not alive:
         return None
     chosen = [a for a in alive if a.name == "supervisor"] or alive
@@ -350,7 +351,7 @@ def status_line(model: Model, width: int) -> Line:
     notice = next((a.stats["config_notice"] for a in model.actors.values() if a.stats.get("config_notice")), "")
     if notice:  # e.g. ports on loopback only after an unreadable orch.cf: more important than the counters
         return Line(fit(f"WARNING: {notice}", width), Style.ALERT)
-    alive = sorted((a for a in model.actors.values() if model.now_mono - a.last_beat <= model.alive_within_s), key=lambda a: a.name)
+    alive = sorted((a for a in model.actors.values() if model.now_mono - a.last_beat <= a.expiry_s), key=lambda a: a.name)
     parts = [f"actors {len(alive)}: {actors_by_host(alive)}"]
     delivered = [a.stats.get("delivered") for a in model.actors.values() if a.name.startswith("router")]
     numbers = [d for d in delivered if isinstance(d, int) and not isinstance(d, bool)]
@@ -368,7 +369,7 @@ def status_line(model: Model, width: int) -> Line:
 def degraded_reasons(model: Model) -> str | None:
     """"degraded: <why>" while the (live) supervisor says an actor is down, backing off or failed, or a port is held; else None."""
     supervisor = model.actors.get("supervisor")
-    if supervisor is None or model.now_mono - supervisor.last_beat > model.alive_within_s or supervisor.stats.get("health") != "degraded":
+    if supervisor is None or model.now_mono - supervisor.last_beat > supervisor.expiry_s or supervisor.stats.get("health") != "degraded":
         return None
     reasons = supervisor.stats.get("reasons")
     listed = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) and reasons else "see launch.py status"

@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 import zmq
 
-from actors.protocol import DataAck, DataBatch, Heartbeat, Op, Tap, decode, decode_as, encode, tap_topic
+from actors.protocol import DataAck, DataBatch, Heartbeat, Op, Tap, Topic, decode, decode_as, encode, tap_topic, Topic
 from actors.router import AckBook, BatchTracker
 from actors.sinks import MODE_MESSAGE, MODE_STREAM, Backoff, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
 from conftest import REPO_ROOT, Instance, free_port, start_instance, wait_until
@@ -458,7 +458,7 @@ def state_writes(rig: Rig) -> int:
     context = zmq.Context()
     sub = context.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
+    sub.setsockopt(zmq.SUBSCRIBE, Topic.KEEPER_HEARTBEAT.value)  # the keeper beats on its own topic
     sub.connect(rig.instance.runtime.endpoints.events_out)
     try:
         deadline = time.monotonic() + TIMEOUT_S

@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from actors.protocol import Heartbeat, decode_as
+from actors.protocol import Heartbeat, Topic, decode_as
 from conftest import REPO_ROOT, Instance, free_port, start_instance, wait_until
 from fakes import register
 
@@ -322,7 +322,7 @@ def state_writes(instance: Instance) -> int:
     context = zmq.Context()
     sub = context.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
+    sub.setsockopt(zmq.SUBSCRIBE, Topic.KEEPER_HEARTBEAT.value)  # the keeper beats on its own topic
     sub.connect(instance.runtime.endpoints.events_out)
     try:
         deadline = time.monotonic() + DELIVERY_TIMEOUT_S
