@@ -40,6 +40,7 @@ CONCURRENT_RUNS = 6
 PROC_TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
 TCP_LISTEN_STATE = "0A"
 FD_HEADROOM = 2048
+DEFAULT_KNOWN_PORTS = 101  # 6200-6300: the default sweep, measured alone on refused ports beside the whole range
 
 
 def listening_ports() -> set[int] | None:
@@ -156,6 +157,19 @@ def concurrent_sweep(ports: list[int], accepted_before: set[tuple[str, int]]) ->
     return seconds, counts, accepting(results)
 
 
+def refused_sweep_cpu(ports: list[int], runs: int = CONCURRENT_RUNS) -> float:
+    """Median CPU seconds (user+sys of this process) of one sweep of ports where every probe is refused (held bound, not listening)."""
+    targets = [Target(HOST, HOST, socket.AF_INET, port) for port in ports]
+    spent = []
+    for _ in range(runs):
+        began = time.process_time()
+        results = asyncio.run(sweep(targets))
+        spent.append(time.process_time() - began)
+        if any(result.outcome is not Outcome.CLOSED for result in results):
+            raise SystemExit("a port of the refused set answered: not counting it")
+    return statistics.median(spent)
+
+
 def sequential_probe(port: int, timeout: float) -> str:
     """The original's way: blocking connect with a timeout, /info, read until EOF/close/timeout."""
     with socket.socket() as sock:
@@ -231,6 +245,12 @@ def main() -> int:
         print(f"concurrent sweep: first (cold) {times[0]:.3f}s; later sweeps median {statistics.median(times[1:]):.3f}s, "
               f"min {min(times[1:]):.3f}s, max {max(times[1:]):.3f}s over {CONCURRENT_RUNS - 1} runs; outcomes {dict((o.value, n) for o, n in counts.items())}")
         print(f"CPU per concurrent sweep: {(time.process_time() - cpu_began) / CONCURRENT_RUNS:.3f}s (user+sys of this process, fakes included)")
+        refused = [port for port in ports if port not in layout]  # held, or not bindable yet not listening (checked): all refuse
+        for count in (DEFAULT_KNOWN_PORTS, len(refused)):
+            if count <= len(refused):
+                check_still_ours(ports, set(layout))
+                cpu = refused_sweep_cpu(refused[:count])
+                print(f"CPU per sweep of {count} refused ports: {cpu * 1000:.1f} ms median = {cpu / count * 1e6:.1f} us per port")
         check_still_ours(ports, set(layout))
         seq_seconds, seq_counts = sequential_sweep(ports, args.sequential_timeout)
         print(f"sequential sweep (timeout {args.sequential_timeout}s): {seq_seconds:.3f}s measured; outcomes {seq_counts}")
