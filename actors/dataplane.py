@@ -90,6 +90,7 @@ class RouterInfo:
     pid: int | None = None
     host: str | None = None
     fd: int | None = None
+    expiry_s: float = HEARTBEAT_EXPIRY_S  # what its last beat said (longer on one board, where a death drops the connection)
 
 
 @dataclass
@@ -143,7 +144,8 @@ class DataPlane:
         self.epoch = uuid.uuid4().hex[:12]  # numbers this process's batches: an ack for a previous gateway is told apart
 
     # ---- routers ---------------------------------------------------------------------
-    def heard(self, identity: bytes, pid: int | None = None, host: str | None = None, fd: int | None = None) -> bool:
+    def heard(self, identity: bytes, pid: int | None = None, host: str | None = None, fd: int | None = None,
+              expiry_s: float = HEARTBEAT_EXPIRY_S) -> bool:
         """A router heartbeat; returns True when it (or a new process under its name) joined just now."""
         now = self.clock()
         info = self.routers.get(identity)
@@ -152,13 +154,13 @@ class DataPlane:
             self.lost(identity, "restarted under the same name")
             info = None
         if info is not None and not self._is_live(info, now):
-            self.lost(identity, f"silent for more than {HEARTBEAT_EXPIRY_S:.0f}s")
+            self.lost(identity, f"silent for more than {info.expiry_s:.0f}s")
         elif info is not None:
-            info.heard_at = now
+            info.heard_at, info.expiry_s = now, expiry_s
             self._remember_fd(identity, info, fd)
             return False
         self.incarnations += 1
-        info = self.routers[identity] = RouterInfo(Incarnation(identity, self.incarnations), now, pid, host)
+        info = self.routers[identity] = RouterInfo(Incarnation(identity, self.incarnations), now, pid, host, expiry_s=expiry_s)
         self._remember_fd(identity, info, fd)
         self.flush()
         return True
@@ -210,7 +212,7 @@ class DataPlane:
         return info is not None and info.incarnation == incarnation
 
     def _is_live(self, info: RouterInfo, now: float) -> bool:
-        return now - info.heard_at <= HEARTBEAT_EXPIRY_S
+        return now - info.heard_at <= info.expiry_s
 
     def live(self) -> list[bytes]:
         now = self.clock()
@@ -218,14 +220,14 @@ class DataPlane:
 
     def next_expiry(self) -> float | None:
         """Clock time at which the quietest live router would be declared dead (None without routers)."""
-        return min((info.heard_at + HEARTBEAT_EXPIRY_S for info in self.routers.values()), default=None)
+        return min((info.heard_at + info.expiry_s for info in self.routers.values()), default=None)
 
     def expire(self) -> list[bytes]:
-        """Declare dead the routers not heard from within HEARTBEAT_EXPIRY_S; returns them."""
+        """Declare dead the routers not heard from within their beats' expiry; returns them."""
         now = self.clock()
         gone = [r for r, info in self.routers.items() if not self._is_live(info, now)]
         for router in gone:
-            self.lost(router, f"silent for more than {HEARTBEAT_EXPIRY_S:.0f}s")
+            self.lost(router, f"silent for more than {self.routers[router].expiry_s:.0f}s")
         if gone:
             self.flush()
         return gone

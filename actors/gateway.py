@@ -538,7 +538,7 @@ class Gateway:
                 self.counters["malformed_messages"] += 1
                 continue
             if isinstance(message, Heartbeat):
-                if self.plane.heard(identity, message.pid, message.host, frames[1].get(zmq.SRCFD)):
+                if self.plane.heard(identity, message.pid, message.host, frames[1].get(zmq.SRCFD), beat_expiry(message)):
                     log.info("router %s (pid %d) joined the data plane", identity.decode(errors="replace"), message.pid)
             elif isinstance(message, DataAck):
                 self.plane.alive(identity)

@@ -42,7 +42,7 @@ from .replica import StateReplica
 from .rules import RouteRules, RuleError
 from .runner import StopFlag, run_actor
 from .security import secure_client
-from .settings import HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, USAGE_FLUSH_INTERVAL_S, Runtime, tunable
+from .settings import HEARTBEAT_LIVENESS, POLL_INTERVAL_MS, USAGE_FLUSH_INTERVAL_S, Runtime, tunable
 from .sinks import (MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue,
                     SinkWorker, framed_size)
 from .stateclient import AsyncStateClient
@@ -258,16 +258,18 @@ class Router:
                     task.add_done_callback(lambda _: self.wake.set())
             now = time.monotonic()
             if self.dealer is not None and now >= next_data_beat:
-                next_data_beat = now + HEARTBEAT_INTERVAL_S
+                next_data_beat = now + self.heart.idle_interval_s  # acks prove us alive too while data flows
                 await self.dealer.send(encode(self._heartbeat()))
-            if now >= next_usage:
+            if self.usage and now - next_usage > USAGE_FLUSH_INTERVAL_S:
+                next_usage = now + USAGE_FLUSH_INTERVAL_S  # traffic after a quiet spell: its first report covers one whole interval
+            elif now >= next_usage:
                 next_usage = now + USAGE_FLUSH_INTERVAL_S
                 self._flush_usage()
-                self._reap_idle_sinks()
+            self._reap_idle_sinks()
             self._watch_sinks(now)
             self._read_tap_subscriptions()
             self.heart.maybe_beat(self.stats())
-            await self._sleep(min(next_data_beat, next_usage) - time.monotonic())
+            await self._sleep((min(next_data_beat, next_usage) if self.usage else next_data_beat) - time.monotonic())
 
     async def _sleep(self, until_beat_s: float) -> None:
         """Until the next beat (usage flush and idle-sink reaping ride on it), or TICK_S while a sink needs watching;
@@ -328,7 +330,8 @@ class Router:
                 "resyncs": self.replica.resyncs, "ready": self.replica.ready}
 
     def _heartbeat(self) -> Heartbeat:
-        return Heartbeat(actor=self.name, pid=os.getpid(), host=self.host, started_at=self.started_at, stats=self.stats())
+        return Heartbeat(actor=self.name, pid=os.getpid(), host=self.host, started_at=self.started_at, stats=self.stats(),
+                         expiry_s=self.heart.idle_interval_s * HEARTBEAT_LIVENESS)
 
     # ---- state replica ---------------------------------------------------------------
     async def _read_events(self) -> None:
@@ -607,6 +610,8 @@ class Router:
     def _usage(self, route: str) -> RouteUsage:
         usage = self.usage.get(route)
         if usage is None:
+            if not self.usage:
+                self.wake.set()  # the housekeeping loop starts the usage reports' timer
             usage = self.usage[route] = RouteUsage()
         return usage
 

@@ -174,7 +174,8 @@ class Scanner:
         self.machine: frozenset[str] = frozenset()
         self.dropped_events = 0
         self.wake = asyncio.Event()  # the main loop: a stop or a task's end
-        self.replica_moved = asyncio.Event()  # the sweeper and the syncer: an update, a gap, a new config
+        self.replica_moved = asyncio.Event()  # the syncer: an update or a gap
+        self.plan_moved = asyncio.Event()  # the sweeper: an update or a snapshot (a new scan_interval applies at once)
 
     def run(self) -> None:
         self.pub = connect_publisher(self.context, self.runtime.endpoints)
@@ -224,6 +225,7 @@ class Scanner:
                 continue
             if self.replica.feed(message) or self.replica.needs_snapshot:
                 self.replica_moved.set()
+                self.plan_moved.set()
 
     async def _keep_synced(self, client: AsyncStateClient) -> None:
         """Take a snapshot whenever the replica is out of step (at start, after a gap, after a keeper restart)."""
@@ -232,6 +234,7 @@ class Scanner:
             if self.replica.needs_snapshot:
                 try:
                     self.replica.load_snapshot(await client.request(Op.SNAPSHOT, timeout=REQUEST_TIMEOUT_S))
+                    self.plan_moved.set()
                     complained = False
                 except OrchestratorError as exc:
                     if not complained:
@@ -247,10 +250,11 @@ class Scanner:
             plan = self._current_plan()
             if plan is None or (started is not None and time.monotonic() - started < plan.interval_s):
                 # Asleep until the sweep is due, or an update arrives (a new scan_interval applies at once).
-                await wait_event(self.replica_moved, None if plan is None else started + plan.interval_s - time.monotonic())
+                await wait_event(self.plan_moved, None if plan is None else started + plan.interval_s - time.monotonic())
                 continue
             started = time.monotonic()
             await self.sweep_once(plan, client)
+            self.wake.set()  # the main loop: fresh figures leave with the next beat
 
     def _current_plan(self) -> ScanPlan | None:
         """The plan from the replica's config, or None while there is no usable config yet."""

@@ -85,7 +85,10 @@ class BusView:
 
     def __init__(self, runtime: Runtime, context: zmq.Context, own_name: str) -> None:
         self.own_name = own_name
-        self.sub = connect_subscriber(context, runtime.endpoints, (Topic.STATE, Topic.ACTIVITY, Topic.HEARTBEAT))
+        # Updates and activity wake the UI (self.sub: the keeper's beat comes with the updates); the other actors' beats
+        # (self.beats) only refresh figures the next repaint shows, so they are read then, not woken for.
+        self.sub = connect_subscriber(context, runtime.endpoints, (Topic.STATE, Topic.ACTIVITY))
+        self.beats = connect_subscriber(context, runtime.endpoints, (Topic.HEARTBEAT,))
         self.client = StateClient(context, runtime.endpoints.state_front, runtime.endpoints.keys_dir)
         self.control = StateClient(context, runtime.endpoints.control, runtime.endpoints.keys_dir)
         self.replica = StateReplica()
@@ -104,6 +107,7 @@ class BusView:
         self.client.close()
         self.control.close()
         self.sub.close()
+        self.beats.close()
 
     def connected(self) -> bool:
         """Someone other than us beat within the expiry that beat announced: the bus is alive."""
@@ -116,7 +120,10 @@ class BusView:
             try:
                 frames = self.sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                break
+                try:
+                    frames = self.beats.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
             try:
                 _, message = parse_event(frames)
             except ProtocolError:
@@ -505,6 +512,7 @@ class Painter:
 
     def __init__(self, stdscr: Any) -> None:
         self.stdscr = stdscr
+        self.shown: list[vm.Line] | None = None  # what the last paint drew: the same lines again cost no curses calls
         self.colours = self._init_colours()
         self.utf8 = locale.getpreferredencoding(False).lower().replace("-", "") == "utf8"
         self.base = {
@@ -547,6 +555,9 @@ class Painter:
         ``full`` (after a resize) clears the terminal first: the terminal has rearranged its cells by
         itself, so curses' idea of what is on screen no longer holds and a diff would leave debris.
         """
+        if lines == self.shown and not full:
+            return
+        self.shown = lines
         height, width = self.stdscr.getmaxyx()
         if full:
             self.stdscr.clear()

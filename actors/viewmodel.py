@@ -140,6 +140,8 @@ def char_width(char: str) -> int:
 
 
 def cell_width(text: str) -> int:
+    if text.isascii():
+        return len(text)  # the common case, without a lookup per character (the clock repaints every second)
     return sum(char_width(c) for c in text)
 
 
