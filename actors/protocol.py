@@ -46,6 +46,8 @@ class Topic(bytes, Enum):
     KEEPER_HEARTBEAT = b"state\x00heartbeat"
     STATS = b"stats"
     TAP = b"tap\x00"  # prefix of every tap topic; see tap_topic()
+    # Latency breakdown: routers trace sampled batches only while someone subscribes here (bench/latency_bench.py).
+    TRACE = b"trace\x00"
 
 
 TAP_ROUTE = "route"

@@ -27,6 +27,7 @@ import collections
 import logging
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,13 +37,13 @@ import zmq.asyncio
 
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .errors import OrchestratorError
-from .protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Heartbeat, Op, ProtocolError, Tap, Topic,
+from .protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Heartbeat, Op, ProtocolError, Stats, Tap, Topic,
                        decode_as, encode, tap_topic)
 from .replica import StateReplica
 from .rules import RouteRules, RuleError
 from .runner import StopFlag, run_actor
 from .security import secure_client
-from .settings import HEARTBEAT_LIVENESS, POLL_INTERVAL_MS, USAGE_FLUSH_INTERVAL_S, Runtime, tunable
+from .settings import HEARTBEAT_LIVENESS, POLL_INTERVAL_MS, ROUTER_SWITCH_INTERVAL_S, USAGE_FLUSH_INTERVAL_S, Runtime, tunable
 from .sinks import (MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue,
                     SinkWorker, framed_size)
 from .stateclient import AsyncStateClient
@@ -55,6 +56,8 @@ DATA_HWM = 10_000
 # Batches handled before the data reader lets the rest of the loop run.
 READER_YIELD_EVERY = 64
 SINK_JOIN_S = 1.0
+TRACE_INTERVAL_S = 0.002  # while a latency trace is watched: at most one sampled batch this often
+TRACE_HEAD_BYTES = 48  # of the batch's first payload, so the watcher can tell which payload a trace follows
 FINAL_FLUSH_TIMEOUT_S = 1.0
 # On a graceful stop: how long queued payloads may take to reach their sinks, and the final acks to leave.
 SHUTDOWN_DRAIN_S = 1.0
@@ -188,6 +191,9 @@ class Router:
         self.ack_ready = asyncio.Event()
         self.wake = asyncio.Event()  # the housekeeping loop sleeps on it until its next deadline
         self.tap_subscriptions: set[bytes] = set()
+        self.tracing = False  # someone subscribes to Topic.TRACE: sample batches for the latency breakdown
+        self.trace_recv = 0.0
+        self.next_trace = 0.0
         self.tapped_routes: set[str] = set()
         self.tapped_sources: set[str] = set()
         self.snapshot_task: asyncio.Task | None = None
@@ -199,6 +205,7 @@ class Router:
 
     # ---- lifecycle -------------------------------------------------------------------
     def run(self) -> None:
+        sys.setswitchinterval(ROUTER_SWITCH_INTERVAL_S)  # a sink thread's write waits for the loop this long at most
         asyncio.run(self._main())
 
     async def _main(self) -> None:
@@ -421,6 +428,8 @@ class Router:
         handled = 0
         while True:
             frames = await self.dealer.recv_multipart()
+            if self.tracing:
+                self.trace_recv = time.time()
             try:
                 batch = decode_as(frames[-1], DataBatch)
             except ProtocolError:
@@ -445,8 +454,11 @@ class Router:
             self._ack(tracker.stream, ack)
             return
         nbytes = framed_size(payloads)
+        trace = self._sample(batch) if self.tracing else None
         for route, sink_uuid, rules in routes:
             chunk = Chunk(route, payloads, nbytes, tracker) if rules is None else self._ruled_chunk(route, rules, batch, tracker)
+            if trace is not None and chunk.payloads:
+                chunk.trace = [*trace, time.time()]  # handed to the sink (a direct write, or its worker's queue)
             if taps and route in self.tapped_routes:
                 self._publish_tap(TAP_ROUTE, route, batch, chunk.payloads)
             if not chunk.payloads:
@@ -461,6 +473,21 @@ class Router:
                 continue
             if sink.parked:
                 self._chunk_done(chunk)  # parked: the other routes of this batch need not wait for it
+
+    def _sample(self, batch: DataBatch) -> list | None:
+        """[first payload's head, sent by the gateway, received here] for one batch per TRACE_INTERVAL_S, else None."""
+        if self.trace_recv < self.next_trace or not batch.payloads:
+            return None
+        self.next_trace = self.trace_recv + TRACE_INTERVAL_S
+        return [batch.payloads[0][:TRACE_HEAD_BYTES], batch.received_at, self.trace_recv]
+
+    def _publish_trace(self, trace: list) -> None:
+        """One sampled payload's stage times, to whoever watches Topic.TRACE (dropped when nobody does any more)."""
+        if self.tracing:
+            try:
+                self.tap.send_multipart([Topic.TRACE.value, encode(Stats(actor=self.name, counters={"trace": trace}))], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # a full queue: a sample lost, never a payload
 
     def _ruled_chunk(self, route: str, rules: RouteRules, batch: DataBatch, tracker: BatchTracker) -> Chunk:
         """Apply a route's filter/transform; what a filter holds back is counted, not delivered."""
@@ -563,6 +590,8 @@ class Router:
     def _account(self, sink: Sink | None, chunks: list[Chunk], now: float) -> None:
         """Count what chunks delivered, dropped for age, and finish them (ack when a batch is complete)."""
         for chunk in chunks:
+            if chunk.trace is not None:
+                self._publish_trace(chunk.trace)
             usage = self._usage(chunk.route)
             if chunk.delivered:
                 usage.messages += chunk.delivered
@@ -670,6 +699,9 @@ class Router:
                 frame = self.tap.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            if frame and frame[1:] == Topic.TRACE.value:
+                self.tracing = frame[0] == 1
+                continue
             if not frame or not frame[1:].startswith(Topic.TAP.value):
                 continue
             if frame[0] == 1:

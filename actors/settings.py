@@ -35,6 +35,9 @@ HEARTBEAT_EXPIRY_S = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
 # figures do not change an actor beats this seldom, and says so in its beat (expiry_s). Satellites always beat
 # every HEARTBEAT_INTERVAL_S, so a silent board is counted out within HEARTBEAT_EXPIRY_S.
 IDLE_HEARTBEAT_INTERVAL_S = 5.0
+# The router's sink worker threads wait for the interpreter lock; the default 5 ms switch interval
+# would let a busy event loop hold a message-mode write back that long (bench/latency_bench.py).
+ROUTER_SWITCH_INTERVAL_S = 0.0005
 POLL_INTERVAL_MS = 250  # the retry period of work that is waiting on something else (a busy or absent router)
 WRITE_COALESCE_S = 0.2
 REQUEST_TIMEOUT_S = 2.0

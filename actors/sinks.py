@@ -84,11 +84,14 @@ class Chunk:
     written: int = 0  # bytes already written on the current stream connection (a partial direct write)
     queued_at: float = 0.0  # time.monotonic() at enqueue (0: never queued, e.g. written directly)
     settled: bool = False  # the router counted it done for its batch's ack (delivered, dropped, or parked)
+    trace: list | None = None  # sampled for the latency breakdown only: wall-clock stage times, the write's appended here
 
     def finish_written(self) -> None:
         """Every payload went out."""
         self.delivered = len(self.payloads)
         self.delivered_bytes = self.nbytes - len(self.payloads)
+        if self.trace is not None:
+            self.trace.append(time.time())
 
 
 def framed_size(payloads: list[bytes]) -> int:
@@ -392,6 +395,8 @@ class SinkWorker:
                 continue
             chunk.delivered += 1
             chunk.delivered_bytes += len(payload)
+            if chunk.trace is not None and chunk.delivered == 1:
+                chunk.trace.append(time.time())  # the first payload's write: the one the trace follows
             now = time.monotonic()
             self._succeeded()
 

@@ -5,6 +5,8 @@
 Scenarios, each with 4 sources -> 4 sinks (one route per source), unpaced (throughput) and
 paced at --rate messages/s in total (latency):
   (a) relay       a minimal single-process asyncio relay written here (the network limit)
+      relay/msg   the same relay opening one new connection per payload, sequential per sink
+                  (so ordered): the physical reference for per-message delivery
   (b) stream x1   the orchestrator (launch.py --headless), sinks in stream mode, 1 router
       stream x2   the same with 2 routers
   (c) message x2  the orchestrator in the default mode: one TCP connection per message
@@ -200,10 +202,23 @@ def role_sources(targets: list[list[Any]], count: int, rate: float) -> None:
 
 # ---- (a) the relay ------------------------------------------------------------------------
 
-async def relay_main(routes: dict[str, int]) -> None:
-    """Read a source's uuid line, open one stream to its sink, forward whole lines as they come."""
+async def relay_main(routes: dict[str, int], per_message: bool = False) -> None:
+    """Read a source's uuid line, open one stream to its sink, forward whole lines as they come
+    (per_message: one new connection per line instead, one after the other)."""
+    async def handle_per_message(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
+        while line := await reader.readline():
+            _, sink = await asyncio.open_connection("127.0.0.1", port)
+            sink.write(line)
+            await sink.drain()
+            sink.close()
+            await sink.wait_closed()
+        writer.close()
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         uuid = (await reader.readline()).strip().decode()
+        if per_message:
+            await handle_per_message(reader, writer, routes[uuid])
+            return
         _, sink = await asyncio.open_connection("127.0.0.1", routes[uuid])
         pending = b""
         while data := await reader.read(1 << 16):
@@ -221,8 +236,8 @@ async def relay_main(routes: dict[str, int]) -> None:
         await server.serve_forever()
 
 
-def role_relay(routes: dict[str, int]) -> None:
-    asyncio.run(relay_main(routes))
+def role_relay(routes: dict[str, int], per_message: bool = False) -> None:
+    asyncio.run(relay_main(routes, per_message))
 
 
 # ---- the runner ---------------------------------------------------------------------------
@@ -403,9 +418,9 @@ class Orchestrator:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run_relay(sinks: Helper, sink_ports: list[int], count: int, rate: float, paced_count: int) -> dict[str, Any]:
+def run_relay(sinks: Helper, sink_ports: list[int], count: int, rate: float, paced_count: int, role: str = "relay") -> dict[str, Any]:
     uuids = [str(uuidlib.uuid4()) for _ in sink_ports]
-    relay = Helper("--role", "relay", "--routes", json.dumps(dict(zip(uuids, sink_ports))))
+    relay = Helper("--role", role, "--routes", json.dumps(dict(zip(uuids, sink_ports))))
     try:
         port = relay.read()
         targets = [[port, uuid] for uuid in uuids]
@@ -445,7 +460,7 @@ def print_table(results: list[tuple[str, dict[str, Any]]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--role", choices=("sinks", "sources", "relay"), help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("sinks", "sources", "relay", "relay-message"), help=argparse.SUPPRESS)
     parser.add_argument("--targets", help=argparse.SUPPRESS)
     parser.add_argument("--routes", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -453,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--message-mode-messages", type=int, default=5_000, help="unpaced messages per source in per-message mode")
     parser.add_argument("--rate", type=float, default=1000.0, help="paced total messages/s")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each paced run")
-    parser.add_argument("--only", default="relay,stream1,stream2,message", help="scenarios to run")
+    parser.add_argument("--only", default="relay,relaymsg,stream1,stream2,message", help="scenarios to run")
     args = parser.parse_args(argv)
     if args.role == "sinks":
         role_sinks()
@@ -461,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "sources":
         role_sources(json.loads(args.targets), args.count, args.rate)
         return 0
-    if args.role == "relay":
-        role_relay(json.loads(args.routes))
+    if args.role in ("relay", "relay-message"):
+        role_relay(json.loads(args.routes), per_message=args.role == "relay-message")
         return 0
     paced_count = int(args.rate / SOURCES * args.seconds)
     wanted = args.only.split(",")
@@ -473,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ports = sinks.read()
         scenarios = [("relay", "(a) relay", lambda: run_relay(sinks, ports, args.messages, args.rate, paced_count)),
+                     ("relaymsg", "(a) relay/msg", lambda: run_relay(sinks, ports, args.message_mode_messages, args.rate, paced_count,
+                                                                    "relay-message")),
                      ("stream1", "(b) stream x1", lambda: run_orchestrator(sinks, ports, 1, "stream", args.messages, args.rate, paced_count)),
                      ("stream2", "(b) stream x2", lambda: run_orchestrator(sinks, ports, 2, "stream", args.messages, args.rate, paced_count)),
                      ("message", "(c) message x2", lambda: run_orchestrator(sinks, ports, 2, "message", args.message_mode_messages, args.rate, paced_count))]
