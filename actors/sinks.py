@@ -41,6 +41,8 @@ from typing import Any, Callable, Protocol
 
 from .settings import TUNABLE_DEFAULTS
 
+DIRECT_MESSAGE_MAX_BYTES = 16 * 1024  # a per-message payload written from the router thread is at most this (far below a socket buffer)
+
 MODE_MESSAGE = "message"
 MODE_STREAM = "stream"
 
@@ -92,6 +94,11 @@ class Chunk:
         self.delivered_bytes = self.nbytes - len(self.payloads)
         if self.trace is not None:
             self.trace.append(time.time())
+
+
+def _loopback(host: str) -> bool:
+    """127.0.0.0/8 or ::1: where a connect completes inside connect() itself."""
+    return host.startswith("127.") or host == "::1"
 
 
 def framed_size(payloads: list[bytes]) -> int:
@@ -260,6 +267,17 @@ class TcpConnector:
             raise
         return sock
 
+    def resolved(self, address: SinkAddress) -> tuple[int, Any] | None:
+        """The address as the worker last resolved it, or a numeric one (None for a name not resolved yet: a lookup may block)."""
+        cached = self._resolved
+        if cached is not None and cached[0] == (address.host, address.port):
+            return cached[1]
+        try:
+            infos = socket.getaddrinfo(address.host, address.port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+        except (socket.gaierror, UnicodeError):
+            return None
+        return infos[0][0], infos[0][4]
+
     def _resolve(self, address: SinkAddress) -> tuple[int, Any]:
         key = (address.host, address.port)
         if self._resolved is None or self._resolved[0] != key:
@@ -351,6 +369,8 @@ class SinkWorker:
         False: the chunk is queued and the worker writes the rest on the same connection first.
         """
         stream, address = self.stream, self.address
+        if address is not None and address.mode == MODE_MESSAGE:
+            return self.down_reason is None and not self.stopping.is_set() and self._direct_message(chunk, address)
         if (stream is None or address is None or address.mode != MODE_STREAM or address != self.stream_address
                 or self.down_reason is not None or self.stopping.is_set() or _peer_closed(stream)):
             return False
@@ -367,6 +387,32 @@ class SinkWorker:
             return True
         chunk.written = sent
         return False
+
+    def _direct_message(self, chunk: Chunk, address: SinkAddress) -> bool:
+        """Router thread, worker idle: a lone payload to a loopback sink goes out here (connect, write, close) instead of
+        waiting for the worker thread's turn. Anything short of a whole write (refused, backlog full, not loopback,
+        not resolved yet) leaves it to the worker, which retries, backs off and reports; the sink has received nothing."""
+        resolve = getattr(self.connector, "resolved", None)
+        resolved = resolve(address) if resolve is not None else None
+        data = chunk.payloads[0] + NEWLINE if len(chunk.payloads) == 1 else b""
+        if resolved is None or not data or len(data) > DIRECT_MESSAGE_MAX_BYTES or not _loopback(resolved[1][0]):
+            return False
+        family, sockaddr = resolved
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            if sock.connect_ex(sockaddr) not in (0, errno.EINPROGRESS) or sock.getsockname() == sockaddr:
+                return False
+            if sock.send(data) != len(data):
+                return False  # not reached: a loopback socket takes far more than DIRECT_MESSAGE_MAX_BYTES at once
+        except OSError:
+            return False  # not connected yet (EAGAIN/ENOTCONN) or refused: the worker does it
+        finally:
+            sock.close()
+        self.connections += 1
+        self.direct_writes += 1
+        chunk.finish_written()
+        return True
 
     def _deliver(self, chunks: list[Chunk]) -> None:
         address = self.address
