@@ -20,8 +20,9 @@ from .errors import DuplicateRoute, ErrorCode, OrchestratorError, UnknownPeriphe
 from .protocol import TAP_PERIPHERAL, TAP_ROUTE, Op
 from .replica import StateReplica
 from .rules import RULE_KEYS, SYNTAX, RuleError, check_rule
-from .settings import ConfigError, parse_port
+from .settings import MAX_AGE_KEY, ConfigError, parse_port
 from .tables import check_peripheral_config
+from .viewmodel import BY_PORT_MARKER
 
 UNKNOWN_COMMAND = "Unknown command. Type '/help' for available commands."
 CONFIG_END = "EOF"
@@ -339,6 +340,11 @@ def peripheral_name(replica: StateReplica, uuid: str) -> str:
     return record["name"] if record else "Unknown"
 
 
+def by_port(replica: StateReplica, uuid: str) -> str:
+    """The marker of a route end no peripheral has: it works from the route's own port, as in the original."""
+    return "" if uuid in replica.peripherals else f" {BY_PORT_MARKER}"
+
+
 def list_peripherals(replica: StateReplica) -> str:
     """The original's /list text, plus an online marker at the end of each line."""
     if not replica.peripherals:
@@ -358,8 +364,8 @@ def list_routes(replica: StateReplica) -> str:
     for route in replica.routes.values():
         lines += [
             f"Route Name: {route['name']}",
-            f"  From: {peripheral_name(replica, route['incoming'])} (UUID: {route['incoming']}, Port: {route['incoming_port']})",
-            f"  To: {peripheral_name(replica, route['outgoing'])} (UUID: {route['outgoing']}, Port: {route['outgoing_port']})",
+            f"  From: {peripheral_name(replica, route['incoming'])} (UUID: {route['incoming']}, Port: {route['incoming_port']}){by_port(replica, route['incoming'])}",
+            f"  To: {peripheral_name(replica, route['outgoing'])} (UUID: {route['outgoing']}, Port: {route['outgoing_port']}){by_port(replica, route['outgoing'])}",
             f"  Last Used: {format_time(route.get('last_used'))}",
             f"  Messages: {route.get('messages', 0)}, Bytes: {route.get('bytes', 0)}, Dropped: {route.get('dropped', 0)}, "
             f"Rate: {float(route.get('rate') or 0.0):.1f} msg/s",
@@ -445,10 +451,14 @@ async def cmd_exit(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
 
 
 async def cmd_delivery(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
-    name, mode = args
-    record = await ctx.request(Op.SET_DELIVERY, peripheral=name, mode=mode)
-    await ctx.settle(lambda replica: replica.peripherals.get(record["uuid"], {}).get("delivery") == mode)
-    return ok(f"Delivery for '{record['name']}' set to {mode}.")
+    """How a sink receives data and, optionally, how old (seconds) its data may get before it is dropped unspoken."""
+    name, mode, *max_age = args
+    extra = {MAX_AGE_KEY: max_age[0]} if max_age else {}
+    record = await ctx.request(Op.SET_DELIVERY, peripheral=name, mode=mode, **extra)
+    await ctx.settle(lambda replica: {k: replica.peripherals.get(record["uuid"], {}).get(k) for k in ("delivery", MAX_AGE_KEY)}
+                     == {"delivery": mode, MAX_AGE_KEY: record.get(MAX_AGE_KEY)})
+    age = f", max_age {record[MAX_AGE_KEY]:g}s" if max_age else ""
+    return ok(f"Delivery for '{record['name']}' set to {mode}{age}.")
 
 
 async def cmd_remove(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
@@ -592,7 +602,8 @@ def build_registry() -> Registry:
                          cmd_connection_only, (0, 1 << 20)))
     registry.add(Command(("/config",), "/config <uuid>", "Then JSON lines and a line EOF: store that peripheral's config",
                          cmd_connection_only, (0, 1)))
-    registry.add(Command(("/delivery",), "/delivery <peripheral-name> message|stream", "Set how a sink receives data", cmd_delivery, (2, 2)))
+    registry.add(Command(("/delivery",), "/delivery <peripheral-name> message|stream [max_age]",
+                         "Set how a sink receives data, and how many seconds its data may wait before it is dropped", cmd_delivery, (2, 3)))
     registry.add(Command(("/remove",), "/remove <peripheral-name>", "Forget a peripheral and its routes", cmd_remove, (1, 1)))
     registry.add(Command(("/tap",), "/tap <route-name>|<peripheral-name>", "Watch the live payloads of a route or a peripheral",
                          cmd_tap, (1, 1)))

@@ -421,10 +421,8 @@ class Gateway:
         """
         count = len(payloads)
         self.counters["payloads_in"] += count
-        if source not in self.replica.peripherals:
-            self._dropped("unknown_source", source, count)
-        elif source not in self.routed_sources:
-            self._dropped("no_route", source, count)
+        if source not in self.routed_sources:  # a route names its source by uuid, known as a peripheral or not (as the original)
+            self._dropped("no_route" if source in self.replica.peripherals else "unknown_source", source, count)
         else:
             if not self.outbox:
                 asyncio.get_running_loop().call_soon(self._flush_outbox)

@@ -42,11 +42,11 @@ from .replica import StateReplica
 from .rules import RouteRules, RuleError
 from .runner import StopFlag, run_actor
 from .security import secure_client
-from .settings import HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, USAGE_FLUSH_INTERVAL_S, Runtime, tunable
+from .settings import HEARTBEAT_INTERVAL_S, MAX_PORT, MIN_PORT, POLL_INTERVAL_MS, USAGE_FLUSH_INTERVAL_S, Runtime, sink_max_age, tunable
 from .sinks import (MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue,
                     SinkWorker, framed_size)
 from .stateclient import AsyncStateClient
-from .tables import is_own_listener
+from .tables import LOCAL_HOST, is_own_listener
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ FINAL_ACK_LINGER_MS = 500
 TAP_HWM = 1_000
 # A sink's trouble episode ends (one summary line) once it caught up and lost nothing for this long.
 EPISODE_QUIET_S = 2.0
+# Joins a route target's uuid and port in the sink key of a target no peripheral has (a uuid has no "@").
+BY_PORT_SEPARATOR = "@"
 
 
 @dataclass(eq=False)
@@ -343,10 +345,9 @@ class Router:
         """Routes or peripherals changed: rebuild the fan-out index lazily, refresh sink addresses and bounds now."""
         self.fanout_dirty = True
         self.stall_s = float(tunable(self.replica.config, "router_stall_s"))
-        max_age_s = float(tunable(self.replica.config, "router_queue_age_s"))
         for sink in self.sinks.values():
             sink.worker.address = self._address_of(sink.uuid)
-            sink.worker.max_age_s = max_age_s
+            sink.worker.max_age_s = self._max_age_of(sink.uuid)
             sink.queue.max_messages, sink.queue.max_bytes = self._queue_bounds()
         self._update_taps()
 
@@ -355,7 +356,7 @@ class Router:
         if self.fanout_dirty:
             fanout: dict[str, list[tuple[str, str, RouteRules | None]]] = {}
             for route in self.replica.routes.values():
-                fanout.setdefault(route["incoming"], []).append((route["name"], route["outgoing"], self._rules_of(route)))
+                fanout.setdefault(route["incoming"], []).append((route["name"], self._sink_key(route), self._rules_of(route)))
             self.fanout = fanout
             self.fanout_dirty = False
         return self.fanout.get(source, [])
@@ -372,18 +373,47 @@ class Router:
                 self.compiled_rules[key] = RouteRules(keep=lambda _payload: False)
         return self.compiled_rules[key]
 
-    def _address_of(self, uuid: str) -> SinkAddress | None:
-        peripheral = self.replica.peripherals.get(uuid)
-        if peripheral is None or not isinstance(peripheral.get("port"), int):
+    def _sink_key(self, route: dict[str, Any]) -> str:
+        """The sink a route delivers to: its outgoing peripheral, or, for a uuid no peripheral has, the route's outgoing_port."""
+        outgoing = route["outgoing"]
+        if outgoing in self.replica.peripherals:
+            return outgoing
+        return by_port_key(outgoing, route.get("outgoing_port"))
+
+    def _address_of(self, key: str) -> SinkAddress | None:
+        peripheral = self.replica.peripherals.get(key)
+        if peripheral is None:
+            return self._address_by_port(key)
+        if not isinstance(peripheral.get("port"), int):
             return None
         mode = MODE_STREAM if peripheral.get("delivery") == MODE_STREAM else MODE_MESSAGE
         host = peripheral.get("host") or "localhost"
-        if is_own_listener(host, peripheral["port"], self.replica.config):  # never deliver to ourselves: it would run as commands
-            if uuid not in self.own_listener_sinks:
-                self.own_listener_sinks.add(uuid)
-                log.error("%s is recorded on our own port %s:%s; nothing is delivered to it", peripheral.get("name"), host, peripheral["port"])
+        if self._is_own_listener(key, peripheral.get("name"), host, peripheral["port"]):
             return None
         return SinkAddress(host=host, port=peripheral["port"], mode=mode)
+
+    def _address_by_port(self, key: str) -> SinkAddress | None:
+        """As the original: a route's outgoing_port on this machine, in message mode (nothing says otherwise)."""
+        uuid, _, port_text = key.partition(BY_PORT_SEPARATOR)
+        if not (port_text.isascii() and port_text.isdigit()) or not MIN_PORT <= int(port_text) <= MAX_PORT:
+            return None  # the route has no usable outgoing_port: nothing to deliver to
+        port = int(port_text)
+        if self._is_own_listener(key, f"route target {uuid[:8]} (by port)", LOCAL_HOST, port):
+            return None
+        return SinkAddress(host=LOCAL_HOST, port=port, mode=MODE_MESSAGE)
+
+    def _is_own_listener(self, key: str, label: Any, host: str, port: int) -> bool:
+        """Never deliver to ourselves: it would run as commands (logged once per sink)."""
+        if not is_own_listener(host, port, self.replica.config):
+            return False
+        if key not in self.own_listener_sinks:
+            self.own_listener_sinks.add(key)
+            log.error("%s is recorded on our own port %s:%s; nothing is delivered to it", label, host, port)
+        return True
+
+    def _max_age_of(self, key: str) -> float:
+        """The sink's own max_age (seconds) when it set one, else router_queue_age_s."""
+        return sink_max_age(self.replica.peripherals.get(key, {}), self.replica.config)
 
     def _queue_bounds(self) -> tuple[int, int]:
         config = self.replica.config
@@ -503,11 +533,11 @@ class Router:
                      episode.expired, sink.worker.max_age_s)
 
     def _new_sink(self, uuid: str) -> Sink:
-        peripheral = self.replica.peripherals.get(uuid, {})
-        label = f"{peripheral.get('name', uuid[:8])}:{peripheral.get('port')}"
+        peripheral = self.replica.peripherals.get(uuid)
+        label = f"{peripheral.get('name')}:{peripheral.get('port')}" if peripheral else f"{uuid[:8]} (by port)"
         queue = SinkQueue(*self._queue_bounds())
         worker = SinkWorker(uuid, self._address_of(uuid), queue, self._report_from_thread)
-        worker.max_age_s = float(tunable(self.replica.config, "router_queue_age_s"))
+        worker.max_age_s = self._max_age_of(uuid)
         sink = Sink(uuid=uuid, label=label, queue=queue, worker=worker)
         self.sinks[uuid] = sink
         worker.start()
@@ -515,7 +545,7 @@ class Router:
 
     def _reap_idle_sinks(self) -> None:
         """Stop the worker of a sink no route leads to any more, once its queue is empty."""
-        wanted = {route["outgoing"] for route in self.replica.routes.values()}
+        wanted = {self._sink_key(route) for route in self.replica.routes.values()}
         for uuid in [u for u, s in self.sinks.items() if u not in wanted and s.queue.messages == 0]:
             self.sinks.pop(uuid).worker.stop()
 
@@ -668,6 +698,11 @@ class Router:
             self.counters.taps += 1
         except zmq.Again:
             pass  # the watcher is slow: its lines are dropped, routing goes on
+
+
+def by_port_key(uuid: str, port: Any) -> str:
+    """The sink key of a route target no peripheral has: its uuid and the route's outgoing_port."""
+    return f"{uuid}{BY_PORT_SEPARATOR}{port}"
 
 
 def _watched(subscriptions: set[bytes], topic: bytes) -> bool:

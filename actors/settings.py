@@ -104,6 +104,31 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message says which and why."""
 
 
+# A sink's own age bound (peripheral key "max_age", seconds): the router's router_queue_age_s for that sink.
+MAX_AGE_KEY = "max_age"
+MAX_AGE_MIN_S = 0.01  # below a router tick nothing could ever be delivered
+MAX_AGE_MAX_S = 86_400.0  # a day: anything longer is a typo, not a wish
+MAX_AGE_PATTERN = re.compile(r"^\s*\d+(?:\.\d+)?\s*$", re.ASCII)
+
+
+def parse_max_age(value: Any) -> float:
+    """A sink's max_age in seconds: a number (or ASCII decimal text, as /info and older files write it) in range."""
+    if isinstance(value, str) and MAX_AGE_PATTERN.match(value):
+        value = float(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not MAX_AGE_MIN_S <= value <= MAX_AGE_MAX_S:
+        shown = value if not isinstance(value, str) else value[:20]
+        raise ConfigError(f"max_age must be a number of seconds from {MAX_AGE_MIN_S:g} to {MAX_AGE_MAX_S:g}, got {shown!r}")
+    return float(value)
+
+
+def sink_max_age(peripheral: dict[str, Any], config: dict[str, Any]) -> float:
+    """The age bound for deliveries to this peripheral: its own max_age when usable, else router_queue_age_s."""
+    try:
+        return parse_max_age(peripheral[MAX_AGE_KEY])
+    except (KeyError, ConfigError):
+        return float(tunable(config, "router_queue_age_s"))
+
+
 MIN_PORT = 1
 MAX_PORT = 65535
 PORT_PATTERN = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() and int() accept '²' and '٣'

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ from .access import parse_address
 from .errors import BadArguments, DuplicateRoute, LimitReached, NotOwner, UnknownPeripheral, UnknownRoute
 from .protocol import UpdateKind
 from .rules import RULE_KEYS, RuleError, check_rule
-from .settings import (ACCESS_LIST_KEYS, ROUTE_COUNTERS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError, default_config, parse_port, parse_ports,
-                       tunable, validate_config)
+from .settings import (ACCESS_LIST_KEYS, MAX_AGE_KEY, ROUTE_COUNTERS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError, default_config, parse_max_age,
+                       parse_port, parse_ports, tunable, validate_config)
 
 UUID_PATTERN = re.compile(r"^[0-9a-fA-F-]{36}$")
 NAME_PATTERN = re.compile(r"^\S{1,128}$")
@@ -28,6 +29,8 @@ SETTABLE_CONFIG_KEYS = ("known_ports", "known_hosts", "scan_interval", "offline_
 KEPT_ON_RESET = ("command_port", "data_port_range", "bind_host", "known_ports", "known_hosts", *ACCESS_LIST_KEYS, *SECRET_KEYS)
 
 Change = tuple[str, str, Any]
+
+log = logging.getLogger(__name__)
 
 LOCAL_HOST = "127.0.0.1"  # the host of records that name none, or the legacy "localhost"
 LEGACY_LOCAL_NAMES = frozenset({"", "localhost"})
@@ -117,6 +120,13 @@ def _need(args: dict[str, Any], key: str, kind: type | tuple[type, ...] = str) -
     return value
 
 
+def _max_age(value: Any) -> float:
+    try:
+        return parse_max_age(value)
+    except ConfigError as exc:
+        raise BadArguments(str(exc)) from None
+
+
 def _port(args: dict[str, Any], key: str = "port") -> int:
     try:
         return parse_port(args.get(key), key)  # type: ignore[arg-type]  # parse_port refuses every other type
@@ -129,6 +139,7 @@ class Tables:
 
     def __init__(self, config: dict[str, Any], routes: list[dict[str, Any]], clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        self.bad_info_max_age: dict[str, Any] = {}  # uuid -> the bad /info max_age last warned about
         self.peripherals: dict[str, dict[str, Any]] = {}
         for entry in config.get("peripherals", []):
             self.peripherals[entry["uuid"]] = self._normalise_peripheral(entry)
@@ -298,6 +309,7 @@ class Tables:
             record["config"] = args["config"]
             if args["config"].get("delivery") in DELIVERY_MODES:
                 record["delivery"] = args["config"]["delivery"]
+            self._take_info_max_age(record, args["config"])
         record["last_seen"] = self.clock()
         record["online"] = True
         return record, [self._peripheral_change(record), *self._refresh_route_ports(uuid)]
@@ -317,6 +329,8 @@ class Tables:
         value = _need(args, "config", dict)
         self._check_owner(record, caller_of(args), "/config for")
         check_peripheral_config(value, self.config)
+        if MAX_AGE_KEY in value:
+            record[MAX_AGE_KEY] = _max_age(value[MAX_AGE_KEY])  # refused before anything of the /config is stored
         record["config"] = value
         if record["config"].get("delivery") in DELIVERY_MODES:
             record["delivery"] = record["config"]["delivery"]
@@ -327,8 +341,23 @@ class Tables:
         mode = _need(args, "mode")
         if mode not in DELIVERY_MODES:
             raise BadArguments(f"delivery mode must be one of {', '.join(DELIVERY_MODES)}")
+        max_age = _max_age(args[MAX_AGE_KEY]) if args.get(MAX_AGE_KEY) is not None else None
         record["delivery"] = mode
+        if max_age is not None:
+            record[MAX_AGE_KEY] = max_age
         return record, [self._peripheral_change(record)]
+
+    def _take_info_max_age(self, record: dict[str, Any], info: dict[str, Any]) -> None:
+        """max_age= from an /info answer; a bad value keeps the one held (the scanner cannot answer the peripheral)."""
+        if MAX_AGE_KEY not in info:
+            return
+        try:
+            record[MAX_AGE_KEY] = parse_max_age(info[MAX_AGE_KEY])
+        except ConfigError as exc:
+            if self.bad_info_max_age.get(record["uuid"]) != info[MAX_AGE_KEY]:  # once per value, not once per sweep
+                self.bad_info_max_age[record["uuid"]] = info[MAX_AGE_KEY]
+                log.warning("%s (%s) announced a bad max_age in /info (%s); keeping %s", record["name"], record["uuid"][:8], exc,
+                            record.get(MAX_AGE_KEY, "the default (router_queue_age_s)"))
 
     def remove_peripheral(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
         """Forget a peripheral; the routes that start or end at it go too (listed in the result)."""

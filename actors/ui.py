@@ -437,8 +437,9 @@ class Interaction:
         peripherals = sorted(model.peripherals, key=lambda p: str(p.get("name", "")))
         choices = [(f"{p['name']}  (port {p.get('port')}, {'online' if p.get('online') else 'offline'})", str(p["name"])) for p in peripherals]
         names = {p.get("uuid"): str(p.get("name")) for p in peripherals}
-        routes = [(f"{r['name']}{vm.RULE_MARKER if vm.has_rules(r) else ''}  ({names.get(r.get('incoming'), '?')} {vm.ARROW} "
-                   f"{names.get(r.get('outgoing'), '?')})", str(r["name"])) for r in sorted(model.routes, key=lambda r: str(r.get("name", "")))]
+        routes = [(f"{r['name']}{vm.RULE_MARKER if vm.has_rules(r) else ''}  ({vm.end_label(names, r.get('incoming'), r.get('incoming_port'))} "
+                   f"{vm.ARROW} {vm.end_label(names, r.get('outgoing'), r.get('outgoing_port'))})", str(r["name"]))
+                  for r in sorted(model.routes, key=lambda r: str(r.get("name", "")))]
         if item == "Exit Menu":
             self.pop()
         elif item == "List Peripherals":

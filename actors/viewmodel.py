@@ -22,6 +22,7 @@ MIN_HEIGHT = 10
 PALETTE_SIZE = 6  # distinct colours for peripheral families (the renderer maps them to curses colours)
 ELLIPSIS = "…"
 ARROW = "→"
+BY_PORT_MARKER = "(by port)"  # a route end no peripheral has: delivered by the route's own port, as in the original
 SECONDS_PER_MINUTE = 60
 SECONDS_PER_HOUR = 3600
 SECONDS_PER_DAY = 86400
@@ -289,8 +290,8 @@ def route_rows(routes: Sequence[dict[str, Any]], names: dict[str, str], width: i
     path_w = max(1, flexible - name_w)
     rows = []
     for r in sorted(routes, key=lambda r: str(r.get("name", ""))):
-        source = names.get(r.get("incoming", ""), str(r.get("incoming", "?"))[:8])
-        sink = names.get(r.get("outgoing", ""), str(r.get("outgoing", "?"))[:8])
+        source = end_label(names, r.get("incoming"), r.get("incoming_port"))
+        sink = end_label(names, r.get("outgoing"), r.get("outgoing_port"))
         lost = [(count(r.get("dropped")) if r.get("dropped") else "-", COUNT_W, ">")] if lossy else []
         text = columns([(route_label(r, name_w), name_w, "<"), (f"{source} {ARROW} {sink}", path_w, "<"),
                         (since(r.get("last_used"), now), AGE_W, ">"), (count(r.get("messages")), COUNT_W, ">"),
@@ -305,6 +306,13 @@ def route_rows(routes: Sequence[dict[str, Any]], names: dict[str, str], width: i
 
 def has_rules(route: dict[str, Any]) -> bool:
     return any(route.get(key) for key in RULE_KEYS)
+
+
+def end_label(names: dict[str, str], uuid: Any, port: Any) -> str:
+    """A route end by its peripheral's name; one no peripheral has works from the route's own port, as in the original."""
+    if uuid in names:
+        return names[uuid]
+    return f"{str(uuid or '?')[:8]}:{port} {BY_PORT_MARKER}"
 
 
 def route_label(route: dict[str, Any], width: int) -> str:
