@@ -341,7 +341,7 @@ class Tables:
         mode = _need(args, "mode")
         if mode not in DELIVERY_MODES:
             raise BadArguments(f"delivery mode must be one of {', '.join(DELIVERY_MODES)}")
-        max_age = _max_age(args[MAX_AGE_KEY]) if args.get(MAX_AGE_KEY) is not None else None
+        max_age = _max_age(args[MAX_AGE_KEY]) if MAX_AGE_KEY in args else None
         record["delivery"] = mode
         if max_age is not None:
             record[MAX_AGE_KEY] = max_age
