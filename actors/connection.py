@@ -15,15 +15,18 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from types import MappingProxyType
+from typing import Any, Mapping, Protocol
 
 from .commands import BadLine, CommandLine, ConfigBlock, DataLine, Item, LineSession, Peer, Reply, error
 from .errors import ErrorCode
 from .replica import StateReplica
-from .tables import canonical_host, same_host
+from .tables import LOCAL_HOST, canonical_host, same_host
 
 log = logging.getLogger(__name__)
 
+# Who may send as a uuid only a route knows: the route's ports are on this machine, as a record without a host.
+ROUTE_ONLY_SOURCE: Mapping[str, Any] = MappingProxyType({"host": LOCAL_HOST})
 LINGER_S = 1.0  # how long we keep reading (and discarding) after our last line
 LINGER_MAX_BYTES = 16 * 1024 * 1024
 QUEUE_PAUSE_LINES = 1000  # stop reading while this many lines wait behind a command
@@ -50,6 +53,7 @@ class Host(Protocol):
     connections: set["Connection"]
     limits: Limits
     replica: StateReplica
+    routed_sources: set[str]  # the incoming uuid of every route, a known peripheral or not
 
     def refused_identity(self, host: str, text: str) -> None:
         """Count and report (rate-limited) a client acting for a peripheral another host registered."""
@@ -205,6 +209,8 @@ class Connection(asyncio.BufferedProtocol):
         if self.peer.admin:
             return True
         record = self.host.replica.peripherals.get(source)
+        if record is None and source in self.host.routed_sources:
+            record = ROUTE_ONLY_SOURCE  # a uuid only a route knows: by its route's port, it is on this machine (as in the original)
         if self.peer_address is None:
             self.peer_address = canonical_host(self.peer.host)
         if record is None or record.get("host") == self.peer_address or same_host(record.get("host"), self.peer_address):

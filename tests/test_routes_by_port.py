@@ -31,6 +31,7 @@ DOWN_S = 3.0
 SEND_EVERY_S = 0.1
 LATENESS_SLACK_S = 0.5  # a payload's way from the source to the router's queue and from the router's check to the sink
 COME_BACK_WAIT_S = 3.0
+OTHER_HOST = "127.0.0.2"
 
 
 def start_with_routes(tmp_path: Path, routes: list[dict[str, Any]], peripherals: list[dict[str, Any]] | None = None) -> Instance:
@@ -141,6 +142,36 @@ def _hand_edits_supported(instance: Instance) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def talk_from(address: str, port: int, data: bytes) -> str:
+    """Connect from a chosen loopback address (another host), send, half-close, return what the gateway answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT_S, source_address=(address, 0)) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_data_as_a_route_only_uuid_from_another_host_is_refused_and_from_this_machine_routed(tmp_path: Path) -> None:
+    """Attacker on 127.0.0.2 (not an admin): a uuid only a route knows is on this machine, like a record without a host."""
+    source, target = new_uuid(), new_uuid()
+    with LineSink() as sink:
+        config_dir = tmp_path / "config"
+        config_dir.mkdir(parents=True)
+        (config_dir / "routes.cf").write_text(json.dumps([route("byport", source, target, free_port(), sink.port)]))
+        instance = start_instance(tmp_path, only=ACTORS, config={"admin_clients": ["127.0.0.1/32"]})
+        try:
+            on_data = talk_from(OTHER_HOST, instance.data_ports[0], f"{source}\nforged-1\n".encode())
+            on_command = talk_from(OTHER_HOST, instance.command_port, f"/data {source} forged-2\n".encode())
+            for reply in (on_data, on_command):
+                assert reply.startswith(f"Error: data as {source} refused"), reply
+            wait_until(lambda: _sent_and_arrived(instance, source, sink, b"genuine"), DELIVERY_TIMEOUT_S, 0.2, "data from this machine")
+            assert not any(line.startswith(b"forged") for line in sink.snapshot()), sink.snapshot()
+        finally:
+            instance.stop()
 
 
 # ---- section 6: a sink's own max_age -------------------------------------------------------------
