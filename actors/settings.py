@@ -112,13 +112,13 @@ MAX_AGE_PATTERN = re.compile(r"^\s*\d+(?:\.\d+)?\s*$", re.ASCII)
 
 
 def parse_max_age(value: Any) -> float:
-    """A sink's max_age in seconds: a number (or ASCII decimal text, as /info and older files write it) in range."""
+    """A sink's max_age in seconds: a number (or ASCII decimal text, as /info and older files write it) in range; a number stays as given."""
     if isinstance(value, str) and MAX_AGE_PATTERN.match(value):
         value = float(value)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not MAX_AGE_MIN_S <= value <= MAX_AGE_MAX_S:
         shown = value if not isinstance(value, str) else value[:20]
         raise ConfigError(f"max_age must be a number of seconds from {MAX_AGE_MIN_S:g} to {MAX_AGE_MAX_S:g}, got {shown!r}")
-    return float(value)
+    return value
 
 
 def sink_max_age(peripheral: dict[str, Any], config: dict[str, Any]) -> float:
@@ -488,6 +488,7 @@ def check_peripheral(entry: Any) -> tuple[dict[str, Any], list[str]]:
     notes: list[str] = []
     record = _read_fields(entry, PERIPHERAL_FIELD_READERS, notes)
     _drop_unreadable(record, ("last_seen",), _read_number, notes)
+    _drop_unreadable(record, (MAX_AGE_KEY,), parse_max_age, notes)  # a bad hand-edited max_age: the default bound applies
     if "online" in record and not isinstance(record["online"], bool):
         notes.append(f"online {_shown('online', record.pop('online'))} unreadable; starts offline")
     return record, notes

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.errors import BadArguments
-from actors.settings import MAX_AGE_MAX_S, MAX_AGE_MIN_S, default_config, parse_max_age, sink_max_age
+from actors.settings import MAX_AGE_MAX_S, MAX_AGE_MIN_S, check_peripheral, default_config, parse_max_age, sink_max_age
 from actors.tables import Tables
 
 TTS = "37d46837-f12a-4215-bd74-8d123bdb6a3d"
@@ -87,3 +87,12 @@ def test_a_bad_max_age_in_info_keeps_the_one_held_and_the_peripheral_is_still_se
     tables.set_delivery({"peripheral": "TTS_Engine", "mode": "message", "max_age": "5"})
     record, _ = tables.seen({"name": "TTS_Engine", "uuid": TTS, "port": 6237, "config": {"max_age": value, "voice": "en"}})
     assert record["max_age"] == 5.0 and record["online"] is True
+
+
+def test_a_bad_max_age_in_orch_cf_is_dropped_with_a_note_and_a_good_one_loads():
+    good, good_notes = check_peripheral({"name": "TTS_Engine", "uuid": TTS, "port": 6237, "max_age": 5})
+    assert good["max_age"] == 5 and good_notes == []
+    bad, notes = check_peripheral({"name": "TTS_Engine", "uuid": TTS, "port": 6237, "max_age": "forever"})
+    assert "max_age" not in bad and any("max_age" in note for note in notes)
+    text, _ = check_peripheral({"name": "TTS_Engine", "uuid": TTS, "port": 6237, "max_age": "2.5"})
+    assert text["max_age"] == 2.5
