@@ -1,4 +1,4 @@
-"""The legacy text protocol (PROTOCOL.md sections 2 and 3) in one place: line parsing and the command registry.
+"""The legacy text protocol (docs/protocol.md sections 2 and 3) in one place: line parsing and the command registry.
 
 A ``LineSession`` turns the raw lines of one TCP connection into items: data (``/data`` or a
 data-port stream), a ``/config`` block, a command, or a bad line. A ``Registry`` of small
@@ -584,7 +584,7 @@ async def apply_config_block(block: ConfigBlock, ctx: CommandContext, peer: Peer
 
 
 def build_registry() -> Registry:
-    """Every command of PROTOCOL.md section 2 and the new ones, in help order."""
+    """Every command of docs/protocol.md section 2 and the new ones, in help order."""
     registry = Registry()
 
     async def cmd_help(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:

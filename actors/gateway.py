@@ -590,6 +590,7 @@ class Gateway:
             "Peripherals": {"online": sum(1 for p in peripherals if p.get("online")), "total": len(self.replica.peripherals)},
             "Routes": len(self.replica.routes),
             "Routers Alive": stats["routers_live"],
+            **system_health(beats),
             "Messages Routed": routed,
             "Messages Dropped": dropped + stats["unknown_source"] + stats["no_route"] + stats["dropped_buffer_full"],
             "Gateway": {k: stats[k] for k in ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full",
@@ -601,6 +602,17 @@ class Gateway:
             "Last Scan": format_time(last_scan),
             "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],
         }
+
+
+def system_health(beats: dict[str, Heartbeat]) -> dict[str, Any]:
+    """"Health" and, when degraded, its reasons, as the live supervisor works them out (absent when none is heard)."""
+    main = beats.get("supervisor")  # the main board's; satellites' supervisors carry their own suffix
+    if main is None or not main.stats.get("health"):
+        return {}
+    health = {"Health": main.stats["health"]}
+    if main.stats.get("reasons"):
+        health["Degraded Because"] = list(main.stats["reasons"])
+    return health
 
 
 def bind_failure(exc: OSError) -> str:

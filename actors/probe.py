@@ -3,7 +3,7 @@
 Pure networking on asyncio, no bus: the scanner actor decides what to sweep and what to do with
 the results; tests and the benchmark call ``sweep`` directly. Each probe is a non-blocking connect
 (at most CONNECT_TIMEOUT_S), ``/info\\n``, then a read until an ``EOF`` line or close, bounded by
-ANSWER_TIMEOUT_S and MAX_ANSWER_BYTES (PROTOCOL.md 4).
+ANSWER_TIMEOUT_S and MAX_ANSWER_BYTES (docs/protocol.md §4).
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class InfoAnswer:
 
 
 def parse_info(data: bytes) -> InfoAnswer:
-    """Parse ``name\\nuuid\\n[key=value\\n...]EOF\\n``: three lines at least (docs/protocol.md 4), EOF optional after a key=value."""
+    """Parse ``name\\nuuid\\n[key=value\\n...]EOF\\n``: three lines at least (docs/protocol.md §4), EOF optional after a key=value."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

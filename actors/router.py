@@ -1,6 +1,6 @@
 """A data router: takes DataBatches from the gateway, fans each payload out to every route of its source.
 
-Data plane (DESIGN.md, "the data plane is short"): a DEALER with identity ``name`` connected
+Data plane (docs/architecture.md §5): a DEALER with identity ``name`` connected
 to the gateway's ROUTER on ``endpoints.data``; heartbeats on it each HEARTBEAT_INTERVAL_S so
 the gateway counts us live; ``[encoded DataBatch]`` in, ``[encoded DataAck]`` out once every
 chunk of the batch (and of every earlier batch of that source) is settled: delivered, dropped,

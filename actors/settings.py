@@ -49,7 +49,7 @@ SECRET_KEYS = ("admin_token",)  # never logged, never shown
 
 
 def default_config() -> dict[str, Any]:
-    """The orch.cf written when none exists (the seed's defaults; known_ports per PROTOCOL.md 4)."""
+    """The orch.cf written when none exists (the seed's defaults; known_ports per docs/protocol.md §4)."""
     return {
         "known_ports": "6200-6300",
         "scan_interval": 5,

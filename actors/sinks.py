@@ -10,7 +10,7 @@ Threads never touch zmq sockets or log lines: they hand finished chunks and up/d
 transitions to ``report`` (the router posts them onto its event loop), so all counting,
 acknowledging and logging happens in the router's one loop thread.
 
-Modes (PROTOCOL.md 1): ``message`` opens one connection per payload (connect, write
+Modes (docs/protocol.md §1): ``message`` opens one connection per payload (connect, write
 ``payload\\n``, close) as existing sinks expect; ``stream`` keeps one connection open and
 writes many newline-framed lines per write.
 

@@ -215,7 +215,7 @@ class Tables:
         return self.by_name(ident)
 
     def unique_name(self, wanted: str, uuid: str) -> str:
-        """wanted if free (or already this uuid's), else wanted_1, wanted_2, ... (PROTOCOL.md 5)."""
+        """wanted if free (or already this uuid's), else wanted_1, wanted_2, ... (docs/protocol.md §5)."""
         taken = {p["name"] for p in self.peripherals.values() if p["uuid"] != uuid}
         if wanted not in taken:
             return wanted

@@ -170,7 +170,7 @@ def payload(source: int, seq: int) -> bytes:
 
 
 def role_sources(targets: list[list[Any]], count: int, rate: float) -> None:
-    """Connect each source to its data port (uuid line first, PROTOCOL.md 3), send count lines each, print the start time."""
+    """Connect each source to its data port (uuid line first, docs/protocol.md §3), send count lines each, print the start time."""
     conns = []
     for port, uuid in targets:
         conn = socket.create_connection(("127.0.0.1", port))

@@ -125,7 +125,7 @@ def read_line(conn: socket.socket, limit: int = 65536) -> bytes | None:
 
 
 def info_answer(name: str, uuid: str, config: dict[str, str] | None = None, newline: bytes = b"\n", eof: bool = True) -> bytes:
-    """The bytes a well-behaved peripheral sends for /info (PROTOCOL.md 1)."""
+    """The bytes a well-behaved peripheral sends for /info (docs/protocol.md §1)."""
     lines = [name, uuid] + [f"{k}={v}" for k, v in (config or {}).items()] + (["EOF"] if eof else [])
     return b"".join(line.encode() + newline for line in lines)
 
@@ -285,7 +285,7 @@ class LineSink:
                 self.lines.append(pending)
 
 
-# ---- peripherals that talk to the orchestrator (PROTOCOL.md 2-3) ---------------------------------
+# ---- peripherals that talk to the orchestrator (docs/protocol.md §2-3) ---------------------------------
 ACK_RECV_BYTES = 1024  # real peripherals read the /ack with one recv(1024)
 
 

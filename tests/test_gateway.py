@@ -1,4 +1,4 @@
-"""The command gateway end to end: real processes on loopback, fake peripherals from PROTOCOL.md, a fake router on the data plane."""
+"""The command gateway end to end: real processes on loopback, fake peripherals from docs/protocol.md, a fake router on the data plane."""
 from __future__ import annotations
 
 import json
