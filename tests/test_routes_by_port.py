@@ -13,7 +13,7 @@ import socket
 import time
 import uuid as uuidlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
