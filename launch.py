@@ -26,7 +26,7 @@ from actors.cli import EXIT_UNREACHABLE
 from actors.configstore import preflight
 from actors.errors import OrchestratorError
 from actors.protocol import Op
-from actors.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, release_run_dir
+from actors.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, ensure_runtime_dirs, release_run_dir
 from actors.runner import LOG_BACKUPS, LOG_FORMAT, LOG_MAX_BYTES
 from actors.security import ensure_keys, missing_client_keys, needs_curve
 from actors.settings import DEFAULT_CONFIG_DIR, Endpoints, Runtime
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         runtime = with_run_dir(runtime, claim_run_dir(runtime.config_dir))
-        runtime.ensure_dirs()
+        ensure_runtime_dirs(runtime)
     except UnsafeRunDir as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         lock.close()

@@ -13,7 +13,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .settings import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, RUN_DIR_PREFIX, RUN_POINTER_FILE_NAME, ConfigError, in_config_run_dir
+from .settings import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, RUN_DIR_PREFIX, RUN_POINTER_FILE_NAME, ConfigError, Runtime, in_config_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,14 @@ def ensure_private_dir(path: Path) -> None:
         check_run_dir(path)
         return
     os.chmod(path, PRIVATE_DIR_MODE)  # ours, just created: only umask could have narrowed it
+
+
+def ensure_runtime_dirs(runtime: Runtime) -> None:
+    """Create the config and log folders; the run folder must be ours and 0700."""
+    for folder in (runtime.config_dir, runtime.log_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(runtime.log_dir, PRIVATE_DIR_MODE)  # logs: owner only
+    ensure_private_dir(runtime.run_dir)
 
 
 def write_private_file(path: Path, text: str) -> None:

@@ -11,6 +11,7 @@ from typing import Callable, Protocol
 
 import zmq
 
+from .runfolder import ensure_runtime_dirs
 from .settings import Runtime
 
 LOG_MAX_BYTES = 2 * 1024 * 1024
@@ -72,7 +73,7 @@ def run_actor(kind: str, factory: Callable[[Runtime, zmq.Context, StopFlag, str]
     args = parse_actor_args(argv)
     runtime = Runtime.from_json(args.runtime) if args.runtime else Runtime.for_config_dir(args.config_dir, console_log=True)
     name = args.name or kind
-    runtime.ensure_dirs()
+    ensure_runtime_dirs(runtime)
     setup_logging(runtime, name)
     stop = StopFlag(args.parent_pid)
     stop.install()

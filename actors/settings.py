@@ -5,7 +5,6 @@ import dataclasses
 import ipaddress
 import json
 import math
-import os
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -637,11 +636,3 @@ class Runtime:
             console_log=data.get("console_log", False),
             extra=data.get("extra", {}),
         )
-
-    def ensure_dirs(self) -> None:
-        """Create the config and log folders; the run folder must be ours and 0700 (runfolder.ensure_private_dir)."""
-        from .runfolder import ensure_private_dir  # here: runfolder imports this module
-        for folder in (self.config_dir, self.log_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.log_dir, PRIVATE_DIR_MODE)  # logs: owner only
-        ensure_private_dir(self.run_dir)

@@ -16,6 +16,7 @@ from actors.configstore import ConfigStore
 from actors.errors import ErrorCode
 from actors.protocol import Op
 from actors.replica import StateReplica
+from actors.runfolder import ensure_runtime_dirs
 from actors.settings import ConfigError, Runtime, default_config, validate_config
 from actors.tables import Tables
 from conftest import Instance, send_line, start_instance, wait_until
@@ -132,7 +133,7 @@ def test_backups_and_logs_are_owner_only(tmp_path: Path) -> None:
     store.load()
     backup = store.backup()
     runtime = Runtime.for_config_dir(tmp_path)
-    runtime.ensure_dirs()
+    ensure_runtime_dirs(runtime)
     for folder in (store.backup_dir, backup, runtime.log_dir, runtime.run_dir):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     for path in (store.config_path, store.routes_path, backup / "orch.cf"):

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from actors.runfolder import ensure_runtime_dirs
 from actors.settings import Runtime
 from actors.supervisor import ACTOR_MODULES, FLAP_LIMIT, Supervisor
 from conftest import REPO_ROOT, start_instance, wait_until
@@ -79,7 +80,7 @@ def test_killed_supervisor_leaves_no_orphans(tmp_path):
 def test_a_child_that_keeps_crashing_is_left_stopped(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("actors.supervisor", fromlist=["ACTOR_MODULES"]).ACTOR_MODULES, "crasher", "tests.crasher")
     runtime = Runtime.for_config_dir(tmp_path)
-    runtime.ensure_dirs()
+    ensure_runtime_dirs(runtime)
     supervisor = Supervisor(runtime, ["crasher"])
     monkeypatch.setattr("actors.supervisor.BACKOFF_BASE_S", 0.01)
     child = supervisor.children[0]
@@ -136,7 +137,7 @@ def crash_supervisor(tmp_path, monkeypatch, kinds, routers=1):
     monkeypatch.setattr("actors.supervisor.BACKOFF_BASE_S", 0.01)
     monkeypatch.setattr("actors.supervisor.BACKOFF_MAX_S", 0.05)
     runtime = Runtime.for_config_dir(tmp_path)
-    runtime.ensure_dirs()
+    ensure_runtime_dirs(runtime)
     return Supervisor(runtime, kinds, routers=routers)
 
 
