@@ -132,20 +132,30 @@ class Liveness:
         self.misses: dict[str, int] = {}
         self.marks: dict[str, Any] = {}  # last_seen per uuid at the previous sweep, or as our own report set it
         self.reported: dict[str, Any] = {}  # last_seen our reports set during this sweep
+        self.judged_at: float | None = None  # wall time of the previous sweep's judgement (last_seen is wall time too)
 
     def note_reported(self, uuid: str, last_seen: Any) -> None:
         """Our own SEEN or ALIVE set this last_seen: not a sign of anyone else having heard from it."""
         self.reported[uuid] = last_seen
 
     def renewed(self, peripherals: dict[str, dict[str, Any]]) -> set[str]:
-        """Uuids whose last_seen moved since the previous sweep without us (re-registered meanwhile)."""
-        return {uuid for uuid, record in peripherals.items() if uuid in self.marks and record.get("last_seen") != self.marks[uuid]}
+        """Uuids whose last_seen moved since the previous sweep without us: (re-)registered meanwhile."""
+        renewed = set()
+        for uuid, record in peripherals.items():
+            last_seen = record.get("last_seen")
+            if uuid in self.marks:
+                if last_seen != self.marks[uuid]:
+                    renewed.add(uuid)
+            elif isinstance(last_seen, (int, float)) and self.judged_at is not None and last_seen >= self.judged_at:
+                renewed.add(uuid)  # new since the previous sweep
+        return renewed
 
     def after_sweep(self, peripherals: dict[str, dict[str, Any]], found: set[str], scanned: set[tuple[str, int]], limit: int) -> list[str]:
         """Uuids of online peripherals that missed `limit` sweeps in a row on a (host, port) that was scanned."""
         found = found | self.renewed(peripherals)
         self.marks = {uuid: self.reported.get(uuid, record.get("last_seen")) for uuid, record in peripherals.items()}
         self.reported = {}
+        self.judged_at = time.time()
         lost = []
         for uuid, record in peripherals.items():
             where = (record.get("host") or "localhost", record.get("port"))
