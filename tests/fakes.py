@@ -16,6 +16,7 @@ CONNECTION_TIMEOUT_S = 5.0
 STREAM_CHUNK = b"endless stream of words that never says EOF\n" * 64
 GARBAGE_ANSWER = b"\x00\xff\xfe binary \x80 nonsense\nnot-a-uuid\nEOF\n"
 LISTEN_BACKLOG = 128
+INFO_REQUEST_LINE = b"/info"
 
 Handler = Callable[[socket.socket, "FakeListener"], None]
 
@@ -278,6 +279,8 @@ class LineSink:
             pending += data
             *complete, pending = pending.split(b"\n")
             for line in complete:
+                if line.rstrip(b"\r") == INFO_REQUEST_LINE:
+                    return  # the scanner probing its registered port: not data (it does not answer, so it reads as offline)
                 if self.delay_s:
                     time.sleep(self.delay_s)
                 with self.lock:
