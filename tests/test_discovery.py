@@ -371,3 +371,28 @@ def test_a_peripheral_that_only_sends_data_stays_online(tmp_path: Path) -> None:
     finally:
         sender.stop()
         instance.stop()
+
+
+def test_data_sightings_cost_one_request_per_sweep_not_one_per_message(tmp_path: Path) -> None:
+    instance = scanning(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S, scan_interval=0.5, offline_after_sweeps=3)
+    sender = RegisteringPeripheral(instance.command_port, "Chatty_Engine")
+    try:
+        sender.register()
+        sender.stop()
+        state_requests = lambda: next(c["stats"] for c in instance.status()["children"] if c["name"] == "state").get("requests", 0)
+        wait_sweeps(instance, 2)
+        before, sweeps_before = state_requests(), scanner_stats(instance)["sweeps"]
+        messages = 0
+        until = time.monotonic() + 3.0
+        while time.monotonic() < until:
+            lines = "".join(f"/data {sender.uuid} burst {messages + i}\n" for i in range(50))
+            send_and_close(instance.command_port, lines.encode())
+            messages += 50
+            time.sleep(0.05)
+        wait_sweeps(instance, 2)
+        requests, sweeps = state_requests() - before, scanner_stats(instance)["sweeps"] - sweeps_before
+        assert online(instance, sender.uuid)
+        assert requests <= sweeps + 4, f"{requests} state requests for {messages} messages over {sweeps} sweeps"
+    finally:
+        sender.stop()
+        instance.stop()
