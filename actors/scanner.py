@@ -29,8 +29,8 @@ from .probe import CONNECT_TIMEOUT_S, InfoAnswer, Outcome, ProbeResult, Target, 
 from .protocol import SOURCES_SEEN_STAT, Heartbeat, Message, Op, ProtocolError, Topic
 from .replica import StateReplica
 from .runner import StopFlag, run_actor
-from .settings import (HEARTBEAT_INTERVAL_S, MAX_PORT, MAX_SCAN_ANSWER_TIMEOUT_S, MIN_PORT, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, ConfigError, Endpoints, Runtime,
-                       parse_ports, tunable)
+from .settings import (HEARTBEAT_INTERVAL_S, MAX_PORT, MAX_SCAN_ANSWER_TIMEOUT_S, MIN_PORT, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, ConfigError,
+                       Endpoints, Runtime, parse_ports, tunable)
 from .stateclient import AsyncStateClient
 
 log = logging.getLogger(__name__)

@@ -134,7 +134,8 @@ class InfoPeripheral(FakeListener):
     """Answers /info like a real peripheral; any other line is recorded as data. One connection, one request."""
 
     def __init__(self, name: str = "Fake_Engine", uuid: str | None = None, config: dict[str, str] | None = None,
-                 port: int = 0, newline: bytes = b"\n", eof: bool = True, shut_write: bool = False, answer_delay_s: float = 0.0) -> None:
+                 port: int = 0, newline: bytes = b"\n", eof: bool = True, shut_write: bool = False,
+                 answer_delay_s: float = 0.0) -> None:
         super().__init__(self._answer, port)
         self.answer_delay_s = answer_delay_s  # a busy peripheral on a loaded board: /info answered this late
         self.name = name
