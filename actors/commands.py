@@ -90,10 +90,11 @@ class CommandLine:
 
 @dataclass(frozen=True)
 class ConfigBlock:
-    """``/config <target>`` + JSON lines + ``EOF``: the collected JSON text."""
+    """``/config <target>`` + JSON lines + ``EOF`` (or the connection closing): the collected JSON text."""
 
     target: str
     text: str
+    ended_by_close: bool = False  # no EOF line: slm, sum and embed send the JSON and close (an extension accepts it)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,25 @@ class LineSession:
             self.config_target, self.config_lines, self.config_bytes = tokens[1], [], 0
             return None
         return CommandLine(text)
+
+    @property
+    def in_config_block(self) -> bool:
+        return self.config_target is not None
+
+    def end(self, partial: bytes) -> Item | None:
+        """The client closed: a /config block still open ends here (its JSON is checked when applied); None otherwise.
+
+        ``partial`` is a last line without a newline: part of the block, not a dropped data line.
+        """
+        if self.config_target is None:
+            return None
+        if partial.strip():
+            item = self.feed(partial)
+            if item is not None:  # the partial line was the EOF line itself, or too long / not UTF-8
+                return item
+        block = ConfigBlock(self.config_target, "\n".join(self.config_lines), ended_by_close=True)
+        self.config_target, self.config_lines = None, []
+        return block
 
     def _config_line(self, text: str) -> Item | None:
         if text == CONFIG_END:
@@ -570,7 +590,8 @@ async def apply_config_block(block: ConfigBlock, ctx: CommandContext, peer: Peer
     try:
         value = json.loads(block.text)
     except json.JSONDecodeError as exc:
-        return error(f"Error: config for {block.target} is not valid JSON: {exc}")
+        unended = " (the block ended by the connection closing, without an EOF line)" if block.ended_by_close else ""
+        return error(f"Error: config for {block.target} is not valid JSON{unended}: {exc}")
     except RecursionError:
         return error(f"Error: config for {block.target} is nested too deep", ErrorCode.LIMIT_REACHED)
     if not isinstance(value, dict):
@@ -600,7 +621,7 @@ def build_registry() -> Registry:
                          cmd_register, (0, 8)))
     registry.add(Command(("/data",), "/data <uuid> <payload>", "Send a payload from a peripheral along its routes",
                          cmd_connection_only, (0, 1 << 20)))
-    registry.add(Command(("/config",), "/config <uuid>", "Then JSON lines and a line EOF: store that peripheral's config",
+    registry.add(Command(("/config",), "/config <uuid>", "Then JSON lines and a line EOF (or close): store that peripheral's config",
                          cmd_connection_only, (0, 1)))
     registry.add(Command(("/delivery",), "/delivery <peripheral-name> message|stream [max_age]",
                          "Set how a sink receives data, and how many seconds its data may wait before it is dropped", cmd_delivery, (2, 3)))

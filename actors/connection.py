@@ -78,6 +78,17 @@ class TooLong:
     """Queue marker: the next line was over the limit."""
 
 
+@dataclass(frozen=True)
+class InputEnded:
+    """Queue marker: the client closed; ``partial`` is what it sent after its last newline.
+
+    Queued (not handled at once) because the lines before it may still wait behind a command,
+    and only after them does the session know whether a /config block is open.
+    """
+
+    partial: bytes
+
+
 class Connection(asyncio.BufferedProtocol):
     """A client on the command port (role "command") or a data port (role "data")."""
 
@@ -88,7 +99,7 @@ class Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.read_view = memoryview(bytearray(READ_CHUNK_BYTES))
         self.buffer = b""
-        self.queue: deque[bytes | Item | TooLong] = deque()
+        self.queue: deque[bytes | Item | TooLong | InputEnded] = deque()
         self.worker: asyncio.Task | None = None
         self.eof = False
         self.hung_up = False
@@ -138,9 +149,7 @@ class Connection(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         """The client half-closed: answer what it sent, then close (True keeps our write side open)."""
         self.eof = True
-        if self.buffer:
-            self.host.counters["partial_lines_dropped"] += 1
-            self.buffer = b""
+        self._input_ended()
         if self.worker is None:
             self._close()
         return True
@@ -150,7 +159,19 @@ class Connection(asyncio.BufferedProtocol):
         if self.has_slot:
             self.has_slot = False
             self.host.release_slot(self.peer)
-        self.eof = True  # the worker (if any) finishes the lines already read: a /register still registers
+        if not self.eof:  # closed or reset without a half-close first
+            self.eof = True  # the worker (if any) finishes the lines already read: a /register still registers
+            self._input_ended()
+
+    def _input_ended(self) -> None:
+        """No more input: a /config block left open is ended by the close (an extension); another partial line is dropped."""
+        partial, self.buffer = self.buffer, b""
+        if self.hung_up:
+            return
+        if self.queue or self.worker is not None or self.session.in_config_block:
+            self._push(InputEnded(partial))
+        elif partial:
+            self.host.counters["partial_lines_dropped"] += 1
 
     def pause_writing(self) -> None:
         self.hold(HOLD_WRITE)  # the client does not read its replies: stop reading its lines
@@ -221,7 +242,7 @@ class Connection(asyncio.BufferedProtocol):
         self.hang_up(error(text, ErrorCode.NOT_OWNER))
         return False
 
-    def _push(self, entry: bytes | Item | TooLong) -> None:
+    def _push(self, entry: bytes | Item | TooLong | InputEnded) -> None:
         """Queue an entry behind the worker (starting it), pausing reads when too much waits."""
         self.queue.append(entry)
         if len(self.queue) >= QUEUE_PAUSE_LINES:
@@ -247,18 +268,21 @@ class Connection(asyncio.BufferedProtocol):
             elif self.eof:
                 self._close()
 
-    async def _handle_safely(self, entry: bytes | Item | TooLong) -> None:
+    async def _handle_safely(self, entry: bytes | Item | TooLong | InputEnded) -> None:
         try:
             await self._handle(entry)
         except Exception as exc:  # noqa: BLE001 - the connection's one catch-all: answer, count, log, hang up
             self.hang_up(dataclasses.replace(self.host.handler_failed(exc, self.peer), close=True))
 
-    async def _handle(self, entry: bytes | Item | TooLong) -> None:
+    async def _handle(self, entry: bytes | Item | TooLong | InputEnded) -> None:
         if isinstance(entry, TooLong):
             self.host.counters["too_long"] += 1
             self.hang_up(error(f"Error: line longer than {self.limits.max_line_bytes} bytes; closing connection"))
             return
-        item = self.session.feed(entry) if isinstance(entry, bytes) else entry
+        if isinstance(entry, InputEnded):
+            item = self._ended_item(entry)
+        else:
+            item = self.session.feed(entry) if isinstance(entry, bytes) else entry
         if item is None:
             return
         if isinstance(item, DataLine):
@@ -277,6 +301,14 @@ class Connection(asyncio.BufferedProtocol):
             self.write(reply.wire())
             if reply.tap is not None:
                 await self.host.tap(self, *reply.tap)
+
+    def _ended_item(self, entry: InputEnded) -> Item | None:
+        """The /config block the close ended, if one was open; else the partial line is counted as dropped."""
+        in_block = self.session.in_config_block
+        item = self.session.end(entry.partial)
+        if not in_block and entry.partial:
+            self.host.counters["partial_lines_dropped"] += 1
+        return item
 
     # ---- output and closing ----------------------------------------------------------
     @property

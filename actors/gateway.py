@@ -27,7 +27,7 @@ from .commands import (BadLine, CommandLine, ConfigBlock, DataLine, LineSession,
 from .connection import HOLD_BACKPRESSURE, Connection, Limits
 from .dataplane import DataPlane, FlowLimits, RouterBusy, RouterGone
 from .errors import ErrorCode, OrchestratorError, Unavailable
-from .protocol import DataAck, Heartbeat, Op, ProtocolError, Request, StateUpdate, Tap, Topic, decode, encode, tap_topic
+from .protocol import SOURCES_SEEN_STAT, DataAck, Heartbeat, Op, ProtocolError, Request, StateUpdate, Tap, Topic, decode, encode, tap_topic
 from .protocol import Reply as BusReply
 from .replica import StateReplica
 from .runner import StopFlag, run_actor
@@ -99,6 +99,7 @@ class Gateway:
         self.slot_limits = SlotLimits.from_config({})
         self.auth_guard = AuthGuard()
         self.outbox: dict[str, list[bytes]] = {}
+        self.sources_seen: set[str] = set()  # known peripherals that sent data since the last heartbeat (the scanner's liveness)
         self.resync: asyncio.Task | None = None
         self.bus_commands: set[asyncio.Task] = set()  # commands from launch.py ctl / the UI, answered over the data socket
         self.started_at = time.time()
@@ -187,7 +188,8 @@ class Gateway:
             self.resync = asyncio.create_task(self._resync())
         if self.failed_binds and self.rebind is None and time.monotonic() >= self.next_bind_retry:
             self.rebind = asyncio.create_task(self._retry_binds())
-        self.heart.maybe_beat(self.stats())
+        if self.heart.maybe_beat({**self.stats(), SOURCES_SEEN_STAT: list(self.sources_seen)}):
+            self.sources_seen.clear()
 
     # ---- state -----------------------------------------------------------------------
     async def _snapshot(self) -> bool:
@@ -422,7 +424,11 @@ class Gateway:
         count = len(payloads)
         self.counters["payloads_in"] += count
         if source not in self.routed_sources:  # a route names its source by uuid, known as a peripheral or not (as the original)
-            self._dropped("no_route" if source in self.replica.peripherals else "unknown_source", source, count)
+            if source in self.replica.peripherals:
+                self.sources_seen.add(source)
+                self._dropped("no_route", source, count)
+            else:
+                self._dropped("unknown_source", source, count)
         else:
             if not self.outbox:
                 asyncio.get_running_loop().call_soon(self._flush_outbox)
@@ -439,6 +445,7 @@ class Gateway:
 
     def _flush_outbox(self) -> None:
         outbox, self.outbox = self.outbox, {}
+        self.sources_seen.update(outbox)  # once per event-loop pass, never per payload
         for source, payloads in outbox.items():
             self.plane.submit(source, payloads)
 

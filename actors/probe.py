@@ -3,7 +3,7 @@
 Pure networking on asyncio, no bus: the scanner actor decides what to sweep and what to do with
 the results; tests and the benchmark call ``sweep`` directly. Each probe is a non-blocking connect
 (at most CONNECT_TIMEOUT_S), ``/info\\n``, then a read until an ``EOF`` line or close, bounded by
-ANSWER_TIMEOUT_S and MAX_ANSWER_BYTES (docs/protocol.md §4).
+the answer timeout (orch.cf ``scan_answer_timeout``) and MAX_ANSWER_BYTES (docs/protocol.md §4).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Iterable, Iterator
 
+from .settings import TUNABLE_DEFAULTS
 from .tables import NAME_PATTERN, is_uuid
 
 INFO_REQUEST = b"/info\n"
@@ -25,8 +26,8 @@ EOF_LINE = "EOF"
 # The answer is complete once a line reads exactly EOF (a \r before the \n is tolerated).
 EOF_PATTERN = re.compile(rb"(?:^|\n)EOF\r?\n")
 CONNECT_TIMEOUT_S = 0.25
-# Loopback peripherals answer in milliseconds; this bounds what one silent port costs a sweep.
-ANSWER_TIMEOUT_S = 0.4
+# What a port that accepted may take to answer, unless the caller says otherwise (the default of scan_answer_timeout).
+ANSWER_TIMEOUT_S = TUNABLE_DEFAULTS["scan_answer_timeout"]
 MAX_ANSWER_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 4096
 MAX_CONCURRENT_PROBES = 512
@@ -88,7 +89,7 @@ class Outcome(str, Enum):
     """What one (host, port) did when probed."""
 
     CLOSED = "closed"  # refused, unreachable, or connect timed out: nothing to talk to
-    SILENT = "silent"  # accepted and said nothing within ANSWER_TIMEOUT_S
+    SILENT = "silent"  # accepted and said nothing within the answer timeout
     EMPTY = "empty"  # accepted and closed without a byte
     GARBAGE = "garbage"  # said something that is not an /info answer
     FOUND = "found"
@@ -113,7 +114,7 @@ class ProbeResult:
     reason: str = ""
 
 
-async def _read_answer(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[bytes, bool]:
+async def _read_answer(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout_s: float) -> tuple[bytes, bool]:
     """Read until an EOF line, close, the byte cap or the answer timeout; returns (bytes, ended)."""
     buffer = bytearray()
 
@@ -129,7 +130,7 @@ async def _read_answer(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> 
 
     try:
         # wait_for, not asyncio.timeout: robot boards run Python 3.10
-        ended = await asyncio.wait_for(read_until_end(), ANSWER_TIMEOUT_S)
+        ended = await asyncio.wait_for(read_until_end(), timeout_s)
     except asyncio.TimeoutError:
         return bytes(buffer), False
     except OSError:  # reset by the peer: what arrived before it is all there is
@@ -149,7 +150,7 @@ def _judge(target: Target, data: bytes, ended: bool) -> ProbeResult:
         return ProbeResult(target, Outcome.GARBAGE, reason=str(exc))
 
 
-async def exchange(sock: socket.socket, target: Target) -> ProbeResult:
+async def exchange(sock: socket.socket, target: Target, answer_timeout_s: float = ANSWER_TIMEOUT_S) -> ProbeResult:
     """On a connected socket: send /info, read the bounded answer, judge it; closes the socket."""
     loop = asyncio.get_running_loop()
     try:
@@ -159,7 +160,7 @@ async def exchange(sock: socket.socket, target: Target) -> ProbeResult:
             await loop.sock_sendall(sock, INFO_REQUEST)
         except OSError:
             return ProbeResult(target, Outcome.EMPTY)
-        data, ended = await _read_answer(loop, sock)
+        data, ended = await _read_answer(loop, sock, answer_timeout_s)
         return _judge(target, data, ended)
     finally:
         sock.close()
@@ -236,8 +237,9 @@ class _Sweep:
     cheap); only a port that accepts gets a task for its /info exchange. At most `concurrency`
     sockets are open at once; a connect older than CONNECT_TIMEOUT_S is abandoned."""
 
-    def __init__(self, targets: list[Target], concurrency: int) -> None:
+    def __init__(self, targets: list[Target], concurrency: int, answer_timeout_s: float) -> None:
         self.loop = asyncio.get_running_loop()
+        self.answer_timeout_s = answer_timeout_s
         self.pending: Iterator[Target] = iter(targets)
         self.concurrency = concurrency
         self.in_flight = 0
@@ -293,7 +295,7 @@ class _Sweep:
             self._connected(sock, target)
 
     def _connected(self, sock: socket.socket, target: Target) -> None:
-        task = self.loop.create_task(exchange(sock, target))
+        task = self.loop.create_task(exchange(sock, target, self.answer_timeout_s))
         self.exchanges.add(task)
         task.add_done_callback(self._exchange_done)
 
@@ -345,6 +347,6 @@ def slow_first(targets: Iterable[Target], accepted_before: set[tuple[str, int]])
     return sorted(targets, key=lambda t: (t.host, t.port) not in accepted_before)
 
 
-async def sweep(targets: Iterable[Target], concurrency: int | None = None) -> list[ProbeResult]:
+async def sweep(targets: Iterable[Target], concurrency: int | None = None, answer_timeout_s: float = ANSWER_TIMEOUT_S) -> list[ProbeResult]:
     """Probe every target, at most `concurrency` at a time; one slow port holds one slot, never the sweep."""
-    return await _Sweep(list(targets), concurrency or probe_concurrency()).run()
+    return await _Sweep(list(targets), concurrency or probe_concurrency(), answer_timeout_s).run()

@@ -55,12 +55,17 @@ def tap_topic(kind: str, name: str) -> bytes:
     return Topic.TAP.value + kind.encode() + b"\x00" + name.encode() + b"\x00"
 
 
+# The gateway heartbeat's list of known peripherals that sent data since its previous beat (the scanner's liveness).
+SOURCES_SEEN_STAT = "sources_seen"
+
+
 class Op(str, Enum):
     """Requests understood by the state keeper (and ``CONTROL_*`` by the supervisor)."""
 
     SNAPSHOT = "snapshot"
     REGISTER = "register"
     SEEN = "seen"
+    ALIVE = "alive"  # the scanner: these peripherals sent data (the gateway's heartbeat said so); no port or config changes
     LOST = "lost"
     SET_PERIPHERAL_CONFIG = "set_peripheral_config"
     SET_DELIVERY = "set_delivery"

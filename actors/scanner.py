@@ -1,9 +1,13 @@
 """The scanner: sweeps known_ports on known_hosts for peripherals answering /info, and tracks who is alive.
 
-Each sweep (see probe.py) probes every (host, port) pair with bounded concurrency. Valid answers
-become Op.SEEN requests to the state keeper; a known peripheral that misses ``offline_after_sweeps``
-sweeps in a row becomes Op.LOST (offline, not deleted). Settings are read from the replicated state
-before each sweep, so a changed known_ports, known_hosts or scan_interval applies at the next sweep.
+Each sweep (see probe.py) probes every (host, port) pair with bounded concurrency, plus the port
+each known peripheral registered, wherever it is (the registrant chose that port on its own host).
+Valid answers become Op.SEEN requests to the state keeper. Peripherals the gateway saw sending
+data since the last sweep (its heartbeat lists them) become one Op.ALIVE request per sweep, and a
+(re-)registration counts as a sighting too. A known peripheral not seen in any of these ways for
+``offline_after_sweeps`` sweeps in a row becomes Op.LOST (offline, not deleted): "online" means
+seen recently. Settings are read from the replicated state before each sweep, so a changed
+known_ports, known_hosts, scan_interval or scan_answer_timeout applies at the next sweep.
 """
 from __future__ import annotations
 
@@ -21,11 +25,12 @@ import zmq.asyncio
 
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .errors import NotOwner, OrchestratorError
-from .probe import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, InfoAnswer, Outcome, ProbeResult, Target, accepting, probe_concurrency, slow_first, sweep
-from .protocol import Op, ProtocolError, Topic
+from .probe import CONNECT_TIMEOUT_S, InfoAnswer, Outcome, ProbeResult, Target, accepting, probe_concurrency, slow_first, sweep
+from .protocol import SOURCES_SEEN_STAT, Heartbeat, Message, Op, ProtocolError, Topic
 from .replica import StateReplica
 from .runner import StopFlag, run_actor
-from .settings import POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, ConfigError, Endpoints, Runtime, parse_ports
+from .settings import (HEARTBEAT_INTERVAL_S, MAX_PORT, MAX_SCAN_ANSWER_TIMEOUT_S, MIN_PORT, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, ConfigError,
+                       Endpoints, Runtime, parse_ports, tunable)
 from .stateclient import AsyncStateClient
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,7 @@ SWEEP_WAIT_STEP_S = 0.1
 LOCAL_HOST_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "*"})
 WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", ""})
 TCP_ENDPOINT = re.compile(r"^tcp://\[?([^\]]*)\]?:(\d+)$")
+GATEWAY_ACTOR_PREFIX = "gateway"  # heartbeats from these carry the sources that sent data
 
 
 # ---- what to scan -------------------------------------------------------------------------------
@@ -48,6 +54,7 @@ class ScanPlan:
     offline_after: int
     own_ports: frozenset[int]
     own_uuid: str
+    answer_timeout_s: float
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ScanPlan":
@@ -56,7 +63,8 @@ class ScanPlan:
         own.add(int(config["command_port"]))
         return cls(ports=tuple(parse_ports(config["known_ports"])), hosts=tuple(config.get("known_hosts") or ["localhost"]),
                    interval_s=float(config["scan_interval"]), offline_after=max(1, int(config.get("offline_after_sweeps", 3))),
-                   own_ports=frozenset(own), own_uuid=str(config.get("script_uuid", "")))
+                   own_ports=frozenset(own), own_uuid=str(config.get("script_uuid", "")),
+                   answer_timeout_s=min(float(tunable(config, "scan_answer_timeout")), MAX_SCAN_ANSWER_TIMEOUT_S))
 
 
 def tcp_endpoint_ports(endpoints: Endpoints) -> list[tuple[str, int]]:
@@ -114,18 +122,45 @@ async def resolve(host: str) -> tuple[str, int]:
 
 # ---- liveness -------------------------------------------------------------------------------------
 class Liveness:
-    """Counts consecutive missed sweeps per peripheral; says who just became lost."""
+    """Counts consecutive missed sweeps per peripheral; says who just became lost.
+
+    Besides the sweep's own answers, a peripheral whose last_seen moved since the previous sweep
+    by anything but this scanner's reports (a registration) counts as seen.
+    """
 
     def __init__(self) -> None:
         self.misses: dict[str, int] = {}
+        self.marks: dict[str, Any] = {}  # last_seen per uuid at the previous sweep, or as our own report set it
+        self.reported: dict[str, Any] = {}  # last_seen our reports set during this sweep
+        self.judged_at: float | None = None  # wall time of the previous sweep's judgement (last_seen is wall time too)
+
+    def note_reported(self, uuid: str, last_seen: Any) -> None:
+        """Our own SEEN or ALIVE set this last_seen: not a sign of anyone else having heard from it."""
+        self.reported[uuid] = last_seen
+
+    def renewed(self, peripherals: dict[str, dict[str, Any]]) -> set[str]:
+        """Uuids whose last_seen moved since the previous sweep without us: (re-)registered meanwhile."""
+        renewed = set()
+        for uuid, record in peripherals.items():
+            last_seen = record.get("last_seen")
+            if uuid in self.marks:
+                if last_seen != self.marks[uuid]:
+                    renewed.add(uuid)
+            elif isinstance(last_seen, (int, float)) and self.judged_at is not None and last_seen >= self.judged_at:
+                renewed.add(uuid)  # new since the previous sweep
+        return renewed
 
     def after_sweep(self, peripherals: dict[str, dict[str, Any]], found: set[str], scanned: set[tuple[str, int]], limit: int) -> list[str]:
         """Uuids of online peripherals that missed `limit` sweeps in a row on a (host, port) that was scanned."""
+        found = found | self.renewed(peripherals)
+        self.marks = {uuid: self.reported.get(uuid, record.get("last_seen")) for uuid, record in peripherals.items()}
+        self.reported = {}
+        self.judged_at = time.time()
         lost = []
         for uuid, record in peripherals.items():
             where = (record.get("host") or "localhost", record.get("port"))
             if uuid in found or where not in scanned:
-                self.misses.pop(uuid, None)  # answered, or not ours to judge (e.g. registered outside known_ports)
+                self.misses.pop(uuid, None)  # seen, or not ours to judge (its host could not be probed)
                 continue
             self.misses[uuid] = self.misses.get(uuid, 0) + 1
             if self.misses[uuid] >= limit and record.get("online"):
@@ -150,6 +185,8 @@ class SweepStats:
     sweeps: int = 0
     garbage_total: int = 0
     lost_total: int = 0
+    registered_probed: int = 0  # ports of known peripherals outside known_ports probed in the last sweep
+    heard_by_data: int = 0  # peripherals the gateway saw sending data since the previous sweep
     refused_total: int = 0  # answers with a known uuid from another host, or another port while it is online: not moved
 
     def as_dict(self) -> dict[str, Any]:
@@ -174,13 +211,16 @@ class Scanner:
         self.accepted_before: set[tuple[str, int]] = set()
         self.machine: frozenset[str] = frozenset()
         self.dropped_events = 0
+        self.data_heard: dict[str, float] = {}  # uuid -> when (monotonic) a gateway heartbeat last listed it as sending data
+        self.data_reported: dict[str, float] = {}  # uuid -> the heartbeat time already reported with ALIVE
+        self.previous_sweep: float | None = None  # when (monotonic) the previous sweep began
 
     def run(self) -> None:
         self.pub = connect_publisher(self.context, self.runtime.endpoints)
         logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
         self.heart = Heartbeater(self.name, self.pub)
         self.machine = machine_addresses()
-        log.info("scanner started (up to %d probes at once, %.2fs connect / %.2fs answer timeouts)", probe_concurrency(), CONNECT_TIMEOUT_S, ANSWER_TIMEOUT_S)
+        log.info("scanner started (up to %d probes at once, %.2fs connect timeout)", probe_concurrency(), CONNECT_TIMEOUT_S)
         try:
             asyncio.run(self._main())
         finally:
@@ -218,6 +258,18 @@ class Scanner:
                 self.dropped_events += 1
                 continue
             self.replica.feed(message)
+            self._note_data_sources(message)
+
+    def _note_data_sources(self, message: Message) -> None:
+        """A gateway heartbeat lists the known peripherals that sent data since its previous beat."""
+        if not isinstance(message, Heartbeat) or not message.actor.startswith(GATEWAY_ACTOR_PREFIX):
+            return
+        sources = message.stats.get(SOURCES_SEEN_STAT)
+        if isinstance(sources, list):
+            known, now = self.replica.peripherals, time.monotonic()
+            for uuid in sources:
+                if isinstance(uuid, str) and uuid in known:
+                    self.data_heard[uuid] = now
 
     async def _keep_synced(self, client: AsyncStateClient) -> None:
         """Take a snapshot whenever the replica is out of step (at start, after a gap, after a keeper restart)."""
@@ -255,8 +307,10 @@ class Scanner:
             if self.last_plan is not None:
                 log.error("unusable scan settings (%s); keeping the previous ones", exc)
             return self.last_plan
-        if self.last_plan is None or (plan.ports, plan.hosts) != (self.last_plan.ports, self.last_plan.hosts):
-            log.info("scanning %d port(s) on %s every %gs", len(plan.ports), ", ".join(plan.hosts), plan.interval_s)
+        if self.last_plan is None or (plan.ports, plan.hosts, plan.answer_timeout_s) != (self.last_plan.ports, self.last_plan.hosts,
+                                                                                          self.last_plan.answer_timeout_s):
+            log.info("scanning %d port(s) on %s every %gs (answers awaited %gs)", len(plan.ports), ", ".join(plan.hosts), plan.interval_s,
+                     plan.answer_timeout_s)
         self.last_plan = plan
         return plan
 
@@ -264,12 +318,15 @@ class Scanner:
         """One sweep: probe, report what answered, mark who stopped answering."""
         began = time.monotonic()
         targets, aliases = await self._targets(plan)
-        results = await sweep(slow_first(targets, self.accepted_before))
+        extra, expected = await self._registered_targets(plan, targets, aliases)
+        results = await sweep(slow_first([*targets, *extra], self.accepted_before), answer_timeout_s=plan.answer_timeout_s)
         self.accepted_before = accepting(results)
-        found = self._found(results, plan)
+        found = self._found(results, plan, expected)
         await asyncio.gather(*(self._report_seen(client, result.target, answer) for answer, result in found.values()))
+        heard = await self._report_data_seen(client, set(found), began)
         scanned = {(alias, r.target.port) for r in results if r.outcome is not Outcome.ERROR for alias in aliases[r.target.host]}
-        lost = self.liveness.after_sweep(self.replica.peripherals, set(found), scanned, plan.offline_after)
+        lost = self.liveness.after_sweep(self.replica.peripherals, set(found) | heard, scanned, plan.offline_after)
+        self.stats.registered_probed, self.stats.heard_by_data = len(extra), len(heard)
         await asyncio.gather(*(self._report_lost(client, uuid, plan.offline_after) for uuid in lost))
         self._count(results, found, time.monotonic() - began)
         return results
@@ -280,21 +337,64 @@ class Scanner:
         aliases: dict[str, set[str]] = {}
         bus_ports = tcp_endpoint_ports(self.runtime.endpoints)
         for host in plan.hosts:
-            try:
-                address, family = await resolve(host)
-            except OSError as exc:
-                if host not in self.unresolved_hosts:
-                    log.warning("cannot resolve host %s: %s; skipping it", host, exc)
-                    self.unresolved_hosts.add(host)
+            resolved = await self._resolve(host)
+            if resolved is None:
                 continue
-            self.unresolved_hosts.discard(host)
-            skip = set(plan.own_ports) | {port for ep_host, port in bus_ports if endpoint_on_host(ep_host, host, address, self.machine)}
+            address, family = resolved
+            skip = self._own_ports(plan, host, address, bus_ports)
             targets.extend(Target(host, address, family, port) for port in plan.ports if port not in skip)
             aliases[host] = host_aliases(host, address, self.machine)
         return targets, aliases
 
-    def _found(self, results: list[ProbeResult], plan: ScanPlan) -> dict[str, tuple[InfoAnswer, ProbeResult]]:
-        """Valid answers by uuid (not our own); garbage is logged once per port, until that port behaves again."""
+    async def _resolve(self, host: str) -> tuple[str, int] | None:
+        """The address of host, or None (said once per host until it resolves again)."""
+        try:
+            resolved = await resolve(host)
+        except OSError as exc:
+            if host not in self.unresolved_hosts:
+                log.warning("cannot resolve host %s: %s; skipping it", host, exc)
+                self.unresolved_hosts.add(host)
+            return None
+        self.unresolved_hosts.discard(host)
+        return resolved
+
+    def _own_ports(self, plan: ScanPlan, host: str, address: str, bus_ports: list[tuple[str, int]]) -> set[int]:
+        """Ports never probed on this host: our command and data ports, and tcp bus endpoints bound there."""
+        return set(plan.own_ports) | {port for ep_host, port in bus_ports if endpoint_on_host(ep_host, host, address, self.machine)}
+
+    async def _registered_targets(self, plan: ScanPlan, swept: list[Target], aliases: dict[str, set[str]]
+                                  ) -> tuple[list[Target], dict[tuple[str, int], set[str]]]:
+        """The port of every known peripheral that the sweep does not cover already, and which uuids may answer there.
+
+        Only while the peripheral is known: its record names the port it chose on its own host. Adds the
+        hosts' aliases to ``aliases``.
+        """
+        covered = {(alias, target.port) for target in swept for alias in aliases[target.host]}
+        expected: dict[tuple[str, int], set[str]] = {}
+        for uuid, record in self.replica.peripherals.items():
+            host, port = record.get("host") or "localhost", record.get("port")
+            if isinstance(host, str) and isinstance(port, int) and not isinstance(port, bool) and MIN_PORT <= port <= MAX_PORT \
+                    and (host, port) not in covered:
+                expected.setdefault((host, port), set()).add(uuid)
+        bus_ports = tcp_endpoint_ports(self.runtime.endpoints)
+        targets: list[Target] = []
+        for host in sorted({host for host, _ in expected}):
+            resolved = await self._resolve(host)
+            if resolved is None:
+                continue
+            address, family = resolved
+            skip = self._own_ports(plan, host, address, bus_ports)
+            aliases.setdefault(host, host_aliases(host, address, self.machine))
+            targets.extend(Target(host, address, family, port) for where_host, port in expected if where_host == host and port not in skip)
+        return targets, expected
+
+    def _found(self, results: list[ProbeResult], plan: ScanPlan, expected: dict[tuple[str, int], set[str]]
+               ) -> dict[str, tuple[InfoAnswer, ProbeResult]]:
+        """Valid answers by uuid (not our own); garbage is logged once per port, until that port behaves again.
+
+        On a known peripheral's port outside the sweep, only that peripheral's answer counts: nothing is
+        discovered there.
+        """
         found: dict[str, tuple[InfoAnswer, ProbeResult]] = {}
         garbage: set[tuple[str, int]] = set()
         for result in results:
@@ -303,7 +403,8 @@ class Scanner:
                 if where not in self.garbage_ports:
                     log.warning("port %s:%d answered /info with garbage: %s", where[0], where[1], result.reason)
                 garbage.add(where)
-            elif answer is not None and answer.uuid != plan.own_uuid and answer.uuid not in found:
+            elif answer is not None and answer.uuid != plan.own_uuid and answer.uuid not in found \
+                    and answer.uuid in expected.get(where, {answer.uuid}):
                 found[answer.uuid] = (answer, result)
         self.garbage_ports = garbage
         return found
@@ -311,18 +412,50 @@ class Scanner:
     async def _report_seen(self, client: AsyncStateClient, target: Target, answer: InfoAnswer) -> None:
         known = self.replica.peripherals.get(answer.uuid)
         try:
-            await client.request(Op.SEEN, name=answer.name, uuid=answer.uuid, port=target.port, host=target.host,
-                                 address=target.address, config=answer.config)
+            record = await client.request(Op.SEEN, name=answer.name, uuid=answer.uuid, port=target.port, host=target.host,
+                                          address=target.address, config=answer.config)
         except NotOwner as exc:
             self._refused_move(answer.uuid, target, exc)
             return
         except OrchestratorError as exc:
             log.warning("could not report %s at %s:%d: %s", answer.name, target.host, target.port, exc)
             return
+        if isinstance(record, dict):
+            self.liveness.note_reported(answer.uuid, record.get("last_seen"))
         if known is None:
             log.info("discovered %s (%s) at %s:%d", answer.name, answer.uuid[:8], target.host, target.port)
         elif not known.get("online"):
             log.info("%s is back online at %s:%d", known["name"], target.host, target.port)
+
+    def _heard_by_data(self, began: float) -> set[str]:
+        """Peripherals a gateway heartbeat listed since the previous sweep began, widened by one heartbeat interval
+        (beats come once a second; sweeps may come more often). Older sightings are forgotten."""
+        since = (self.previous_sweep if self.previous_sweep is not None else began) - HEARTBEAT_INTERVAL_S
+        self.previous_sweep = began
+        known = self.replica.peripherals
+        self.data_heard = {uuid: at for uuid, at in self.data_heard.items() if at >= since and uuid in known}
+        self.data_reported = {uuid: at for uuid, at in self.data_reported.items() if uuid in self.data_heard}
+        return set(self.data_heard)
+
+    async def _report_data_seen(self, client: AsyncStateClient, found: set[str], began: float) -> set[str]:
+        """Peripherals that sent data lately: one ALIVE request per sweep for the sightings not reported yet
+        (at most one per peripheral and heartbeat, never per message); returns every one heard."""
+        heard = self._heard_by_data(began)
+        pending = sorted(uuid for uuid in heard - found if self.data_reported.get(uuid) != self.data_heard[uuid])
+        if not pending:
+            return heard
+        self.data_reported.update((uuid, self.data_heard[uuid]) for uuid in pending)
+        try:
+            stamps = await client.request(Op.ALIVE, uuids=pending)
+        except OrchestratorError as exc:
+            log.warning("could not report %d peripheral(s) seen sending data: %s", len(pending), exc)
+            return heard
+        for uuid, stamp in (stamps if isinstance(stamps, dict) else {}).items():
+            self.liveness.note_reported(uuid, stamp)
+            record = self.replica.peripherals.get(uuid)
+            if record is not None and not record.get("online"):
+                log.info("%s is back online (sending data)", record["name"])
+        return heard
 
     def _refused_move(self, uuid: str, target: Target, exc: NotOwner) -> None:
         """A process answered /info with a uuid registered elsewhere: counted each sweep, logged once per place."""

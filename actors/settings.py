@@ -88,7 +88,11 @@ TUNABLE_DEFAULTS: dict[str, float] = {
     "max_peripheral_config_bytes": 64 << 10,  # state: a peripheral's stored /config, as compact JSON
     "max_peripheral_config_depth": 32,  # state: nesting levels of a peripheral's stored /config
     "max_peripherals_per_host": 256,  # state: peripherals one host outside admin_clients may register
+    # scanner: seconds a port that accepted may take to answer /info (the original waited 5; a busy board needs about 1);
+    # probes run concurrently, so a silent port costs a sweep about this long in all, never this long per port
+    "scan_answer_timeout": 2.0,
 }
+MAX_SCAN_ANSWER_TIMEOUT_S = 60.0  # above this a sweep could outlast any sensible scan_interval
 
 
 def tunable(config: dict[str, Any], key: str) -> float:
@@ -246,6 +250,14 @@ def read_port_spec(value: Any) -> Any:
     return cleaned
 
 
+def read_answer_timeout(value: Any) -> Any:
+    """scan_answer_timeout: a positive number of seconds, at most MAX_SCAN_ANSWER_TIMEOUT_S."""
+    value = read_positive_number(value)
+    if value > MAX_SCAN_ANSWER_TIMEOUT_S:
+        raise ConfigError(f"must be a number of seconds above zero and at most {MAX_SCAN_ANSWER_TIMEOUT_S:g}")
+    return value
+
+
 def read_text(value: Any) -> Any:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError("must be non-empty text")
@@ -316,6 +328,7 @@ KEY_READERS: dict[str, Callable[[Any], Any]] = {
     "admin_clients": read_networks,
     "admin_token": read_token,
     **{key: read_positive_number for key in TUNABLE_DEFAULTS},
+    "scan_answer_timeout": read_answer_timeout,
 }
 
 

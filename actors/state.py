@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 MAX_BURST = 1000
 REPLY_CACHE_SIZE = 4096
 LAZY_WRITE_DELAY_S = 1.0
-LAZY_OPS = {Op.SEEN.value, Op.LOST.value, Op.ROUTE_USAGE.value}
-QUIET_OPS = {Op.SNAPSHOT.value, Op.ROUTE_USAGE.value, Op.SEEN.value}
+LAZY_OPS = {Op.SEEN.value, Op.ALIVE.value, Op.LOST.value, Op.ROUTE_USAGE.value}
+QUIET_OPS = {Op.SNAPSHOT.value, Op.ROUTE_USAGE.value, Op.SEEN.value, Op.ALIVE.value}
 CONFIG_NOTICE_REPEAT_S = 300.0  # how often a loopback-only fallback is logged again
 EDIT_POLL_INTERVAL_S = 0.5  # how often the files are stat'ed for hand edits (noticed within 1 s)
 CHANGES_NAMED = 10  # a hand edit's activity line names at most this many changed records
@@ -67,6 +67,7 @@ class StateKeeper:
         self.handlers: dict[str, Callable[[dict[str, Any]], tuple[Any, list[Change]]]] = {
             Op.REGISTER.value: self.tables.register,
             Op.SEEN.value: self.tables.seen,
+            Op.ALIVE.value: self.tables.alive,
             Op.LOST.value: self.tables.lost,
             Op.SET_PERIPHERAL_CONFIG.value: self.tables.set_peripheral_config,
             Op.SET_DELIVERY.value: self.tables.set_delivery,

@@ -109,6 +109,43 @@ def check_peripheral_config(value: dict[str, Any], settings: dict[str, Any]) -> 
         raise LimitReached(f"config of {size} bytes is over {max_bytes} bytes as stored (max_peripheral_config_bytes)")
 
 
+# ---- a peripheral's config: /config (pushed) wins over /info (answered to the scanner) -------------
+PUSHED_KEYS_FIELD = "config_pushed"  # the keys the peripheral's last /config set: a later /info never replaces them
+
+
+def pushed_keys(record: dict[str, Any]) -> set[str]:
+    """The keys the last /config set (an unreadable field, e.g. from a hand edit, protects nothing)."""
+    keys = record.get(PUSHED_KEYS_FIELD)
+    return {key for key in keys if isinstance(key, str)} if isinstance(keys, list) else set()
+
+
+def _follow_delivery(record: dict[str, Any], changed: dict[str, Any]) -> None:
+    """A delivery key among the keys just stored sets the delivery mode too."""
+    if changed.get("delivery") in DELIVERY_MODES:
+        record["delivery"] = changed["delivery"]
+
+
+def merge_info_config(record: dict[str, Any], answered: dict[str, Any]) -> None:
+    """/info adds and updates its own keys; the keys the last /config set stay as /config set them."""
+    protected = pushed_keys(record)
+    own = {key: value for key, value in answered.items() if key not in protected}
+    if not own:
+        return
+    current = record.get("config")
+    record["config"] = {**(current if isinstance(current, dict) else {}), **own}
+    _follow_delivery(record, own)
+
+
+def store_pushed_config(record: dict[str, Any], value: dict[str, Any]) -> None:
+    """A new /config: its keys replace those of the previous /config (keys only that one set go) and win from now on."""
+    current = record.get("config")
+    previous = pushed_keys(record)
+    kept = {k: v for k, v in current.items() if k not in previous} if isinstance(current, dict) else {}
+    record["config"] = {**kept, **value}
+    record[PUSHED_KEYS_FIELD] = sorted(value)
+    _follow_delivery(record, value)
+
+
 def is_uuid(text: Any) -> bool:
     return isinstance(text, str) and bool(UUID_PATTERN.match(text))
 
@@ -161,7 +198,8 @@ class Tables:
 
     @staticmethod
     def _normalise_peripheral(entry: dict[str, Any]) -> dict[str, Any]:
-        record = {"name": entry["name"], "uuid": entry["uuid"], "config": entry.get("config") or {}, "port": entry.get("port"),
+        # config keeps the type it had in the file (the original wrote "" for none): only storing something makes it an object
+        record = {"name": entry["name"], "uuid": entry["uuid"], "config": entry["config"] if "config" in entry else {}, "port": entry.get("port"),
                   "last_seen": entry.get("last_seen"), "data_port": entry.get("data_port")}
         record.update({k: v for k, v in entry.items() if k not in record})
         record.setdefault("online", False)
@@ -306,13 +344,29 @@ class Tables:
             self._check_scanner_move(record, host, address, port)
         record["port"] = port
         if isinstance(args.get("config"), dict) and args["config"]:
-            record["config"] = args["config"]
-            if args["config"].get("delivery") in DELIVERY_MODES:
-                record["delivery"] = args["config"]["delivery"]
-            self._take_info_max_age(record, args["config"])
+            merge_info_config(record, args["config"])
+            if MAX_AGE_KEY not in pushed_keys(record):  # /config wins for max_age as for every key it set
+                self._take_info_max_age(record, args["config"])
         record["last_seen"] = self.clock()
         record["online"] = True
         return record, [self._peripheral_change(record), *self._refresh_route_ports(uuid)]
+
+    def alive(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        """The scanner heard from these peripherals another way (they sent data): seen now, online; unknown uuids are skipped.
+
+        Returns {uuid: last_seen} for the ones updated.
+        """
+        uuids = _need(args, "uuids", list)
+        now, result, changes = self.clock(), {}, []
+        for uuid in uuids:
+            record = self.peripherals.get(uuid) if isinstance(uuid, str) else None
+            if record is None:
+                continue
+            record["last_seen"] = now
+            record["online"] = True
+            result[uuid] = now
+            changes.append(self._peripheral_change(record))
+        return result, changes
 
     def lost(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
         """Mark a peripheral offline (scanner liveness, or /exit <uuid> from its own host or an admin); routes stay."""
@@ -331,9 +385,7 @@ class Tables:
         check_peripheral_config(value, self.config)
         if MAX_AGE_KEY in value:
             record[MAX_AGE_KEY] = _max_age(value[MAX_AGE_KEY])  # refused before anything of the /config is stored
-        record["config"] = value
-        if record["config"].get("delivery") in DELIVERY_MODES:
-            record["delivery"] = record["config"]["delivery"]
+        store_pushed_config(record, value)
         return record, [self._peripheral_change(record)]
 
     def set_delivery(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:

@@ -17,6 +17,7 @@ CONNECTION_TIMEOUT_S = 5.0
 STREAM_CHUNK = b"endless stream of words that never says EOF\n" * 64
 GARBAGE_ANSWER = b"\x00\xff\xfe binary \x80 nonsense\nnot-a-uuid\nEOF\n"
 LISTEN_BACKLOG = 128
+INFO_REQUEST_LINE = b"/info"
 
 Handler = Callable[[socket.socket, "FakeListener"], None]
 
@@ -134,8 +135,10 @@ class InfoPeripheral(FakeListener):
     """Answers /info like a real peripheral; any other line is recorded as data. One connection, one request."""
 
     def __init__(self, name: str = "Fake_Engine", uuid: str | None = None, config: dict[str, str] | None = None,
-                 port: int = 0, newline: bytes = b"\n", eof: bool = True, shut_write: bool = False) -> None:
+                 port: int = 0, newline: bytes = b"\n", eof: bool = True, shut_write: bool = False,
+                 answer_delay_s: float = 0.0) -> None:
         super().__init__(self._answer, port)
+        self.answer_delay_s = answer_delay_s  # a busy peripheral on a loaded board: /info answered this late
         self.name = name
         self.uuid = uuid or str(uuidlib.uuid4())
         self.config = dict(config or {})
@@ -150,6 +153,8 @@ class InfoPeripheral(FakeListener):
             if text == "/info":
                 with self.lock:
                     self.info_requests += 1
+                if self.answer_delay_s and self.stopping.wait(self.answer_delay_s):
+                    return
                 conn.sendall(info_answer(self.name, self.uuid, self.config, self.newline, self.eof))
                 if self.shut_write:
                     conn.shutdown(socket.SHUT_WR)
@@ -276,6 +281,8 @@ class LineSink:
             pending += data
             *complete, pending = pending.split(b"\n")
             for line in complete:
+                if line.rstrip(b"\r") == INFO_REQUEST_LINE:
+                    return  # the scanner probing its registered port: not data (it does not answer, so it reads as offline)
                 if self.delay_s:
                     time.sleep(self.delay_s)
                 with self.lock:

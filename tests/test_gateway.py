@@ -208,6 +208,7 @@ def test_exit_with_uuid_marks_the_peripheral_offline(gw: Instance) -> None:
     fake = RegisteringPeripheral(gw.command_port, "Term")
     with fake:
         fake.register()
+        fake.stop()  # it quits: its port closes (an open port answering /info would be a sighting: online again)
         fake.exit()
         wait_until(lambda: not snapshot(gw)["peripherals"][0]["online"], message="the peripheral to go offline")
         assert "offline" in gw.command("/list")

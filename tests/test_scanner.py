@@ -280,20 +280,6 @@ def test_changed_known_ports_apply_at_the_next_sweep(tmp_path: Path, fakes: list
         instance.stop()
 
 
-def test_a_registered_peripheral_outside_known_ports_stays_online(tmp_path: Path, fakes: list[FakeListener]) -> None:
-    scanned = start(fakes, InfoPeripheral("Scanned_Engine"))
-    instance = start_scanning(tmp_path, ports_spec(scanned))
-    try:
-        client = instance.state_client()
-        outside = scanned.port + 1 if scanned.port < 65535 else scanned.port - 1  # recorded, never probed
-        client.request(Op.REGISTER, name="Registered_Only", uuid=UUID_B, port=outside)
-        wait_until(lambda: scanned.uuid in peripherals(instance), DISCOVERY_TIMEOUT_S, 0.1, "discovery")
-        wait_sweeps(instance, 4)  # twice offline_after_sweeps
-        assert peripherals(instance)[UUID_B]["online"] is True
-    finally:
-        instance.stop()
-
-
 def test_discovery_under_the_full_system_shows_in_list(tmp_path: Path, fakes: list[FakeListener]) -> None:
     fake = start(fakes, InfoPeripheral("Listed_Engine"))
     instance = start_instance(tmp_path, config={"known_ports": ports_spec(fake), "scan_interval": SCAN_INTERVAL_S})
