@@ -45,7 +45,10 @@ def test_each_of_the_three_ways_sets_the_sinks_max_age():
     tables.set_peripheral_config({"uuid": TTS, "config": {"max_age": 2.5, "voice": "en"}})
     assert tables.peripherals[TTS]["max_age"] == 2.5
     tables.seen({"name": "TTS_Engine", "uuid": TTS, "port": 6237, "config": {"max_age": "7"}})
-    assert tables.peripherals[TTS]["max_age"] == 7.0
+    assert tables.peripherals[TTS]["max_age"] == 2.5  # /config wins for the keys it set, max_age included
+    announced = fresh_tables()
+    announced.seen({"name": "TTS_Engine", "uuid": TTS, "port": 6237, "config": {"max_age": "7"}})
+    assert announced.peripherals[TTS]["max_age"] == 7.0
 
 
 def test_delivery_without_max_age_keeps_the_one_set():
