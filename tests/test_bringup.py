@@ -247,3 +247,77 @@ def test_launch_file_edit_while_running(robot: Robot) -> None:
     time.sleep(1.5)
     assert {k: r["pid"] for k, r in robot.rows().items() if k != "change"} == {"keep": before["keep"], "added": robot.row("added")["pid"]}
     assert any("not valid TOML" in p for p in robot.instance.status()["launch_problems"])
+
+
+def run_launch(robot: Robot, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "launch.py"), "--config-dir", str(robot.config_dir), *args],
+                          capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
+
+
+def test_cli_command_port_status_and_ui_commands(robot: Robot) -> None:
+    """`launch.py peripheral/logs/status`, `/launch` (admin only) and `/status` on the command port, the UI's :send and :logs."""
+    from actors.peripheralcli import ui_local_command
+    from actors import viewmodel as vm
+
+    robot.start(entry("input", "--echo-stdin", stdin=True) + entry("tts", "--name", "TTS_Engine", name="TTS_Engine"))
+    robot.wait_state("input", "running", registered=True)
+    robot.wait_state("tts", "running", registered=True)
+    listed = run_launch(robot, "peripheral", "list")
+    assert listed.returncode == 0 and "input" in listed.stdout and "registered as TTS_Engine" in listed.stdout, listed
+    status = run_launch(robot, "status")
+    assert "peripherals (peripherals.toml):" in status.stdout and "registered as input" in status.stdout, status.stdout
+    stopped = run_launch(robot, "peripheral", "stop", "tts")
+    assert stopped.returncode == 0 and "tts: stopping" in stopped.stdout
+    robot.wait_state("tts", "stopped")
+    unknown = run_launch(robot, "peripheral", "restart", "ghost")
+    assert unknown.returncode == 2 and "no launched peripheral 'ghost'" in unknown.stderr
+    reply = robot.instance.command("/launch start tts")
+    assert reply.strip() == "tts: started"
+    robot.wait_state("tts", "running", registered=True)
+    listing = robot.instance.command("/launch list")
+    assert listing.startswith("Launched peripherals:") and "tts" in listing and "restarts 1" in listing
+    assert robot.instance.command("/launch dance").startswith("Usage: /launch")
+    wait_until(lambda: any(r.get("name") == "tts" and r.get("registered")
+                           for r in json.loads(robot.instance.command("/status")).get("Launched", [])), WAIT_S, 0.2, "/status Launched")
+
+    control = lambda **args: robot.control(**args)  # noqa: E731 - the UI's control request, over the real socket
+    gateway_lines: list[str] = []
+    assert ui_local_command("/send input hi there", control) == "Sent to input: hi there"
+    wait_until(lambda: "got: hi there" in robot.log_text("input"), WAIT_S, 0.05, "the UI's line")
+    assert "got: hi there" in ui_local_command("/logs input", control)
+    assert ui_local_command("/send tts hello", control).startswith("Error: tts has no stdin")
+    assert ui_local_command("/send input", control).startswith("Usage")
+    assert ui_local_command("/list", control) is None and not gateway_lines
+    logs = run_launch(robot, "logs", "input", "-n", "1")
+    assert logs.returncode == 0 and logs.stdout.strip() == "got: hi there"
+    assert run_launch(robot, "logs", "../orch").returncode == 2
+
+    beat = {"peripherals": json.loads(robot.instance.command("/status"))["Launched"]}
+    model = vm.Model(peripherals=[{"name": "input", "online": True, "port": 1}], actors={
+        "supervisor": vm.ActorStatus("supervisor", time.monotonic(), time.time(), 1, beat, "h")})
+    _, rows = vm.peripheral_rows(model.peripherals, 120, time.time(), vm.launched_rows(model))
+    texts = [row.text for row in rows]
+    assert any(t.startswith("input [running pid") for t in texts) and any(t.startswith("tts [running") for t in texts), texts
+
+
+def test_launch_command_refused_to_non_admin(tmp_path: Path) -> None:
+    """/launch stops robot programs: from a client outside admin_clients it is refused and nothing stops."""
+    import socket as socketlib
+    robot = Robot(tmp_path)
+    robot.write(entry("tts"))
+    try:
+        robot.instance = start_instance(tmp_path, only=["broker", "state", "gateway", "router"],
+                                        config={"admin_clients": ["127.0.0.1"], "allowed_clients": ["127.0.0.0/8"]})
+        robot.wait_state("tts", "running", registered=True)
+        with socketlib.socket() as sock:
+            sock.bind(("127.0.0.2", 0))
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", robot.instance.command_port))
+            sock.sendall(b"/launch stop tts\n")
+            sock.shutdown(socketlib.SHUT_WR)
+            answer = sock.recv(4096).decode()
+        assert "not allowed" in answer
+        time.sleep(0.5)
+        assert robot.row("tts")["state"] == "running"
+    finally:
+        robot.close()
