@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -321,3 +322,24 @@ def test_launch_command_refused_to_non_admin(tmp_path: Path) -> None:
         assert robot.row("tts")["state"] == "running"
     finally:
         robot.close()
+
+
+def test_pty_stdin_and_logs_follow(robot: Robot) -> None:
+    """stdin = "pty": the peripheral sees a terminal and gets the lines sent; `launch.py logs -f` prints them as they come."""
+    robot.start(entry("term", "--echo-stdin", stdin="pty"))
+    robot.wait_state("term", "running", registered=True)
+    follower = subprocess.Popen([sys.executable, str(REPO_ROOT / "launch.py"), "--config-dir", str(robot.config_dir), "logs", "term", "-f",
+                                 "-n", "0"], stdout=subprocess.PIPE, cwd=REPO_ROOT)
+    try:
+        time.sleep(0.5)  # the follower has printed the (empty) tail and waits for more
+        robot.control("send", "term", text="over the pty")
+        wait_until(lambda: "got: over the pty" in robot.log_text("term"), WAIT_S, 0.05, "the echoed line")
+        seen = b""
+        deadline = time.monotonic() + WAIT_S
+        while b"got: over the pty" not in seen and time.monotonic() < deadline:
+            if select.select([follower.stdout], [], [], 0.1)[0]:
+                seen += os.read(follower.stdout.fileno(), 65536)
+        assert b"got: over the pty" in seen, seen
+    finally:
+        follower.kill()
+        follower.wait(timeout=5)
