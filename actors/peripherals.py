@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable
@@ -44,6 +44,7 @@ MAX_DOUBLINGS = 20  # keeps 2**n small; backoff_max caps the delay long before
 CLOSE_POLL_S = 0.05
 MAX_SEND_BYTES = 65536  # one :send line
 ACTIONS = ("list", "start", "stop", "restart", "send", "tail")
+REPLY_CACHE_SIZE = 64  # a client's resent request (same req_id) gets the first answer: a line is never sent twice
 
 
 # ---- logs ---------------------------------------------------------------------------
@@ -224,6 +225,7 @@ class PeripheralManager:
         self.watchdog: subprocess.Popen | None = None
         self.groups: set[int] = set()
         self.closing = False
+        self.answered: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     # ---- lifecycle ---------------------------------------------------------------
     def open(self, context: zmq.Context) -> None:
@@ -531,8 +533,18 @@ class PeripheralManager:
             self._begin_stop(entry, "start")
 
     # ---- control -----------------------------------------------------------------
-    def control(self, args: dict[str, Any]) -> dict[str, Any]:
-        """`launch.py peripheral ...`, `/launch ...` and the UI's :send: list, start, stop, restart, send, tail."""
+    def control(self, args: dict[str, Any], req_id: str = "") -> dict[str, Any]:
+        """`launch.py peripheral ...`, `/launch ...` and the UI's :send; a repeated req_id is answered from the cache, not done again."""
+        if req_id and req_id in self.answered:
+            return self.answered[req_id]
+        result = self._control(args)
+        if req_id:
+            self.answered[req_id] = result
+            while len(self.answered) > REPLY_CACHE_SIZE:
+                self.answered.popitem(last=False)
+        return result
+
+    def _control(self, args: dict[str, Any]) -> dict[str, Any]:
         action, name = args.get("action"), args.get("name")
         if action not in ACTIONS:
             raise BadArguments(f"peripheral action must be one of {', '.join(ACTIONS)}")

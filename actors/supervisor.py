@@ -321,7 +321,7 @@ class Supervisor:
                     raise BadArguments("scale needs an integer 'routers'")
                 result = self.scale_routers(count)
             elif request.op == Op.CONTROL_PERIPHERAL.value:
-                result = self.peripherals.control(request.args)
+                result = self.peripherals.control(request.args, request.req_id)
             else:
                 raise UnknownOp(f"unknown control op {request.op!r}")
         except OrchestratorError as exc:

@@ -278,8 +278,14 @@ def test_cli_command_port_status_and_ui_commands(robot: Robot) -> None:
     listing = robot.instance.command("/launch list")
     assert listing.startswith("Launched peripherals:") and "tts" in listing and "restarts 1" in listing
     assert robot.instance.command("/launch dance").startswith("Usage: /launch")
-    wait_until(lambda: any(r.get("name") == "tts" and r.get("registered")
-                           for r in json.loads(robot.instance.command("/status")).get("Launched", [])), WAIT_S, 0.2, "/status Launched")
+    through_ctl = run_launch(robot, "ctl", "/launch list")
+    assert through_ctl.returncode == 0 and "registered as TTS_Engine" in through_ctl.stdout, through_ctl
+    tts_pid = robot.row("tts")["pid"]
+
+    def launched_now() -> list[dict[str, Any]] | None:  # /status carries the supervisor's latest heartbeat: up to 1 s old
+        rows = json.loads(robot.instance.command("/status")).get("Launched", [])
+        return rows if any(r.get("name") == "tts" and r.get("registered") and r.get("pid") == tts_pid for r in rows) else None
+    launched = wait_until(launched_now, WAIT_S, 0.2, "/status Launched with the restarted tts")
 
     control = lambda **args: robot.control(**args)  # noqa: E731 - the UI's control request, over the real socket
     gateway_lines: list[str] = []
@@ -293,7 +299,7 @@ def test_cli_command_port_status_and_ui_commands(robot: Robot) -> None:
     assert logs.returncode == 0 and logs.stdout.strip() == "got: hi there"
     assert run_launch(robot, "logs", "../orch").returncode == 2
 
-    beat = {"peripherals": json.loads(robot.instance.command("/status"))["Launched"]}
+    beat = {"peripherals": launched}
     model = vm.Model(peripherals=[{"name": "input", "online": True, "port": 1}], actors={
         "supervisor": vm.ActorStatus("supervisor", time.monotonic(), time.time(), 1, beat, "h")})
     _, rows = vm.peripheral_rows(model.peripherals, 120, time.time(), vm.launched_rows(model))
@@ -343,3 +349,29 @@ def test_pty_stdin_and_logs_follow(robot: Robot) -> None:
     finally:
         follower.kill()
         follower.wait(timeout=5)
+
+
+def test_a_resent_request_is_not_done_twice(robot: Robot) -> None:
+    """A client that resends (same req_id, as StateClient does after 0.5 s without an answer) gets the first reply: one line, not two."""
+    from actors.protocol import Reply, Request, decode_as, encode
+    import zmq
+
+    robot.start(entry("input", "--echo-stdin", stdin=True))
+    robot.wait_state("input", "running", registered=True)
+    sock = robot.instance.context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(robot.instance.runtime.endpoints.control)
+    try:
+        request = encode(Request(op=Op.CONTROL_PERIPHERAL.value, args={"action": "send", "name": "input", "text": "once"}, req_id="r-1"))
+        for _ in range(3):
+            sock.send_multipart([b"", request])
+        replies = []
+        for _ in range(3):
+            assert sock.poll(5000), "no reply"
+            replies.append(decode_as(sock.recv_multipart()[-1], Reply))
+        assert all(reply.ok and reply.result == {"sent": "input: once"} for reply in replies)
+    finally:
+        sock.close()
+    wait_until(lambda: "got: once" in robot.log_text("input"), WAIT_S, 0.05, "the line")
+    time.sleep(0.5)
+    assert robot.log_text("input").count("got: once") == 1
