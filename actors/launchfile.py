@@ -10,7 +10,7 @@ import math
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,12 +119,7 @@ def drop_unknown_dependencies(result: LaunchFile) -> None:
         unknown = [d for d in spec.after if d not in result.peripherals or d == key]
         if unknown:
             result.problems.append(f"peripherals.{key}: after names {', '.join(map(repr, unknown))}, not another entry; ignored")
-            result.peripherals[key] = _replace(spec, after=tuple(d for d in spec.after if d not in unknown))
-
-
-def _replace(spec: PeripheralSpec, **changes: Any) -> PeripheralSpec:
-    from dataclasses import replace
-    return replace(spec, **changes)
+            result.peripherals[key] = replace(spec, after=tuple(d for d in spec.after if d not in unknown))
 
 
 def parse_entry(key: str, entry: Any, config_dir: Path) -> PeripheralSpec:

@@ -311,6 +311,8 @@ class PeripheralManager:
             else:
                 entry.spec = spec
                 entry.log.max_bytes, entry.log.backups = spec.log_max_bytes, spec.log_backups
+            if entry is not None and entry.then == "remove":  # removed, then back before its stop finished
+                entry.then = "start"
         if self.entries and self.follower is None and self.context is not None:
             self.follower = StateFollower(self.context, self.runtime.endpoints)
 

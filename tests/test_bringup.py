@@ -375,3 +375,18 @@ def test_a_resent_request_is_not_done_twice(robot: Robot) -> None:
     wait_until(lambda: "got: once" in robot.log_text("input"), WAIT_S, 0.05, "the line")
     time.sleep(0.5)
     assert robot.log_text("input").count("got: once") == 1
+
+
+def test_restart_policies_and_a_missing_program(robot: Robot) -> None:
+    """on-failure leaves a clean exit stopped, never leaves a crash stopped, always restarts a clean exit; a missing program backs off."""
+    robot.start(entry("clean", "--crash-after", "0.05", "--exit-code", "0")
+                + entry("never", "--crash-after", "0.05", restart="never")
+                + entry("always", "--crash-after", "0.05", "--exit-code", "0", restart="always", backoff=0.05, flap_limit=3)
+                + '[peripherals.missing]\ncommand = ["/nonexistent/robot-program"]\nbackoff = 0.05\nflap_limit = 2\n')
+    assert robot.wait_state("clean", "stopped")["last_exit"] == 0
+    never = robot.wait_state("never", "stopped")
+    assert never["last_exit"] == 3 and never["restarts"] == 0
+    assert robot.wait_state("always", "failed")["restarts"] == 2
+    missing = robot.wait_state("missing", "failed")
+    assert "cannot start" in missing["error"] and "/nonexistent/robot-program" in missing["error"]
+    assert robot.row("clean")["restarts"] == 0
