@@ -44,6 +44,7 @@ MAX_DOUBLINGS = 20  # keeps 2**n small; backoff_max caps the delay long before
 CLOSE_POLL_S = 0.05
 MAX_SEND_BYTES = 65536  # one :send line
 ACTIONS = ("list", "start", "stop", "restart", "send", "tail")
+WATCHDOG_RETRY_S = 5.0  # a watchdog that cannot be started (no memory, no processes left) is tried again this often
 REPLY_CACHE_SIZE = 64  # a client's resent request (same req_id) gets the first answer: a line is never sent twice
 
 
@@ -77,8 +78,11 @@ class LogWriter:
                 data = data[room:]
 
     def note(self, text: str) -> None:
-        """A line of the supervisor's own in the peripheral's log (started, exited, killed)."""
-        self.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n".encode())
+        """A line of the supervisor's own in the peripheral's log (started, exited, killed); a full disk never stops supervision."""
+        try:
+            self.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n".encode())
+        except (OSError, ValueError) as exc:
+            log.debug("cannot write to %s: %s", self.path, exc)
 
     def _keep_tail(self, data: bytes) -> None:
         lines = (self.partial + data).split(b"\n")
@@ -225,6 +229,7 @@ class PeripheralManager:
         self.watchdog: subprocess.Popen | None = None
         self.groups: set[int] = set()
         self.closing = False
+        self.watchdog_retry_at = 0.0
         self.answered: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     # ---- lifecycle ---------------------------------------------------------------
@@ -302,7 +307,13 @@ class PeripheralManager:
         for key, spec in wanted.items():
             entry = self.entries.get(key)
             if entry is None:
-                self.entries[key] = Launched(spec=spec, log=LogWriter(self.log_dir / f"{key}.log", spec.log_max_bytes, spec.log_backups))
+                try:
+                    writer = LogWriter(self.log_dir / f"{key}.log", spec.log_max_bytes, spec.log_backups)
+                except OSError as exc:
+                    self.problems.append(f"peripherals.{key}: cannot open its log in {self.log_dir} ({exc.strerror}); not started")
+                    log.error("launch file: %s", self.problems[-1])
+                    continue
+                self.entries[key] = Launched(spec=spec, log=writer)
                 log.info("launch file: %s added (%s)", key, shlex.join(spec.command))
             elif entry.spec.process_identity() != spec.process_identity():
                 log.info("launch file: %s changed (%s); restarting it", key, shlex.join(spec.command))
@@ -495,10 +506,17 @@ class PeripheralManager:
         """The group watchdog runs whenever there are peripherals; restarted (and told every group) if it died."""
         if self.watchdog is not None and self.watchdog.poll() is None:
             return
+        if time.monotonic() < self.watchdog_retry_at:
+            return
         if self.watchdog is not None:
             log.warning("peripheral watchdog exited (code %s); starting it again", self.watchdog.returncode)
-        self.watchdog = subprocess.Popen([sys.executable, "-m", "actors.groupwatch"], cwd=REPO_ROOT, stdin=subprocess.PIPE,
-                                         stdout=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self.watchdog = subprocess.Popen([sys.executable, "-m", "actors.groupwatch"], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+                                             stdout=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            self.watchdog, self.watchdog_retry_at = None, time.monotonic() + WATCHDOG_RETRY_S
+            log.error("cannot start the peripheral watchdog (%s): peripherals would outlive a killed supervisor; retrying", exc)
+            return
         for pgid in self.groups:
             self._tell_watchdog(f"+{pgid}")
 

@@ -54,6 +54,22 @@ def alive(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2:].split()[0] not in (b"Z", b"X")
 
 
+def watchdogs_of(parent: int) -> list[int]:
+    """Live group watchdogs started by this supervisor."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_bytes()
+            command = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[stat.rfind(b")") + 2:].split()[1]) == parent and b"actors.groupwatch" in command and alive(int(name)):
+            found.append(int(name))
+    return found
+
+
 def kill_quietly(pids: list[int]) -> None:
     for pid in pids:
         try:
@@ -195,6 +211,9 @@ def test_no_orphans_after_supervisor_sigkill(robot: Robot) -> None:
     wait_until(lambda: len(robot.all_pids()) == 3, WAIT_S, 0.05, "three peripheral processes")
     pids = robot.all_pids()
     assert all(alive(pid) for pid in pids)
+    first = wait_until(lambda: watchdogs_of(robot.instance.process.pid), WAIT_S, 0.05, "the watchdog")
+    os.kill(first[0], signal.SIGKILL)  # a killed watchdog is replaced and told every group again
+    wait_until(lambda: (w := watchdogs_of(robot.instance.process.pid)) and w != first, WAIT_S, 0.05, "a new watchdog")
     robot.instance.process.send_signal(signal.SIGKILL)
     robot.instance.process.wait(timeout=5)
     wait_until(lambda: not any(alive(pid) for pid in pids), WAIT_S, 0.05, "every peripheral process to be gone")
