@@ -288,6 +288,7 @@ def test_cli_command_port_status_and_ui_commands(robot: Robot) -> None:
     assert listed.returncode == 0 and "input" in listed.stdout and "registered as TTS_Engine" in listed.stdout, listed
     status = run_launch(robot, "status")
     assert "peripherals (peripherals.toml):" in status.stdout and "registered as input" in status.stdout, status.stdout
+    first_uuid = robot.row("tts")["uuid"]
     stopped = run_launch(robot, "peripheral", "stop", "tts")
     assert stopped.returncode == 0 and "tts: stopping" in stopped.stdout
     robot.wait_state("tts", "stopped")
@@ -295,7 +296,9 @@ def test_cli_command_port_status_and_ui_commands(robot: Robot) -> None:
     assert unknown.returncode == 2 and "no launched peripheral 'ghost'" in unknown.stderr
     reply = robot.instance.command("/launch start tts")
     assert reply.strip() == "tts: started"
-    robot.wait_state("tts", "running", registered=True)
+    again = robot.wait_state("tts", "running", registered=True)
+    # a fresh uuid while the old record still holds the name: it registered as TTS_Engine_1, and is joined by that suffix
+    assert again["uuid"] != first_uuid and again["peripheral"] == "TTS_Engine_1", again
     listing = robot.instance.command("/launch list")
     assert listing.startswith("Launched peripherals:") and "tts" in listing and "restarts 1" in listing
     assert robot.instance.command("/launch dance").startswith("Usage: /launch")
