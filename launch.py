@@ -6,6 +6,8 @@
     python launch.py scale N                                         set the number of routers
     python launch.py ui                                              attach a UI to a running instance
     python launch.py stop                                            stop a running instance
+    python launch.py peripheral start|stop|restart|list [<name>]     the robot's peripherals (peripherals.toml)
+    python launch.py logs <name> [-f] [-n N]                         a peripheral's output
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import zmq
 from actors.cli import EXIT_UNREACHABLE
 from actors.configstore import preflight
 from actors.errors import OrchestratorError
+from actors.peripheralcli import DEFAULT_TAIL_LINES, PERIPHERAL_ACTIONS, print_peripherals, run_peripheral_command, show_logs
 from actors.protocol import Op
 from actors.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, ensure_runtime_dirs, release_run_dir
 from actors.runner import LOG_BACKUPS, LOG_FORMAT, LOG_MAX_BYTES
@@ -60,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("routers", type=int)
     sub.add_parser("ui", help="attach a terminal UI to a running instance")
     sub.add_parser("stop", help="stop a running instance")
+    peripheral = sub.add_parser("peripheral", help="start, stop, restart or list the peripherals of peripherals.toml")
+    peripheral.add_argument("action", choices=PERIPHERAL_ACTIONS)
+    peripheral.add_argument("name", nargs="?", default=None, help="one peripheral (its key in peripherals.toml); default: all")
+    logs = sub.add_parser("logs", help="show a peripheral's output (logs/peripherals/<name>.log)")
+    logs.add_argument("name")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing what it writes")
+    logs.add_argument("-n", "--lines", type=int, default=DEFAULT_TAIL_LINES, help=f"last lines to show (default {DEFAULT_TAIL_LINES})")
     return parser
 
 
@@ -217,6 +227,7 @@ def show_status(runtime: Runtime, as_json: bool, satellite: bool = False) -> int
         print(json.dumps({"supervisor": processes, "orchestrator": figures}, indent=2))
         return 0
     print_status(processes)
+    print_peripherals(processes)
     for notice in config_notices(processes):
         print(f"  WARNING: {notice}")
     print(format_status(figures) if figures else f"  (no figures: {reason})")
@@ -228,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         return run(args)
     runtime = runtime_for(args)
+    if args.command == "logs":  # files only: works whether the instance runs or not
+        return show_logs(runtime, args.name, args.follow, args.lines)
     try:
         check_local_run_dir(runtime)
         if args.command == "status":
@@ -240,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "ctl":
             from actors.cli import run_ctl
             return run_ctl(runtime, " ".join(args.line))
+        elif args.command == "peripheral":
+            return run_peripheral_command(lambda **request: control_request(runtime, Op.CONTROL_PERIPHERAL, **request), args.action, args.name)
         elif args.command == "ui":
             from actors.ui import attach
             return attach(runtime)

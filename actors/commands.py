@@ -32,8 +32,9 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 AUTH_OK = "Authenticated: admin commands allowed on this connection."
 # Commands that change or reveal more than a peripheral needs: only from admin_clients, or after /auth.
 ADMIN_COMMANDS = frozenset({("/reset",), ("/remove",), ("/delivery",), ("/tap",),
-                            ("/routes", "add"), ("/routes", "remove"), ("/routes", "edit"), ("/routes", "set")})
+                            ("/routes", "add"), ("/routes", "remove"), ("/routes", "edit"), ("/routes", "set"), ("/launch",)})
 CLEAR_RULES = "clear"
+LAUNCH_USAGE = "/launch start|stop|restart|list [<name>]"
 
 
 # ---- replies ------------------------------------------------------------------------
@@ -224,6 +225,8 @@ class CommandContext(Protocol):
     async def settle(self, done: Callable[[StateReplica], bool]) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
+
+    async def control(self, op: Op, **args: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -581,6 +584,19 @@ async def cmd_tap(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
     return Reply(text=f"Tapping {kind} '{target}': live payloads follow; close the connection to stop.", tap=(kind, key))
 
 
+async def cmd_launch(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+    """/launch start|stop|restart|list [<name>]: the peripherals the supervisor launched from peripherals.toml."""
+    from .peripheralcli import PERIPHERAL_ACTIONS, peripheral_lines  # here: only this command needs it
+    if args[0] not in PERIPHERAL_ACTIONS:
+        return error(f"Usage: {LAUNCH_USAGE}")
+    result = await ctx.control(Op.CONTROL_PERIPHERAL, action=args[0], name=args[1] if len(args) > 1 else None)
+    if args[0] != "list":
+        return ok("\n".join(result.get("done") or []))
+    rows = peripheral_lines(result.get("peripherals") or [])
+    problems = [f"  WARNING: {problem}" for problem in result.get("problems") or []]
+    return ok("\n".join(["Launched peripherals:", *rows, *problems]) if rows or problems else "No launched peripherals.")
+
+
 async def cmd_routes_info(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
     return ok(list_routes(ctx.replica))
 
@@ -629,6 +645,8 @@ def build_registry() -> Registry:
     registry.add(Command(("/tap",), "/tap <route-name>|<peripheral-name>", "Watch the live payloads of a route or a peripheral",
                          cmd_tap, (1, 1)))
     registry.add(Command(("/auth",), "/auth <token>", "Allow admin commands on this connection (needs admin_token)", cmd_auth, (1, 1)))
+    registry.add(Command(("/launch",), LAUNCH_USAGE, "Start, stop, restart or list the peripherals of peripherals.toml",
+                         cmd_launch, (1, 2)))
     registry.add(Command(("/reset",), "/reset", "Reset the orchestrator: clear peripherals and routes (files are backed up)", cmd_reset))
     registry.add(Command(("/exit",), "/exit [<uuid>]", "Exit command mode, or mark a peripheral offline", cmd_exit, (0, 1)))
     registry.add_group("/routes", "Manage routes")

@@ -101,6 +101,7 @@ class Gateway:
         self.outbox: dict[str, list[bytes]] = {}
         self.sources_seen: set[str] = set()  # known peripherals that sent data since the last heartbeat (the scanner's liveness)
         self.resync: asyncio.Task | None = None
+        self.supervisor: AsyncStateClient | None = None  # /launch: asked lazily, on the supervisor's control socket
         self.bus_commands: set[asyncio.Task] = set()  # commands from launch.py ctl / the UI, answered over the data socket
         self.started_at = time.time()
         self.counters = {"connections_total": 0, "connections_refused": 0, "lines_in": 0, "bytes_in": 0, "payloads_in": 0,
@@ -169,6 +170,8 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.state.close()
+        if self.supervisor is not None:
+            self.supervisor.close()
         self.data.disable_monitor()
         for sock in (self.sub, self.data_monitor, self.data):
             sock.close(linger=0)
@@ -243,6 +246,12 @@ class Gateway:
     async def request(self, op: Op, **args: Any) -> Any:
         """CommandContext: one request to the state keeper."""
         return await self.state.request(op, **args)
+
+    async def control(self, op: Op, **args: Any) -> Any:
+        """CommandContext: one request to the supervisor (the /launch commands)."""
+        if self.supervisor is None:
+            self.supervisor = AsyncStateClient(self.actx, self.runtime.endpoints.control, self.runtime.endpoints.keys_dir)
+        return await self.supervisor.request(op, **args)
 
     async def settle(self, done: Callable[[StateReplica], bool]) -> None:
         """CommandContext: wait (bounded) until our replica shows a change the keeper confirmed."""
@@ -608,6 +617,7 @@ class Gateway:
             "Auth Locked": self.auth_guard.locked(),
             "Last Scan": format_time(last_scan),
             "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],
+            **launched_entry(beats),
         }
 
 
@@ -635,6 +645,12 @@ def actor_entry(beat: Heartbeat) -> dict[str, Any]:
     if beat.actor.startswith("router"):
         entry["delivered"] = int(beat.stats.get("delivered") or 0)
     return entry
+
+
+def launched_entry(beats: dict[str, Heartbeat]) -> dict[str, Any]:
+    """The launched peripherals (process state joined with registration) from the supervisor's heartbeat, when it has any."""
+    rows = next((b.stats.get("peripherals") for a, b in beats.items() if a.startswith("supervisor")), None)
+    return {"Launched": rows} if isinstance(rows, list) else {}
 
 
 def format_duration(seconds: float) -> str:

@@ -81,6 +81,7 @@ class Op(str, Enum):
     CONTROL_STOP = "control_stop"
     CONTROL_SCALE = "control_scale"
     CONTROL_ACTIVITY = "control_activity"
+    CONTROL_PERIPHERAL = "control_peripheral"  # launched peripherals: list, start, stop, restart, send, tail (peripherals.py)
     COMMAND = "command"  # to the gateway over its bus socket: run command lines as the local owner (launch.py ctl, the UI)
 
 

@@ -649,3 +649,24 @@ class Runtime:
             console_log=data.get("console_log", False),
             extra=data.get("extra", {}),
         )
+
+
+# Robot bring-up (launchfile.py, peripherals.py): the peripherals the supervisor starts from <config>/peripherals.toml.
+LAUNCH_FILE_NAME = "peripherals.toml"
+PERIPHERAL_LOG_DIR_NAME = "peripherals"  # under the log folder: <config>/logs/peripherals/<name>.log
+PERIPHERAL_DEFAULTS: dict[str, Any] = {
+    "restart": "on-failure",
+    "stdin": False,
+    "start_timeout": 10.0,  # s: a running process not registered by then is flagged; dependents stop waiting for it
+    "stop_timeout": 5.0,  # s: SIGTERM to the group, SIGKILL this long after
+    "backoff": 0.5,  # s: first restart delay, doubling per crash
+    "backoff_max": 30.0,  # s
+    "flap_limit": 5,  # crashes within flap_window: left failed until started by hand
+    "flap_window": 60.0,  # s
+    "stable_after": 10.0,  # s: a run this long forgets earlier crashes
+    "log_max_bytes": 1024 * 1024,  # per log file before it rotates
+    "log_backups": 3,
+}
+LAUNCH_FILE_POLL_S = 1.0  # stat of peripherals.toml: an edit is applied within this
+PERIPHERAL_TAIL_LINES = 20  # last log lines kept in memory for the UI and `peripheral list`
+WATCHDOG_GRACE_S = 1.0  # the group watchdog: SIGTERM, then SIGKILL this long after, when the supervisor died

@@ -25,6 +25,7 @@ import zmq
 
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .errors import BadArguments, ErrorCode, OrchestratorError, UnknownOp
+from .peripherals import PeripheralManager
 from .protocol import Activity, Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
 from .security import secure_server, start_authenticator
 from .settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, POLL_INTERVAL_MS, Runtime
@@ -161,6 +162,7 @@ class Supervisor:
         self.attach_ui = attach_ui
         self.name_suffix = name_suffix  # satellites: keeps names unique on the shared bus
         self.remote: dict[str, RemoteActor] = {}
+        self.peripherals = PeripheralManager(runtime)  # the robot's own programs, from <config>/peripherals.toml
         for kind in actors:
             if kind == "router":
                 for index in range(1, routers + 1):
@@ -262,6 +264,7 @@ class Supervisor:
         """("ready" | "degraded" | "starting", reasons): ready only when every actor is up and the gateway holds its ports."""
         reasons = [p for c in self.children if not c.attached and (p := c.problem(now)) is not None]
         reasons += self._gateway_problems(now)
+        reasons += self.peripherals.health_problems()
         if self.ready_after_s is None:
             return "starting", reasons
         return ("degraded" if reasons else "ready"), reasons
@@ -283,7 +286,8 @@ class Supervisor:
         return {"pid": os.getpid(), "config_dir": str(self.runtime.config_dir), "uptime_s": round(now - self.started_at, 1),
                 "ready": self.ready_after_s is not None, "ready_after_s": self.ready_after_s, "health": health, "reasons": reasons,
                 "children": [c.describe(now) for c in self.children],
-                "remote": [r.describe(now) for r in sorted(self.remote.values(), key=lambda r: r.name)]}
+                "remote": [r.describe(now) for r in sorted(self.remote.values(), key=lambda r: r.name)],
+                "peripherals": self.peripherals.describe(), "launch_problems": list(self.peripherals.problems)}
 
     def scale_routers(self, count: int) -> dict[str, Any]:
         """Add or remove routers on the running system (the gateway drains a source before moving it)."""
@@ -316,6 +320,8 @@ class Supervisor:
                 if not isinstance(count, int):
                     raise BadArguments("scale needs an integer 'routers'")
                 result = self.scale_routers(count)
+            elif request.op == Op.CONTROL_PERIPHERAL.value:
+                result = self.peripherals.control(request.args, request.req_id)
             else:
                 raise UnknownOp(f"unknown control op {request.op!r}")
         except OrchestratorError as exc:
@@ -379,7 +385,8 @@ class Supervisor:
         """Heartbeat stats: counts, and the health with its reasons (the UI's status line shows them)."""
         health, reasons = self.health(time.time())
         return {"children": len(self.children), "failed": sum(c.failed for c in self.children),
-                "restarts": sum(c.restarts for c in self.children), "health": health, "reasons": reasons}
+                "restarts": sum(c.restarts for c in self.children), "health": health, "reasons": reasons,
+                **({"peripherals": self.peripherals.beat()} if self.peripherals.entries else {})}
 
     def _on_signal(self, *_: object) -> None:
         self.stopping = True
@@ -408,6 +415,7 @@ class Supervisor:
         try:
             for child in self.children:
                 self._spawn(child)
+            self.peripherals.open(context)
             while not self.stopping:
                 ready = dict(poller.poll(POLL_INTERVAL_MS))
                 if control in ready:
@@ -416,9 +424,12 @@ class Supervisor:
                     self._on_event(events.recv_multipart())
                 self._check_children()
                 self._expire_remote()
+                if self.ready_after_s is not None or time.time() - self.started_at > STARTUP_GRACE_S:
+                    self.peripherals.tick()  # peripherals start once the orchestrator can take their registrations
                 if time.monotonic() >= heart.next_beat:  # health is worked out once per beat, not once per poll
                     heart.maybe_beat(self._beat_stats())
         finally:
+            self.peripherals.close()
             log.info("stopping %d processes", sum(c.alive for c in self.children))
             self.stop_all()
             log.removeHandler(activity)

@@ -30,6 +30,7 @@ from . import viewmodel as vm
 from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .cli import bus_command
 from .errors import OrchestratorError
+from .peripheralcli import ui_local_command
 from .protocol import Activity, Heartbeat, Op, ProtocolError, StateUpdate, Topic
 from .replica import StateReplica
 from .rules import FILTER_KEY, RULE_KEYS, SYNTAX, TRANSFORM_KEY
@@ -620,6 +621,9 @@ class UiActor:
     def _command(self, line: str) -> str:
         """Run one command line on our own instance over the bus (never the command port: no token, no squatter); a failure becomes the reply text."""
         self.commands += 1
+        local = ui_local_command(line, lambda **args: self.view.control.request(Op.CONTROL_PERIPHERAL, timeout=SNAPSHOT_TIMEOUT_S, **args))
+        if local is not None:  # :send and :logs are the UI's own, for launched peripherals
+            return local
         try:
             return bus_command(self.runtime, line, COMMAND_TIMEOUT_S, self.context) or "(no reply)"
         except OSError as exc:  # cli.Unreachable, whose message names the socket

@@ -265,16 +265,49 @@ def too_small(width: int, height: int) -> list[Line]:
 
 
 # ---- overview --------------------------------------------------------------------------------
-def peripheral_rows(peripherals: Sequence[dict[str, Any]], width: int, now: float) -> tuple[str, list[Line]]:
-    """Header text and rows, sorted by name, each coloured by its family."""
+def launched_rows(model: Model) -> list[dict[str, Any]]:
+    """The peripherals the supervisor launched (peripherals.toml), from its heartbeat."""
+    supervisor = model.actors.get("supervisor")
+    rows = supervisor.stats.get("peripherals") if supervisor is not None else None
+    return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+
+
+def process_label(row: dict[str, Any]) -> str:
+    """`[running pid 123 r2 exit 3]`: a launched peripheral's process, next to its registration."""
+    parts = [str(row.get("state", "?"))]
+    parts += [f"pid {row['pid']}"] if row.get("pid") else []
+    parts += [f"r{row['restarts']}"] if row.get("restarts") else []
+    parts += [f"exit {row['last_exit']}"] if row.get("last_exit") is not None else []
+    parts += ["NOT REGISTERED"] if row.get("not_registered") else []
+    return "[" + " ".join(parts) + "]"
+
+
+def unjoined_rows(launched: Sequence[dict[str, Any]], joined: set[str], name_w: int, width: int) -> list[Line]:
+    """Launched peripherals with no registration yet: their process state, flagged when something is wrong."""
+    rows = []
+    for row in launched:
+        if row.get("peripheral") in joined:
+            continue
+        text = columns([(f"{row.get('name', '?')} {process_label(row)}", name_w, "<"), ("-", PORT_W, ">"), ("launch", STATUS_W, "<"), ("", AGE_W, ">")])
+        bad = row.get("state") == "failed" or row.get("not_registered")
+        rows.append(Line(fit(text, width), Style.ALERT if bad else Style.DIM, colour_index(str(row.get("name", "")))))
+    return rows
+
+
+def peripheral_rows(peripherals: Sequence[dict[str, Any]], width: int, now: float,
+                    launched: Sequence[dict[str, Any]] = ()) -> tuple[str, list[Line]]:
+    """Header text and rows, sorted by name, each coloured by its family; launched ones show their process."""
     name_w = max(1, width - (PORT_W + STATUS_W + AGE_W + 3))
+    by_name = {row.get("peripheral"): row for row in launched if row.get("peripheral")}
     rows = []
     for p in sorted(peripherals, key=lambda p: str(p.get("name", ""))):
         name = str(p.get("name", "?"))
         status = ONLINE if p.get("online") else OFFLINE
-        text = columns([(name, name_w, "<"), (p.get("port") if p.get("port") is not None else "-", PORT_W, ">"),
+        shown = f"{name} {process_label(by_name[name])}" if name in by_name else name
+        text = columns([(shown, name_w, "<"), (p.get("port") if p.get("port") is not None else "-", PORT_W, ">"),
                         (status, STATUS_W, "<"), (since(p.get("last_seen"), now), AGE_W, ">")])
         rows.append(Line(fit(text, width), Style.NORMAL if p.get("online") else Style.DIM, colour_index(name)))
+    rows += unjoined_rows(launched, {str(p.get("name")) for p in peripherals}, name_w, width)
     online = sum(1 for p in peripherals if p.get("online"))
     header = columns([(f"PERIPHERALS {online}/{len(peripherals)} online", name_w, "<"), ("PORT", PORT_W, ">"),
                       ("STATUS", STATUS_W, "<"), ("LAST SEEN", AGE_W, ">")])
@@ -400,7 +433,7 @@ def overview(model: Model, width: int, height: int, scroll: Scroll = Scroll(), f
     names = {p.get("uuid", ""): str(p.get("name", "?")) for p in model.peripherals}
     inner = width - 1  # rows are indented one cell, under the header's focus marker
     sections = {
-        Section.PERIPHERALS: peripheral_rows(model.peripherals, inner, model.now),
+        Section.PERIPHERALS: peripheral_rows(model.peripherals, inner, model.now, launched_rows(model)),
         Section.ROUTES: route_rows(model.routes, names, inner, model.now),
         Section.ACTIVITY: activity_rows(model.activity, inner),
     }
