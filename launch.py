@@ -24,16 +24,16 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from actors.cli import EXIT_UNREACHABLE
-from actors.configstore import preflight
-from actors.errors import OrchestratorError
-from actors.peripheralcli import DEFAULT_TAIL_LINES, PERIPHERAL_ACTIONS, print_peripherals, run_peripheral_command, show_logs
-from actors.protocol import Op
-from actors.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, ensure_runtime_dirs, release_run_dir
-from actors.runner import LOG_BACKUPS, LOG_FORMAT, LOG_MAX_BYTES
-from actors.security import ensure_keys, missing_client_keys, needs_curve
-from actors.settings import DEFAULT_CONFIG_DIR, Endpoints, Runtime
-from actors.supervisor import ACTOR_MODULES, DEFAULT_ACTORS, DEFAULT_ROUTERS, AlreadyRunning, Supervisor, acquire_lock
+from actors.supervisor.cli import EXIT_UNREACHABLE
+from actors.state.store import preflight
+from actors.core.errors import OrchestratorError
+from actors.supervisor.peripheralcli import DEFAULT_TAIL_LINES, PERIPHERAL_ACTIONS, print_peripherals, run_peripheral_command, show_logs
+from actors.core.protocol import Op
+from actors.core.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, ensure_runtime_dirs, release_run_dir
+from actors.core.runner import LOG_BACKUPS, LOG_FORMAT, LOG_MAX_BYTES
+from actors.core.security import ensure_keys, missing_client_keys, needs_curve
+from actors.core.settings import DEFAULT_CONFIG_DIR, Endpoints, Runtime
+from actors.supervisor.supervisor import ACTOR_MODULES, DEFAULT_ACTORS, DEFAULT_ROUTERS, AlreadyRunning, Supervisor, acquire_lock
 
 CONTROL_TIMEOUT_S = 3.0
 EXIT_BAD_CONFIG = 2
@@ -177,7 +177,7 @@ def with_run_dir(runtime: Runtime, run_dir: Path) -> Runtime:
 
 def control_request(runtime: Runtime, op: Op, **request_args: Any) -> Any:
     """Ask the running supervisor; raises Unavailable when nobody answers."""
-    from actors.stateclient import StateClient  # here, not at the top: keeps asyncio out of the supervisor's memory
+    from actors.core.requests import StateClient  # here, not at the top: keeps asyncio out of the supervisor's memory
 
     context = zmq.Context()
     client = StateClient(context, runtime.endpoints.control, runtime.endpoints.keys_dir)
@@ -214,7 +214,7 @@ def config_notices(status: dict[str, Any]) -> list[str]:
 
 def show_status(runtime: Runtime, as_json: bool, satellite: bool = False) -> int:
     """The supervisor's process table plus the gateway's /status figures (when the gateway answers)."""
-    from actors.cli import Unreachable, fetch_status, format_status
+    from actors.supervisor.cli import Unreachable, fetch_status, format_status
     processes = control_request(runtime, Op.CONTROL_STATUS)
     figures: dict[str, Any] | None = None
     reason = "a satellite board (--join) has no gateway: see the main board's status"
@@ -251,12 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "scale":
             print(control_request(runtime, Op.CONTROL_SCALE, routers=args.routers))
         elif args.command == "ctl":
-            from actors.cli import run_ctl
+            from actors.supervisor.cli import run_ctl
             return run_ctl(runtime, " ".join(args.line))
         elif args.command == "peripheral":
             return run_peripheral_command(lambda **request: control_request(runtime, Op.CONTROL_PERIPHERAL, **request), args.action, args.name)
         elif args.command == "ui":
-            from actors.ui import attach
+            from actors.ui.app import attach
             return attach(runtime)
     except (OrchestratorError, UnsafeRunDir) as exc:
         print(f"orchestrator on {runtime.config_dir} is not reachable: {exc}", file=sys.stderr)

@@ -23,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from actors.protocol import Op  # noqa: E402
+from actors.core.protocol import Op  # noqa: E402
 from conftest import REPO_ROOT, Instance, start_instance, wait_until  # noqa: E402
 
 FAKE = REPO_ROOT / "tests" / "fake_peripheral.py"

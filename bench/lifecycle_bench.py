@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from actors.supervisor import DEFAULT_ROUTERS  # noqa: E402
+from actors.supervisor.supervisor import DEFAULT_ROUTERS  # noqa: E402
 from conftest import start_instance, wait_until  # noqa: E402
 
 

@@ -329,7 +329,7 @@ class Orchestrator:
     """launch.py --headless in a temporary config folder on ephemeral ports."""
 
     def __init__(self, routers: int) -> None:
-        from actors.settings import Runtime
+        from actors.core.settings import Runtime
         self.dir = Path(tempfile.mkdtemp(prefix="router-bench-"))
         config_dir = self.dir / "config"
         config_dir.mkdir()
@@ -347,8 +347,8 @@ class Orchestrator:
 
     def status(self) -> dict[str, Any]:
         import zmq
-        from actors.protocol import Op
-        from actors.stateclient import StateClient
+        from actors.core.protocol import Op
+        from actors.core.requests import StateClient
         context = zmq.Context()
         client = StateClient(context, self.runtime.endpoints.control)
         try:

@@ -19,9 +19,9 @@ import zmq
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from actors.protocol import Op  # noqa: E402
-from actors.settings import Runtime, parse_ports  # noqa: E402
-from actors.stateclient import StateClient  # noqa: E402
+from actors.core.protocol import Op  # noqa: E402
+from actors.core.settings import Runtime, parse_ports  # noqa: E402
+from actors.core.requests import StateClient  # noqa: E402
 
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from actors.protocol import Op
+from actors.core.protocol import Op
 from conftest import REPO_ROOT, Instance, start_instance, wait_until
 
 FAKE = REPO_ROOT / "tests" / "fake_peripheral.py"
@@ -278,8 +278,8 @@ def run_launch(robot: Robot, *args: str) -> subprocess.CompletedProcess:
 
 def test_cli_command_port_status_and_ui_commands(robot: Robot) -> None:
     """`launch.py peripheral/logs/status`, `/launch` (admin only) and `/status` on the command port, the UI's :send and :logs."""
-    from actors.peripheralcli import ui_local_command
-    from actors import viewmodel as vm
+    from actors.supervisor.peripheralcli import ui_local_command
+    from actors.ui import viewmodel as vm
 
     robot.start(entry("input", "--echo-stdin", stdin=True) + entry("tts", "--name", "TTS_Engine", name="TTS_Engine"))
     robot.wait_state("input", "running", registered=True)
@@ -377,7 +377,7 @@ def test_pty_stdin_and_logs_follow(robot: Robot) -> None:
 
 def test_a_resent_request_is_not_done_twice(robot: Robot) -> None:
     """A client that resends (same req_id, as StateClient does after 0.5 s without an answer) gets the first reply: one line, not two."""
-    from actors.protocol import Reply, Request, decode_as, encode
+    from actors.core.protocol import Reply, Request, decode_as, encode
     import zmq
 
     robot.start(entry("input", "--echo-stdin", stdin=True))

@@ -16,9 +16,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors import viewmodel as vm
-from actors.cli import bus_command
-from actors.protocol import Op, Reply, Request, decode_as, encode
+from actors.ui import viewmodel as vm
+from actors.supervisor.cli import bus_command
+from actors.core.protocol import Op, Reply, Request, decode_as, encode
 from conftest import REPO_ROOT, Instance, free_port_range, send_line, start_instance, wait_until
 
 GATEWAY_ONLY = ["broker", "state", "gateway"]

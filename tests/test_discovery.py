@@ -15,13 +15,13 @@ from typing import Any, Iterator
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from actors.commands import ConfigBlock, LineSession, apply_config_block
-from actors.probe import CONNECT_TIMEOUT_S, Outcome, Target, sweep
-from actors.protocol import Op
-from actors.replica import StateReplica
-from actors.scanner import Liveness
-from actors.settings import TUNABLE_DEFAULTS, check_config, default_config
-from actors.tables import Tables
+from actors.gateway.commands import ConfigBlock, LineSession, apply_config_block
+from actors.scanner.probe import CONNECT_TIMEOUT_S, Outcome, Target, sweep
+from actors.core.protocol import Op
+from actors.core.replica import StateReplica
+from actors.scanner.scanner import Liveness
+from actors.core.settings import TUNABLE_DEFAULTS, check_config, default_config
+from actors.state.tables import Tables
 from conftest import Instance, free_port, start_instance, wait_until
 from fakes import FakeListener, InfoPeripheral, RegisteringPeripheral, register, send_and_close
 

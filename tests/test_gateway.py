@@ -16,9 +16,9 @@ import zmq
 from conftest import REPO_ROOT, Instance, free_port, send_line, start_instance, wait_until
 from fakes import RegisteringPeripheral, register, send_and_close
 
-from actors.cli import EXIT_UNREACHABLE, run_ctl, send_command
-from actors.commands import UNKNOWN_COMMAND
-from actors.protocol import DataAck, DataBatch, Heartbeat, Op, decode_as, encode
+from actors.supervisor.cli import EXIT_UNREACHABLE, run_ctl, send_command
+from actors.gateway.commands import UNKNOWN_COMMAND
+from actors.core.protocol import DataAck, DataBatch, Heartbeat, Op, decode_as, encode
 
 GATEWAY_ONLY = ["broker", "state", "gateway"]
 IDLE_TIMEOUT_S = 1.5

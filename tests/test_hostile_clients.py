@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from actors.access import AuthGuard, AuthLimits, ConnectionSlots, SlotLimits
-from actors.commands import CommandLine, ConfigBlock, Peer, Reply, error
-from actors.connection import Connection, Limits
-from actors.protocol import Op
-from actors.settings import ConfigError, parse_port, parse_ports
+from actors.gateway.access import AuthGuard, AuthLimits, ConnectionSlots, SlotLimits
+from actors.gateway.commands import CommandLine, ConfigBlock, Peer, Reply, error
+from actors.gateway.connection import Connection, Limits
+from actors.core.protocol import Op
+from actors.core.settings import ConfigError, parse_port, parse_ports
 from conftest import Instance, start_instance, wait_until
 
 GATEWAY_ONLY = ["broker", "state", "gateway"]

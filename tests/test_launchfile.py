@@ -7,8 +7,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.launchfile import PeripheralSpec, parse_launch_text, read_launch_file
-from actors.peripherals import LogWriter, join_record
+from actors.supervisor.launchfile import PeripheralSpec, parse_launch_text, read_launch_file
+from actors.supervisor.peripherals import LogWriter, join_record
 
 CONFIG = Path("/robot/config")
 UUID = "3484b12d-5a6b-4c7d-8e9f-0123456789ab"

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.errors import BadArguments
-from actors.settings import MAX_AGE_MAX_S, MAX_AGE_MIN_S, check_peripheral, default_config, parse_max_age, sink_max_age
-from actors.tables import Tables
+from actors.core.errors import BadArguments
+from actors.core.settings import MAX_AGE_MAX_S, MAX_AGE_MIN_S, check_peripheral, default_config, parse_max_age, sink_max_age
+from actors.state.tables import Tables
 
 TTS = "37d46837-f12a-4215-bd74-8d123bdb6a3d"
 VALID = st.floats(min_value=MAX_AGE_MIN_S, max_value=MAX_AGE_MAX_S, allow_nan=False)

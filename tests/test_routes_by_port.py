@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import Instance, free_port, start_instance, wait_until
-from actors.protocol import Op
+from actors.core.protocol import Op
 from fakes import LineSink, SinkPeripheral, register
 from test_isolation import TimedSink, route_counters, stop_quietly
 

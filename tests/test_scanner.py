@@ -14,11 +14,11 @@ from typing import Any, Iterator
 import pytest
 import zmq
 
-from actors.protocol import Op
-from actors.runner import StopFlag
-from actors.probe import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, BadAnswer, Outcome, Target, parse_info, slow_first, sweep
-from actors.scanner import Liveness, ScanPlan, Scanner
-from actors.settings import Endpoints, Runtime, default_config
+from actors.core.protocol import Op
+from actors.core.runner import StopFlag
+from actors.scanner.probe import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, BadAnswer, Outcome, Target, parse_info, slow_first, sweep
+from actors.scanner.scanner import Liveness, ScanPlan, Scanner
+from actors.core.settings import Endpoints, Runtime, default_config
 from conftest import Instance, start_instance, wait_until
 from fakes import FakeListener, InfoPeripheral, closing_port, garbage_port, silent_port, streaming_port
 

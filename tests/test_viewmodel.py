@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from actors import viewmodel as vm
+from actors.ui import viewmodel as vm
 
 UUID_A = "11111111-1111-4111-8111-111111111111"
 UUID_B = "22222222-2222-4222-8222-222222222222"

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Iterable, Iterator
 
-from .settings import TUNABLE_DEFAULTS
-from .tables import NAME_PATTERN, is_uuid
+from ..core.settings import TUNABLE_DEFAULTS
+from ..core.records import NAME_PATTERN, is_uuid
 
 INFO_REQUEST = b"/info\n"
 EOF_LINE = "EOF"

@@ -17,9 +17,9 @@ from typing import Any
 
 import zmq
 
-from .protocol import Op, ProtocolError, Reply, Request, decode_as, encode
-from .security import secure_client
-from .settings import Runtime
+from ..core.protocol import Op, ProtocolError, Reply, Request, decode_as, encode
+from ..core.security import secure_client
+from ..core.settings import Runtime
 
 CTL_TIMEOUT_S = 10.0
 RECV_BYTES = 65536

@@ -34,19 +34,19 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
-from .errors import OrchestratorError
-from .protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Heartbeat, Op, ProtocolError, Tap, Topic,
+from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
+from ..core.errors import OrchestratorError
+from ..core.protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Heartbeat, Op, ProtocolError, Tap, Topic,
                        decode_as, encode, tap_topic)
-from .replica import StateReplica
-from .rules import RouteRules, RuleError
-from .runner import StopFlag, run_actor
-from .security import secure_client
-from .settings import HEARTBEAT_INTERVAL_S, MAX_PORT, MIN_PORT, POLL_INTERVAL_MS, USAGE_FLUSH_INTERVAL_S, Runtime, sink_max_age, tunable
+from ..core.replica import StateReplica
+from ..core.rules import RouteRules, RuleError
+from ..core.runner import StopFlag, run_actor
+from ..core.security import secure_client
+from ..core.settings import HEARTBEAT_INTERVAL_S, MAX_PORT, MIN_PORT, POLL_INTERVAL_MS, USAGE_FLUSH_INTERVAL_S, Runtime, sink_max_age, tunable
 from .sinks import (MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue,
                     SinkWorker, framed_size)
-from .stateclient import AsyncStateClient
-from .tables import LOCAL_HOST, is_own_listener
+from ..core.requests import AsyncStateClient
+from ..core.net import LOCAL_HOST, is_own_listener
 
 log = logging.getLogger(__name__)
 
@@ -712,6 +712,3 @@ def _watched(subscriptions: set[bytes], topic: bytes) -> bool:
 def main(argv: list[str] | None = None) -> int:
     return run_actor("router", Router, argv)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -23,15 +23,15 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
-from .errors import NotOwner, OrchestratorError
+from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
+from ..core.errors import NotOwner, OrchestratorError
 from .probe import CONNECT_TIMEOUT_S, InfoAnswer, Outcome, ProbeResult, Target, accepting, probe_concurrency, slow_first, sweep
-from .protocol import SOURCES_SEEN_STAT, Heartbeat, Message, Op, ProtocolError, Topic
-from .replica import StateReplica
-from .runner import StopFlag, run_actor
-from .settings import (HEARTBEAT_INTERVAL_S, MAX_PORT, MAX_SCAN_ANSWER_TIMEOUT_S, MIN_PORT, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, ConfigError,
+from ..core.protocol import SOURCES_SEEN_STAT, Heartbeat, Message, Op, ProtocolError, Topic
+from ..core.replica import StateReplica
+from ..core.runner import StopFlag, run_actor
+from ..core.settings import (HEARTBEAT_INTERVAL_S, MAX_PORT, MAX_SCAN_ANSWER_TIMEOUT_S, MIN_PORT, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, ConfigError,
                        Endpoints, Runtime, parse_ports, tunable)
-from .stateclient import AsyncStateClient
+from ..core.requests import AsyncStateClient
 
 log = logging.getLogger(__name__)
 
@@ -492,6 +492,3 @@ class Scanner:
 def main(argv: list[str] | None = None) -> int:
     return run_actor("scanner", Scanner, argv)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

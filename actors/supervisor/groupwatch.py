@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 
-from .settings import WATCHDOG_GRACE_S
+from ..core.settings import WATCHDOG_GRACE_S
 
 GROUP_POLL_S = 0.05
 

@@ -20,21 +20,23 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from .access import AccessPolicy, AuthGuard, AuthLimits, ConnectionSlots, RefusalLog, SlotLimits, effective_address, is_this_machine
-from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
+from .access import AccessPolicy, AuthGuard, AuthLimits, ConnectionSlots, SlotLimits
+from ..core.refusals import RefusalLog
+from ..core.net import effective_address, is_this_machine
+from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from .commands import (BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, Reply, apply_config_block, build_registry, error, failure,
                        format_time)
 from .connection import HOLD_BACKPRESSURE, Connection, Limits
 from .dataplane import DataPlane, FlowLimits, RouterBusy, RouterGone
-from .errors import ErrorCode, OrchestratorError, Unavailable
-from .protocol import SOURCES_SEEN_STAT, DataAck, Heartbeat, Op, ProtocolError, Request, StateUpdate, Tap, Topic, decode, encode, tap_topic
-from .protocol import Reply as BusReply
-from .replica import StateReplica
-from .runner import StopFlag, run_actor
-from .security import secure_server, start_authenticator
-from .settings import (BIND_RETRY_BASE_S, BIND_RETRY_MAX_S, HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime,
+from ..core.errors import ErrorCode, OrchestratorError, Unavailable
+from ..core.protocol import SOURCES_SEEN_STAT, DataAck, Heartbeat, Op, ProtocolError, Request, StateUpdate, Tap, Topic, decode, encode, tap_topic
+from ..core.protocol import Reply as BusReply
+from ..core.replica import StateReplica
+from ..core.runner import StopFlag, run_actor
+from ..core.security import secure_server, start_authenticator
+from ..core.settings import (BIND_RETRY_BASE_S, BIND_RETRY_MAX_S, HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime,
                        default_config, parse_ports, tunable)
-from .stateclient import AsyncStateClient
+from ..core.requests import AsyncStateClient
 
 log = logging.getLogger(__name__)
 
@@ -663,6 +665,3 @@ def format_duration(seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     return run_actor("gateway", Gateway, argv)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -27,16 +27,16 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import zmq
 
 from . import viewmodel as vm
-from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
-from .cli import bus_command
-from .errors import OrchestratorError
-from .peripheralcli import ui_local_command
-from .protocol import Activity, Heartbeat, Op, ProtocolError, StateUpdate, Topic
-from .replica import StateReplica
-from .rules import FILTER_KEY, RULE_KEYS, SYNTAX, TRANSFORM_KEY
-from .runner import StopFlag, run_actor, setup_logging
-from .settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, Runtime
-from .stateclient import StateClient
+from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
+from ..supervisor.cli import bus_command
+from ..core.errors import OrchestratorError
+from ..supervisor.peripheralcli import ui_local_command
+from ..core.protocol import Activity, Heartbeat, Op, ProtocolError, StateUpdate, Topic
+from ..core.replica import StateReplica
+from ..core.rules import FILTER_KEY, RULE_KEYS, SYNTAX, TRANSFORM_KEY
+from ..core.runner import StopFlag, run_actor, setup_logging
+from ..core.settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, Runtime
+from ..core.requests import StateClient
 
 
 log = logging.getLogger(__name__)
@@ -719,6 +719,3 @@ def attach(runtime: Runtime, name: str | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     return run_actor("ui", UiActor, argv)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

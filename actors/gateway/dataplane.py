@@ -31,8 +31,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .protocol import DataBatch, encode
-from .settings import HEARTBEAT_EXPIRY_S, tunable
+from ..core.protocol import DataBatch, encode
+from ..core.settings import HEARTBEAT_EXPIRY_S, tunable
 
 log = logging.getLogger(__name__)
 

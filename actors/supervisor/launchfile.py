@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .settings import LAUNCH_FILE_NAME, PERIPHERAL_DEFAULTS
-from .tables import NAME_PATTERN, is_uuid
+from ..core.settings import LAUNCH_FILE_NAME, PERIPHERAL_DEFAULTS
+from ..core.records import NAME_PATTERN, is_uuid
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -15,14 +15,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
-from .access import AuthGuard, effective_address, token_matches
-from .errors import DuplicateRoute, ErrorCode, OrchestratorError, UnknownPeripheral, UnknownRoute
-from .protocol import TAP_PERIPHERAL, TAP_ROUTE, Op
-from .replica import StateReplica
-from .rules import RULE_KEYS, SYNTAX, RuleError, check_rule
-from .settings import MAX_AGE_KEY, ConfigError, parse_port
-from .tables import check_peripheral_config
-from .viewmodel import BY_PORT_MARKER
+from .access import AuthGuard, token_matches
+from ..core.net import effective_address
+from ..core.errors import DuplicateRoute, ErrorCode, OrchestratorError, UnknownPeripheral, UnknownRoute
+from ..core.protocol import TAP_PERIPHERAL, TAP_ROUTE, Op
+from ..core.replica import StateReplica
+from ..core.rules import RULE_KEYS, SYNTAX, RuleError, check_rule
+from ..core.settings import MAX_AGE_KEY, ConfigError, parse_port
+from ..core.records import check_peripheral_config
+from ..core.records import BY_PORT_MARKER
 
 UNKNOWN_COMMAND = "Unknown command. Type '/help' for available commands."
 CONFIG_END = "EOF"
@@ -586,7 +587,7 @@ async def cmd_tap(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
 
 async def cmd_launch(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
     """/launch start|stop|restart|list [<name>]: the peripherals the supervisor launched from peripherals.toml."""
-    from .peripheralcli import PERIPHERAL_ACTIONS, peripheral_lines  # here: only this command needs it
+    from ..supervisor.peripheralcli import PERIPHERAL_ACTIONS, peripheral_lines  # here: only this command needs it
     if args[0] not in PERIPHERAL_ACTIONS:
         return error(f"Usage: {LAUNCH_USAGE}")
     result = await ctx.control(Op.CONTROL_PERIPHERAL, action=args[0], name=args[1] if len(args) > 1 else None)

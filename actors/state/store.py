@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .settings import (BACKUP_DIR_NAME, CONFIG_FILE_NAME, LOOPBACK_HOST, LOOPBACK_ONLY_SECURITY, LOOPBACK_ONLY_KEY, PRIVATE_DIR_MODE, ROUTE_COUNTERS, ROUTES_FILE_NAME,
+from ..core.settings import (BACKUP_DIR_NAME, CONFIG_FILE_NAME, LOOPBACK_HOST, LOOPBACK_ONLY_SECURITY, LOOPBACK_ONLY_KEY, PRIVATE_DIR_MODE, ROUTE_COUNTERS, ROUTES_FILE_NAME,
                        SECURITY_KEYS,
                        Checked, ConfigError, SecurityConfigError, check_config, check_routes, default_config,
                        loopback_only_reason, require_secure)

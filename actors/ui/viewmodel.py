@@ -15,14 +15,14 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Iterable, Sequence
 
-from .rules import RULE_KEYS
+from ..core.records import BY_PORT_MARKER
+from ..core.rules import RULE_KEYS
 
 MIN_WIDTH = 40
 MIN_HEIGHT = 10
 PALETTE_SIZE = 6  # distinct colours for peripheral families (the renderer maps them to curses colours)
 ELLIPSIS = "…"
 ARROW = "→"
-BY_PORT_MARKER = "(by port)"  # a route end no peripheral has: delivered by the route's own port, as in the original
 SECONDS_PER_MINUTE = 60
 SECONDS_PER_HOUR = 3600
 SECONDS_PER_DAY = 86400

@@ -23,12 +23,12 @@ from typing import IO, Any
 
 import zmq
 
-from .bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
-from .errors import BadArguments, ErrorCode, OrchestratorError, UnknownOp
+from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
+from ..core.errors import BadArguments, ErrorCode, OrchestratorError, UnknownOp
 from .peripherals import PeripheralManager
-from .protocol import Activity, Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
-from .security import secure_server, start_authenticator
-from .settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, POLL_INTERVAL_MS, Runtime
+from ..core.protocol import Activity, Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
+from ..core.security import secure_server, start_authenticator
+from ..core.settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, POLL_INTERVAL_MS, Runtime
 
 log = logging.getLogger("supervisor")
 

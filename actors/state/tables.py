@@ -5,23 +5,19 @@ the keeper numbers and publishes; value None means "deleted".
 """
 from __future__ import annotations
 
-import ipaddress
-import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .access import parse_address
-from .errors import BadArguments, DuplicateRoute, LimitReached, NotOwner, UnknownPeripheral, UnknownRoute
-from .protocol import UpdateKind
-from .rules import RULE_KEYS, RuleError, check_rule
-from .settings import (ACCESS_LIST_KEYS, MAX_AGE_KEY, ROUTE_COUNTERS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError, default_config, parse_max_age,
+from ..core.errors import BadArguments, DuplicateRoute, LimitReached, NotOwner, UnknownPeripheral, UnknownRoute
+from ..core.net import LOCAL_HOST, canonical_host, is_own_listener, same_host
+from ..core.protocol import UpdateKind
+from ..core.records import NAME_PATTERN, check_peripheral_config, is_uuid
+from ..core.rules import RULE_KEYS, RuleError, check_rule
+from ..core.settings import (ACCESS_LIST_KEYS, MAX_AGE_KEY, ROUTE_COUNTERS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError, default_config, parse_max_age,
                        parse_port, parse_ports, tunable, validate_config)
 
-UUID_PATTERN = re.compile(r"^[0-9a-fA-F-]{36}$")
-NAME_PATTERN = re.compile(r"^\S{1,128}$")
 DELIVERY_MODES = ("message", "stream")
 SETTABLE_CONFIG_KEYS = ("known_ports", "known_hosts", "scan_interval", "offline_after_sweeps", "command_port", "data_port_range", "bind_host",
                         *ACCESS_LIST_KEYS, *SECRET_KEYS, *TUNABLE_DEFAULTS)
@@ -32,43 +28,7 @@ Change = tuple[str, str, Any]
 
 log = logging.getLogger(__name__)
 
-LOCAL_HOST = "127.0.0.1"  # the host of records that name none, or the legacy "localhost"
-LEGACY_LOCAL_NAMES = frozenset({"", "localhost"})
 LISTENER_CONFIG_KEYS = ("command_port", "data_port_range", "bind_host")
-COMPACT_SEPARATORS = (",", ":")
-
-
-def canonical_host(host: Any) -> str:
-    """The exact address a host is known by (IPv4-mapped IPv6 as IPv4); no host or "localhost" is 127.0.0.1."""
-    if not isinstance(host, str) or host in LEGACY_LOCAL_NAMES:
-        return LOCAL_HOST
-    address = parse_address(host)
-    return str(address) if address is not None else host
-
-
-def same_host(recorded: Any, address: Any) -> bool:
-    """Whether two host fields name the same source address (127.0.0.1 and 127.0.0.2 are different hosts)."""
-    return recorded == address or canonical_host(recorded) == canonical_host(address)
-
-
-def is_this_machine(host: Any, config: dict[str, Any]) -> bool:
-    """Loopback or bind_host (the gateway also flags a client that reached us from another of our own addresses)."""
-    address = canonical_host(host)
-    try:
-        if ipaddress.ip_address(address).is_loopback:
-            return True
-    except ValueError:
-        pass
-    return address == config.get("bind_host")
-
-
-def is_own_listener(host: Any, port: Any, config: dict[str, Any], this_machine: bool = False) -> bool:
-    """Whether (host, port) is our command port or a data port: a peripheral there would get our own deliveries as commands."""
-    try:
-        ours = port == config["command_port"] or port in parse_ports(config["data_port_range"])
-    except (KeyError, ConfigError):
-        return False
-    return ours and (this_machine or is_this_machine(host, config))
 
 
 @dataclass(frozen=True)
@@ -84,29 +44,6 @@ def caller_of(args: dict[str, Any]) -> Caller | None:
     if "host" not in args:
         return None
     return Caller(canonical_host(args["host"]), args.get("admin") is True)
-
-
-def nesting_depth(value: Any, stop_after: int) -> int:
-    """Levels of objects and lists in value (a scalar is 0), counted without recursion; stops past stop_after."""
-    depth, level = 0, [value]
-    while depth <= stop_after:
-        containers = [item for item in level if isinstance(item, (dict, list))]
-        if not containers:
-            break
-        depth += 1
-        level = [child for item in containers for child in (item.values() if isinstance(item, dict) else item)]
-    return depth
-
-
-def check_peripheral_config(value: dict[str, Any], settings: dict[str, Any]) -> None:
-    """Refuse a peripheral config deeper or bigger (as compact JSON) than orch.cf allows: it is stored and written on every change."""
-    max_depth = int(tunable(settings, "max_peripheral_config_depth"))
-    if nesting_depth(value, max_depth) > max_depth:
-        raise LimitReached(f"config nested deeper than {max_depth} levels (max_peripheral_config_depth)")
-    max_bytes = int(tunable(settings, "max_peripheral_config_bytes"))
-    size = len(json.dumps(value, ensure_ascii=False, separators=COMPACT_SEPARATORS).encode("utf-8"))
-    if size > max_bytes:
-        raise LimitReached(f"config of {size} bytes is over {max_bytes} bytes as stored (max_peripheral_config_bytes)")
 
 
 # ---- a peripheral's config: /config (pushed) wins over /info (answered to the scanner) -------------
@@ -144,10 +81,6 @@ def store_pushed_config(record: dict[str, Any], value: dict[str, Any]) -> None:
     record["config"] = {**kept, **value}
     record[PUSHED_KEYS_FIELD] = sorted(value)
     _follow_delivery(record, value)
-
-
-def is_uuid(text: Any) -> bool:
-    return isinstance(text, str) and bool(UUID_PATTERN.match(text))
 
 
 def _need(args: dict[str, Any], key: str, kind: type | tuple[type, ...] = str) -> Any:

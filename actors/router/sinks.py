@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from .settings import TUNABLE_DEFAULTS
+from ..core.settings import TUNABLE_DEFAULTS
 
 MODE_MESSAGE = "message"
 MODE_STREAM = "stream"

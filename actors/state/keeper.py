@@ -15,14 +15,14 @@ from typing import Any, Callable
 
 import zmq
 
-from .access import RefusalLog
-from .bus import ActivityHandler, Heartbeater, connect_publisher, publish
-from .configstore import ConfigStore
-from .errors import ErrorCode, OrchestratorError, UnknownOp
-from .protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, UpdateKind, decode_as, encode
-from .runner import StopFlag, run_actor
-from .security import secure_client
-from .settings import POLL_INTERVAL_MS, Runtime, loopback_only_reason
+from ..core.refusals import RefusalLog
+from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, publish
+from .store import ConfigStore
+from ..core.errors import ErrorCode, OrchestratorError, UnknownOp
+from ..core.protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, UpdateKind, decode_as, encode
+from ..core.runner import StopFlag, run_actor
+from ..core.security import secure_client
+from ..core.settings import POLL_INTERVAL_MS, Runtime, loopback_only_reason
 from .tables import Change, Tables
 
 log = logging.getLogger(__name__)
@@ -297,6 +297,3 @@ def describe(request: Request, result: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     return run_actor("state", StateKeeper, argv)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -31,10 +31,10 @@ from typing import IO, Any, Iterable
 
 import zmq
 
-from .errors import BadArguments, UnknownPeripheral
+from ..core.errors import BadArguments, UnknownPeripheral
 from .launchfile import LaunchFile, PeripheralSpec, launch_file_path, read_launch_file
-from .settings import LAUNCH_FILE_POLL_S, PERIPHERAL_LOG_DIR_NAME, PERIPHERAL_TAIL_LINES, PRIVATE_FILE_MODE, Runtime
-from .statefollower import StateFollower
+from ..core.settings import LAUNCH_FILE_POLL_S, PERIPHERAL_LOG_DIR_NAME, PERIPHERAL_TAIL_LINES, PRIVATE_FILE_MODE, Runtime
+from ..core.follower import StateFollower
 
 log = logging.getLogger("peripherals")
 
@@ -511,7 +511,7 @@ class PeripheralManager:
         if self.watchdog is not None:
             log.warning("peripheral watchdog exited (code %s); starting it again", self.watchdog.returncode)
         try:
-            self.watchdog = subprocess.Popen([sys.executable, "-m", "actors.groupwatch"], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+            self.watchdog = subprocess.Popen([sys.executable, "-m", "actors.supervisor.groupwatch"], cwd=REPO_ROOT, stdin=subprocess.PIPE,
                                              stdout=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             self.watchdog, self.watchdog_retry_at = None, time.monotonic() + WATCHDOG_RETRY_S

@@ -10,55 +10,20 @@ and never logged or shown.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from .settings import ConfigError, default_config, parse_networks, tunable
+from ..core.net import Address, Network, address_key
+from ..core.refusals import MAX_TRACKED_ADDRESSES
+from ..core.settings import ConfigError, default_config, parse_networks, tunable
 
 log = logging.getLogger(__name__)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-REFUSAL_REPORT_INTERVAL_S = 60.0  # at most one activity line per address and reason in this time
-MAX_TRACKED_ADDRESSES = 1024  # the rate limiter forgets the oldest addresses beyond this (bounded memory)
 AUTH_DELAY_MAX_S = 4.0  # the growing delay before a wrong-token answer stops growing here (the lockout takes over)
-LOOPBACK_V4 = ipaddress.ip_address("127.0.0.1")
-LOOPBACK_V6 = ipaddress.ip_address("::1")
-
-
-def parse_address(host: str) -> Address | None:
-    """The peer's IP address (IPv4-mapped IPv6 as IPv4, scope ids dropped), or None when it is not an IP."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def address_key(host: str) -> str:
-    """The key one client address is counted under (IPv4-mapped IPv6 counts as its IPv4 address)."""
-    address = parse_address(host)
-    return str(address) if address is not None else host
-
-
-def effective_address(peer_host: str, local_host: str) -> Address | None:
-    """The address the lists are checked against: a peer on one of our own addresses is this machine (loopback)."""
-    peer, local = parse_address(peer_host), parse_address(local_host)
-    if peer is not None and peer == local and not peer.is_loopback:
-        return LOOPBACK_V4 if peer.version == 4 else LOOPBACK_V6
-    return peer
-
-
-def is_this_machine(address: Address | None) -> bool:
-    """127.0.0.1 or ::1 exactly (or our own address, see effective_address): launch.py ctl, the UI, local peripherals."""
-    return address == LOOPBACK_V4 or address == LOOPBACK_V6
 
 
 def in_networks(address: Address | None, networks: tuple[Network, ...]) -> bool:
@@ -99,31 +64,6 @@ class AccessPolicy:
 
     def is_admin(self, address: Address | None) -> bool:
         return in_networks(address, self.admins)
-
-
-class RefusalLog:
-    """Decides which refusals get an activity line: one per address and reason per interval, bounded memory."""
-
-    def __init__(self, interval_s: float = REFUSAL_REPORT_INTERVAL_S, capacity: int = MAX_TRACKED_ADDRESSES) -> None:
-        self.interval_s = interval_s
-        self.capacity = capacity
-        self.last: OrderedDict[tuple[str, str], float] = OrderedDict()
-        self.suppressed: dict[tuple[str, str], int] = {}
-
-    def should_report(self, address: str, reason: str, now: float | None = None) -> int | None:
-        """None to stay quiet; otherwise how many refusals were kept quiet since the last line."""
-        now = time.monotonic() if now is None else now
-        key = (address, reason)
-        last = self.last.get(key)
-        if last is not None and now - last < self.interval_s:
-            self.suppressed[key] = self.suppressed.get(key, 0) + 1
-            return None
-        self.last[key] = now
-        self.last.move_to_end(key)
-        while len(self.last) > self.capacity:
-            oldest, _ = self.last.popitem(last=False)
-            self.suppressed.pop(oldest, None)
-        return self.suppressed.pop(key, 0)
 
 
 @dataclass(frozen=True)

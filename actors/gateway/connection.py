@@ -19,9 +19,9 @@ from types import MappingProxyType
 from typing import Any, Mapping, Protocol
 
 from .commands import BadLine, CommandLine, ConfigBlock, DataLine, Item, LineSession, Peer, Reply, error
-from .errors import ErrorCode
-from .replica import StateReplica
-from .tables import LOCAL_HOST, canonical_host, same_host
+from ..core.errors import ErrorCode
+from ..core.replica import StateReplica
+from ..core.net import LOCAL_HOST, canonical_host, same_host
 
 log = logging.getLogger(__name__)
 

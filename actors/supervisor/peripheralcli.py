@@ -10,9 +10,9 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from .errors import BadArguments, OrchestratorError, UnknownPeripheral
+from ..core.errors import BadArguments, OrchestratorError, UnknownPeripheral
 from .launchfile import KEY_PATTERN
-from .settings import PERIPHERAL_LOG_DIR_NAME, Runtime
+from ..core.settings import PERIPHERAL_LOG_DIR_NAME, Runtime
 
 FOLLOW_POLL_S = 0.2
 DEFAULT_TAIL_LINES = 20
