@@ -31,7 +31,6 @@ class MessageType(str, Enum):
     ACTIVITY = "activity"
     DATA = "data"
     DATA_ACK = "data_ack"
-    STATS = "stats"
     TAP = "tap"
 
 
@@ -41,7 +40,6 @@ class Topic(bytes, Enum):
     STATE = b"state"
     ACTIVITY = b"activity"
     HEARTBEAT = b"heartbeat"
-    STATS = b"stats"
     TAP = b"tap\x00"  # prefix of every tap topic; see tap_topic()
 
 
@@ -179,15 +177,6 @@ class DataAck(Message):
 
 
 @dataclass
-class Stats(Message):
-    """Counters an actor publishes for /status and the UI (e.g. the gateway's ingress counts)."""
-
-    TYPE: ClassVar[MessageType] = MessageType.STATS
-    actor: str
-    counters: dict = field(default_factory=dict)
-
-
-@dataclass
 class Tap(Message):
     """Live payloads for a watcher (/tap): published by a router only while someone subscribes to the tap topic."""
 
@@ -200,7 +189,7 @@ class Tap(Message):
     ts: float = 0.0
 
 
-MESSAGE_CLASSES: tuple[type[Message], ...] = (Request, Reply, StateUpdate, Heartbeat, Activity, DataBatch, DataAck, Stats, Tap)
+MESSAGE_CLASSES: tuple[type[Message], ...] = (Request, Reply, StateUpdate, Heartbeat, Activity, DataBatch, DataAck, Tap)
 
 _PY_TYPES: dict[Any, tuple[type, ...]] = {
     str: (str,), int: (int,), float: (int, float), bool: (bool,), bytes: (bytes,),

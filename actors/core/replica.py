@@ -103,6 +103,3 @@ class StateReplica:
             if peripheral["name"] == name:
                 return peripheral
         return None
-
-    def routes_from(self, source_uuid: str) -> list[dict[str, Any]]:
-        return [r for r in self.routes.values() if r["incoming"] == source_uuid]

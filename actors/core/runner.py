@@ -41,7 +41,7 @@ class StopFlag:
 
 
 class Actor(Protocol):
-    def run(self) -> None: ...
+    def run(self) -> int | None: ...
 
 
 def setup_logging(runtime: Runtime, actor: str) -> None:
@@ -80,12 +80,12 @@ def run_actor(kind: str, factory: Callable[[Runtime, zmq.Context, StopFlag, str]
     context = zmq.Context()
     log = logging.getLogger(f"actors.{kind}")
     try:
-        factory(runtime, context, stop, name).run()
+        code = factory(runtime, context, stop, name).run()
     except zmq.ContextTerminated:
-        pass
+        code = 0
     except Exception:
         log.exception("%s crashed", name)
         return 1
     finally:
         context.destroy(linger=0)
-    return 0
+    return code if isinstance(code, int) else 0  # an actor may end with its own exit code (the UI: no terminal)

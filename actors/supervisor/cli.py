@@ -129,14 +129,3 @@ def format_status(status: dict[str, Any]) -> str:
     if actors:
         lines.append("  live actors      " + ", ".join(f"{a.get('name')}@{a.get('host')}" for a in actors))
     return "\n".join(lines)
-
-
-def run_status(runtime: Runtime, as_json: bool = False, timeout: float = CTL_TIMEOUT_S) -> int:
-    """`launch.py status` (gateway part): print the status; exit 3 when unreachable."""
-    try:
-        status = fetch_status(runtime, timeout)
-    except Unreachable as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_UNREACHABLE
-    print(json.dumps(status, indent=2) if as_json else format_status(status))
-    return 0

@@ -593,11 +593,12 @@ class UiActor:
         self.commands = 0
         self.resized = False
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Draw until closed; the exit code says why it ended (EXIT_NO_TERMINAL without a TTY)."""
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             log.error("%s: no terminal to draw on; the UI needs a TTY (the orchestrator itself runs fine without one)", self.name)
             self.exit_code = EXIT_NO_TERMINAL
-            return
+            return self.exit_code
         locale.setlocale(locale.LC_ALL, "")  # before initscr, so curses draws UTF-8
         curses.use_env(False)  # the terminal's size, not a stale LINES/COLUMNS from the environment
         self.view = BusView(self.runtime, self.context, self.name)
@@ -617,6 +618,7 @@ class UiActor:
             logging.getLogger().removeHandler(activity)
             self.view.close()
             self.pub.close()
+        return self.exit_code
 
     def _command(self, line: str) -> str:
         """Run one command line on our own instance over the bus (never the command port: no token, no squatter); a failure becomes the reply text."""
