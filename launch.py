@@ -194,10 +194,10 @@ def with_run_dir(runtime: Runtime, run_dir: Path) -> Runtime:
 
 def control_request(runtime: Runtime, op: Op, **request_args: Any) -> Any:
     """Ask the running supervisor; raises Unavailable when nobody answers."""
-    from actors.core.requests import StateClient  # here, not at the top: keeps asyncio out of the supervisor's memory
+    from actors.core.requests import RequestClient  # here, not at the top: keeps asyncio out of the supervisor's memory
 
     context = zmq.Context()
-    client = StateClient(context, runtime.endpoints.control, runtime.endpoints.keys_dir)
+    client = RequestClient(context, runtime.endpoints.control, runtime.endpoints.keys_dir)
     try:
         return client.request(op, timeout=CONTROL_TIMEOUT_S, **request_args)
     finally:

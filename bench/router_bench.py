@@ -348,9 +348,9 @@ class Orchestrator:
     def status(self) -> dict[str, Any]:
         import zmq
         from actors.core.protocol import Op
-        from actors.core.requests import StateClient
+        from actors.core.requests import RequestClient
         context = zmq.Context()
-        client = StateClient(context, self.runtime.endpoints.control)
+        client = RequestClient(context, self.runtime.endpoints.control)
         try:
             return client.request(Op.CONTROL_STATUS, timeout=2.0)
         finally:

@@ -376,7 +376,7 @@ def test_pty_stdin_and_logs_follow(robot: Robot) -> None:
 
 
 def test_a_resent_request_is_not_done_twice(robot: Robot) -> None:
-    """A client that resends (same req_id, as StateClient does after 0.5 s without an answer) gets the first reply: one line, not two."""
+    """A client that resends (same req_id, as RequestClient does after 0.5 s without an answer) gets the first reply: one line, not two."""
     from actors.core.protocol import Reply, Request, decode_as, encode
     import zmq
 

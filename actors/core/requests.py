@@ -37,7 +37,7 @@ def _result_or_raise(reply: Reply) -> Any:
     raise error_from_code(reply.code, reply.error)
 
 
-class StateClient:
+class RequestClient:
     """Blocking requests; one socket, one request at a time."""
 
     def __init__(self, context: zmq.Context, endpoint: str, keys_dir: str = "") -> None:
@@ -77,7 +77,7 @@ class StateClient:
         self.sock.close(linger=0)
 
 
-class AsyncStateClient:
+class AsyncRequestClient:
     """Concurrent requests from asyncio code; replies are matched by req_id."""
 
     def __init__(self, context: zmq.asyncio.Context, endpoint: str, keys_dir: str = "") -> None:

@@ -40,7 +40,7 @@ LAUNCH_USAGE = "/launch start|stop|restart|list [<name>]"
 
 # ---- replies ------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Reply:
+class TextReply:
     """What a command answers: text (may be empty: no reply), an error code (0 = ok), and whether to hang up."""
 
     text: str
@@ -56,22 +56,22 @@ class Reply:
         return (self.text.rstrip("\n") + "\n").encode("utf-8")
 
 
-def ok(text: str = "", close: bool = False) -> Reply:
-    return Reply(text=text, code=0, close=close)
+def ok(text: str = "", close: bool = False) -> TextReply:
+    return TextReply(text=text, code=0, close=close)
 
 
-def error(reason: str, code: ErrorCode = ErrorCode.BAD_ARGUMENTS, close: bool = False) -> Reply:
+def error(reason: str, code: ErrorCode = ErrorCode.BAD_ARGUMENTS, close: bool = False) -> TextReply:
     """An error reply; ``reason`` is the whole line (legacy sentences are kept verbatim)."""
-    return Reply(text=reason, code=int(code), close=close)
+    return TextReply(text=reason, code=int(code), close=close)
 
 
-def forbidden(what: str, peer: "Peer") -> Reply:
+def forbidden(what: str, peer: "Peer") -> TextReply:
     """The refusal of an admin command from a client outside admin_clients that has not sent /auth."""
     return error(f"Error: {what} not allowed from {peer.host or 'this client'} (admin command: connect from an admin "
                  f"network or send /auth <token> first)", ErrorCode.FORBIDDEN)
 
 
-def failure(exc: OrchestratorError) -> Reply:
+def failure(exc: OrchestratorError) -> TextReply:
     """The one way a narrow exception becomes an answer line."""
     return error(f"Error: {exc}", exc.code)
 
@@ -103,7 +103,7 @@ class ConfigBlock:
 class BadLine:
     """A line that gets an error answer; ``close`` when the connection cannot go on."""
 
-    reply: Reply
+    reply: TextReply
 
 
 Item = DataLine | CommandLine | ConfigBlock | BadLine
@@ -249,7 +249,7 @@ class Peer:
         return {"host": self.host, "admin": self.admin}
 
 
-Handler = Callable[[list[str], CommandContext, Peer], Awaitable[Reply]]
+Handler = Callable[[list[str], CommandContext, Peer], Awaitable[TextReply]]
 
 
 @dataclass(frozen=True)
@@ -286,7 +286,7 @@ class Registry:
             return self.commands[(tokens[0], tokens[1])], tokens[2:]
         return self.commands.get((tokens[0],)), tokens[1:]
 
-    async def dispatch(self, text: str, context: CommandContext, peer: Peer = Peer()) -> Reply:
+    async def dispatch(self, text: str, context: CommandContext, peer: Peer = Peer()) -> TextReply:
         """Answer one command line."""
         tokens = text.split()
         if not tokens:
@@ -307,7 +307,7 @@ class Registry:
         except OrchestratorError as exc:
             return failure(exc)
 
-    def _unknown(self, tokens: list[str]) -> Reply:
+    def _unknown(self, tokens: list[str]) -> TextReply:
         if tokens[0] in self.groups:
             if len(tokens) == 1:
                 return error(f"Invalid {tokens[0][1:]} command. Type '{tokens[0]} help' for usage.")
@@ -407,16 +407,16 @@ def route_rule_lines(route: dict[str, Any]) -> list[str]:
 
 
 # ---- handlers -----------------------------------------------------------------------
-async def cmd_connection_only(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_connection_only(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     """/data and /config are parsed by LineSession; reaching here means a caller without a connection sent them."""
     return error("Error: /data and /config are only accepted on a gateway connection")
 
 
-async def cmd_list(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_list(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     return ok(list_peripherals(ctx.replica))
 
 
-async def cmd_status(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_status(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     return ok(json.dumps({**ctx.status(), "Routes Losing": route_losses(ctx.replica)}, indent=4))
 
 
@@ -425,7 +425,7 @@ def route_losses(replica: StateReplica) -> dict[str, int]:
     return {route["name"]: int(route.get("dropped") or 0) for route in replica.routes.values() if route.get("dropped")}
 
 
-async def cmd_register(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_register(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     """``/register <name> <uuid> <port>`` -> ``/ack <data_port>``; the ack is the first thing written."""
     if len(args) != 3:
         return error("Invalid register command format.")
@@ -439,7 +439,7 @@ async def cmd_register(args: list[str], ctx: CommandContext, peer: Peer) -> Repl
     return ok(f"/ack {record['data_port']}")
 
 
-async def cmd_auth(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_auth(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     """``/auth <token>``: admin rights for the rest of this connection.
 
     Guessing is slowed three ways: a wrong token closes the connection, is answered only after a
@@ -457,16 +457,16 @@ async def cmd_auth(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
     if not token_matches(args[0], token):
         await asyncio.sleep(ctx.auth_guard.failed(peer.host))
         return error(f"Error: wrong token from {who}; closing connection", ErrorCode.FORBIDDEN, close=True)
-    return Reply(AUTH_OK, grant_admin=True)
+    return TextReply(AUTH_OK, grant_admin=True)
 
 
-async def cmd_reset(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_reset(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     result = await ctx.request(Op.RESET)
     await ctx.settle(lambda replica: not replica.peripherals and not replica.routes)
     return ok(f"Configuration files reset and peripherals list cleared (previous files backed up in {result.get('backup')}).")
 
 
-async def cmd_exit(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_exit(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     """Plain ``/exit`` ends this session; ``/exit <uuid>`` marks that peripheral offline."""
     if not args:
         return ok("Exiting command mode.", close=True)
@@ -474,7 +474,7 @@ async def cmd_exit(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
     return ok(f"{record['name']} marked offline.")
 
 
-async def cmd_delivery(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_delivery(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     """How a sink receives data and, optionally, how old (seconds) its data may get before it is dropped unspoken."""
     name, mode, *max_age = args
     extra = {MAX_AGE_KEY: max_age[0]} if max_age else {}
@@ -485,7 +485,7 @@ async def cmd_delivery(args: list[str], ctx: CommandContext, peer: Peer) -> Repl
     return ok(f"Delivery for '{record['name']}' set to {mode}{age}.")
 
 
-async def cmd_remove(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_remove(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     try:
         result = await ctx.request(Op.REMOVE_PERIPHERAL, name=args[0])
     except UnknownPeripheral:
@@ -496,7 +496,7 @@ async def cmd_remove(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
     return ok(f"Peripheral '{args[0]}' removed (routes removed: {removed}).")
 
 
-def _check_names(replica: StateReplica, incoming: str, outgoing: str) -> Reply | None:
+def _check_names(replica: StateReplica, incoming: str, outgoing: str) -> TextReply | None:
     """The original's wording when a route names a peripheral that does not exist."""
     if replica.peripheral_by_name(incoming) is None:
         return error(f"Incoming peripheral '{incoming}' not found.", ErrorCode.UNKNOWN_PERIPHERAL)
@@ -505,7 +505,7 @@ def _check_names(replica: StateReplica, incoming: str, outgoing: str) -> Reply |
     return None
 
 
-async def cmd_routes_add(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_routes_add(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     name, incoming, outgoing = args
     problem = _check_names(ctx.replica, incoming, outgoing)
     if problem is not None:
@@ -518,7 +518,7 @@ async def cmd_routes_add(args: list[str], ctx: CommandContext, peer: Peer) -> Re
     return ok(f"Route '{name}' added successfully.")
 
 
-async def cmd_routes_edit(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_routes_edit(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     name, incoming, outgoing = args
     problem = _check_names(ctx.replica, incoming, outgoing)
     if problem is not None:
@@ -532,7 +532,7 @@ async def cmd_routes_edit(args: list[str], ctx: CommandContext, peer: Peer) -> R
     return ok(f"Route '{name}' updated successfully.")
 
 
-async def cmd_routes_remove(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_routes_remove(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     name = args[0]
     try:
         await ctx.request(Op.REMOVE_ROUTE, name=name)
@@ -549,7 +549,7 @@ ROUTES_SET_DETAILS = (
 )
 
 
-async def cmd_routes_set(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_routes_set(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     """Set a route's filter or transform, or clear both; the rule is checked now, so delivery never meets a bad one."""
     name, key = args[0], args[1]
     rule = args[2] if len(args) > 2 else ""
@@ -573,7 +573,7 @@ async def cmd_routes_set(args: list[str], ctx: CommandContext, peer: Peer) -> Re
     return ok(f"Route '{name}' rules cleared." if key == CLEAR_RULES else f"Route '{name}' {key} set: {rule}")
 
 
-async def cmd_tap(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_tap(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     """``/tap <route>|<peripheral>``: after the reply line, the live payloads, one per line, until the client closes."""
     target = args[0]
     if target in ctx.replica.routes:
@@ -582,10 +582,10 @@ async def cmd_tap(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
         kind, key = TAP_PERIPHERAL, peripheral["uuid"]
     else:
         return error(f"Error: no route or peripheral named {target!r}", ErrorCode.UNKNOWN_ROUTE)
-    return Reply(text=f"Tapping {kind} '{target}': live payloads follow; close the connection to stop.", tap=(kind, key))
+    return TextReply(text=f"Tapping {kind} '{target}': live payloads follow; close the connection to stop.", tap=(kind, key))
 
 
-async def cmd_launch(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_launch(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     """/launch start|stop|restart|list [<name>]: the peripherals the supervisor launched from peripherals.toml."""
     from ..supervisor.peripheralcli import PERIPHERAL_ACTIONS, peripheral_lines  # here: only this command needs it
     if args[0] not in PERIPHERAL_ACTIONS:
@@ -598,11 +598,11 @@ async def cmd_launch(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
     return ok("\n".join(["Launched peripherals:", *rows, *problems]) if rows or problems else "No launched peripherals.")
 
 
-async def cmd_routes_info(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+async def cmd_routes_info(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     return ok(list_routes(ctx.replica))
 
 
-async def apply_config_block(block: ConfigBlock, ctx: CommandContext, peer: Peer = Peer()) -> Reply:
+async def apply_config_block(block: ConfigBlock, ctx: CommandContext, peer: Peer = Peer()) -> TextReply:
     """Store a /config block's JSON object as that peripheral's config (its own host or an admin; size and depth limited)."""
     try:
         value = json.loads(block.text)
@@ -625,10 +625,10 @@ def build_registry() -> Registry:
     """Every command of docs/protocol.md section 2 and the new ones, in help order."""
     registry = Registry()
 
-    async def cmd_help(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+    async def cmd_help(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
         return ok(registry.help_text())
 
-    async def cmd_routes_help(args: list[str], ctx: CommandContext, peer: Peer) -> Reply:
+    async def cmd_routes_help(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
         return ok(registry.group_help("/routes"))
 
     registry.add(Command(("/help",), "/help", "Show this help message", cmd_help))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping, Protocol
 
-from .commands import BadLine, CommandLine, ConfigBlock, DataLine, Item, LineSession, Peer, Reply, error
+from .commands import BadLine, CommandLine, ConfigBlock, DataLine, Item, LineSession, Peer, TextReply, error
 from ..core.errors import ErrorCode
 from ..core.replica import StateReplica
 from ..core.net import LOCAL_HOST, canonical_host, same_host
@@ -60,15 +60,15 @@ class Host(Protocol):
 
     def ingest(self, source: str, payloads: list[bytes], conn: "Connection | None" = None) -> None: ...
 
-    async def answer(self, item: CommandLine | ConfigBlock, peer: Peer) -> Reply: ...
+    async def answer(self, item: CommandLine | ConfigBlock, peer: Peer) -> TextReply: ...
 
-    def admit(self, peer_host: str, peer_port: int, local_host: str) -> tuple[Peer, Reply | None]:
+    def admit(self, peer_host: str, peer_port: int, local_host: str) -> tuple[Peer, TextReply | None]:
         """Who this client is (with its admin right) and a connection slot for it, or the refusal (no slot taken)."""
 
     def release_slot(self, peer: Peer) -> None:
         """Give back the slot admit took for this client."""
 
-    def handler_failed(self, exc: Exception, peer: Peer) -> Reply:
+    def handler_failed(self, exc: Exception, peer: Peer) -> TextReply:
         """Count and log (rate-limited) an exception nobody foresaw; the error line for the client."""
 
     async def tap(self, connection: "Connection", kind: str, key: str) -> None: ...
@@ -324,7 +324,7 @@ class Connection(asyncio.BufferedProtocol):
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def hang_up(self, last: Reply) -> None:
+    def hang_up(self, last: TextReply) -> None:
         """Send a last line, half-close, and discard what still arrives for LINGER_S."""
         if self.hung_up or self.transport is None:
             return

@@ -24,7 +24,7 @@ from .access import AccessPolicy, AuthGuard, AuthLimits, ConnectionSlots, SlotLi
 from ..core.refusals import RefusalLog
 from ..core.net import effective_address, is_this_machine
 from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
-from .commands import (BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, Reply, apply_config_block, build_registry, error, failure,
+from .commands import (BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, TextReply, apply_config_block, build_registry, error, failure,
                        format_time)
 from .connection import HOLD_BACKPRESSURE, Connection, Limits
 from .dataplane import DataPlane, FlowLimits, RouterBusy, RouterGone
@@ -36,7 +36,7 @@ from ..core.runner import StopFlag, run_actor
 from ..core.security import secure_server, start_authenticator
 from ..core.settings import (BIND_RETRY_BASE_S, BIND_RETRY_MAX_S, HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime,
                        default_config, parse_ports, tunable)
-from ..core.requests import AsyncStateClient
+from ..core.requests import AsyncRequestClient
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Gateway:
         self.outbox: dict[str, list[bytes]] = {}
         self.sources_seen: set[str] = set()  # known peripherals that sent data since the last heartbeat (the scanner's liveness)
         self.resync: asyncio.Task | None = None
-        self.supervisor: AsyncStateClient | None = None  # /launch: asked lazily, on the supervisor's control socket
+        self.supervisor: AsyncRequestClient | None = None  # /launch: asked lazily, on the supervisor's control socket
         self.bus_commands: set[asyncio.Task] = set()  # commands from launch.py ctl / the UI, answered over the data socket
         self.started_at = time.time()
         self.counters = {"connections_total": 0, "connections_refused": 0, "lines_in": 0, "bytes_in": 0, "payloads_in": 0,
@@ -130,7 +130,7 @@ class Gateway:
         endpoints = self.runtime.endpoints
         self.auth = start_authenticator(zmq.Context.shadow(self.actx.underlying), [endpoints.data], endpoints.keys_dir)
         self.data = self._bind_data_socket()
-        self.state = AsyncStateClient(self.actx, endpoints.state_front, endpoints.keys_dir)
+        self.state = AsyncRequestClient(self.actx, endpoints.state_front, endpoints.keys_dir)
         self.data_monitor = self.data.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         tasks = [asyncio.create_task(coro) for coro in (self._read_bus(), self._read_data(), self._watch_routers())]
         log.info("gateway %s started (pid %d)", self.name, os.getpid())
@@ -252,7 +252,7 @@ class Gateway:
     async def control(self, op: Op, **args: Any) -> Any:
         """CommandContext: one request to the supervisor (the /launch commands)."""
         if self.supervisor is None:
-            self.supervisor = AsyncStateClient(self.actx, self.runtime.endpoints.control, self.runtime.endpoints.keys_dir)
+            self.supervisor = AsyncRequestClient(self.actx, self.runtime.endpoints.control, self.runtime.endpoints.keys_dir)
         return await self.supervisor.request(op, **args)
 
     async def settle(self, done: Callable[[StateReplica], bool]) -> None:
@@ -327,7 +327,7 @@ class Gateway:
             self.counters["idle_timeouts"] += 1
             conn.hang_up(error(f"Error: idle for {timeout:g}s; closing", ErrorCode.UNAVAILABLE))
 
-    async def answer(self, item: CommandLine | ConfigBlock, peer: Peer) -> Reply:
+    async def answer(self, item: CommandLine | ConfigBlock, peer: Peer) -> TextReply:
         """Host: the reply to one command line or /config block."""
         self.counters["commands"] += 1
         try:
@@ -346,7 +346,7 @@ class Gateway:
         return reply
 
     # ---- access ----------------------------------------------------------------------
-    def admit(self, peer_host: str, peer_port: int, local_host: str) -> tuple[Peer, Reply | None]:
+    def admit(self, peer_host: str, peer_port: int, local_host: str) -> tuple[Peer, TextReply | None]:
         """Host: the client with its admin right, and a refusal when allowed_clients excludes it."""
         address = effective_address(peer_host, local_host)
         peer = Peer(peer_host, peer_port, admin=self.access.is_admin(address), local_host=local_host)
@@ -367,7 +367,7 @@ class Gateway:
         """Host: a client admitted earlier is gone."""
         self.slots.release(peer.host)
 
-    def handler_failed(self, exc: Exception, peer: Peer) -> Reply:
+    def handler_failed(self, exc: Exception, peer: Peer) -> TextReply:
         """Host: a handler raised what nobody foresaw (a bug, or input deeper or bigger than a library takes)."""
         self.counters["handler_errors"] += 1
         reason = type(exc).__name__

@@ -45,7 +45,7 @@ from ..core.security import secure_client
 from ..core.settings import HEARTBEAT_INTERVAL_S, MAX_PORT, MIN_PORT, POLL_INTERVAL_MS, USAGE_FLUSH_INTERVAL_S, Runtime, sink_max_age, tunable
 from .sinks import (MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue,
                     SinkWorker, framed_size)
-from ..core.requests import AsyncStateClient
+from ..core.requests import AsyncRequestClient
 from ..core.net import LOCAL_HOST, is_own_listener
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class Router:
         self.heart = Heartbeater(self.name, self.pub)
         self.tap = self._connect_tap()
         self.sub = connect_subscriber(self.actx, endpoints, [Topic.STATE, Topic.HEARTBEAT])
-        self.client = AsyncStateClient(self.actx, endpoints.state_front, endpoints.keys_dir)
+        self.client = AsyncRequestClient(self.actx, endpoints.state_front, endpoints.keys_dir)
         tasks = [asyncio.create_task(self._read_events())]
         log.info("%s started (pid %d), data endpoint %s", self.name, os.getpid(), endpoints.data)
         try:

@@ -227,7 +227,7 @@ def _fitting(payloads: list[bytes], room_messages: int, room_bytes: int) -> int:
     return max(min(len(payloads), room_messages), 0)
 
 
-class Connection(Protocol):
+class SinkConnection(Protocol):
     def sendall(self, data: bytes) -> None: ...
     def send(self, data: bytes | memoryview) -> int: ...
     def recv(self, size: int, flags: int = 0) -> bytes: ...
@@ -243,7 +243,7 @@ class TcpConnector:
         self.connect_timeout_s = connect_timeout_s
         self._resolved: tuple[tuple[str, int], tuple[int, Any]] | None = None
 
-    def connect(self, address: SinkAddress) -> Connection:
+    def connect(self, address: SinkAddress) -> SinkConnection:
         family, sockaddr = self._resolve(address)
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -251,7 +251,7 @@ class TcpConnector:
             sock.connect(sockaddr)
             if sock.getsockname() == sockaddr:
                 # No listener, and the kernel picked the sink's own port as ours: TCP connected us to ourselves.
-                raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused (self-connect)")
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "SinkConnection refused (self-connect)")
         except OSError:
             sock.close()
             raise
@@ -289,7 +289,7 @@ class SinkWorker:
         self.direct_writes = 0
         self.stopping = threading.Event()
         self.down_reason: str | None = None
-        self.stream: Connection | None = None
+        self.stream: SinkConnection | None = None
         self.stream_address: SinkAddress | None = None
         self.connections = 0
         self.thread = threading.Thread(target=self._run, name=f"sink-{key[:8]}", daemon=True)
@@ -463,7 +463,7 @@ class SinkWorker:
         left = first.queued_at + self.max_age_s - time.monotonic()
         return min(self.send_timeout_s, max(left, MIN_BLOCKED_WAIT_S))
 
-    def _stream_connection(self) -> Connection:
+    def _stream_connection(self) -> SinkConnection:
         address = self._current_address()
         if self.stream is not None and (self.stream_address != address or _peer_closed(self.stream)):
             self._close_stream()
@@ -523,7 +523,7 @@ def _first_unwritten(chunks: list[Chunk], offset: int) -> Chunk | None:
     return None
 
 
-def _wait_writable(conn: Connection | None, timeout_s: float) -> None:
+def _wait_writable(conn: SinkConnection | None, timeout_s: float) -> None:
     """Block (this worker thread only) until the stream can take more, or timeout_s."""
     if conn is None:
         return
@@ -533,7 +533,7 @@ def _wait_writable(conn: Connection | None, timeout_s: float) -> None:
         pass  # closed meanwhile: the next send fails and reconnects
 
 
-def _peer_closed(conn: Connection) -> bool:
+def _peer_closed(conn: SinkConnection) -> bool:
     """True when the sink closed its end (readable and EOF); whatever it sent us is read and ignored."""
     try:
         while select.select([conn], [], [], 0)[0]:

@@ -31,7 +31,7 @@ from ..core.replica import StateReplica
 from ..core.runner import StopFlag, run_actor
 from ..core.settings import (HEARTBEAT_INTERVAL_S, MAX_PORT, MAX_SCAN_ANSWER_TIMEOUT_S, MIN_PORT, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, ConfigError,
                        Endpoints, Runtime, parse_ports, tunable)
-from ..core.requests import AsyncStateClient
+from ..core.requests import AsyncRequestClient
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class Scanner:
     async def _main(self) -> None:
         actx = zmq.asyncio.Context()
         sub = connect_subscriber(actx, self.runtime.endpoints, [Topic.STATE, Topic.HEARTBEAT])
-        client = AsyncStateClient(actx, self.runtime.endpoints.state_front, self.runtime.endpoints.keys_dir)
+        client = AsyncRequestClient(actx, self.runtime.endpoints.state_front, self.runtime.endpoints.keys_dir)
         tasks = [asyncio.create_task(coro) for coro in (self._listen(sub), self._keep_synced(client), self._sweep_forever(client))]
         try:
             while not self.stop.should_stop():
@@ -271,7 +271,7 @@ class Scanner:
                 if isinstance(uuid, str) and uuid in known:
                     self.data_heard[uuid] = now
 
-    async def _keep_synced(self, client: AsyncStateClient) -> None:
+    async def _keep_synced(self, client: AsyncRequestClient) -> None:
         """Take a snapshot whenever the replica is out of step (at start, after a gap, after a keeper restart)."""
         complained = False
         while True:
@@ -286,7 +286,7 @@ class Scanner:
             await asyncio.sleep(SNAPSHOT_RETRY_S if self.replica.needs_snapshot else SWEEP_WAIT_STEP_S)
 
     # ---- sweeping ----
-    async def _sweep_forever(self, client: AsyncStateClient) -> None:
+    async def _sweep_forever(self, client: AsyncRequestClient) -> None:
         """Sweep, then wait scan_interval (re-read each step, so a change applies without a restart)."""
         started = None
         while True:
@@ -314,7 +314,7 @@ class Scanner:
         self.last_plan = plan
         return plan
 
-    async def sweep_once(self, plan: ScanPlan, client: AsyncStateClient) -> list[ProbeResult]:
+    async def sweep_once(self, plan: ScanPlan, client: AsyncRequestClient) -> list[ProbeResult]:
         """One sweep: probe, report what answered, mark who stopped answering."""
         began = time.monotonic()
         targets, aliases = await self._targets(plan)
@@ -409,7 +409,7 @@ class Scanner:
         self.garbage_ports = garbage
         return found
 
-    async def _report_seen(self, client: AsyncStateClient, target: Target, answer: InfoAnswer) -> None:
+    async def _report_seen(self, client: AsyncRequestClient, target: Target, answer: InfoAnswer) -> None:
         known = self.replica.peripherals.get(answer.uuid)
         try:
             record = await client.request(Op.SEEN, name=answer.name, uuid=answer.uuid, port=target.port, host=target.host,
@@ -437,7 +437,7 @@ class Scanner:
         self.data_reported = {uuid: at for uuid, at in self.data_reported.items() if uuid in self.data_heard}
         return set(self.data_heard)
 
-    async def _report_data_seen(self, client: AsyncStateClient, found: set[str], began: float) -> set[str]:
+    async def _report_data_seen(self, client: AsyncRequestClient, found: set[str], began: float) -> set[str]:
         """Peripherals that sent data lately: one ALIVE request per sweep for the sightings not reported yet
         (at most one per peripheral and heartbeat, never per message); returns every one heard."""
         heard = self._heard_by_data(began)
@@ -465,7 +465,7 @@ class Scanner:
             self.refused_moves.add(where)
             log.warning("%s", exc)
 
-    async def _report_lost(self, client: AsyncStateClient, uuid: str, sweeps: int) -> None:
+    async def _report_lost(self, client: AsyncRequestClient, uuid: str, sweeps: int) -> None:
         try:
             await client.request(Op.LOST, uuid=uuid)
         except OrchestratorError as exc:

@@ -36,7 +36,7 @@ from ..core.replica import StateReplica
 from ..core.rules import FILTER_KEY, RULE_KEYS, SYNTAX, TRANSFORM_KEY
 from ..core.runner import StopFlag, run_actor, setup_logging
 from ..core.settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, Runtime
-from ..core.requests import StateClient
+from ..core.requests import RequestClient
 
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ class BusView:
     def __init__(self, runtime: Runtime, context: zmq.Context, own_name: str) -> None:
         self.own_name = own_name
         self.sub = connect_subscriber(context, runtime.endpoints, (Topic.STATE, Topic.ACTIVITY, Topic.HEARTBEAT))
-        self.client = StateClient(context, runtime.endpoints.state_front, runtime.endpoints.keys_dir)
-        self.control = StateClient(context, runtime.endpoints.control, runtime.endpoints.keys_dir)
+        self.client = RequestClient(context, runtime.endpoints.state_front, runtime.endpoints.keys_dir)
+        self.control = RequestClient(context, runtime.endpoints.control, runtime.endpoints.keys_dir)
         self.replica = StateReplica()
         self.activity: deque[vm.ActivityLine] = deque(maxlen=ACTIVITY_KEEP)
         self.actors: dict[str, vm.ActorStatus] = {}
