@@ -12,10 +12,10 @@ import time
 
 import zmq
 
-from actors.bus import ActivityHandler, Heartbeater, connect_publisher
-from actors.runner import StopFlag, run_actor
-from actors.security import secure_server, start_authenticator
-from actors.settings import Runtime
+from actors.core.bus import ActivityHandler, Heartbeater, connect_publisher
+from actors.core.runner import StopFlag, run_actor
+from actors.core.security import secure_server, start_authenticator
+from actors.core.settings import Runtime
 
 log = logging.getLogger("broker")
 

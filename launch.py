@@ -6,6 +6,8 @@
     python launch.py scale N                                         set the number of routers
     python launch.py ui                                              attach a UI to a running instance
     python launch.py stop                                            stop a running instance
+    python launch.py peripheral start|stop|restart|list [<name>]     the robot's peripherals (peripherals.toml)
+    python launch.py logs <name> [-f] [-n N]                         a peripheral's output
 """
 from __future__ import annotations
 
@@ -17,49 +19,74 @@ import logging.handlers
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import zmq
 
-from actors.cli import EXIT_UNREACHABLE
-from actors.configstore import preflight
-from actors.errors import OrchestratorError
-from actors.protocol import Op
-from actors.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, release_run_dir
-from actors.runner import LOG_BACKUPS, LOG_FORMAT, LOG_MAX_BYTES
-from actors.security import ensure_keys, missing_client_keys, needs_curve
-from actors.settings import DEFAULT_CONFIG_DIR, Endpoints, Runtime
-from actors.supervisor import ACTOR_MODULES, DEFAULT_ACTORS, DEFAULT_ROUTERS, AlreadyRunning, Supervisor, acquire_lock
+from actors.supervisor.cli import EXIT_UNREACHABLE
+from actors.state.store import preflight
+from actors.core.errors import OrchestratorError
+from actors.supervisor.peripheralcli import DEFAULT_TAIL_LINES, PERIPHERAL_ACTIONS, print_peripherals, run_peripheral_command, show_logs
+from actors.core.protocol import Op
+from actors.core.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, ensure_runtime_dirs, release_run_dir
+from actors.core.runner import LOG_BACKUPS, LOG_FORMAT, LOG_MAX_BYTES
+from actors.core.security import ensure_keys, missing_client_keys, needs_curve
+from actors.core.settings import DEFAULT_CONFIG_DIR, Endpoints, Runtime
+from actors.supervisor.supervisor import ACTOR_MODULES, DEFAULT_ACTORS, DEFAULT_ROUTERS, AlreadyRunning, Supervisor, acquire_lock
 
 CONTROL_TIMEOUT_S = 3.0
 EXIT_BAD_CONFIG = 2
 CONFIG_ACTORS = ("state", "gateway")  # the actors that read orch.cf: the launch checks it first when one of them runs here
 
 
+def add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """Options every subcommand takes too (`launch.py status --config-dir X`); a subcommand only overrides what it was given."""
+    default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("--config-dir", default=default(DEFAULT_CONFIG_DIR), help="folder of orch.cf, routes.cf, logs (default: config)")
+    parser.add_argument("--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--bus", default=default(None), metavar="tcp://HOST:PORT",
+                        help="serve the bus on six tcp ports from PORT on HOST (an address of this machine) so other boards can --join; "
+                             "CurveZMQ keys are required off loopback")
+    parser.add_argument("--join", default=default(None), metavar="tcp://HOST:PORT",
+                        help="run a satellite: only the --only actors (default: router), connected to the main instance's --bus")
+    parser.add_argument("--satellite-name", default=default(socket.gethostname()),
+                        help="suffix that keeps a satellite's actor names unique (default: host name)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR, help="folder of orch.cf, routes.cf, logs (default: config)")
+    add_common_options(parser, defaults=True)
     parser.add_argument("--headless", action="store_true", help="no terminal UI; logs to the console")
     parser.add_argument("--routers", type=int, default=DEFAULT_ROUTERS,
                         help=f"number of data routers (default {DEFAULT_ROUTERS}: on 2 cores one router beat two, see README 'Performance')")
     parser.add_argument("--only", default=None, help=f"comma-separated actors to run (default: {','.join(DEFAULT_ACTORS)})")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--bus", default=None, metavar="tcp://HOST:PORT",
-                        help="serve the bus on six tcp ports from PORT on HOST (an address of this machine) so other boards can --join; "
-                             "CurveZMQ keys are required off loopback")
-    parser.add_argument("--join", default=None, metavar="tcp://HOST:PORT",
-                        help="run a satellite: only the --only actors (default: router), connected to the main instance's --bus")
-    parser.add_argument("--satellite-name", default=socket.gethostname(), help="suffix that keeps a satellite's actor names unique (default: host name)")
+    parser.set_defaults(func=run)
+    common = argparse.ArgumentParser(add_help=False)
+    add_common_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command")
-    status = sub.add_parser("status", help="show whether the instance is alive, and its processes")
+
+    def command(name: str, func: Callable[[argparse.Namespace, Runtime], int], help: str) -> argparse.ArgumentParser:
+        found = sub.add_parser(name, help=help, parents=[common])
+        found.set_defaults(func=lambda args: run_command(args, func))
+        return found
+
+    status = command("status", cmd_status, "show whether the instance is alive, and its processes")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    ctl = sub.add_parser("ctl", help="send one command line (as on the command port) and print the reply")
+    ctl = command("ctl", cmd_ctl, "send one command line (as on the command port) and print the reply")
     ctl.add_argument("line", nargs="+", help="the command, e.g. '/routes info'")
-    scale = sub.add_parser("scale", help="set the number of routers of a running instance")
+    scale = command("scale", cmd_scale, "set the number of routers of a running instance")
     scale.add_argument("routers", type=int)
-    sub.add_parser("ui", help="attach a terminal UI to a running instance")
-    sub.add_parser("stop", help="stop a running instance")
+    command("ui", cmd_ui, "attach a terminal UI to a running instance")
+    command("stop", cmd_stop, "stop a running instance")
+    peripheral = command("peripheral", cmd_peripheral, "start, stop, restart or list the peripherals of peripherals.toml")
+    peripheral.add_argument("action", choices=PERIPHERAL_ACTIONS)
+    peripheral.add_argument("name", nargs="?", default=None, help="one peripheral (its key in peripherals.toml); default: all")
+    logs = sub.add_parser("logs", help="show a peripheral's output (logs/peripherals/<name>.log)", parents=[common])
+    logs.add_argument("name")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing what it writes")
+    logs.add_argument("-n", "--lines", type=int, default=DEFAULT_TAIL_LINES, help=f"last lines to show (default {DEFAULT_TAIL_LINES})")
+    logs.set_defaults(func=lambda args: show_logs(runtime_for(args), args.name, args.follow, args.lines))  # files only: up or not
     return parser
 
 
@@ -128,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         runtime = with_run_dir(runtime, claim_run_dir(runtime.config_dir))
-        runtime.ensure_dirs()
+        ensure_runtime_dirs(runtime)
     except UnsafeRunDir as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         lock.close()
@@ -167,10 +194,10 @@ def with_run_dir(runtime: Runtime, run_dir: Path) -> Runtime:
 
 def control_request(runtime: Runtime, op: Op, **request_args: Any) -> Any:
     """Ask the running supervisor; raises Unavailable when nobody answers."""
-    from actors.stateclient import StateClient  # here, not at the top: keeps asyncio out of the supervisor's memory
+    from actors.core.requests import RequestClient  # here, not at the top: keeps asyncio out of the supervisor's memory
 
     context = zmq.Context()
-    client = StateClient(context, runtime.endpoints.control, runtime.endpoints.keys_dir)
+    client = RequestClient(context, runtime.endpoints.control, runtime.endpoints.keys_dir)
     try:
         return client.request(op, timeout=CONTROL_TIMEOUT_S, **request_args)
     finally:
@@ -204,7 +231,7 @@ def config_notices(status: dict[str, Any]) -> list[str]:
 
 def show_status(runtime: Runtime, as_json: bool, satellite: bool = False) -> int:
     """The supervisor's process table plus the gateway's /status figures (when the gateway answers)."""
-    from actors.cli import Unreachable, fetch_status, format_status
+    from actors.supervisor.cli import Unreachable, fetch_status, format_status
     processes = control_request(runtime, Op.CONTROL_STATUS)
     figures: dict[str, Any] | None = None
     reason = "a satellite board (--join) has no gateway: see the main board's status"
@@ -217,6 +244,7 @@ def show_status(runtime: Runtime, as_json: bool, satellite: bool = False) -> int
         print(json.dumps({"supervisor": processes, "orchestrator": figures}, indent=2))
         return 0
     print_status(processes)
+    print_peripherals(processes)
     for notice in config_notices(processes):
         print(f"  WARNING: {notice}")
     print(format_status(figures) if figures else f"  (no figures: {reason})")
@@ -225,28 +253,47 @@ def show_status(runtime: Runtime, as_json: bool, satellite: bool = False) -> int
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command is None:
-        return run(args)
+    return args.func(args)
+
+
+def run_command(args: argparse.Namespace, func: Callable[[argparse.Namespace, Runtime], int]) -> int:
+    """A subcommand that talks to a running instance: through its own run folder, or the --bus/--join bus."""
     runtime = runtime_for(args)
     try:
         check_local_run_dir(runtime)
-        if args.command == "status":
-            return show_status(runtime, args.json, satellite=bool(args.join))
-        elif args.command == "stop":
-            control_request(runtime, Op.CONTROL_STOP)
-            print("stopping")
-        elif args.command == "scale":
-            print(control_request(runtime, Op.CONTROL_SCALE, routers=args.routers))
-        elif args.command == "ctl":
-            from actors.cli import run_ctl
-            return run_ctl(runtime, " ".join(args.line))
-        elif args.command == "ui":
-            from actors.ui import attach
-            return attach(runtime)
+        return func(args, runtime)
     except (OrchestratorError, UnsafeRunDir) as exc:
         print(f"orchestrator on {runtime.config_dir} is not reachable: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+
+
+def cmd_status(args: argparse.Namespace, runtime: Runtime) -> int:
+    return show_status(runtime, args.json, satellite=bool(args.join))
+
+
+def cmd_stop(args: argparse.Namespace, runtime: Runtime) -> int:
+    control_request(runtime, Op.CONTROL_STOP)
+    print("stopping")
     return 0
+
+
+def cmd_scale(args: argparse.Namespace, runtime: Runtime) -> int:
+    print(control_request(runtime, Op.CONTROL_SCALE, routers=args.routers))
+    return 0
+
+
+def cmd_ctl(args: argparse.Namespace, runtime: Runtime) -> int:
+    from actors.supervisor.cli import run_ctl
+    return run_ctl(runtime, " ".join(args.line))
+
+
+def cmd_peripheral(args: argparse.Namespace, runtime: Runtime) -> int:
+    return run_peripheral_command(lambda **request: control_request(runtime, Op.CONTROL_PERIPHERAL, **request), args.action, args.name)
+
+
+def cmd_ui(args: argparse.Namespace, runtime: Runtime) -> int:
+    from actors.ui.app import attach
+    return attach(runtime)
 
 
 def check_local_run_dir(runtime: Runtime) -> None:

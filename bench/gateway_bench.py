@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from actors.protocol import DataAck, DataBatch, Heartbeat, decode_as, encode  # noqa: E402
+from actors.core.protocol import DataAck, DataBatch, Heartbeat, decode_as, encode  # noqa: E402
 from conftest import Instance, start_instance  # noqa: E402
 from fakes import RegisteringPeripheral  # noqa: E402
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 import zmq  # noqa: E402
 
-from actors.protocol import Stats, Topic, decode_as  # noqa: E402
+from actors.core.protocol import Stats, Topic, decode_as  # noqa: E402
 from router_bench import SOURCES, Helper, Orchestrator, percentile, run_load  # noqa: E402
 
 STAGES = ("source -> gw sent", "gw -> router", "router -> sink", "sink -> written", "total to written")
@@ -59,7 +59,7 @@ class TraceCollector:
     def _read(self) -> None:
         while self.running:
             if self.sock.poll(POLL_MS):
-                self.traces.append(decode_as(self.sock.recv_multipart()[1], Stats).counters["trace"])
+                self.traces.append(decode_as(self.sock.recv_multipart()[1], Trace).stages)
 
     def take(self) -> list[list[Any]]:
         traces, self.traces = self.traces, []

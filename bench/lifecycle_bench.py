@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from actors.supervisor import DEFAULT_ROUTERS  # noqa: E402
+from actors.supervisor.supervisor import DEFAULT_ROUTERS  # noqa: E402
 from conftest import free_port_range, start_instance, wait_until  # noqa: E402
 from fakes import SinkPeripheral  # noqa: E402
 from ui_bench import SCREEN_TIMEOUT_S, Tmux  # noqa: E402

@@ -172,7 +172,7 @@ def payload(source: int, seq: int) -> bytes:
 
 
 def role_sources(targets: list[list[Any]], count: int, rate: float) -> None:
-    """Connect each source to its data port (uuid line first, PROTOCOL.md 3), send count lines each, print the start time."""
+    """Connect each source to its data port (uuid line first, docs/protocol.md §3), send count lines each, print the start time."""
     conns = []
     for port, uuid in targets:
         conn = socket.create_connection(("127.0.0.1", port))
@@ -344,7 +344,7 @@ class Orchestrator:
     """launch.py --headless in a temporary config folder on ephemeral ports."""
 
     def __init__(self, routers: int) -> None:
-        from actors.settings import Runtime
+        from actors.core.settings import Runtime
         self.dir = Path(tempfile.mkdtemp(prefix="router-bench-"))
         config_dir = self.dir / "config"
         config_dir.mkdir()
@@ -362,10 +362,10 @@ class Orchestrator:
 
     def status(self) -> dict[str, Any]:
         import zmq
-        from actors.protocol import Op
-        from actors.stateclient import StateClient
+        from actors.core.protocol import Op
+        from actors.core.requests import RequestClient
         context = zmq.Context()
-        client = StateClient(context, self.runtime.endpoints.control)
+        client = RequestClient(context, self.runtime.endpoints.control)
         try:
             return client.request(Op.CONTROL_STATUS, timeout=2.0)
         finally:

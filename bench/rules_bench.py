@@ -32,7 +32,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
 import router_bench as rb  # noqa: E402
-from actors.rules import RouteRules  # noqa: E402
+from actors.core.rules import RouteRules  # noqa: E402
 
 MICRO_REPEATS = 5
 MICRO_NUMBER = 20_000

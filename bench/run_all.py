@@ -27,6 +27,7 @@ BENCHMARKS = {
     "overload": "overload.py",
     "multihost": "multihost_bench.py",
     "state": "state_bench.py",
+    "bringup": "bringup_bench.py",
 }
 
 

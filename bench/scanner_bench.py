@@ -5,7 +5,7 @@ every port; if any is taken it shifts the range), so no other service on the mac
 Inside the range it starts a few fake peripherals, silent ports (accept, never answer), a garbage
 port and a port that closes at once. Then, in the same run, it measures:
 
-* the scanner's sweep (actors.probe.sweep, as the scanner actor runs it: bounded concurrency, short timeouts), several times;
+* the scanner's sweep (actors.scanner.probe.sweep, as the scanner actor runs it: bounded concurrency, short timeouts), several times;
 * a sequential sweep in the original's style (blocking connect, /info, read; one port after the
   other) with the original's 5 s timeout, or a smaller one given by --sequential-timeout, in which
   case the 5 s figure is extrapolated (the timeout only matters on silent ports; it is printed).
@@ -26,7 +26,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from actors.probe import (ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, EOF_PATTERN, MAX_ANSWER_BYTES, BadAnswer,  # noqa: E402
+from actors.scanner.probe import (ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, EOF_PATTERN, MAX_ANSWER_BYTES, BadAnswer,  # noqa: E402
                             Outcome, Target, accepting, parse_info, probe_concurrency, slow_first, sweep)
 from tests.fakes import FakeListener, InfoPeripheral, closing_port, garbage_port, silent_port  # noqa: E402
 

@@ -26,8 +26,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from actors.configstore import ConfigStore, readable_json  # noqa: E402
-from actors.settings import TUNABLE_DEFAULTS, default_config  # noqa: E402
+from actors.state.store import ConfigStore, readable_json  # noqa: E402
+from actors.core.settings import TUNABLE_DEFAULTS, default_config  # noqa: E402
 from conftest import Instance, start_instance, wait_until  # noqa: E402
 
 WINDOWS = 6

@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from actors.protocol import Op  # noqa: E402
+from actors.core.protocol import Op  # noqa: E402
 from conftest import start_instance, wait_until  # noqa: E402
 from fakes import LineSink  # noqa: E402
 

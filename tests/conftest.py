@@ -19,9 +19,9 @@ import zmq
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from actors.protocol import Op  # noqa: E402
-from actors.settings import Runtime, parse_ports  # noqa: E402
-from actors.stateclient import StateClient  # noqa: E402
+from actors.core.protocol import Op  # noqa: E402
+from actors.core.settings import Runtime, parse_ports  # noqa: E402
+from actors.core.requests import RequestClient  # noqa: E402
 
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -95,19 +95,19 @@ class Instance:
     data_ports: list[int]
     process: subprocess.Popen
     runtime: Runtime
-    clients: list[StateClient] = field(default_factory=list)
+    clients: list[RequestClient] = field(default_factory=list)
     context: zmq.Context = field(default_factory=zmq.Context)
 
     def command(self, line: str | bytes, timeout: float = COMMAND_TIMEOUT_S) -> str:
         return send_line(self.command_port, line, timeout)
 
-    def state_client(self) -> StateClient:
-        client = StateClient(self.context, self.runtime.endpoints.state_front)
+    def state_client(self) -> RequestClient:
+        client = RequestClient(self.context, self.runtime.endpoints.state_front)
         self.clients.append(client)
         return client
 
     def control(self, op: Op, **args: Any) -> Any:
-        client = StateClient(self.context, self.runtime.endpoints.control)
+        client = RequestClient(self.context, self.runtime.endpoints.control)
         try:
             return client.request(op, timeout=3.0, **args)
         finally:

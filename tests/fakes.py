@@ -17,6 +17,7 @@ CONNECTION_TIMEOUT_S = 5.0
 STREAM_CHUNK = b"endless stream of words that never says EOF\n" * 64
 GARBAGE_ANSWER = b"\x00\xff\xfe binary \x80 nonsense\nnot-a-uuid\nEOF\n"
 LISTEN_BACKLOG = 128
+INFO_REQUEST_LINE = b"/info"
 
 Handler = Callable[[socket.socket, "FakeListener"], None]
 
@@ -125,7 +126,7 @@ def read_line(conn: socket.socket, limit: int = 65536) -> bytes | None:
 
 
 def info_answer(name: str, uuid: str, config: dict[str, str] | None = None, newline: bytes = b"\n", eof: bool = True) -> bytes:
-    """The bytes a well-behaved peripheral sends for /info (PROTOCOL.md 1)."""
+    """The bytes a well-behaved peripheral sends for /info (docs/protocol.md §1)."""
     lines = [name, uuid] + [f"{k}={v}" for k, v in (config or {}).items()] + (["EOF"] if eof else [])
     return b"".join(line.encode() + newline for line in lines)
 
@@ -134,8 +135,10 @@ class InfoPeripheral(FakeListener):
     """Answers /info like a real peripheral; any other line is recorded as data. One connection, one request."""
 
     def __init__(self, name: str = "Fake_Engine", uuid: str | None = None, config: dict[str, str] | None = None,
-                 port: int = 0, newline: bytes = b"\n", eof: bool = True, shut_write: bool = False) -> None:
+                 port: int = 0, newline: bytes = b"\n", eof: bool = True, shut_write: bool = False,
+                 answer_delay_s: float = 0.0) -> None:
         super().__init__(self._answer, port)
+        self.answer_delay_s = answer_delay_s  # a busy peripheral on a loaded board: /info answered this late
         self.name = name
         self.uuid = uuid or str(uuidlib.uuid4())
         self.config = dict(config or {})
@@ -150,6 +153,8 @@ class InfoPeripheral(FakeListener):
             if text == "/info":
                 with self.lock:
                     self.info_requests += 1
+                if self.answer_delay_s and self.stopping.wait(self.answer_delay_s):
+                    return
                 conn.sendall(info_answer(self.name, self.uuid, self.config, self.newline, self.eof))
                 if self.shut_write:
                     conn.shutdown(socket.SHUT_WR)
@@ -276,6 +281,8 @@ class LineSink:
             pending += data
             *complete, pending = pending.split(b"\n")
             for line in complete:
+                if line.rstrip(b"\r") == INFO_REQUEST_LINE:
+                    return  # the scanner probing its registered port: not data (it does not answer, so it reads as offline)
                 if self.delay_s:
                     time.sleep(self.delay_s)
                 with self.lock:
@@ -285,7 +292,7 @@ class LineSink:
                 self.lines.append(pending)
 
 
-# ---- peripherals that talk to the orchestrator (PROTOCOL.md 2-3) ---------------------------------
+# ---- peripherals that talk to the orchestrator (docs/protocol.md §2-3) ---------------------------------
 ACK_RECV_BYTES = 1024  # real peripherals read the /ack with one recv(1024)
 
 

@@ -10,14 +10,17 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from actors.access import AccessPolicy, AuthGuard, RefusalLog, effective_address, token_matches
-from actors.commands import ADMIN_COMMANDS, Peer, build_registry
-from actors.configstore import ConfigStore
-from actors.errors import ErrorCode
-from actors.protocol import Op
-from actors.replica import StateReplica
-from actors.settings import ConfigError, Runtime, default_config, validate_config
-from actors.tables import Tables
+from actors.gateway.access import AccessPolicy, AuthGuard, token_matches
+from actors.core.refusals import RefusalLog
+from actors.core.net import effective_address
+from actors.gateway.commands import ADMIN_COMMANDS, Peer, build_registry
+from actors.state.store import ConfigStore
+from actors.core.errors import ErrorCode
+from actors.core.protocol import Op
+from actors.core.replica import StateReplica
+from actors.core.runfolder import ensure_runtime_dirs
+from actors.core.settings import ConfigError, Runtime, default_config, validate_config
+from actors.state.tables import Tables
 from conftest import Instance, send_line, start_instance, wait_until
 
 TOKEN = "s3cret-token-4711"
@@ -132,7 +135,7 @@ def test_backups_and_logs_are_owner_only(tmp_path: Path) -> None:
     store.load()
     backup = store.backup()
     runtime = Runtime.for_config_dir(tmp_path)
-    runtime.ensure_dirs()
+    ensure_runtime_dirs(runtime)
     for folder in (store.backup_dir, backup, runtime.log_dir, runtime.run_dir):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     for path in (store.config_path, store.routes_path, backup / "orch.cf"):
@@ -235,7 +238,7 @@ def test_access_lists_change_live_through_set_config(guarded: Instance) -> None:
 
 
 def test_ctl_authenticates_with_the_token_from_orch_cf(guarded: Instance, capsys: pytest.CaptureFixture[str]) -> None:
-    from actors.cli import run_ctl
+    from actors.supervisor.cli import run_ctl
 
     run_ctl(guarded.runtime, "/routes remove nothing")
     assert capsys.readouterr().out == "Route 'nothing' not found.\n"  # past the admin check, without the auth line

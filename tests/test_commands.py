@@ -7,13 +7,13 @@ from typing import Any, Callable
 
 import pytest
 
-from actors.commands import (UNKNOWN_COMMAND, BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, apply_config_block,
+from actors.gateway.commands import (UNKNOWN_COMMAND, BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, apply_config_block,
                              build_registry)
-from actors.dataplane import PENDING_LIMIT_PER_SOURCE, DataPlane, RouterBusy, RouterGone, rendezvous
-from actors.errors import DuplicateRoute, Unavailable, UnknownPeripheral, UnknownRoute
-from actors.protocol import DataBatch, Op, decode
-from actors.replica import StateReplica
-from actors.settings import HEARTBEAT_EXPIRY_S
+from actors.gateway.dataplane import PENDING_LIMIT_PER_SOURCE, DataPlane, RouterBusy, RouterGone, rendezvous
+from actors.core.errors import DuplicateRoute, Unavailable, UnknownPeripheral, UnknownRoute
+from actors.core.protocol import DataBatch, Op, decode
+from actors.core.replica import StateReplica
+from actors.core.settings import HEARTBEAT_EXPIRY_S
 
 UUID_A = "aaaaaaaa-0000-4000-8000-000000000001"
 UUID_B = "bbbbbbbb-0000-4000-8000-000000000002"

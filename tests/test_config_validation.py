@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from actors.configstore import ConfigStore, merge_records, preflight
-from actors.protocol import Op
-from actors.settings import (LOOPBACK_NETWORKS, LOOPBACK_ONLY_SECURITY, SECURITY_KEYS, ConfigError, check_config, check_routes, default_config,
+from actors.state.store import ConfigStore, merge_records, preflight
+from actors.core.protocol import Op
+from actors.core.settings import (LOOPBACK_NETWORKS, LOOPBACK_ONLY_SECURITY, SECURITY_KEYS, ConfigError, check_config, check_routes, default_config,
                              parse_networks, parse_ports, read_int, read_networks, read_port_spec, read_positive_number, validate_config,
                              validate_routes)
-from actors.tables import Tables
-from actors.viewmodel import ActorStatus, Model, Style, status_line
-from actors.settings import Runtime
+from actors.state.tables import Tables
+from actors.ui.viewmodel import ActorStatus, Model, Style, status_line
+from actors.core.settings import Runtime
 from conftest import READY_TIMEOUT_S, REPO_ROOT, Instance, free_port_range, send_line, start_instance, wait_until
 from fakes import RegisteringPeripheral
 

@@ -1,7 +1,7 @@
 """Files: created with defaults, corrupt ones kept aside (never lost), atomic writes, backups."""
 import json
 
-from actors.configstore import ConfigStore, atomic_write_json
+from actors.state.store import ConfigStore, atomic_write_json
 
 
 def test_missing_files_are_created_with_defaults(tmp_path):

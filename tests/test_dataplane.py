@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import random
 
-from actors.dataplane import DataPlane, FlowLimits, RouterGone
-from actors.protocol import DataBatch, decode_as
-from actors.settings import HEARTBEAT_EXPIRY_S
+from actors.gateway.dataplane import DataPlane, FlowLimits, RouterGone
+from actors.core.protocol import DataBatch, decode_as
+from actors.core.settings import HEARTBEAT_EXPIRY_S
 
 SOURCE = "00000000-0000-4000-8000-00000000000a"
 SMALL = FlowLimits(window_messages=4, window_bytes=1 << 20, pending_messages=40, pending_bytes=1 << 20)

@@ -16,9 +16,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors import viewmodel as vm
-from actors.cli import bus_command
-from actors.protocol import Op, Reply, Request, decode_as, encode
+from actors.ui import viewmodel as vm
+from actors.supervisor.cli import bus_command
+from actors.core.protocol import Op, Reply, Request, decode_as, encode
 from conftest import REPO_ROOT, Instance, free_port_range, send_line, start_instance, wait_until
 
 GATEWAY_ONLY = ["broker", "state", "gateway"]
@@ -86,6 +86,9 @@ def test_a_squatted_command_port_never_gets_the_token_and_ctl_reaches_our_instan
         ctl = launch(instance.config_dir, "ctl", "/status")
         assert ctl.returncode == 0, ctl.stderr
         assert json.loads(ctl.stdout)["UUID"] == OUR_UUID
+        reported = wait_until(lambda: (r := json.loads(launch(instance.config_dir, "ctl", "/status").stdout)).get("Health") and r, 10, 0.2,
+                              "/status to carry the supervisor's health")
+        assert reported["Health"] == "degraded" and f"port {ports[0]} held by another process" in reported["Degraded Because"]
         admin = launch(instance.config_dir, "ctl", "/routes", "remove", "nothing")  # admin command, loopback not admin here
         assert admin.stdout == "Route 'nothing' not found.\n", admin.stdout  # past the admin check, no /auth sent anywhere
         text = launch(instance.config_dir, "status")
@@ -101,6 +104,8 @@ def test_a_squatted_command_port_never_gets_the_token_and_ctl_reaches_our_instan
         foreign.close()
         wait_until(lambda: instance.status()["health"] == "ready", 15, 0.1, "the gateway to bind the freed port")
         assert send_line(ports[0], "/help").startswith("Available commands:")
+        wait_until(lambda: json.loads(launch(instance.config_dir, "ctl", "/status").stdout)["Health"] == "ready", 10, 0.2,
+                   "/status saying ready once the port is ours")
         assert launch(instance.config_dir, "status").stdout.splitlines()[0].split(", ")[2].startswith("ready")
         assert TOKEN.encode() not in foreign.received
     finally:

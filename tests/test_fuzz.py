@@ -20,9 +20,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.commands import build_registry
-from actors.protocol import SCHEMA_VERSION, MessageType, Topic
-from actors.settings import validate_config, validate_routes
+from actors.gateway.commands import build_registry
+from actors.core.protocol import SCHEMA_VERSION, MessageType, Topic
+from actors.core.settings import validate_config, validate_routes
 from conftest import Instance, start_instance, wait_until
 
 TCP_EXAMPLES = 100

@@ -1,4 +1,4 @@
-"""The command gateway end to end: real processes on loopback, fake peripherals from PROTOCOL.md, a fake router on the data plane."""
+"""The command gateway end to end: real processes on loopback, fake peripherals from docs/protocol.md, a fake router on the data plane."""
 from __future__ import annotations
 
 import json
@@ -16,9 +16,9 @@ import zmq
 from conftest import REPO_ROOT, Instance, free_port, send_line, start_instance, wait_until
 from fakes import RegisteringPeripheral, register, send_and_close
 
-from actors.cli import EXIT_UNREACHABLE, run_ctl, send_command
-from actors.commands import UNKNOWN_COMMAND
-from actors.protocol import DataAck, DataBatch, Heartbeat, Op, decode_as, encode
+from actors.supervisor.cli import EXIT_UNREACHABLE, run_ctl, send_command
+from actors.gateway.commands import UNKNOWN_COMMAND
+from actors.core.protocol import DataAck, DataBatch, Heartbeat, Op, decode_as, encode
 
 GATEWAY_ONLY = ["broker", "state", "gateway"]
 IDLE_TIMEOUT_S = 1.5
@@ -208,6 +208,7 @@ def test_exit_with_uuid_marks_the_peripheral_offline(gw: Instance) -> None:
     fake = RegisteringPeripheral(gw.command_port, "Term")
     with fake:
         fake.register()
+        fake.stop()  # it quits: its port closes (an open port answering /info would be a sighting: online again)
         fake.exit()
         wait_until(lambda: not snapshot(gw)["peripherals"][0]["online"], message="the peripheral to go offline")
         assert "offline" in gw.command("/list")

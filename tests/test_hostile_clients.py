@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from actors.access import AuthGuard, AuthLimits, ConnectionSlots, SlotLimits
-from actors.commands import CommandLine, ConfigBlock, Peer, Reply, error
-from actors.connection import Connection, Limits
-from actors.protocol import Op
-from actors.settings import ConfigError, parse_port, parse_ports
+from actors.gateway.access import AuthGuard, AuthLimits, ConnectionSlots, SlotLimits
+from actors.gateway.commands import CommandLine, ConfigBlock, Peer, TextReply, error
+from actors.gateway.connection import Connection, Limits
+from actors.core.protocol import Op
+from actors.core.settings import ConfigError, parse_port, parse_ports
 from conftest import Instance, start_instance, wait_until
 
 GATEWAY_ONLY = ["broker", "state", "gateway"]
@@ -184,17 +184,17 @@ class FailingHost:
     def ingest(self, source: str, payloads: list[bytes], conn: Connection | None = None) -> None:
         raise AssertionError("no data expected")
 
-    async def answer(self, item: CommandLine | ConfigBlock, peer: Peer) -> Reply:
+    async def answer(self, item: CommandLine | ConfigBlock, peer: Peer) -> TextReply:
         await asyncio.sleep(0)  # the client's EOF arrives while the command is being answered
         raise RuntimeError("a bug below the gateway")
 
-    def admit(self, peer_host: str, peer_port: int, local_host: str) -> tuple[Peer, Reply | None]:
+    def admit(self, peer_host: str, peer_port: int, local_host: str) -> tuple[Peer, TextReply | None]:
         return Peer(peer_host, peer_port, admin=True), None
 
     def release_slot(self, peer: Peer) -> None:
         self.released.append(peer)
 
-    def handler_failed(self, exc: Exception, peer: Peer) -> Reply:
+    def handler_failed(self, exc: Exception, peer: Peer) -> TextReply:
         self.failures.append(exc)
         return error("Error: command failed (RuntimeError); it was not applied")
 

@@ -14,10 +14,11 @@ from typing import Any, Iterator
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from actors.errors import BadArguments, NotOwner, OrchestratorError
-from actors.protocol import Op
-from actors.settings import default_config
-from actors.tables import Tables, same_host
+from actors.core.errors import BadArguments, NotOwner, OrchestratorError
+from actors.core.protocol import Op
+from actors.core.settings import default_config
+from actors.state.tables import Tables
+from actors.core.net import same_host
 from conftest import COMMAND_TIMEOUT_S, Instance, free_port, free_port_range, start_instance, wait_until
 from fakes import InfoPeripheral, LineSink
 

@@ -13,11 +13,11 @@ import time
 import pytest
 import zmq
 
-from actors.bus import Heartbeater, beat_expiry, idle_beat_interval
-from actors.dataplane import DataPlane
-from actors.protocol import Heartbeat, Topic, decode_as
-from actors.runner import StopFlag
-from actors.settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S, Endpoints, Runtime
+from actors.core.bus import Heartbeater, beat_expiry, idle_beat_interval
+from actors.gateway.dataplane import DataPlane
+from actors.core.protocol import Heartbeat, Topic, decode_as
+from actors.core.runner import StopFlag
+from actors.core.settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S, Endpoints, Runtime
 from conftest import start_instance, wait_until
 
 DETECTION_LIMIT_S = 3.0  # a dead actor or a silent satellite is counted out within this (the issue's bound)
@@ -61,7 +61,7 @@ def test_liveness_bounds_hold_where_other_boards_watch(tmp_path) -> None:
 
 def test_an_idle_actor_beats_seldom_and_says_when_to_count_it_out(tmp_path, monkeypatch) -> None:
     clock = Clock()
-    monkeypatch.setattr("actors.bus.time.monotonic", clock)
+    monkeypatch.setattr("actors.core.bus.time.monotonic", clock)
     pub = FakePub()
     heart = Heartbeater("gateway", pub, ipc_endpoints(tmp_path))
     assert heart.maybe_beat({"n": 1})  # the first beat at once: readiness does not wait
@@ -77,7 +77,7 @@ def test_an_idle_actor_beats_seldom_and_says_when_to_count_it_out(tmp_path, monk
 def test_changed_figures_leave_within_the_busy_interval(tmp_path, monkeypatch) -> None:
     """/status and the UI must not show figures older than HEARTBEAT_INTERVAL_S while things happen."""
     clock = Clock()
-    monkeypatch.setattr("actors.bus.time.monotonic", clock)
+    monkeypatch.setattr("actors.core.bus.time.monotonic", clock)
     pub = FakePub()
     heart = Heartbeater("router-1", pub, ipc_endpoints(tmp_path))
     heart.maybe_beat({"delivered": 0})

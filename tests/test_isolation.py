@@ -20,14 +20,13 @@ import socket
 import threading
 import time
 import uuid as uuidlib
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.sinks import MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
+from actors.router.sinks import MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
 from conftest import Instance, free_port, start_instance, wait_until
 from fakes import DeafSink, LineSink, register, resetting_port, slow_reader
 from test_routing_e2e import OrderSink, Source, add_route, assert_in_order_without_loss, running_routers

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import socket
 
-from actors.sinks import MODE_MESSAGE, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
+from actors.router.sinks import MODE_MESSAGE, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
 from conftest import free_port, wait_until
 from fakes import LineSink
 
@@ -70,7 +70,7 @@ def test_a_watched_trace_follows_a_payload_through_every_stage_in_order(orchestr
 
     import zmq
 
-    from actors.protocol import Stats, Topic, decode_as
+    from actors.core.protocol import Topic, Trace, decode_as
 
     sub = orchestrator.context.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
@@ -87,7 +87,7 @@ def test_a_watched_trace_follows_a_payload_through_every_stage_in_order(orchestr
             with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as conn:
                 conn.sendall(f"{source}\nhello trace\n".encode())
             while sub.poll(100):
-                traces.append(decode_as(sub.recv_multipart()[1], Stats).counters["trace"])
+                traces.append(decode_as(sub.recv_multipart()[1], Trace).stages)
             return bool(traces)
         wait_until(traced, TIMEOUT_S * 2, 0.2, "a trace (the subscription reaches the router, the route the gateway)")
     sub.close()

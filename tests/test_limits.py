@@ -13,11 +13,12 @@ from typing import Any, Iterator
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from actors.configstore import ConfigStore, readable_json
-from actors.errors import LimitReached
-from actors.protocol import Op
-from actors.settings import TUNABLE_DEFAULTS, default_config
-from actors.tables import Tables, nesting_depth
+from actors.state.store import ConfigStore, readable_json
+from actors.core.errors import LimitReached
+from actors.core.protocol import Op
+from actors.core.settings import TUNABLE_DEFAULTS, default_config
+from actors.state.tables import Tables
+from actors.core.records import nesting_depth
 from conftest import COMMAND_TIMEOUT_S, Instance, start_instance, wait_until
 
 DEFAULT_DEPTH = int(TUNABLE_DEFAULTS["max_peripheral_config_depth"])

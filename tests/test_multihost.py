@@ -19,11 +19,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from actors.security import ensure_keys, missing_client_keys
-from actors.supervisor import Supervisor
-from actors.protocol import Heartbeat
-from actors.settings import HEARTBEAT_EXPIRY_S, Runtime
-from actors.viewmodel import ActorStatus, actors_by_host
+from actors.core.security import ensure_keys, missing_client_keys
+from actors.supervisor.supervisor import Supervisor
+from actors.core.protocol import Heartbeat
+from actors.core.settings import HEARTBEAT_EXPIRY_S, Runtime
+from actors.ui.viewmodel import ActorStatus, actors_by_host
 from conftest import REPO_ROOT, wait_until
 from netns import Host, TwoHosts, unavailable_reason
 

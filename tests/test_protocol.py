@@ -3,7 +3,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from actors.protocol import (SCHEMA_VERSION, Activity, DataAck, DataBatch, Heartbeat, ProtocolError, Reply, Request, StateUpdate,
+from actors.core.protocol import (SCHEMA_VERSION, Activity, DataAck, DataBatch, Heartbeat, ProtocolError, Reply, Request, StateUpdate,
                              decode, decode_as, encode)
 
 EXAMPLES = [

@@ -12,9 +12,9 @@ from typing import Iterator
 import pytest
 import zmq
 
-from actors.protocol import DataAck, DataBatch, Heartbeat, Op, Tap, Topic, decode, decode_as, encode, tap_topic, Topic
-from actors.router import AckBook, BatchTracker
-from actors.sinks import MODE_MESSAGE, MODE_STREAM, Backoff, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
+from actors.core.protocol import DataAck, DataBatch, Heartbeat, Op, Tap, Topic, decode, decode_as, encode, tap_topic
+from actors.router.router import AckBook, BatchTracker
+from actors.router.sinks import MODE_MESSAGE, MODE_STREAM, Backoff, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
 from conftest import REPO_ROOT, Instance, free_port, start_instance, wait_until
 from fakes import LineSink
 

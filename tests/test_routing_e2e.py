@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from actors.protocol import Heartbeat, Topic, decode_as
+from actors.core.protocol import Heartbeat, Topic, decode_as
 from conftest import REPO_ROOT, Instance, free_port, start_instance, wait_until
 from fakes import register
 

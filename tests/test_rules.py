@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from actors.rules import RouteRules, RuleError, check_rule
+from actors.core.rules import RouteRules, RuleError, check_rule
 
 
 def apply(route, payload, source="ASR_Engine"):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.commands import text_after
-from actors.errors import UnknownRoute
-from actors.protocol import Op
+from actors.gateway.commands import text_after
+from actors.core.errors import UnknownRoute
+from actors.core.protocol import Op
 from test_commands import UUID_A, UUID_B, FakeContext, run
 
 

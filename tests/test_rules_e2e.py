@@ -20,7 +20,7 @@ from fakes import LineSink, RegisteringPeripheral, register
 DELIVERY_TIMEOUT_S = 5.0
 BARRIER_TIMEOUT_S = 5.0
 BARRIER_RESEND_S = 0.05
-# The keys PROTOCOL.md section 6 documents for a route in routes.cf (the original knows only these).
+# The keys docs/protocol.md section 6 documents for a route in routes.cf (the original knows only these).
 DOCUMENTED_ROUTE_KEYS = ("name", "incoming", "outgoing", "incoming_port", "outgoing_port", "last_used")
 
 

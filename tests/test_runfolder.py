@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, release_run_dir
-from actors.settings import RUN_POINTER_FILE_NAME, Runtime, run_dir_for
+from actors.core.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, release_run_dir
+from actors.core.settings import RUN_POINTER_FILE_NAME, Runtime, run_dir_for
 from conftest import REPO_ROOT, start_instance, wait_until, write_test_config
 
 OTHER_UID = 65534  # nobody: we run as root in the test container, so we can make folders that are not ours

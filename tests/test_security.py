@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from actors.security import ensure_keys, needs_curve
+from actors.core.security import ensure_keys, needs_curve
 
 
 @pytest.mark.parametrize("endpoint, expected", [

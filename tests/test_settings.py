@@ -1,8 +1,8 @@
 """Port parsing and config validation: one parser, clear errors."""
 import pytest
 
-from actors.runfolder import claim_run_dir, release_run_dir
-from actors.settings import ConfigError, Endpoints, Runtime, default_config, parse_ports, run_dir_for, validate_config
+from actors.core.runfolder import claim_run_dir, release_run_dir
+from actors.core.settings import ConfigError, Endpoints, Runtime, default_config, parse_ports, run_dir_for, validate_config
 
 
 def test_parse_ports_accepts_ranges_lists_and_single_ports():
@@ -59,8 +59,8 @@ def test_strict_validation_refuses_what_loading_would_have_to_convert_or_refuse(
 
 
 def test_config_set_refuses_an_unreadable_bind_host():
-    from actors.errors import BadArguments
-    from actors.tables import Tables
+    from actors.core.errors import BadArguments
+    from actors.state.tables import Tables
     tables = Tables(default_config(), [])
     with pytest.raises(BadArguments, match="bind_host"):
         tables.set_config({"values": {"bind_host": 17}})

@@ -7,8 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from actors.settings import Runtime
-from actors.supervisor import ACTOR_MODULES, FLAP_LIMIT, Supervisor
+from actors.core.runfolder import ensure_runtime_dirs
+from actors.core.settings import Runtime
+from actors.supervisor.supervisor import ACTOR_MODULES, FLAP_LIMIT, Supervisor
 from conftest import REPO_ROOT, start_instance, wait_until
 
 
@@ -79,9 +80,9 @@ def test_killed_supervisor_leaves_no_orphans(tmp_path):
 def test_a_child_that_keeps_crashing_is_left_stopped(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("actors.supervisor", fromlist=["ACTOR_MODULES"]).ACTOR_MODULES, "crasher", "tests.crasher")
     runtime = Runtime.for_config_dir(tmp_path)
-    runtime.ensure_dirs()
+    ensure_runtime_dirs(runtime)
     supervisor = Supervisor(runtime, ["crasher"])
-    monkeypatch.setattr("actors.supervisor.BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr("actors.supervisor.supervisor.BACKOFF_BASE_S", 0.01)
     child = supervisor.children[0]
     supervisor._spawn(child)
     try:
@@ -133,10 +134,10 @@ def crash_supervisor(tmp_path, monkeypatch, kinds, routers=1):
     """A supervisor whose children (of the given kinds) all exit at once: drives the flapping limit fast."""
     for kind in set(kinds):
         monkeypatch.setitem(ACTOR_MODULES, kind, "tests.crasher")
-    monkeypatch.setattr("actors.supervisor.BACKOFF_BASE_S", 0.01)
-    monkeypatch.setattr("actors.supervisor.BACKOFF_MAX_S", 0.05)
+    monkeypatch.setattr("actors.supervisor.supervisor.BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr("actors.supervisor.supervisor.BACKOFF_MAX_S", 0.05)
     runtime = Runtime.for_config_dir(tmp_path)
-    runtime.ensure_dirs()
+    ensure_runtime_dirs(runtime)
     return Supervisor(runtime, kinds, routers=routers)
 
 

@@ -1,9 +1,9 @@
 """The state keeper's rules, without sockets: registration, names, data ports, routes, reset."""
 import pytest
 
-from actors.errors import BadArguments, DuplicateRoute, UnknownPeripheral, UnknownRoute
-from actors.settings import default_config
-from actors.tables import Tables
+from actors.core.errors import BadArguments, DuplicateRoute, UnknownPeripheral, UnknownRoute
+from actors.core.settings import default_config
+from actors.state.tables import Tables
 
 U1, U2, U3 = ("11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222", "33333333-3333-3333-3333-333333333333")
 

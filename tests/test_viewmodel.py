@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from actors import viewmodel as vm
+from actors.ui import viewmodel as vm
 
 UUID_A = "11111111-1111-4111-8111-111111111111"
 UUID_B = "22222222-2222-4222-8222-222222222222"
@@ -178,9 +178,10 @@ def test_focus_moves_between_sections_and_marks_the_header():
     assert len(focused) == 1 and "ROUTES" in focused[0]
 
 
-def test_routes_to_unknown_peripherals_show_a_short_uuid():
-    model = connected_model(routes=[route("orphan", "deadbeef-0000-4000-8000-000000000000", UUID_B)])
-    assert "deadbeef → TTS_Engine" in texts(vm.overview(model, 100, 30).lines)
+def test_routes_to_unknown_peripherals_show_a_short_uuid_its_port_and_the_by_port_marker():
+    orphan = {**route("orphan", "deadbeef-0000-4000-8000-000000000000", UUID_B), "incoming_port": 6207}
+    model = connected_model(routes=[orphan])
+    assert "deadbeef:6207 (by port) → TTS_Engine" in texts(vm.overview(model, 120, 30).lines)
 
 
 def test_command_line_replaces_the_footer():

@@ -1,0 +1,4 @@
+"""python -m actors.gateway"""
+from .gateway import main
+
+raise SystemExit(main())

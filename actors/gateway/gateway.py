@@ -1,0 +1,705 @@
+"""The command gateway: TCP listeners for the legacy text protocol, data ingress to the routers.
+
+One asyncio loop serves the command port and every data port (hundreds of clients, no thread
+per connection; each client is a ``connection.Connection`` protocol). Lines become commands (answered through ``commands.Registry``, changes go to
+the state keeper as requests) or data (sent straight to the routers as ``DataBatch`` over a
+ROUTER socket bound on ``runtime.endpoints.data``; see ``dataplane.py``). State is read from a
+replica fed by the bus. Bad input (over-long lines, invalid UTF-8, idle or excess connections)
+gets an error line and never disturbs other clients.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from .access import AccessPolicy, AuthGuard, AuthLimits, ConnectionSlots, SlotLimits
+from ..core.refusals import RefusalLog
+from ..core.net import effective_address, is_this_machine
+from ..core.bus import LIVENESS_TOPICS, ActivityHandler, Heartbeater, beat_expiry, connect_publisher, connect_subscriber, parse_event
+from .commands import (BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, TextReply, apply_config_block, build_registry, error, failure,
+                       format_time)
+from .connection import HOLD_BACKPRESSURE, Connection, Limits
+from .dataplane import DataPlane, FlowLimits, RouterBusy, RouterGone
+from ..core.errors import ErrorCode, OrchestratorError, Unavailable
+from ..core.protocol import SOURCES_SEEN_STAT, DataAck, Heartbeat, Op, ProtocolError, Request, StateUpdate, Tap, Topic, decode, encode, tap_topic
+from ..core.protocol import Reply as BusReply
+from ..core.replica import StateReplica
+from ..core.runner import StopFlag, run_actor
+from ..core.security import secure_server, start_authenticator
+from ..core.settings import (BIND_RETRY_BASE_S, BIND_RETRY_MAX_S, HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime,
+                       default_config, parse_ports, tunable)
+from ..core.requests import AsyncRequestClient
+
+log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 1024
+DATA_HWM = 100_000
+SETTLE_TIMEOUT_S = HEARTBEAT_INTERVAL_S
+TAP_HWM = 1000
+TAP_POLL_MS = 200
+TAP_MAX_BUFFERED_BYTES = 1 << 20
+RETRY_S = POLL_INTERVAL_MS / 1000  # while a source waits for a router (none live, or busy): how often it is retried
+ACTIVITY_REPORT_INTERVAL_S = 5.0
+EXAMPLE_SOURCES_SHOWN = 3
+LISTENER_KEYS = ("command_port", "data_port_range", "bind_host")
+BUS_COMMAND_HOST = "127.0.0.1"  # who a bus command (launch.py ctl, the UI) is from when its transport has no address (ipc)
+TAP_OVER_BUS = "Error: /tap streams live payloads on a TCP connection to the command port; it cannot run through launch.py ctl"
+
+
+def limits_from_config(config: dict[str, Any]) -> Limits:
+    """Connection limits from orch.cf keys max_line_bytes, idle_timeout (defaults when absent or invalid)."""
+    return Limits(int(tunable(config, "max_line_bytes")), float(tunable(config, "idle_timeout")))
+
+
+def wanted_listeners(config: dict[str, Any]) -> dict[int, str]:
+    """Port -> role ("command" or "data") for the config's command port and data port range."""
+    command_port = config.get("command_port")
+    wanted: dict[int, str] = {}
+    try:
+        wanted = {port: "data" for port in parse_ports(config.get("data_port_range", ""))}
+    except ConfigError as exc:
+        log.error("data_port_range unusable: %s", exc)
+    if isinstance(command_port, int):
+        wanted[command_port] = "command"
+    return wanted
+
+
+class Gateway:
+    """The command gateway actor; also the CommandContext its command handlers use."""
+
+    def __init__(self, runtime: Runtime, context: zmq.Context, stop: StopFlag, name: str = "gateway") -> None:
+        self.runtime = runtime
+        self.context = context
+        self.stop = stop
+        self.name = name
+        self.replica = StateReplica()
+        self.registry = build_registry()
+        self.plane = DataPlane(self._send_to_router, on_pause=self._source_paused)
+        self.held: dict[str, set[Connection]] = {}  # paused source -> connections not read meanwhile
+        self.servers: dict[int, tuple[str, asyncio.Server]] = {}
+        self.bound_host: str | None = None
+        self.failed_binds: dict[int, str] = {}  # port -> why it could not be bound; retried with backoff until it can
+        self.rebind: asyncio.Task | None = None
+        self.bind_retry_s = BIND_RETRY_BASE_S
+        self.next_bind_retry = 0.0
+        self.listener_config: tuple[Any, ...] | None = None
+        self.routed_sources: set[str] = set()
+        self.heartbeats: dict[str, Heartbeat] = {}
+        self.heard_at: dict[str, float] = {}
+        self.connections: set[Connection] = set()
+        self.limits = limits_from_config({})
+        self.slots = ConnectionSlots()
+        self.slot_limits = SlotLimits.from_config({})
+        self.auth_guard = AuthGuard()
+        self.outbox: dict[str, list[bytes]] = {}
+        self.sources_seen: set[str] = set()  # known peripherals that sent data since the last heartbeat (the scanner's liveness)
+        self.resync: asyncio.Task | None = None
+        self.supervisor: AsyncRequestClient | None = None  # /launch: asked lazily, on the supervisor's control socket
+        self.bus_commands: set[asyncio.Task] = set()  # commands from launch.py ctl / the UI, answered over the data socket
+        self.started_at = time.time()
+        self.counters = {"connections_total": 0, "connections_refused": 0, "lines_in": 0, "bytes_in": 0, "payloads_in": 0,
+                         "commands": 0, "unknown_source": 0, "no_route": 0, "bad_lines": 0, "too_long": 0, "idle_timeouts": 0,
+                         "partial_lines_dropped": 0, "malformed_messages": 0, "refused_clients": 0, "refused_admin": 0, "auth_failures": 0,
+                         "connections_refused_per_address": 0, "handler_errors": 0,
+                         "refused_identity": 0}
+        self.access = AccessPolicy.from_config({})
+        self.refusals = RefusalLog()
+        self.reported = {"unknown_source": 0, "no_route": 0}
+        self.recent_sources: dict[str, set[str]] = {"unknown_source": set(), "no_route": set()}
+        self.next_report = time.monotonic() + ACTIVITY_REPORT_INTERVAL_S
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self.actx = zmq.asyncio.Context()
+        self.pub = connect_publisher(self.context, self.runtime.endpoints)
+        logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
+        self.heart = Heartbeater(self.name, self.pub, self.runtime.endpoints)
+        self.sub = connect_subscriber(self.actx, self.runtime.endpoints, (Topic.STATE, *LIVENESS_TOPICS))
+        self.wake = asyncio.Event()
+        self.replica_changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self.stop.on_set(lambda: loop.call_soon_threadsafe(self.wake.set))
+        endpoints = self.runtime.endpoints
+        self.auth = start_authenticator(zmq.Context.shadow(self.actx.underlying), [endpoints.data], endpoints.keys_dir)
+        self.data = self._bind_data_socket()
+        self.state = AsyncRequestClient(self.actx, endpoints.state_front, endpoints.keys_dir)
+        self.data_monitor = self.data.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        tasks = [asyncio.create_task(coro) for coro in (self._read_bus(), self._read_data(), self._watch_routers())]
+        log.info("gateway %s started (pid %d)", self.name, os.getpid())
+        try:
+            await self._startup()
+            while not self.stop.should_stop():
+                try:
+                    await asyncio.wait_for(self.wake.wait(), self._sleep_s())
+                except asyncio.TimeoutError:
+                    pass
+                self.wake.clear()
+                self._tick()
+        finally:
+            await self._shutdown(tasks)
+
+    def _bind_data_socket(self) -> zmq.asyncio.Socket:
+        sock = self.actx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted router takes its name over at once
+        sock.setsockopt(zmq.SNDHWM, DATA_HWM)
+        sock.setsockopt(zmq.RCVHWM, DATA_HWM)
+        secure_server(sock, self.runtime.endpoints.data, self.runtime.endpoints.keys_dir)
+        sock.bind(self.runtime.endpoints.data)
+        log.info("gateway data plane bound on %s", self.runtime.endpoints.data)
+        return sock
+
+    async def _startup(self) -> None:
+        """Get a snapshot (waiting for the state keeper as long as it takes), then open the listeners."""
+        while not self.stop.should_stop():
+            if await self._snapshot():
+                await self._reconcile_listeners()
+                return
+            self.heart.maybe_beat(self.stats())
+
+    async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
+        for _, server in self.servers.values():
+            server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        tasks = [*tasks, *self.bus_commands]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.state.close()
+        if self.supervisor is not None:
+            self.supervisor.close()
+        self.data.disable_monitor()
+        for sock in (self.sub, self.data_monitor, self.data):
+            sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
+        self.actx.destroy(linger=0)
+        log.info("gateway stopped")
+        self.pub.close()
+
+    def _tick(self) -> None:
+        """Timed work: router expiry, held payloads, the drop report, re-sync, heartbeat."""
+        self.plane.expire()  # logs each router lost
+        self.plane.flush()
+        self._sweep_idle()
+        self._report_drops()
+        if self.replica.needs_snapshot and self.resync is None:
+            self.resync = asyncio.create_task(self._resync())
+        if self.failed_binds and self.rebind is None and time.monotonic() >= self.next_bind_retry:
+            self.rebind = asyncio.create_task(self._retry_binds())
+        if self.heart.maybe_beat({**self.stats(), SOURCES_SEEN_STAT: list(self.sources_seen)}):
+            self.sources_seen.clear()
+
+    def _sleep_s(self) -> float:
+        """Until the next timed job: a beat, a router's expiry, a waiting source's retry, an idle client's
+        time-out, a bind retry, the drop report. Work that arrives (data, commands, events) is handled at once."""
+        now = time.monotonic()
+        due = [self.heart.due_in(), self.next_report - now]
+        expiry = self.plane.next_expiry()
+        if expiry is not None:
+            due.append(expiry - now)
+        if self.plane.waiting:
+            due.append(RETRY_S)
+        if self.failed_binds:
+            due.append(self.next_bind_retry - now)
+        if self.connections:
+            timeout = self.limits.idle_timeout_s
+            due.append(min(timeout - conn.idle_for(now) for conn in self.connections))
+        return max(0.0, min(due))
+
+    def _replica_moved(self) -> None:
+        """Wake whoever settles on the replica; a replica out of step wakes the loop to resync."""
+        self.replica_changed.set()
+        self.replica_changed = asyncio.Event()
+        if self.replica.needs_snapshot:
+            self.wake.set()
+
+    # ---- state -----------------------------------------------------------------------
+    async def _snapshot(self) -> bool:
+        try:
+            snapshot = await self.state.request(Op.SNAPSHOT)
+        except Unavailable as exc:
+            log.warning("state keeper not answering (%s); retrying", exc)
+            return False
+        self.replica.load_snapshot(snapshot)
+        self._state_changed()
+        self._replica_moved()
+        return True
+
+    async def _resync(self) -> None:
+        """A gap in the updates (or a restarted keeper): take a fresh snapshot."""
+        try:
+            if await self._snapshot():
+                await self._reconcile_listeners()
+        finally:
+            self.resync = None
+
+    async def _read_bus(self) -> None:
+        while True:
+            frames = await self.sub.recv_multipart()
+            try:
+                topic, message = parse_event(frames)
+            except ProtocolError:
+                self.counters["malformed_messages"] += 1
+                continue
+            if isinstance(message, StateUpdate):
+                if self.replica.apply(message):
+                    self._state_changed()
+                    if message.kind in ("config", "reset"):
+                        await self._reconcile_listeners()
+                self._replica_moved()
+            elif isinstance(message, Heartbeat):
+                self._heard(message)
+                if self.replica.needs_snapshot:
+                    self.wake.set()
+
+    def _heard(self, beat: Heartbeat) -> None:
+        self.heartbeats[beat.actor] = beat
+        self.heard_at[beat.actor] = time.monotonic()
+        if beat.actor == "state" and isinstance(beat.stats.get("epoch"), str) and isinstance(beat.stats.get("seq"), int):
+            self.replica.check_heartbeat(beat.stats["epoch"], beat.stats["seq"])
+
+    def _state_changed(self) -> None:
+        self.routed_sources = {route["incoming"] for route in self.replica.routes.values()}
+        self.limits = limits_from_config(self.replica.config)
+        self.plane.limits = FlowLimits.from_config(self.replica.config)
+        self.access = AccessPolicy.from_config(self.replica.config)
+        self.slot_limits = SlotLimits.from_config(self.replica.config)
+        self.auth_guard.limits = AuthLimits.from_config(self.replica.config)
+
+    async def request(self, op: Op, **args: Any) -> Any:
+        """CommandContext: one request to the state keeper."""
+        return await self.state.request(op, **args)
+
+    async def control(self, op: Op, **args: Any) -> Any:
+        """CommandContext: one request to the supervisor (the /launch commands)."""
+        if self.supervisor is None:
+            self.supervisor = AsyncRequestClient(self.actx, self.runtime.endpoints.control, self.runtime.endpoints.keys_dir)
+        return await self.supervisor.request(op, **args)
+
+    async def settle(self, done: Callable[[StateReplica], bool]) -> None:
+        """CommandContext: wait (bounded) until our replica shows a change the keeper confirmed."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while not done(self.replica) and (left := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(self.replica_changed.wait(), left)  # set by every update applied, no polling
+            except asyncio.TimeoutError:
+                return
+
+    # ---- listeners -------------------------------------------------------------------
+    def _bind_host(self) -> str:
+        override = self.runtime.extra.get("bind_host")
+        return override or self.replica.config.get("bind_host") or default_config()["bind_host"]
+
+    async def _reconcile_listeners(self) -> None:
+        """Listen on exactly the configured ports (after a config change or reset too)."""
+        config = self.replica.config
+        key = (self._bind_host(), *(repr(config.get(k)) for k in LISTENER_KEYS))
+        if key == self.listener_config:
+            return
+        self.listener_config = key
+        host, wanted = self._bind_host(), wanted_listeners(config)
+        for port, (role, server) in list(self.servers.items()):
+            if host != self.bound_host or wanted.get(port) != role:
+                server.close()
+                del self.servers[port]
+        self.bound_host = host
+        self.failed_binds = {}
+        self.bind_retry_s = BIND_RETRY_BASE_S
+        self.next_bind_retry = time.monotonic() + self.bind_retry_s
+        for port, role in sorted(wanted.items()):
+            if port not in self.servers:
+                await self._listen(host, port, role)
+        log.info("listening on %s: command port %s, %d data ports%s", host, config.get("command_port"),
+                 sum(1 for role, _ in self.servers.values() if role == "data"),
+                 f"; could not bind {len(self.failed_binds)} ports" if self.failed_binds else "")
+
+    async def _listen(self, host: str, port: int, role: str) -> bool:
+        """Open one listener; a failure is recorded (and logged once per port) for _retry_binds."""
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(lambda: Connection(self, role), host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
+        except OSError as exc:
+            if port not in self.failed_binds:
+                log.error("cannot listen on %s:%d (%s port): %s; serving the other ports and retrying every %.0fs at most",
+                          host, port, role, exc.strerror or exc, BIND_RETRY_MAX_S)
+            self.failed_binds[port] = bind_failure(exc)
+            return False
+        self.servers[port] = (role, server)
+        return True
+
+    async def _retry_binds(self) -> None:
+        """Ports held by another process (another instance, a squatter): try again, backing off, until they are ours."""
+        try:
+            wanted = wanted_listeners(self.replica.config)
+            for port in sorted(self.failed_binds):
+                role = wanted.get(port)
+                if role is None or port in self.servers:
+                    self.failed_binds.pop(port, None)
+                elif self.bound_host is not None and await self._listen(self.bound_host, port, role):
+                    self.failed_binds.pop(port, None)
+                    log.info("now listening on %s:%d (%s port): the port was freed", self.bound_host, port, role)
+            self.bind_retry_s = min(BIND_RETRY_MAX_S, self.bind_retry_s * 2)
+            self.next_bind_retry = time.monotonic() + self.bind_retry_s
+        finally:
+            self.rebind = None
+
+    # ---- connections -----------------------------------------------------------------
+    def _sweep_idle(self) -> None:
+        """Hang up on clients silent for longer than idle_timeout (one sweep per tick, no timer per read)."""
+        now, timeout = time.monotonic(), self.limits.idle_timeout_s
+        for conn in [c for c in self.connections if c.idle_for(now) > timeout]:
+            self.counters["idle_timeouts"] += 1
+            conn.hang_up(error(f"Error: idle for {timeout:g}s; closing", ErrorCode.UNAVAILABLE))
+
+    async def answer(self, item: CommandLine | ConfigBlock, peer: Peer) -> TextReply:
+        """Host: the reply to one command line or /config block."""
+        self.counters["commands"] += 1
+        try:
+            if isinstance(item, ConfigBlock):
+                reply = await apply_config_block(item, self, peer)
+            else:
+                reply = await self.registry.dispatch(item.text, self, peer)
+        except OrchestratorError as exc:
+            return failure(exc)
+        except Exception as exc:  # noqa: BLE001 - the one catch-all of the command path: input nobody foresaw costs one error line
+            return self.handler_failed(exc, peer)
+        if reply.code == ErrorCode.NOT_OWNER:
+            self.refused_identity(peer.host, reply.text)
+        elif reply.code == ErrorCode.FORBIDDEN:
+            self._refused_command(item, peer)
+        return reply
+
+    # ---- access ----------------------------------------------------------------------
+    def admit(self, peer_host: str, peer_port: int, local_host: str) -> tuple[Peer, TextReply | None]:
+        """Host: the client with its admin right, and a refusal when allowed_clients excludes it."""
+        address = effective_address(peer_host, local_host)
+        peer = Peer(peer_host, peer_port, admin=self.access.is_admin(address), local_host=local_host)
+        if not self.access.may_connect(address):
+            self.counters["refused_clients"] += 1
+            self._report_refusal(peer_host, "connect", "connection refused: not in allowed_clients")
+            return peer, error(f"Error: connections not allowed from {peer_host}; closing", ErrorCode.FORBIDDEN, close=True)
+        trusted = peer.admin or is_this_machine(address)  # may use the admin reserve, no per-address cap
+        refusal = self.slots.claim(peer_host, trusted, self.slot_limits)  # keyed by the raw peer address: no parse per connection
+        if refusal is None:
+            return peer, None
+        self.counters["connections_refused"] += 1
+        self.counters["connections_refused_per_address"] += refusal.per_address
+        self._report_refusal(peer_host, "slots", f"connection refused: {refusal.text.removeprefix('Error: ').split(';')[0]}")
+        return peer, error(refusal.text, ErrorCode.UNAVAILABLE, close=True)
+
+    def release_slot(self, peer: Peer) -> None:
+        """Host: a client admitted earlier is gone."""
+        self.slots.release(peer.host)
+
+    def handler_failed(self, exc: Exception, peer: Peer) -> TextReply:
+        """Host: a handler raised what nobody foresaw (a bug, or input deeper or bigger than a library takes)."""
+        self.counters["handler_errors"] += 1
+        reason = type(exc).__name__
+        quiet = self.refusals.should_report(peer.host, f"error:{reason}")
+        log.debug("a command from %s failed", peer.host, exc_info=exc)  # the traceback, for whoever debugs with --log-level DEBUG
+        if quiet is not None:
+            log.error("a command from %s failed with %s: %s; answered with an error%s", peer.host, reason, str(exc)[:200],
+                      f" ({quiet} more since the last report)" if quiet else "")
+        return error(f"Error: command failed ({reason}); it was not applied", ErrorCode.INTERNAL)
+
+    def _refused_command(self, item: CommandLine, peer: Peer) -> None:
+        """Count and report (rate-limited) an admin command or /auth refused; never the line itself (it may hold the token)."""
+        command, _ = self.registry.find(item.text.split())
+        if command is not None and command.words == ("/auth",):
+            self.counters["auth_failures"] += 1
+            self._report_refusal(peer.host, "auth", "/auth refused (wrong token or auth off)")
+        else:
+            self.counters["refused_admin"] += 1
+            words = " ".join(command.words) if command is not None else "?"
+            self._report_refusal(peer.host, "admin", f"admin command {words} refused: not in admin_clients and no /auth")
+
+    def refused_identity(self, host: str, text: str) -> None:
+        """Host: a client acted for a peripheral another host registered (counted; logged at most once a minute per address)."""
+        self.counters["refused_identity"] += 1
+        self._report_refusal(host, "identity", text.removeprefix("Error: "))
+
+    def _report_refusal(self, host: str, reason: str, text: str) -> None:
+        quiet = self.refusals.should_report(host, reason)
+        if quiet is not None:
+            log.warning("%s from %s%s", text, host, f" ({quiet} more since the last report)" if quiet else "")
+
+    async def tap(self, connection: Connection, kind: str, key: str) -> None:
+        """Host: stream live payloads of a route or source to one client until it goes; a slow client loses lines, never slows routing."""
+        sock = connect_subscriber(self.actx, self.runtime.endpoints, ())
+        sock.setsockopt(zmq.RCVHWM, TAP_HWM)
+        sock.setsockopt(zmq.SUBSCRIBE, tap_topic(kind, key))
+        shown = skipped = 0
+        log.info("tap on %s %s opened by %s", kind, key, connection.peer.host)
+        try:
+            while connection.open and not self.stop.should_stop():
+                if not await sock.poll(TAP_POLL_MS):
+                    continue
+                try:
+                    _, message = parse_event(await sock.recv_multipart())
+                except ProtocolError:
+                    continue
+                if not isinstance(message, Tap):
+                    continue
+                if connection.write_buffered() > TAP_MAX_BUFFERED_BYTES:
+                    skipped += len(message.payloads)
+                    continue
+                connection.write(b"".join(payload + b"\n" for payload in message.payloads))
+                shown += len(message.payloads)
+        finally:
+            sock.close(linger=0)
+            log.info("tap on %s %s closed: %d payloads shown, %d skipped for a slow reader", kind, key, shown, skipped)
+
+    # ---- data ------------------------------------------------------------------------
+    def ingest(self, source: str, payloads: list[bytes], conn: Connection | None = None) -> None:
+        """Host: count payloads and queue them for the routers, unless the source is unknown or has no route.
+
+        Payloads of one source that arrive within one event-loop pass (from any connection, in arrival
+        order) leave as one batch: a connection per message costs one zmq send per pass, not per message.
+        """
+        count = len(payloads)
+        self.counters["payloads_in"] += count
+        if source not in self.routed_sources:  # a route names its source by uuid, known as a peripheral or not (as the original)
+            if source in self.replica.peripherals:
+                self.sources_seen.add(source)
+                self._dropped("no_route", source, count)
+            else:
+                self._dropped("unknown_source", source, count)
+        else:
+            if not self.outbox:
+                asyncio.get_running_loop().call_soon(self._flush_outbox)
+            self.outbox.setdefault(source, []).extend(payloads)
+            if conn is not None and self.plane.paused(source):
+                conn.hold(HOLD_BACKPRESSURE)
+                self.held.setdefault(source, set()).add(conn)
+
+    def _source_paused(self, source: str, paused: bool) -> None:
+        """DataPlane: the routers fell behind on source (its connections stop being read) or caught up."""
+        if not paused:
+            for conn in self.held.pop(source, ()):
+                conn.release(HOLD_BACKPRESSURE)
+
+    def _flush_outbox(self) -> None:
+        outbox, self.outbox = self.outbox, {}
+        self.sources_seen.update(outbox)  # once per event-loop pass, never per payload
+        for source, payloads in outbox.items():
+            self.plane.submit(source, payloads)
+
+    def _dropped(self, reason: str, source: str, count: int) -> None:
+        self.counters[reason] += count
+        if len(self.recent_sources[reason]) < EXAMPLE_SOURCES_SHOWN:
+            self.recent_sources[reason].add(source[:36])
+
+    def _report_drops(self) -> None:
+        """One activity line per interval for data dropped at the gateway (never one per message)."""
+        now = time.monotonic()
+        if now < self.next_report:
+            return
+        self.next_report = now + ACTIVITY_REPORT_INTERVAL_S
+        parts = []
+        for reason, label in (("unknown_source", "from unknown sources"), ("no_route", "with no route")):
+            new = self.counters[reason] - self.reported[reason]
+            if new:
+                parts.append(f"{new} lines {label} ({', '.join(sorted(self.recent_sources[reason]))})")
+            self.reported[reason] = self.counters[reason]
+            self.recent_sources[reason] = set()
+        if parts:
+            log.warning("dropped in the last %.0fs: %s", ACTIVITY_REPORT_INTERVAL_S, "; ".join(parts))
+
+    def _send_to_router(self, identity: bytes, body: bytes) -> None:
+        """DataPlane's send: never blocks; a full queue or a vanished router raises for the plane to handle."""
+        future = self.data.send_multipart([identity, body], flags=zmq.NOBLOCK)
+        exc = future.exception()
+        if exc is None:
+            return
+        if isinstance(exc, zmq.Again):
+            raise RouterBusy()
+        if isinstance(exc, zmq.ZMQError) and exc.errno == errno.EHOSTUNREACH:
+            raise RouterGone()
+        raise exc
+
+    async def _watch_routers(self) -> None:
+        """A router's connection dropped (killed, restarted): declare it dead now, not after HEARTBEAT_EXPIRY_S."""
+        while True:
+            event = parse_monitor_message(await self.data_monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.plane.disconnected(int(event["value"]))
+
+    async def _read_data(self) -> None:
+        while True:
+            frames = await self.data.recv_multipart(copy=False)
+            if len(frames) != 2:
+                if len(frames) == 3 and not frames[1].bytes:  # [identity, b"", Request]: a command client, never a router
+                    self._bus_command(frames[0].bytes, frames[2])
+                else:
+                    self.counters["malformed_messages"] += 1
+                continue
+            identity, body = frames[0].bytes, frames[1].bytes
+            try:
+                message = decode(body)
+            except ProtocolError:
+                self.counters["malformed_messages"] += 1
+                continue
+            if isinstance(message, Heartbeat):
+                if self.plane.heard(identity, message.pid, message.host, frames[1].get(zmq.SRCFD), beat_expiry(message)):
+                    log.info("router %s (pid %d) joined the data plane", identity.decode(errors="replace"), message.pid)
+            elif isinstance(message, DataAck):
+                self.plane.alive(identity)
+                self.plane.ack(message.source, message.seq, message.epoch)
+            else:
+                self.counters["malformed_messages"] += 1
+
+    # ---- commands over the bus (launch.py ctl/status, the UI's command line) --------
+    def _bus_command(self, identity: bytes, frame: zmq.Frame) -> None:
+        """Whoever reaches our bus socket is the owner (0700 run folder, or CurveZMQ keys): commands run as admin, no token."""
+        try:
+            request = decode(frame.bytes)
+        except ProtocolError:
+            request = None
+        if not isinstance(request, Request):
+            self.counters["malformed_messages"] += 1
+            return
+        if request.op != Op.COMMAND.value or not isinstance(request.args.get("line"), str):
+            self.counters["malformed_messages"] += 1
+            self._reply_bus(identity, BusReply(ok=False, error=f"expected op {Op.COMMAND.value!r} with a text 'line'",
+                                               code=int(ErrorCode.BAD_ARGUMENTS), req_id=request.req_id))
+            return
+        try:
+            host = frame.get("Peer-Address") or BUS_COMMAND_HOST
+        except zmq.ZMQError:
+            host = BUS_COMMAND_HOST
+        task = asyncio.create_task(self._answer_bus_command(identity, request, Peer(host, 0, admin=True)))
+        self.bus_commands.add(task)
+        task.add_done_callback(self.bus_commands.discard)
+
+    async def _answer_bus_command(self, identity: bytes, request: Request, peer: Peer) -> None:
+        text = await self.run_lines(request.args["line"], peer)
+        self._reply_bus(identity, BusReply(ok=True, result={"text": text}, req_id=request.req_id))
+
+    def _reply_bus(self, identity: bytes, reply: BusReply) -> None:
+        """Answer a command client without ever blocking; one that left is simply gone."""
+        future = self.data.send_multipart([identity, b"", encode(reply)], flags=zmq.NOBLOCK)
+        if future.exception() is not None:
+            log.debug("a command client left before its reply: %s", future.exception())
+
+    async def run_lines(self, text: str, peer: Peer) -> str:
+        """What the command port would write back for these lines (commands, /config blocks), minus streaming."""
+        session = LineSession(data_port=False, max_config_bytes=self.limits.max_line_bytes)
+        out: list[bytes] = []
+        for raw in text.encode("utf-8", "replace").split(b"\n"):
+            item = session.feed(raw)
+            if item is None:
+                continue
+            if isinstance(item, DataLine):
+                self.ingest(item.source, [item.payload])
+                continue
+            reply = item.reply if isinstance(item, BadLine) else await self.answer(item, peer)
+            if reply.tap is not None:
+                reply = error(TAP_OVER_BUS)
+            out.append(reply.wire())
+            if reply.close:
+                break
+        return b"".join(out).decode("utf-8", "replace")
+
+    # ---- figures ---------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Heartbeat stats: real counters for /status and the UI."""
+        return {**self.counters, **self.plane.stats(), "connections_open": len(self.connections),
+                "listening": len(self.servers), "bind_failures": len(self.failed_binds),
+                "failed_binds": {str(port): why for port, why in self.failed_binds.items()}, "auth_lockouts": self.auth_guard.lockouts}
+
+    def _live_beats(self) -> dict[str, Heartbeat]:
+        now = time.monotonic()
+        return {actor: beat for actor, beat in self.heartbeats.items() if now - self.heard_at[actor] <= beat_expiry(beat)}
+
+    def status(self) -> dict[str, Any]:
+        """CommandContext: the /status figures (the seed's example, with real counters)."""
+        beats = self._live_beats()
+        started = min([self.started_at, *(beat.started_at for beat in beats.values())])
+        routes = self.replica.routes.values()
+        routed = sum(int(r.get("messages") or 0) for r in routes)
+        dropped = sum(int(r.get("dropped") or 0) for r in routes)
+        router_beats = [b for a, b in beats.items() if a.startswith("router")]
+        routed = max(routed, sum(int(b.stats.get("delivered") or 0) for b in router_beats))
+        dropped = max(dropped, sum(int(b.stats.get("dropped") or 0) for b in router_beats))
+        scans = [b.stats.get("last_scan") for a, b in beats.items() if a.startswith("scanner")]
+        last_scan = max((s for s in scans if isinstance(s, (int, float))), default=None)
+        peripherals = self.replica.peripherals.values()
+        stats = self.stats()
+        return {
+            "UUID": self.replica.config.get("script_uuid", ""),
+            "Uptime": format_duration(time.time() - started),
+            "Uptime Seconds": round(time.time() - started, 1),
+            "Peripherals": {"online": sum(1 for p in peripherals if p.get("online")), "total": len(self.replica.peripherals)},
+            "Routes": len(self.replica.routes),
+            "Routers Alive": stats["routers_live"],
+            **system_health(beats),
+            "Messages Routed": routed,
+            "Messages Dropped": dropped + stats["unknown_source"] + stats["no_route"] + stats["dropped_buffer_full"],
+            "Gateway": {k: stats[k] for k in ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full",
+                                              "pending", "unacked_payloads", "payloads_resent", "sources_paused", "pause_episodes",
+                                              "routers_lost", "bad_lines", "too_long", "partial_lines_dropped", "connections_open",
+                                              "connections_refused", "connections_refused_per_address", "idle_timeouts",
+                                              "handler_errors", "auth_failures", "auth_lockouts", "refused_identity")},
+            "Auth Locked": self.auth_guard.locked(),
+            "Last Scan": format_time(last_scan),
+            "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],
+            **launched_entry(beats),
+        }
+
+
+def system_health(beats: dict[str, Heartbeat]) -> dict[str, Any]:
+    """"Health" and, when degraded, its reasons, as the live supervisor works them out (absent when none is heard)."""
+    main = beats.get("supervisor")  # the main board's; satellites' supervisors carry their own suffix
+    if main is None or not main.stats.get("health"):
+        return {}
+    health = {"Health": main.stats["health"]}
+    if main.stats.get("reasons"):
+        health["Degraded Because"] = list(main.stats["reasons"])
+    return health
+
+
+def bind_failure(exc: OSError) -> str:
+    """Why a port could not be bound, as the degraded status shows it ("port 6000 held by another process")."""
+    if exc.errno == errno.EADDRINUSE:
+        return "held by another process"
+    return f"cannot be bound: {exc.strerror or exc}"
+
+
+def actor_entry(beat: Heartbeat) -> dict[str, Any]:
+    """One live actor in /status: where it runs (satellite boards show their own host) and, for routers, what it delivered."""
+    entry: dict[str, Any] = {"name": beat.actor, "host": beat.host, "pid": beat.pid}
+    if beat.actor.startswith("router"):
+        entry["delivered"] = int(beat.stats.get("delivered") or 0)
+    return entry
+
+
+def launched_entry(beats: dict[str, Heartbeat]) -> dict[str, Any]:
+    """The launched peripherals (process state joined with registration) from the supervisor's heartbeat, when it has any."""
+    rows = next((b.stats.get("peripherals") for a, b in beats.items() if a.startswith("supervisor")), None)
+    return {"Launched": rows} if isinstance(rows, list) else {}
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_actor("gateway", Gateway, argv)
+

@@ -1,0 +1,4 @@
+"""python -m actors.router"""
+from .router import main
+
+raise SystemExit(main())

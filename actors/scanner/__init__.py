@@ -1,0 +1,1 @@
+"""Discovery: sweeps of known_ports with /info (python -m actors.scanner)."""

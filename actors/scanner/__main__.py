@@ -1,0 +1,4 @@
+"""python -m actors.scanner"""
+from .scanner import main
+
+raise SystemExit(main())

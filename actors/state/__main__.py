@@ -1,0 +1,4 @@
+"""python -m actors.state"""
+from .keeper import main
+
+raise SystemExit(main())

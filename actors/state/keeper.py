@@ -1,0 +1,310 @@
+"""The state keeper: the one true table of peripherals, routes and config, and the only writer of the files.
+
+Requests come through the broker (a ROUTER here, so a whole burst is read at once); each burst
+is applied, written to disk once (group commit), and only then acknowledged, so an acknowledged
+change survives a crash. Usage counters and liveness are written lazily, at most once a
+LAZY_WRITE_DELAY_S. Every change is published as a numbered StateUpdate (Clone pattern).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid as uuidlib
+from collections import OrderedDict
+from typing import Any, Callable
+
+import zmq
+
+from ..core.refusals import RefusalLog
+from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, publish
+from .store import ConfigStore
+from ..core.errors import ErrorCode, OrchestratorError, UnknownOp
+from ..core.protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, UpdateKind, decode_as, encode
+from ..core.runner import StopFlag, run_actor
+from ..core.security import secure_client
+from ..core.settings import Runtime, loopback_only_reason
+from .tables import Change, Tables
+
+log = logging.getLogger(__name__)
+
+MAX_BURST = 1000
+REPLY_CACHE_SIZE = 4096
+LAZY_WRITE_DELAY_S = 1.0
+LAZY_OPS = {Op.SEEN.value, Op.ALIVE.value, Op.LOST.value, Op.ROUTE_USAGE.value}
+QUIET_OPS = {Op.SNAPSHOT.value, Op.ROUTE_USAGE.value, Op.SEEN.value, Op.ALIVE.value}
+CONFIG_NOTICE_REPEAT_S = 300.0  # how often a loopback-only fallback is logged again
+EDIT_POLL_INTERVAL_S = 1.0  # how often the files are stat'ed for hand edits (noticed within 1 s)
+CHANGES_NAMED = 10  # a hand edit's activity line names at most this many changed records
+
+
+class StateKeeper:
+    """Owns Tables and ConfigStore; answers requests, publishes updates, writes files."""
+
+    def __init__(self, runtime: Runtime, context: zmq.Context, stop: StopFlag, name: str = "state") -> None:
+        self.runtime = runtime
+        self.context = context
+        self.stop = stop
+        self.name = name
+        self.store = ConfigStore(runtime.config_dir)
+        config, routes = self.store.load()
+        self.tables = Tables(config, routes)
+        self.epoch = uuidlib.uuid4().hex
+        self.seq = 0
+        self.reply_cache: OrderedDict[str, bytes] = OrderedDict()
+        self.dropped = 0
+        self.requests = 0
+        self.refused = 0
+        self.refusals = RefusalLog()  # a flood of refused requests gives one activity line per op and code a minute
+        self.write_seconds = 0.0
+        self.changed_peripherals: set[str] | None = None  # since the last save; None: render every peripheral again
+        self.last_write_seconds = 0.0
+        self.durable_dirty = False
+        self.lazy_dirty_since: float | None = None
+        self.notice_logged_at = time.monotonic()
+        self.notes_logged = 0
+        self.edits_checked_at = time.monotonic()
+        self.hand_edits = 0
+        self.handlers: dict[str, Callable[[dict[str, Any]], tuple[Any, list[Change]]]] = {
+            Op.REGISTER.value: self.tables.register,
+            Op.SEEN.value: self.tables.seen,
+            Op.ALIVE.value: self.tables.alive,
+            Op.LOST.value: self.tables.lost,
+            Op.SET_PERIPHERAL_CONFIG.value: self.tables.set_peripheral_config,
+            Op.SET_DELIVERY.value: self.tables.set_delivery,
+            Op.REMOVE_PERIPHERAL.value: self.tables.remove_peripheral,
+            Op.ADD_ROUTE.value: self.tables.add_route,
+            Op.EDIT_ROUTE.value: self.tables.edit_route,
+            Op.REMOVE_ROUTE.value: self.tables.remove_route,
+            Op.SET_ROUTE_RULE.value: self.tables.set_route_rule,
+            Op.ROUTE_USAGE.value: self.tables.route_usage,
+            Op.SET_CONFIG.value: self.tables.set_config,
+            Op.RESET.value: self._reset,
+            Op.SNAPSHOT.value: self._snapshot,
+        }
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def run(self) -> None:
+        self.sock = self.context.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        secure_client(self.sock, self.runtime.endpoints.state_back, self.runtime.endpoints.keys_dir)
+        self.sock.connect(self.runtime.endpoints.state_back)
+        self.pub = connect_publisher(self.context, self.runtime.endpoints)
+        logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
+        self.heart = Heartbeater(self.name, self.pub, self.runtime.endpoints, Topic.KEEPER_HEARTBEAT)
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.stop.wakeup_fd(), zmq.POLLIN)
+        log.info("state keeper started: %d peripherals, %d routes from %s", len(self.tables.peripherals), len(self.tables.routes), self.runtime.config_dir)
+        for path in self.store.kept_aside:
+            log.error("a corrupt config file was kept aside as %s", path)
+        self._log_store_notes()
+        try:
+            while not self.stop.should_stop():
+                if self.sock in dict(poller.poll(self._sleep_s() * 1000 + 1)):
+                    self._serve_burst()
+                self._check_outside_edits()
+                if self.durable_dirty:
+                    self._flush()  # an unusable hand edit: the file is written again from the running state
+                self._lazy_flush()
+                self._repeat_config_notice()
+                self.heart.maybe_beat(self._stats())
+        finally:
+            self._flush()
+            self.pub.close()
+            self.sock.close()
+            log.info("state keeper stopped")
+
+    def _sleep_s(self) -> float:
+        """Until the next timed job: a beat, the hand-edit check, a lazy write (requests wake us at once)."""
+        now = time.monotonic()
+        due = [self.heart.due_in(), self.edits_checked_at + EDIT_POLL_INTERVAL_S - now]
+        if self.lazy_dirty_since is not None:
+            due.append(self.lazy_dirty_since + LAZY_WRITE_DELAY_S - now)
+        return max(0.0, min(due))
+
+    def _stats(self) -> dict[str, Any]:
+        stats = {"epoch": self.epoch, "seq": self.seq, "writes": self.store.writes, "dropped": self.dropped, "requests": self.requests,
+                 "peripherals": len(self.tables.peripherals), "routes": len(self.tables.routes), "hand_edits": self.hand_edits,
+                 "refused": self.refused, "write_seconds": round(self.write_seconds, 4), "last_write_seconds": round(self.last_write_seconds, 5)}
+        notice = self.config_notice()
+        if notice:
+            stats["config_notice"] = notice  # shown by `launch.py status` and the UI
+        return stats
+
+    def config_notice(self) -> str:
+        """Why the ports listen on loopback only, while they still do (until bind_host is changed)."""
+        return loopback_only_reason(self.tables.config)
+
+    def _repeat_config_notice(self) -> None:
+        """Say it again now and then: a loopback-only instance is unreachable from other boards, and nobody may be watching."""
+        now = time.monotonic()
+        if now - self.notice_logged_at >= CONFIG_NOTICE_REPEAT_S and self.config_notice():
+            self.notice_logged_at = now
+            log.error("%s", self.config_notice())
+
+    # ---- requests --------------------------------------------------------------------
+    def _serve_burst(self) -> None:
+        """Read every waiting request, apply them, write once, then answer them all."""
+        answers: list[list[bytes]] = []
+        for _ in range(MAX_BURST):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            answers.append(frames[:-1] + [self._answer(frames[-1])])
+        if self.durable_dirty:
+            self._flush()
+        for frames in answers:
+            self.sock.send_multipart(frames)
+
+    def _answer(self, body: bytes) -> bytes:
+        try:
+            request = decode_as(body, Request)
+        except ProtocolError as exc:
+            self.dropped += 1
+            log.warning("dropped a malformed request: %s", exc)
+            return encode(Reply(ok=False, error=f"malformed request: {exc}", code=ErrorCode.BAD_ARGUMENTS))
+        cached = self.reply_cache.get(request.req_id) if request.req_id else None
+        if cached is not None:
+            return cached
+        reply = encode(self.handle(request))
+        if request.req_id:
+            self.reply_cache[request.req_id] = reply
+            if len(self.reply_cache) > REPLY_CACHE_SIZE:
+                self.reply_cache.popitem(last=False)
+        return reply
+
+    def handle(self, request: Request) -> Reply:
+        """Apply one request to the tables; publish its changes; return the reply."""
+        self.requests += 1
+        handler = self.handlers.get(request.op)
+        try:
+            if handler is None:
+                raise UnknownOp(f"unknown op {request.op!r}")
+            result, changes = handler(request.args)
+        except OrchestratorError as exc:
+            self._refused(request.op, exc)
+            return Reply(ok=False, error=str(exc), code=int(exc.code), req_id=request.req_id)
+        if changes:
+            self._publish(changes)
+            if request.op in LAZY_OPS:
+                self.lazy_dirty_since = self.lazy_dirty_since or time.monotonic()
+            else:
+                self.durable_dirty = True
+        if request.op not in QUIET_OPS and changes:
+            log.info("%s", describe(request, result))
+        return Reply(ok=True, result=result, req_id=request.req_id)
+
+    def _refused(self, op: str, exc: OrchestratorError) -> None:
+        """Count a refused request; log it, at most once a minute per op and error code (a client may flood us)."""
+        self.refused += 1
+        if op in QUIET_OPS:
+            return
+        quiet = self.refusals.should_report(op, str(int(exc.code)))
+        if quiet is not None:
+            log.warning("%s refused: %s%s", op, exc, f" ({quiet} more since the last report)" if quiet else "")
+
+    def _publish(self, changes: list[Change]) -> None:
+        for kind, key, value in changes:
+            if self.changed_peripherals is not None:
+                if kind == UpdateKind.PERIPHERAL.value:
+                    self.changed_peripherals.add(key)
+                elif kind == UpdateKind.RESET.value:
+                    self.changed_peripherals = None
+            self.seq += 1
+            publish(self.pub, Topic.STATE, StateUpdate(epoch=self.epoch, seq=self.seq, kind=kind, key=key, value=value))
+
+    def _snapshot(self, _: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        return {"epoch": self.epoch, "seq": self.seq, **self.tables.snapshot()}, []
+
+    def _reset(self, _: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
+        backup = self.store.backup()
+        log.warning("reset: previous files backed up in %s", backup)
+        result, changes = self.tables.reset()
+        return {"config": result, "backup": str(backup)}, changes
+
+    # ---- files -----------------------------------------------------------------------
+    def _log_store_notes(self) -> None:
+        """Log (and so show in the activity) what the store found while loading or merging, once each."""
+        for level, line in self.store.notes[self.notes_logged:]:
+            log.log(level, "%s", line)
+        self.notes_logged = len(self.store.notes)
+
+    def _check_outside_edits(self, force: bool = False) -> None:
+        """A cheap stat poll; an edited file is validated, merged with the running state, published and logged."""
+        now = time.monotonic()
+        if not force and now - self.edits_checked_at < EDIT_POLL_INTERVAL_S:
+            return
+        self.edits_checked_at = now
+        edited = self.store.edited_outside()
+        if not edited:
+            return
+        edit = self.store.merge_outside_edits(self.tables.config_document(), self.tables.routes_document())
+        self._log_store_notes()
+        if edit.config is not None or edit.routes is not None:
+            config = edit.config if edit.config is not None else self.tables.config_document()
+            changes = self.tables.load_documents(config, edit.routes if edit.routes is not None else self.tables.routes_document())
+            self.hand_edits += 1
+            self.changed_peripherals = None  # the edit may touch any peripheral: the next write renders them all
+            self._publish(changes)
+            log.info("%s edited by hand: %s", " and ".join(p.name for p in edited), describe_changes(changes))
+        if edit.rewrite:
+            self.durable_dirty = True
+
+    def _lazy_flush(self) -> None:
+        if self.lazy_dirty_since is not None and time.monotonic() - self.lazy_dirty_since >= LAZY_WRITE_DELAY_S:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.durable_dirty and self.lazy_dirty_since is None:
+            return
+        self._check_outside_edits(force=True)  # merge an unread hand edit first, so this write does not undo it
+        began = time.perf_counter()
+        try:
+            self.store.save(self.tables.config_document(), self.tables.routes_document(), self.changed_peripherals)
+        except OSError as exc:
+            log.error("could not write config files: %s (will retry)", exc)
+            return
+        self.changed_peripherals = set()
+        self.last_write_seconds = time.perf_counter() - began
+        self.write_seconds += self.last_write_seconds
+        self.durable_dirty = False
+        self.lazy_dirty_since = None
+
+
+def describe_changes(changes: list[Change]) -> str:
+    """What a hand edit changed, for one activity line."""
+    if not changes:
+        return "nothing to change"
+    named = [f"{kind} {key or ''} {'removed' if value is None else 'set'}".replace("  ", " ") for kind, key, value in changes[:CHANGES_NAMED]]
+    more = f" and {len(changes) - CHANGES_NAMED} more" if len(changes) > CHANGES_NAMED else ""
+    return ", ".join(named) + more
+
+
+def describe(request: Request, result: Any) -> str:
+    """One activity line for a successful change."""
+    args = request.args
+    if request.op == Op.REGISTER.value:
+        return f"registered {result['name']} ({result['uuid'][:8]}) port {result['port']} -> data port {result['data_port']}"
+    if request.op == Op.ADD_ROUTE.value:
+        return f"route {result['name']} added: {args.get('incoming')} -> {args.get('outgoing')}"
+    if request.op == Op.REMOVE_ROUTE.value:
+        return f"route {args.get('name')} removed"
+    if request.op == Op.EDIT_ROUTE.value:
+        return f"route {result['name']} edited"
+    if request.op == Op.SET_ROUTE_RULE.value:
+        rules = ", ".join(f"{k} {result[k]!r}" for k in ("filter", "transform") if result.get(k)) or "none"
+        return f"route {result['name']} rules: {rules}"
+    if request.op == Op.LOST.value:
+        return f"{result['name']} is offline"
+    if request.op == Op.REMOVE_PERIPHERAL.value:
+        removed = ", ".join(result["removed_routes"]) or "none"
+        return f"peripheral {result['peripheral']['name']} removed (routes removed: {removed})"
+    if request.op == Op.RESET.value:
+        return "orchestrator reset: peripherals and routes cleared"
+    return f"{request.op} done"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_actor("state", StateKeeper, argv)
+

@@ -1,0 +1,1 @@
+"""The supervisor behind launch.py: child processes, control requests, the command-line client."""

@@ -1,0 +1,4 @@
+"""python -m actors.ui"""
+from .app import main
+
+raise SystemExit(main())
