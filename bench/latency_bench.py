@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 import zmq  # noqa: E402
 
-from actors.core.protocol import Stats, Topic, decode_as  # noqa: E402
+from actors.core.protocol import Topic, Trace, decode_as  # noqa: E402
 from router_bench import SOURCES, Helper, Orchestrator, percentile, run_load  # noqa: E402
 
 STAGES = ("source -> gw sent", "gw -> router", "router -> sink", "sink -> written", "total to written")

@@ -28,13 +28,13 @@ def connect_publisher(context: zmq.Context, endpoints: Endpoints) -> zmq.Socket:
     return sock
 
 
-def connect_subscriber(context: zmq.Context, endpoints: Endpoints, topics: Iterable[Topic]) -> zmq.Socket:
+def connect_subscriber(context: zmq.Context, endpoints: Endpoints, topics: Iterable[Topic | bytes]) -> zmq.Socket:
     """A SUB socket connected to the broker's XPUB side, filtered on topics."""
     sock = context.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, EVENT_HWM * 10)
     for topic in topics:
-        sock.setsockopt(zmq.SUBSCRIBE, topic.value)
+        sock.setsockopt(zmq.SUBSCRIBE, topic.value if isinstance(topic, Topic) else topic)
     secure_client(sock, endpoints.events_out, endpoints.keys_dir)
     sock.connect(endpoints.events_out)
     return sock
