@@ -56,6 +56,7 @@ DATA_HWM = 10_000
 # Batches handled before the data reader lets the rest of the loop run.
 READER_YIELD_EVERY = 64
 SINK_JOIN_S = 1.0
+MIN_USAGE_INTERVAL_S = 0.1  # a usage report over a shorter window would overstate its rate
 TRACE_INTERVAL_S = 0.002  # while a latency trace is watched: at most one sampled batch this often
 TRACE_HEAD_BYTES = 48  # of the batch's first payload, so the watcher can tell which payload a trace follows
 FINAL_FLUSH_TIMEOUT_S = 1.0
@@ -271,9 +272,10 @@ class Router:
                 await self.dealer.send(encode(self._heartbeat()))
             if self.usage and now - next_usage > USAGE_FLUSH_INTERVAL_S:
                 next_usage = now + USAGE_FLUSH_INTERVAL_S  # traffic after a quiet spell: its first report covers one whole interval
-            elif now >= next_usage:
+            elif now >= next_usage or (self.usage and self.heart.due_in() == 0):
+                # Due, or a beat with our counters is about to leave: routes.cf and /status move together.
+                self._flush_usage(USAGE_FLUSH_INTERVAL_S - (next_usage - now))
                 next_usage = now + USAGE_FLUSH_INTERVAL_S
-                self._flush_usage()
             self._reap_idle_sinks()
             self._watch_sinks(now)
             self._read_tap_subscriptions()
@@ -692,10 +694,11 @@ class Router:
             usage.reported_rate = rate
         return report
 
-    def _flush_usage(self) -> None:
+    def _flush_usage(self, interval_s: float = USAGE_FLUSH_INTERVAL_S) -> None:
+        """Report the usage counted over the last interval_s (the rate is per that interval)."""
         if self.usage_task is not None and not self.usage_task.done():
             return  # the last report is still in flight; its counters keep accumulating here
-        report = self._take_usage(USAGE_FLUSH_INTERVAL_S)
+        report = self._take_usage(max(interval_s, MIN_USAGE_INTERVAL_S))
         if report:
             self.usage_task = asyncio.create_task(self._send_usage(report))
 
