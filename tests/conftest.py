@@ -174,6 +174,8 @@ def write_test_config(config_dir: Path, overrides: dict[str, Any] | None = None,
         "script_uuid": "00000000-0000-4000-8000-000000000000",
         "known_hosts": ["127.0.0.1"],
         "bind_host": "127.0.0.1",
+        # tests register sources on ports they never opened (1, free_port()): probe only known_ports unless a test asks
+        "probe_registered_ports": False,
     }
     config.update(overrides or {})
     (config_dir / "orch.cf").write_text(json.dumps(config, indent=4))

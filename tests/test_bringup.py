@@ -65,7 +65,7 @@ def watchdogs_of(parent: int) -> list[int]:
             command = Path(f"/proc/{name}/cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat[stat.rfind(b")") + 2:].split()[1]) == parent and b"actors.groupwatch" in command and alive(int(name)):
+        if int(stat[stat.rfind(b")") + 2:].split()[1]) == parent and b"actors.supervisor.groupwatch" in command and alive(int(name)):
             found.append(int(name))
     return found
 

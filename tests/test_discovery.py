@@ -233,7 +233,8 @@ def online(instance: Instance, uuid: str) -> bool:
 
 def scanning(tmp_path: Path, known_ports: str | None, full: bool = False, **config: Any) -> Instance:
     """Scanner (and the full system when asked) on known_ports; None keeps conftest's: our own command port, never probed."""
-    settings_ = {"scan_interval": SCAN_INTERVAL_S, "offline_after_sweeps": 2, **config}
+    # these tests register peripherals only on ports they opened: the registered-port probe may run
+    settings_ = {"scan_interval": SCAN_INTERVAL_S, "offline_after_sweeps": 2, "probe_registered_ports": True, **config}
     if known_ports is not None:
         settings_["known_ports"] = known_ports
     return start_instance(tmp_path, only=None if full else ["broker", "state", "scanner"], config=settings_)
@@ -350,6 +351,17 @@ def test_a_registered_peripheral_is_probed_only_while_registered(tmp_path: Path,
         probes = listener.info_requests
         wait_sweeps(instance, 3)
         assert listener.info_requests == probes and listener.uuid not in snapshot(instance)
+    finally:
+        instance.stop()
+
+
+def test_with_probe_registered_ports_off_only_known_ports_are_probed(tmp_path: Path, fakes: list[FakeListener]) -> None:
+    listener = start(fakes, InfoPeripheral("Outside_Engine"))
+    instance = scanning(tmp_path, None, scan_answer_timeout=QUICK_ANSWER_S, probe_registered_ports=False)
+    try:
+        instance.state_client().request(Op.REGISTER, name="Outside_Engine", uuid=listener.uuid, port=listener.port)
+        wait_sweeps(instance, 3)
+        assert listener.info_requests == 0 and listener.connections == 0
     finally:
         instance.stop()
 

@@ -78,7 +78,7 @@ def test_killed_supervisor_leaves_no_orphans(tmp_path):
 
 
 def test_a_child_that_keeps_crashing_is_left_stopped(tmp_path, monkeypatch):
-    monkeypatch.setitem(__import__("actors.supervisor", fromlist=["ACTOR_MODULES"]).ACTOR_MODULES, "crasher", "tests.crasher")
+    monkeypatch.setitem(ACTOR_MODULES, "crasher", "tests.crasher")
     runtime = Runtime.for_config_dir(tmp_path)
     ensure_runtime_dirs(runtime)
     supervisor = Supervisor(runtime, ["crasher"])

@@ -101,6 +101,15 @@ TUNABLE_DEFAULTS: dict[str, float] = {
     "scan_answer_timeout": 2.0,
 }
 MAX_SCAN_ANSWER_TIMEOUT_S = 60.0  # above this a sweep could outlast any sensible scan_interval
+# Optional switches (absent means the default). probe_registered_ports: the scanner also probes each registered
+# peripheral's own port outside known_ports (liveness); false keeps every probe inside known_ports.
+FLAG_DEFAULTS: dict[str, bool] = {"probe_registered_ports": True}
+
+
+def flag(config: dict[str, Any], key: str) -> bool:
+    """The config's value for an optional switch, or its default when absent or not a boolean."""
+    value = config.get(key)
+    return value if isinstance(value, bool) else FLAG_DEFAULTS[key]
 
 
 def tunable(config: dict[str, Any], key: str) -> float:
@@ -266,6 +275,15 @@ def read_answer_timeout(value: Any) -> Any:
     return value
 
 
+def read_bool(value: Any) -> Any:
+    """true or false; the text "true"/"false" converts."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise ConfigError("must be true or false")
+    return value
+
+
 def read_text(value: Any) -> Any:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError("must be non-empty text")
@@ -337,6 +355,7 @@ KEY_READERS: dict[str, Callable[[Any], Any]] = {
     "admin_token": read_token,
     **{key: read_positive_number for key in TUNABLE_DEFAULTS},
     "scan_answer_timeout": read_answer_timeout,
+    **{key: read_bool for key in FLAG_DEFAULTS},
 }
 
 
@@ -389,7 +408,7 @@ def _check_key(checked: Checked, key: str, value: Any, reader: Callable[[Any], A
             checked.insecure[key] = f"{key!r}: {exc}, got {_shown(key, value)}"
             config[key] = LOOPBACK_ONLY_SECURITY[key]
             return
-        default = defaults.get(key, TUNABLE_DEFAULTS.get(key))
+        default = defaults.get(key, TUNABLE_DEFAULTS.get(key, FLAG_DEFAULTS.get(key)))
         reason = f"{key!r}: {exc}, got {_shown(key, value)}; using the default {default!r}"
         checked.warnings.append(reason)
         checked.reasons.append(reason)
@@ -397,7 +416,7 @@ def _check_key(checked: Checked, key: str, value: Any, reader: Callable[[Any], A
         if key in defaults:
             config[key] = default
         else:
-            config.pop(key)  # a tunable: absent means its default
+            config.pop(key)  # a tunable or a switch: absent means its default
         return
     if result is not value:
         checked.warnings.append(f"{key!r}: read {_shown(key, value)} as {_shown(key, result)}")

@@ -30,7 +30,7 @@ from ..core.protocol import SOURCES_SEEN_STAT, Heartbeat, Message, Op, ProtocolE
 from ..core.replica import StateReplica
 from ..core.runner import StopFlag, run_actor
 from ..core.settings import (HEARTBEAT_INTERVAL_S, MAX_PORT, MAX_SCAN_ANSWER_TIMEOUT_S, MIN_PORT, REQUEST_TIMEOUT_S, ConfigError,
-                       Endpoints, Runtime, parse_ports, tunable)
+                       Endpoints, Runtime, flag, parse_ports, tunable)
 from ..core.requests import AsyncRequestClient
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class ScanPlan:
     own_ports: frozenset[int]
     own_uuid: str
     answer_timeout_s: float
+    probe_registered: bool = True  # orch.cf probe_registered_ports
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ScanPlan":
@@ -63,7 +64,8 @@ class ScanPlan:
         return cls(ports=tuple(parse_ports(config["known_ports"])), hosts=tuple(config.get("known_hosts") or ["localhost"]),
                    interval_s=float(config["scan_interval"]), offline_after=max(1, int(config.get("offline_after_sweeps", 3))),
                    own_ports=frozenset(own), own_uuid=str(config.get("script_uuid", "")),
-                   answer_timeout_s=min(float(tunable(config, "scan_answer_timeout")), MAX_SCAN_ANSWER_TIMEOUT_S))
+                   answer_timeout_s=min(float(tunable(config, "scan_answer_timeout")), MAX_SCAN_ANSWER_TIMEOUT_S),
+                   probe_registered=flag(config, "probe_registered_ports"))
 
 
 def tcp_endpoint_ports(endpoints: Endpoints) -> list[tuple[str, int]]:
@@ -381,6 +383,8 @@ class Scanner:
         Only while the peripheral is known: its record names the port it chose on its own host. Adds the
         hosts' aliases to ``aliases``.
         """
+        if not plan.probe_registered:
+            return [], {}
         covered = {(alias, target.port) for target in swept for alias in aliases[target.host]}
         expected: dict[tuple[str, int], set[str]] = {}
         for uuid, record in self.replica.peripherals.items():
