@@ -34,7 +34,7 @@ from ..core.protocol import Reply as BusReply
 from ..core.replica import StateReplica
 from ..core.runner import StopFlag, run_actor
 from ..core.security import secure_server, start_authenticator
-from ..core.settings import (BIND_RETRY_BASE_S, BIND_RETRY_MAX_S, HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime,
+from ..core.settings import (BIND_RETRY_BASE_S, BIND_RETRY_MAX_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime,
                        default_config, parse_ports, tunable)
 from ..core.requests import AsyncRequestClient
 
