@@ -72,16 +72,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
 def send_line(port: int, line: str | bytes, timeout: float = COMMAND_TIMEOUT_S, host: str = "127.0.0.1") -> str:
     """Send one line to a TCP port, close our write side, return everything read until the peer closes."""
     data = line if isinstance(line, bytes) else line.encode()
-    if not data.endswith(b"\n"):
-        data += b"\n"
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    return send_bytes(port, data if data.endswith(b"\n") else data + b"\n", timeout, host)
+
+
+def send_bytes(port: int, data: bytes, timeout: float = COMMAND_TIMEOUT_S, host: str = "127.0.0.1", source: str | None = None) -> str:
+    """Connect (from the loopback address `source`: another host), send, half-close, return what came back until the peer closed."""
+    source_address = (source, 0) if source else None
+    with socket.create_connection((host, port), timeout=timeout, source_address=source_address) as sock:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
         chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
+        while chunk := sock.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks).decode("utf-8", "replace")
 

@@ -23,7 +23,7 @@ from actors.gateway.commands import CommandLine, ConfigBlock, Peer, TextReply, e
 from actors.gateway.connection import Connection, Limits
 from actors.core.protocol import Op
 from actors.core.settings import ConfigError, parse_port, parse_ports
-from conftest import Instance, start_instance, wait_until
+from conftest import Instance, send_bytes, start_instance, wait_until
 
 GATEWAY_ONLY = ["broker", "state", "gateway"]
 ADMIN = "127.0.0.1"
@@ -59,13 +59,7 @@ def connect(port: int, source: str = ADMIN) -> socket.socket:
 def talk(port: int, lines: list[str | bytes], source: str = ADMIN) -> str:
     """Send lines, half-close, read until the gateway closes."""
     data = b"".join((line if isinstance(line, bytes) else line.encode()) + b"\n" for line in lines)
-    with connect(port, source) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode("utf-8", "replace")
+    return send_bytes(port, data, READ_TIMEOUT_S, source=source)
 
 
 def hit_and_run(port: int, line: bytes, source: str = ADMIN) -> None:

@@ -7,7 +7,6 @@ Every test plays the attacker: it tries the takeover and checks that nothing mov
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +18,7 @@ from actors.core.protocol import Op
 from actors.core.settings import default_config
 from actors.state.tables import Tables
 from actors.core.net import same_host
-from conftest import COMMAND_TIMEOUT_S, Instance, free_port, free_port_range, start_instance, wait_until
+from conftest import COMMAND_TIMEOUT_S, Instance, free_port, free_port_range, send_bytes, start_instance, wait_until
 from fakes import InfoPeripheral, LineSink
 
 TOKEN = "identity-test-token"
@@ -37,13 +36,7 @@ def uid(n: int) -> str:
 def talk(port: int, lines: list[str] | bytes, source: str, timeout: float = COMMAND_TIMEOUT_S) -> str:
     """Connect from `source`, send the lines, half-close, and return everything read until the gateway closes."""
     data = lines if isinstance(lines, bytes) else "".join(line + "\n" for line in lines).encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0)) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode("utf-8", "replace")
+    return send_bytes(port, data, timeout, source=source)
 
 
 def register(instance: Instance, source: str, name: str, uuid: str, port: int) -> str:

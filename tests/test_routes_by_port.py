@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Instance, free_port, start_instance, wait_until
+from conftest import Instance, free_port, send_bytes, start_instance, wait_until
 from actors.core.protocol import Op
 from fakes import LineSink, SinkPeripheral, register
 from test_isolation import TimedSink, route_counters, stop_quietly
@@ -146,13 +146,7 @@ def _hand_edits_supported(instance: Instance) -> bool:
 
 def talk_from(address: str, port: int, data: bytes) -> str:
     """Connect from a chosen loopback address (another host), send, half-close, return what the gateway answered."""
-    with socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT_S, source_address=(address, 0)) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode("utf-8", "replace")
+    return send_bytes(port, data, SOCKET_TIMEOUT_S, source=address)
 
 
 def test_data_as_a_route_only_uuid_from_another_host_is_refused_and_from_this_machine_routed(tmp_path: Path) -> None:
