@@ -17,7 +17,8 @@ from actors.core.bus import Heartbeater, beat_expiry, idle_beat_interval
 from actors.gateway.dataplane import DataPlane
 from actors.core.protocol import Heartbeat, Topic, decode_as
 from actors.core.runner import StopFlag
-from actors.core.settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S, Endpoints, Runtime
+from actors.core.settings import (HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S, STARTUP_BEAT_INTERVAL_S,
+                                  STARTUP_BEATS, Endpoints, Runtime)
 from conftest import start_instance, wait_until
 
 DETECTION_LIMIT_S = 3.0  # a dead actor or a silent satellite is counted out within this (the issue's bound)
@@ -59,12 +60,32 @@ def test_liveness_bounds_hold_where_other_boards_watch(tmp_path) -> None:
     assert idle_beat_interval(ipc_endpoints(tmp_path)) == IDLE_HEARTBEAT_INTERVAL_S
 
 
+def past_startup(heart: Heartbeater, clock: Clock, stats: dict) -> None:
+    """Let the start-up beats go (they may reach nobody while the subscription joins)."""
+    assert heart.maybe_beat(stats)  # the first beat at once: readiness does not wait
+    for _ in range(STARTUP_BEATS - 1):
+        clock.now += STARTUP_BEAT_INTERVAL_S
+        assert heart.maybe_beat(stats)
+
+
+def test_a_new_actor_beats_quickly_a_few_times_then_seldom(tmp_path, monkeypatch) -> None:
+    """The first beats come every STARTUP_BEAT_INTERVAL_S (a subscription joining late misses only some), each
+    announcing the idle expiry, so the actor is never counted out between the last quick beat and the next."""
+    clock = Clock()
+    monkeypatch.setattr("actors.core.bus.time.monotonic", clock)
+    pub = FakePub()
+    heart = Heartbeater("gateway", pub, ipc_endpoints(tmp_path))
+    past_startup(heart, clock, {"n": 1})
+    assert len(pub.sent) == STARTUP_BEATS and heart.due_in() == pytest.approx(IDLE_HEARTBEAT_INTERVAL_S)
+    assert all(beat.expiry_s == IDLE_HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS for beat in pub.sent)
+
+
 def test_an_idle_actor_beats_seldom_and_says_when_to_count_it_out(tmp_path, monkeypatch) -> None:
     clock = Clock()
     monkeypatch.setattr("actors.core.bus.time.monotonic", clock)
     pub = FakePub()
     heart = Heartbeater("gateway", pub, ipc_endpoints(tmp_path))
-    assert heart.maybe_beat({"n": 1})  # the first beat at once: readiness does not wait
+    past_startup(heart, clock, {"n": 1})
     for _ in range(int(IDLE_HEARTBEAT_INTERVAL_S / 0.25) - 1):
         clock.now += 0.25
         assert not heart.maybe_beat({"n": 1}), "unchanged figures beat before the idle interval"
@@ -80,7 +101,7 @@ def test_changed_figures_leave_within_the_busy_interval(tmp_path, monkeypatch) -
     monkeypatch.setattr("actors.core.bus.time.monotonic", clock)
     pub = FakePub()
     heart = Heartbeater("router-1", pub, ipc_endpoints(tmp_path))
-    heart.maybe_beat({"delivered": 0})
+    past_startup(heart, clock, {"delivered": 0})
     clock.now += 0.1
     assert not heart.maybe_beat({"delivered": 5})  # not at once: at most one beat per HEARTBEAT_INTERVAL_S
     assert heart.due_in() == pytest.approx(HEARTBEAT_INTERVAL_S - 0.1)

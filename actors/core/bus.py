@@ -11,7 +11,8 @@ import zmq
 
 from .protocol import Activity, Heartbeat, Message, ProtocolError, Topic, decode, encode
 from .security import secure_client
-from .settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S, Endpoints
+from .settings import (HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S, STARTUP_BEAT_INTERVAL_S, STARTUP_BEATS,
+                       Endpoints)
 
 # Events are small and rare; a high-water mark protects memory if the broker stalls.
 EVENT_HWM = 10_000
@@ -107,6 +108,7 @@ class Heartbeater:
         self.next_beat = 0.0
         self.last_beat = -HEARTBEAT_INTERVAL_S
         self.last_stats: dict[str, Any] | None = None
+        self.beats = 0
 
     def due_in(self) -> float:
         """Seconds until the next beat is due (0 when it is): how long the actor's loop may sleep."""
@@ -121,7 +123,9 @@ class Heartbeater:
         if now < self.next_beat:
             return False
         self.last_beat, self.last_stats = now, stats
-        self.next_beat = now + self.idle_interval_s
+        self.beats += 1
+        starting = self.beats < STARTUP_BEATS and STARTUP_BEAT_INTERVAL_S < self.idle_interval_s
+        self.next_beat = now + (STARTUP_BEAT_INTERVAL_S if starting else self.idle_interval_s)
         topic = heartbeat_topic(self.actor) if self.topic is Topic.HEARTBEAT else self.topic
         publish(self.sock, topic, Heartbeat(actor=self.actor, pid=os.getpid(), host=self.host, started_at=self.started_at, stats=stats,
                                                  expiry_s=self.idle_interval_s * HEARTBEAT_LIVENESS))

@@ -34,6 +34,10 @@ HEARTBEAT_EXPIRY_S = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
 # figures do not change an actor beats this seldom, and says so in its beat (expiry_s). Satellites always beat
 # every HEARTBEAT_INTERVAL_S, so a silent board is counted out within HEARTBEAT_EXPIRY_S.
 IDLE_HEARTBEAT_INTERVAL_S = 5.0
+# A new actor's first beats may reach nobody (a subscription takes a moment to join the broker): it beats this
+# often for its first few beats, so the supervisor counts it ready within about a second, not an idle interval.
+STARTUP_BEAT_INTERVAL_S = 0.2
+STARTUP_BEATS = 6
 # The router's sink worker threads wait for the interpreter lock; the default 5 ms switch interval
 # would let a busy event loop hold a message-mode write back that long (bench/latency_bench.py).
 ROUTER_SWITCH_INTERVAL_S = 0.0005
