@@ -367,13 +367,14 @@ def test_with_probe_registered_ports_off_only_known_ports_are_probed(tmp_path: P
 
 
 def test_a_peripheral_that_only_sends_data_stays_online(tmp_path: Path) -> None:
-    # Data sightings come with the gateway's heartbeat (once a second): the offline window must be longer than that.
-    instance = scanning(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S, scan_interval=0.5, offline_after_sweeps=3)
+    # Data sightings come with the gateway's heartbeat (every HEARTBEAT_INTERVAL_S while figures change): the offline
+    # window (6 sweeps of 0.5 s) must be well above that.
+    instance = scanning(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S, scan_interval=0.5, offline_after_sweeps=6)
     sender = RegisteringPeripheral(instance.command_port, "Terminal_Input_Engine")
     try:
         sender.register()
         sender.stop()  # it never answers on its own port: only its data says it is alive
-        until = time.monotonic() + 4 * 3 * 0.5  # four times the offline window
+        until = time.monotonic() + 2 * 6 * 0.5  # twice the offline window
         while time.monotonic() < until:
             sender.send_data("hello")
             assert online(instance, sender.uuid), "went offline while sending data"

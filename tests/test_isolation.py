@@ -355,10 +355,14 @@ def test_a_stream_write_blocked_on_a_sink_that_never_reads_times_out_at_the_age_
             wait_until(lambda: len(reports.chunks) == 200, UNIT_TIMEOUT_S, 0.02, "every chunk delivered or dropped, none waiting forever")
             delivered = sum(c.delivered for c in reports.chunks)
             assert delivered + sum(c.expired for c in reports.chunks) == 200 and delivered < 200
-            late = Chunk("r", [payload], framed_size([payload]))
-            queue.offer(late)  # the buffers are full now: this write blocks
-            wait_until(lambda: late in reports.chunks, UNIT_TIMEOUT_S, 0.02, "the blocked write to give up")
-            assert late.expired == 1 and late.delivered == 0
+
+            def a_write_blocked_on_full_buffers_gave_up() -> Chunk | None:
+                late = Chunk("r", [payload], framed_size([payload]))
+                queue.offer(late)  # once the kernel buffers between us are full, this write blocks
+                wait_until(lambda: late in reports.chunks, UNIT_TIMEOUT_S, 0.02, "the write to finish or give up")
+                return late if late.expired == 1 and late.delivered == 0 else None
+
+            wait_until(a_write_blocked_on_full_buffers_gave_up, UNIT_TIMEOUT_S, 0, "a blocked write to give up at the age bound")
             assert any(e.startswith("down: not reading") for e in reports.events), reports.events
             assert worker.stream is None  # closed: a half-written line is never completed later
         finally:
