@@ -501,5 +501,6 @@ def test_end_to_end_one_connection_per_message_at_the_sink(orchestrator: Instanc
         result = status(orchestrator)
         assert result["Routers Alive"] == 1 and result["Routes"] == 1
         wait_until(lambda: status(orchestrator)["Last Scan"] != "Never", 10.0, message="the scanner's last sweep in /status")
-        assert "Messages: 5" in orchestrator.command("/routes info")
+        # /routes info reads the replicated table: the keeper's usage update may land a moment after the router's beat
+        wait_until(lambda: "Messages: 5" in orchestrator.command("/routes info"), 10.0, message="usage in /routes info")
 
