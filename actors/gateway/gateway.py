@@ -33,6 +33,7 @@ from ..core.protocol import SOURCES_SEEN_STAT, DataAck, Heartbeat, Op, ProtocolE
 from ..core.protocol import Reply as BusReply
 from ..core.replica import StateReplica
 from ..core.runner import StopFlag, run_actor
+from ..core.tasks import Supervised
 from ..core.security import secure_server, start_authenticator
 from ..core.settings import (BIND_RETRY_BASE_S, BIND_RETRY_MAX_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime,
                        default_config, parse_ports, tunable)
@@ -135,11 +136,13 @@ class Gateway:
         self.data = self._bind_data_socket()
         self.state = AsyncRequestClient(self.actx, endpoints.state_front, endpoints.keys_dir)
         self.data_monitor = self.data.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        tasks = [asyncio.create_task(coro) for coro in (self._read_bus(), self._read_data(), self._watch_routers())]
+        self.tasks = Supervised(self.wake)
+        self.tasks.start(self._read_bus(), self._read_data(), self._watch_routers())
         log.info("gateway %s started (pid %d)", self.name, os.getpid())
         try:
             await self._startup()
             while not self.stop.should_stop():
+                self.tasks.check()  # a dead reader ends the gateway: the supervisor restarts it
                 try:
                     await asyncio.wait_for(self.wake.wait(), self._sleep_s())
                 except asyncio.TimeoutError:
@@ -147,7 +150,7 @@ class Gateway:
                 self.wake.clear()
                 self._tick()
         finally:
-            await self._shutdown(tasks)
+            await self._shutdown()
 
     def _bind_data_socket(self) -> zmq.asyncio.Socket:
         sock = self.actx.socket(zmq.ROUTER)
@@ -164,20 +167,18 @@ class Gateway:
     async def _startup(self) -> None:
         """Get a snapshot (waiting for the state keeper as long as it takes), then open the listeners."""
         while not self.stop.should_stop():
+            self.tasks.check()
             if await self._snapshot():
                 await self._reconcile_listeners()
                 return
             self.heart.maybe_beat(self.stats())
 
-    async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
+    async def _shutdown(self) -> None:
         for _, server in self.servers.values():
             server.close()
         for conn in list(self.connections):
             conn.abort()
-        tasks = [*tasks, *self.bus_commands]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.tasks.cancel(*self.bus_commands)
         self.state.close()
         if self.supervisor is not None:
             self.supervisor.close()

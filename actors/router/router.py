@@ -41,6 +41,7 @@ from ..core.protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Hear
                        decode_as, encode, tap_topic)
 from ..core.replica import StateReplica
 from ..core.rules import RouteRules, RuleError
+from ..core.tasks import Supervised
 from ..core.runner import StopFlag, run_actor
 from ..core.security import secure_client
 from ..core.settings import HEARTBEAT_LIVENESS, MAX_PORT, MIN_PORT, POLL_INTERVAL_MS, ROUTER_SWITCH_INTERVAL_S, USAGE_FLUSH_INTERVAL_S, Runtime, sink_max_age, tunable
@@ -224,13 +225,13 @@ class Router:
         self.stop.on_set(lambda: self.loop.call_soon_threadsafe(self.wake.set))
         self.loop.add_reader(self.tap.getsockopt(zmq.FD), self._read_tap_subscriptions)  # a tap opens at once, not at the next beat
         self.client = AsyncRequestClient(self.actx, endpoints.state_front, endpoints.keys_dir)
-        tasks = [asyncio.create_task(self._read_events())]
-        tasks[0].add_done_callback(lambda _: self.wake.set())
+        self.tasks = Supervised(self.wake)
+        self.tasks.start(self._read_events())
         log.info("%s started (pid %d), data endpoint %s", self.name, os.getpid(), endpoints.data)
         try:
-            await self._housekeeping(tasks)
+            await self._housekeeping()
         finally:
-            await self._shutdown(tasks)
+            await self._shutdown()
 
     def _connect_tap(self) -> zmq.Socket:
         """An XPUB on the bus: subscriptions to tap topics arrive here, so we publish only what is watched."""
@@ -252,20 +253,16 @@ class Router:
         log.info("%s connected to the gateway's data endpoint %s", self.name, self.runtime.endpoints.data)
         return sock
 
-    async def _housekeeping(self, tasks: list[asyncio.Task]) -> None:
+    async def _housekeeping(self) -> None:
         """The timed work: stop flag, resync, data socket start, heartbeats, usage flush, taps."""
         next_data_beat = 0.0
         next_usage = time.monotonic() + USAGE_FLUSH_INTERVAL_S
         while not self.stop.should_stop():
-            for task in tasks:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # a reader died: let the supervisor restart us
+            self.tasks.check()  # a reader died: let the supervisor restart us
             self._maybe_resync()
             if self.dealer is None and self.replica.ready:
                 self.dealer = self._connect_data()
-                tasks += [asyncio.create_task(self._read_data()), asyncio.create_task(self._send_acks())]
-                for task in tasks[-2:]:
-                    task.add_done_callback(lambda _: self.wake.set())
+                self.tasks.start(self._read_data(), self._send_acks())
             now = time.monotonic()
             if self.dealer is not None and now >= next_data_beat:
                 next_data_beat = now + self.heart.idle_interval_s  # acks prove us alive too while data flows
@@ -294,10 +291,8 @@ class Router:
             pass
         self.wake.clear()
 
-    async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def _shutdown(self) -> None:
+        await self.tasks.cancel()
         await self._drain_and_ack()
         for sink in self.sinks.values():
             sink.worker.stop()

@@ -32,7 +32,7 @@ from ..core.settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, POLL_INTERVAL_MS
 
 log = logging.getLogger("supervisor")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # actors/supervisor/ -> the checkout
 ACTOR_MODULES = {"broker": "broker", "state": "actors.state", "gateway": "actors.gateway", "scanner": "actors.scanner", "router": "actors.router", "ui": "actors.ui"}
 DEFAULT_ACTORS = ("broker", "state", "gateway", "router", "scanner")
 MAX_ROUTERS = 16
