@@ -18,18 +18,19 @@ Args = dict[str, Any]
 class Handler:
     """What an op does, and the activity line a success gets (None: it logs nothing)."""
 
-    run: Callable[[Args], Any]
+    run: Callable[[Request], Any]
     activity: Callable[[Args, Any], str] | None = None
 
 
 def serve(request: Request, handlers: Mapping[str, Handler],
-          on_refused: Callable[[str, OrchestratorError], None] | None = None) -> tuple[Reply, Handler | None, Any]:
+          on_refused: Callable[[str, OrchestratorError], None] | None = None,
+          kind: str = "op") -> tuple[Reply, Handler | None, Any]:
     """The reply to request; also the handler that ran and its result (None when refused), for bookkeeping."""
     handler = handlers.get(request.op)
     try:
         if handler is None:
-            raise UnknownOp(f"unknown op {request.op!r}")
-        result = handler.run(request.args)
+            raise UnknownOp(f"unknown {kind} {request.op!r}")
+        result = handler.run(request)
     except OrchestratorError as exc:
         if on_refused is not None:
             on_refused(request.op, exc)

@@ -190,7 +190,8 @@ class StateKeeper:
     def _applying(self, op: str, apply: Callable[[dict[str, Any]], tuple[Any, list[Change]]],
                   activity: Callable[[dict[str, Any], Any], str] | None) -> Handler:
         """A handler applying op to the tables: publishes its changes, schedules their write, logs its line."""
-        def run(args: dict[str, Any]) -> Any:
+        def run(request: Request) -> Any:
+            args = request.args
             result, changes = apply(args)
             if changes:
                 self._publish(changes)
