@@ -28,6 +28,7 @@ from ..core.errors import BadArguments, ErrorCode
 from .peripherals import PeripheralManager
 from ..core.protocol import Activity, Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
 from ..core.security import secure_server, start_authenticator
+from ..core.runner import console_handler
 from ..core.serving import Handler, serve
 from ..core.settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, POLL_INTERVAL_MS, Runtime
 
@@ -201,9 +202,7 @@ class Supervisor:
         if child.attached:
             self.children.remove(child)
             signal.signal(signal.SIGINT, self._on_signal)
-            console = logging.StreamHandler(sys.stderr)
-            console.setFormatter(logging.Formatter("%(asctime)s supervisor %(levelname)s %(message)s", "%H:%M:%S"))
-            logging.getLogger().addHandler(console)  # the terminal is ours again: show what the supervisor does
+            logging.getLogger().addHandler(console_handler("supervisor"))  # the terminal is ours again
             log.info("ui detached (exit %s); the orchestrator keeps running here: Ctrl+C stops it", code)
             return
         ran_for = now - child.started_at
