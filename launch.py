@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import logging.handlers
 import socket
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from actors.core.errors import OrchestratorError
 from actors.supervisor.peripheralcli import DEFAULT_TAIL_LINES, PERIPHERAL_ACTIONS, print_peripherals, run_peripheral_command, show_logs
 from actors.core.protocol import Op
 from actors.core.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, ensure_runtime_dirs, release_run_dir
-from actors.core.runner import LOG_BACKUPS, LOG_FORMAT, LOG_MAX_BYTES
+from actors.core.runner import setup_logging
 from actors.core.security import ensure_keys, missing_client_keys, needs_curve
 from actors.core.settings import DEFAULT_CONFIG_DIR, Endpoints, Runtime
 from actors.supervisor.supervisor import ACTOR_MODULES, DEFAULT_ACTORS, DEFAULT_ROUTERS, AlreadyRunning, Supervisor, acquire_lock
@@ -90,19 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_supervisor_logging(runtime: Runtime) -> None:
-    runtime.log_dir.mkdir(parents=True, exist_ok=True)
-    root = logging.getLogger()
-    root.setLevel(runtime.log_level)
-    handler = logging.handlers.RotatingFileHandler(runtime.log_dir / "supervisor.log", maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root.addHandler(handler)
-    if runtime.console_log:
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logging.Formatter("%(asctime)s supervisor %(levelname)s %(message)s", "%H:%M:%S"))
-        root.addHandler(console)
-
-
 def parse_bus_address(address: str) -> tuple[str, int]:
     """tcp://HOST:PORT -> (HOST, PORT); raises ValueError with a readable message."""
     parts = urlsplit(address)
@@ -160,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         lock.close()
         return 2
-    setup_supervisor_logging(runtime)
+    setup_logging(runtime, "supervisor", replace_handlers=False)
     if any(actor in CONFIG_ACTORS for actor in actors) and refuse_bad_config(runtime):
         lock.close()
         return EXIT_BAD_CONFIG

@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from actors.core.protocol import DataAck, DataBatch, Heartbeat, Op, Tap, Topic, decode, decode_as, encode, tap_topic
-from actors.router.router import AckBook, BatchTracker
+from actors.router.acks import AckBook, BatchTracker
 from actors.router.sinks import MODE_MESSAGE, MODE_STREAM, Backoff, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
 from conftest import REPO_ROOT, Instance, free_port, start_instance, wait_until
 from fakes import LineSink

@@ -10,7 +10,7 @@ from pathlib import Path
 from actors.core.runfolder import ensure_runtime_dirs
 from actors.core.settings import Runtime
 from actors.supervisor.supervisor import ACTOR_MODULES, FLAP_LIMIT, Supervisor
-from conftest import REPO_ROOT, start_instance, wait_until
+from conftest import REPO_ROOT, send_line, start_instance, wait_until, write_test_config
 
 
 def alive(pid):
@@ -179,3 +179,29 @@ def test_backoff_is_capped_and_shown_as_degraded(tmp_path, monkeypatch):
     assert child.next_start - time.monotonic() <= 0.05 + 0.01 and not child.failed
     health, reasons = supervisor.health(time.time())
     assert health == "degraded" and reasons[0].startswith("state down")
+
+
+def test_a_gateway_whose_long_running_task_raises_exits_and_is_restarted(tmp_path, monkeypatch):
+    """Its router watch dies: the gateway must not run on with a stale view, but exit non-zero and come back."""
+    port = write_test_config(tmp_path)["command_port"]
+    monkeypatch.setitem(ACTOR_MODULES, "gateway", "tests.dying_gateway")
+    runtime = Runtime.for_config_dir(tmp_path)
+    ensure_runtime_dirs(runtime)
+    supervisor = Supervisor(runtime, ["broker", "state", "gateway"])
+    gateway = next(c for c in supervisor.children if c.kind == "gateway")
+    exits = []
+    reap = supervisor._reap
+    monkeypatch.setattr(supervisor, "_reap", lambda child, now: (exits.append((child.kind, child.process.returncode)), reap(child, now)))
+
+    def restarted_and_serving() -> bool:
+        if gateway.restarts < 1 or not gateway.alive:
+            return False
+        try:
+            return send_line(port, "/help", timeout=1.0).startswith("Available commands:")
+        except OSError:
+            return False
+
+    run_until(supervisor, restarted_and_serving)
+    assert (tmp_path / "watch-task-crashed").exists()
+    assert exits == [("gateway", 1)]
+    assert "router watch failed (injected by the test)" in (runtime.log_dir / "gateway.log").read_text()

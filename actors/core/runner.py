@@ -18,6 +18,7 @@ from .settings import Runtime
 LOG_MAX_BYTES = 2 * 1024 * 1024
 LOG_BACKUPS = 3
 LOG_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+CONSOLE_TIME_FORMAT = "%H:%M:%S"
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
@@ -89,19 +90,29 @@ class Actor(Protocol):
     def run(self) -> int | None: ...
 
 
-def setup_logging(runtime: Runtime, actor: str) -> None:
-    """A rotating file per actor in <config>/logs, plus stderr when the runtime asks for it."""
+def setup_logging(runtime: Runtime, actor: str, replace_handlers: bool = True) -> None:
+    """A rotating file per actor in <config>/logs, plus stderr when the runtime asks for it.
+
+    replace_handlers: an actor process owns its root logger; launch.py's supervisor keeps handlers already
+    there (a test harness's capture).
+    """
     runtime.log_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
-    root.handlers.clear()
+    if replace_handlers:
+        root.handlers.clear()
     root.setLevel(runtime.log_level)
     file_handler = logging.handlers.RotatingFileHandler(runtime.log_dir / f"{actor}.log", maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
     file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(file_handler)
     if runtime.console_log:
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logging.Formatter(f"%(asctime)s {actor:>8} %(levelname)s %(message)s", "%H:%M:%S"))
-        root.addHandler(console)
+        root.addHandler(console_handler(actor))
+
+
+def console_handler(actor: str) -> logging.Handler:
+    """The one console format: time, who, level, message."""
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter(f"%(asctime)s {actor:>8} %(levelname)s %(message)s", CONSOLE_TIME_FORMAT))
+    return console
 
 
 def parse_actor_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -31,9 +31,13 @@ DATA_COMMAND = b"/data"
 COMMAND_PREFIX = "/"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 AUTH_OK = "Authenticated: admin commands allowed on this connection."
-# Commands that change or reveal more than a peripheral needs: only from admin_clients, or after /auth.
-ADMIN_COMMANDS = frozenset({("/reset",), ("/remove",), ("/delivery",), ("/tap",),
-                            ("/routes", "add"), ("/routes", "remove"), ("/routes", "edit"), ("/routes", "set"), ("/launch",)})
+ROUTE_NOT_FOUND = "Route '{name}' not found."
+# How every error reply begins (the legacy sentences kept verbatim); launch.py ctl exits 1 on these.
+ERROR_PREFIX = "Error"
+USAGE_PREFIX = "Usage:"
+INVALID_PREFIX = "Invalid"
+UNKNOWN_PREFIX = UNKNOWN_COMMAND.split(".")[0]  # "Unknown command"
+ERROR_REPLY_PREFIXES = (ERROR_PREFIX, UNKNOWN_PREFIX, USAGE_PREFIX, INVALID_PREFIX)
 CLEAR_RULES = "clear"
 LAUNCH_USAGE = "/launch start|stop|restart|list [<name>]"
 
@@ -73,7 +77,7 @@ def forbidden(what: str, peer: "Peer") -> TextReply:
 
 def failure(exc: OrchestratorError) -> TextReply:
     """The one way a narrow exception becomes an answer line."""
-    return error(f"Error: {exc}", exc.code)
+    return error(f"{ERROR_PREFIX}: {exc}", exc.code)
 
 
 # ---- line parsing -------------------------------------------------------------------
@@ -264,6 +268,7 @@ class Command:
     aliases: tuple[str, ...] = ()
     rest_from: int | None = None  # arguments from this index on arrive as one string, spacing kept (free text like a rule)
     details: tuple[str, ...] = ()  # more lines for the group's help
+    admin: bool = False  # changes or reveals more than a peripheral needs: only from admin_clients, or after /auth
 
 
 @dataclass
@@ -294,11 +299,11 @@ class Registry:
         command, args = self.find(tokens)
         if command is None:
             return self._unknown(tokens)
-        if command.words in ADMIN_COMMANDS and not peer.admin:
+        if command.admin and not peer.admin:
             return forbidden(" ".join(command.words), peer)
         low, high = command.args
         if not low <= len(args) <= high:
-            return error(f"Usage: {command.usage}")
+            return error(f"{USAGE_PREFIX} {command.usage}")
         if command.rest_from is not None and len(args) > command.rest_from:
             skip = len(tokens) - len(args) + command.rest_from
             args = args[:command.rest_from] + [text_after(text, skip)]
@@ -310,9 +315,13 @@ class Registry:
     def _unknown(self, tokens: list[str]) -> TextReply:
         if tokens[0] in self.groups:
             if len(tokens) == 1:
-                return error(f"Invalid {tokens[0][1:]} command. Type '{tokens[0]} help' for usage.")
+                return error(f"{INVALID_PREFIX} {tokens[0][1:]} command. Type '{tokens[0]} help' for usage.")
             return error(f"Unknown {tokens[0][1:]} command. Type '{tokens[0]} help' for usage.")
         return error(UNKNOWN_COMMAND, ErrorCode.UNKNOWN_OP)
+
+    def admin_commands(self) -> frozenset[tuple[str, ...]]:
+        """The words of every command registered admin=True (the access tests walk them all)."""
+        return frozenset(command.words for command in self.commands.values() if command.admin)
 
     def _unique(self) -> list[Command]:
         seen: list[Command] = []
@@ -526,7 +535,7 @@ async def cmd_routes_edit(args: list[str], ctx: CommandContext, peer: Peer) -> T
     try:
         route = await ctx.request(Op.EDIT_ROUTE, name=name, incoming=incoming, outgoing=outgoing)
     except UnknownRoute:
-        return error(f"Route '{name}' not found.", ErrorCode.UNKNOWN_ROUTE)
+        return error(ROUTE_NOT_FOUND.format(name=name), ErrorCode.UNKNOWN_ROUTE)
     await ctx.settle(lambda replica: replica.routes.get(name, {}).get("outgoing") == route["outgoing"]
                      and replica.routes[name].get("incoming") == route["incoming"])
     return ok(f"Route '{name}' updated successfully.")
@@ -537,7 +546,7 @@ async def cmd_routes_remove(args: list[str], ctx: CommandContext, peer: Peer) ->
     try:
         await ctx.request(Op.REMOVE_ROUTE, name=name)
     except UnknownRoute:
-        return error(f"Route '{name}' not found.", ErrorCode.UNKNOWN_ROUTE)
+        return error(ROUTE_NOT_FOUND.format(name=name), ErrorCode.UNKNOWN_ROUTE)
     await ctx.settle(lambda replica: name not in replica.routes)
     return ok(f"Route '{name}' removed successfully.")
 
@@ -564,11 +573,11 @@ async def cmd_routes_set(args: list[str], ctx: CommandContext, peer: Peer) -> Te
         request = {"key": key, "rule": rule}
         done = lambda route: route.get(key) == rule
     else:
-        return error(f"Usage: {ROUTES_SET_USAGE}")
+        return error(f"{USAGE_PREFIX} {ROUTES_SET_USAGE}")
     try:
         await ctx.request(Op.SET_ROUTE_RULE, name=name, **request)
     except UnknownRoute:
-        return error(f"Route '{name}' not found.", ErrorCode.UNKNOWN_ROUTE)
+        return error(ROUTE_NOT_FOUND.format(name=name), ErrorCode.UNKNOWN_ROUTE)
     await ctx.settle(lambda replica: name in replica.routes and done(replica.routes[name]))
     return ok(f"Route '{name}' rules cleared." if key == CLEAR_RULES else f"Route '{name}' {key} set: {rule}")
 
@@ -641,23 +650,26 @@ def build_registry() -> Registry:
     registry.add(Command(("/config",), "/config <uuid>", "Then JSON lines and a line EOF (or close): store that peripheral's config",
                          cmd_connection_only, (0, 1)))
     registry.add(Command(("/delivery",), "/delivery <peripheral-name> message|stream [max_age]",
-                         "Set how a sink receives data, and how many seconds its data may wait before it is dropped", cmd_delivery, (2, 3)))
-    registry.add(Command(("/remove",), "/remove <peripheral-name>", "Forget a peripheral and its routes", cmd_remove, (1, 1)))
+                         "Set how a sink receives data, and how many seconds its data may wait before it is dropped", cmd_delivery, (2, 3),
+                         admin=True))
+    registry.add(Command(("/remove",), "/remove <peripheral-name>", "Forget a peripheral and its routes", cmd_remove, (1, 1), admin=True))
     registry.add(Command(("/tap",), "/tap <route-name>|<peripheral-name>", "Watch the live payloads of a route or a peripheral",
-                         cmd_tap, (1, 1)))
+                         cmd_tap, (1, 1), admin=True))
     registry.add(Command(("/auth",), "/auth <token>", "Allow admin commands on this connection (needs admin_token)", cmd_auth, (1, 1)))
     registry.add(Command(("/launch",), LAUNCH_USAGE, "Start, stop, restart or list the peripherals of peripherals.toml",
-                         cmd_launch, (1, 2)))
-    registry.add(Command(("/reset",), "/reset", "Reset the orchestrator: clear peripherals and routes (files are backed up)", cmd_reset))
+                         cmd_launch, (1, 2), admin=True))
+    registry.add(Command(("/reset",), "/reset", "Reset the orchestrator: clear peripherals and routes (files are backed up)", cmd_reset,
+                         admin=True))
     registry.add(Command(("/exit",), "/exit [<uuid>]", "Exit command mode, or mark a peripheral offline", cmd_exit, (0, 1)))
     registry.add_group("/routes", "Manage routes")
     registry.add(Command(("/routes", "add"), "/routes add <route-name> <incoming-peripheral-name> <outgoing-peripheral-name>",
-                         "Add a new route", cmd_routes_add, (3, 3)))
+                         "Add a new route", cmd_routes_add, (3, 3), admin=True))
     registry.add(Command(("/routes", "edit"), "/routes edit <route-name> <incoming-peripheral-name> <outgoing-peripheral-name>",
-                         "Change an existing route's ends", cmd_routes_edit, (3, 3)))
-    registry.add(Command(("/routes", "remove"), "/routes remove <route-name>", "Remove an existing route", cmd_routes_remove, (1, 1)))
+                         "Change an existing route's ends", cmd_routes_edit, (3, 3), admin=True))
+    registry.add(Command(("/routes", "remove"), "/routes remove <route-name>", "Remove an existing route", cmd_routes_remove, (1, 1),
+                         admin=True))
     registry.add(Command(("/routes", "set"), ROUTES_SET_USAGE, "Set a route's filter or transform rule, or clear both",
-                         cmd_routes_set, (2, 1 << 16), rest_from=2, details=ROUTES_SET_DETAILS))
+                         cmd_routes_set, (2, 1 << 16), rest_from=2, details=ROUTES_SET_DETAILS, admin=True))
     registry.add(Command(("/routes", "info"), "/routes info", "List all routes with counters, rate and rules", cmd_routes_info))
     registry.add(Command(("/routes", "help"), "/routes help", "Show this help message", cmd_routes_help))
     return registry

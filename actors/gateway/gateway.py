@@ -10,7 +10,6 @@ gets an error line and never disturbs other clients.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import time
@@ -24,32 +23,28 @@ from .access import AccessPolicy, AuthGuard, AuthLimits, ConnectionSlots, SlotLi
 from ..core.refusals import RefusalLog
 from ..core.net import effective_address, is_this_machine
 from ..core.bus import LIVENESS_TOPICS, ActivityHandler, Heartbeater, beat_expiry, connect_publisher, connect_subscriber, parse_event
-from .commands import (BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, TextReply, apply_config_block, build_registry, error, failure,
-                       format_time)
-from .connection import HOLD_BACKPRESSURE, Connection, Limits
-from .dataplane import DataPlane, FlowLimits, RouterBusy, RouterGone
+from .commands import BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, TextReply, apply_config_block, build_registry, error, failure
+from .connection import Connection, Limits
+from .dataplane import DataPlane, FlowLimits
+from .ingress import ACTIVITY_REPORT_INTERVAL_S, Ingress
+from .listeners import Listeners
+from .status import StatusFigures
+from .taps import Taps
 from ..core.errors import ErrorCode, OrchestratorError, Unavailable
-from ..core.protocol import SOURCES_SEEN_STAT, DataAck, Heartbeat, Op, ProtocolError, Request, StateUpdate, Tap, Topic, decode, encode, tap_topic
+from ..core.protocol import SOURCES_SEEN_STAT, DataAck, Heartbeat, Op, ProtocolError, Request, StateUpdate, Topic, decode, encode
 from ..core.protocol import Reply as BusReply
 from ..core.replica import StateReplica
 from ..core.runner import StopFlag, run_actor
+from ..core.tasks import Supervised
 from ..core.security import secure_server, start_authenticator
-from ..core.settings import (BIND_RETRY_BASE_S, BIND_RETRY_MAX_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, ConfigError, Runtime,
-                       default_config, parse_ports, tunable)
+from ..core.settings import BIND_RETRY_BASE_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, Runtime, tunable
 from ..core.requests import AsyncRequestClient
 
 log = logging.getLogger(__name__)
 
-LISTEN_BACKLOG = 1024
 DATA_HWM = 100_000
 SETTLE_TIMEOUT_S = HEARTBEAT_INTERVAL_S
-TAP_HWM = 1000
-TAP_POLL_MS = 200
-TAP_MAX_BUFFERED_BYTES = 1 << 20
 RETRY_S = POLL_INTERVAL_MS / 1000  # while a source waits for a router (none live, or busy): how often it is retried
-ACTIVITY_REPORT_INTERVAL_S = 5.0
-EXAMPLE_SOURCES_SHOWN = 3
-LISTENER_KEYS = ("command_port", "data_port_range", "bind_host")
 BUS_COMMAND_HOST = "127.0.0.1"  # who a bus command (launch.py ctl, the UI) is from when its transport has no address (ipc)
 TAP_OVER_BUS = "Error: /tap streams live payloads on a TCP connection to the command port; it cannot run through launch.py ctl"
 
@@ -59,20 +54,7 @@ def limits_from_config(config: dict[str, Any]) -> Limits:
     return Limits(int(tunable(config, "max_line_bytes")), float(tunable(config, "idle_timeout")))
 
 
-def wanted_listeners(config: dict[str, Any]) -> dict[int, str]:
-    """Port -> role ("command" or "data") for the config's command port and data port range."""
-    command_port = config.get("command_port")
-    wanted: dict[int, str] = {}
-    try:
-        wanted = {port: "data" for port in parse_ports(config.get("data_port_range", ""))}
-    except ConfigError as exc:
-        log.error("data_port_range unusable: %s", exc)
-    if isinstance(command_port, int):
-        wanted[command_port] = "command"
-    return wanted
-
-
-class Gateway:
+class Gateway(Listeners, Ingress, Taps, StatusFigures):
     """The command gateway actor; also the CommandContext its command handlers use."""
 
     def __init__(self, runtime: Runtime, context: zmq.Context, stop: StopFlag, name: str = "gateway") -> None:
@@ -135,11 +117,13 @@ class Gateway:
         self.data = self._bind_data_socket()
         self.state = AsyncRequestClient(self.actx, endpoints.state_front, endpoints.keys_dir)
         self.data_monitor = self.data.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        tasks = [asyncio.create_task(coro) for coro in (self._read_bus(), self._read_data(), self._watch_routers())]
+        self.tasks = Supervised(self.wake)
+        self.tasks.start(self._read_bus(), self._read_data(), self._watch_routers())
         log.info("gateway %s started (pid %d)", self.name, os.getpid())
         try:
             await self._startup()
             while not self.stop.should_stop():
+                self.tasks.check()  # a dead reader ends the gateway: the supervisor restarts it
                 try:
                     await asyncio.wait_for(self.wake.wait(), self._sleep_s())
                 except asyncio.TimeoutError:
@@ -147,7 +131,7 @@ class Gateway:
                 self.wake.clear()
                 self._tick()
         finally:
-            await self._shutdown(tasks)
+            await self._shutdown()
 
     def _bind_data_socket(self) -> zmq.asyncio.Socket:
         sock = self.actx.socket(zmq.ROUTER)
@@ -164,20 +148,18 @@ class Gateway:
     async def _startup(self) -> None:
         """Get a snapshot (waiting for the state keeper as long as it takes), then open the listeners."""
         while not self.stop.should_stop():
+            self.tasks.check()
             if await self._snapshot():
                 await self._reconcile_listeners()
                 return
             self.heart.maybe_beat(self.stats())
 
-    async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
+    async def _shutdown(self) -> None:
         for _, server in self.servers.values():
             server.close()
         for conn in list(self.connections):
             conn.abort()
-        tasks = [*tasks, *self.bus_commands]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.tasks.cancel(*self.bus_commands)
         self.state.close()
         if self.supervisor is not None:
             self.supervisor.close()
@@ -299,64 +281,6 @@ class Gateway:
             except asyncio.TimeoutError:
                 return
 
-    # ---- listeners -------------------------------------------------------------------
-    def _bind_host(self) -> str:
-        override = self.runtime.extra.get("bind_host")
-        return override or self.replica.config.get("bind_host") or default_config()["bind_host"]
-
-    async def _reconcile_listeners(self) -> None:
-        """Listen on exactly the configured ports (after a config change or reset too)."""
-        config = self.replica.config
-        key = (self._bind_host(), *(repr(config.get(k)) for k in LISTENER_KEYS))
-        if key == self.listener_config:
-            return
-        self.listener_config = key
-        host, wanted = self._bind_host(), wanted_listeners(config)
-        for port, (role, server) in list(self.servers.items()):
-            if host != self.bound_host or wanted.get(port) != role:
-                server.close()
-                del self.servers[port]
-        self.bound_host = host
-        self.failed_binds = {}
-        self.bind_retry_s = BIND_RETRY_BASE_S
-        self.next_bind_retry = time.monotonic() + self.bind_retry_s
-        for port, role in sorted(wanted.items()):
-            if port not in self.servers:
-                await self._listen(host, port, role)
-        log.info("listening on %s: command port %s, %d data ports%s", host, config.get("command_port"),
-                 sum(1 for role, _ in self.servers.values() if role == "data"),
-                 f"; could not bind {len(self.failed_binds)} ports" if self.failed_binds else "")
-
-    async def _listen(self, host: str, port: int, role: str) -> bool:
-        """Open one listener; a failure is recorded (and logged once per port) for _retry_binds."""
-        loop = asyncio.get_running_loop()
-        try:
-            server = await loop.create_server(lambda: Connection(self, role), host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
-        except OSError as exc:
-            if port not in self.failed_binds:
-                log.error("cannot listen on %s:%d (%s port): %s; serving the other ports and retrying every %.0fs at most",
-                          host, port, role, exc.strerror or exc, BIND_RETRY_MAX_S)
-            self.failed_binds[port] = bind_failure(exc)
-            return False
-        self.servers[port] = (role, server)
-        return True
-
-    async def _retry_binds(self) -> None:
-        """Ports held by another process (another instance, a squatter): try again, backing off, until they are ours."""
-        try:
-            wanted = wanted_listeners(self.replica.config)
-            for port in sorted(self.failed_binds):
-                role = wanted.get(port)
-                if role is None or port in self.servers:
-                    self.failed_binds.pop(port, None)
-                elif self.bound_host is not None and await self._listen(self.bound_host, port, role):
-                    self.failed_binds.pop(port, None)
-                    log.info("now listening on %s:%d (%s port): the port was freed", self.bound_host, port, role)
-            self.bind_retry_s = min(BIND_RETRY_MAX_S, self.bind_retry_s * 2)
-            self.next_bind_retry = time.monotonic() + self.bind_retry_s
-        finally:
-            self.rebind = None
-
     # ---- connections -----------------------------------------------------------------
     def _sweep_idle(self) -> None:
         """Hang up on clients silent for longer than idle_timeout (one sweep per tick, no timer per read)."""
@@ -437,100 +361,7 @@ class Gateway:
         if quiet is not None:
             log.warning("%s from %s%s", text, host, f" ({quiet} more since the last report)" if quiet else "")
 
-    async def tap(self, connection: Connection, kind: str, key: str) -> None:
-        """Host: stream live payloads of a route or source to one client until it goes; a slow client loses lines, never slows routing."""
-        sock = connect_subscriber(self.actx, self.runtime.endpoints, ())
-        sock.setsockopt(zmq.RCVHWM, TAP_HWM)
-        sock.setsockopt(zmq.SUBSCRIBE, tap_topic(kind, key))
-        shown = skipped = 0
-        log.info("tap on %s %s opened by %s", kind, key, connection.peer.host)
-        try:
-            while connection.open and not self.stop.should_stop():
-                if not await sock.poll(TAP_POLL_MS):
-                    continue
-                try:
-                    _, message = parse_event(await sock.recv_multipart())
-                except ProtocolError:
-                    continue
-                if not isinstance(message, Tap):
-                    continue
-                if connection.write_buffered() > TAP_MAX_BUFFERED_BYTES:
-                    skipped += len(message.payloads)
-                    continue
-                connection.write(b"".join(payload + b"\n" for payload in message.payloads))
-                shown += len(message.payloads)
-        finally:
-            sock.close(linger=0)
-            log.info("tap on %s %s closed: %d payloads shown, %d skipped for a slow reader", kind, key, shown, skipped)
-
-    # ---- data ------------------------------------------------------------------------
-    def ingest(self, source: str, payloads: list[bytes], conn: Connection | None = None) -> None:
-        """Host: count payloads and queue them for the routers, unless the source is unknown or has no route.
-
-        Payloads of one source that arrive within one event-loop pass (from any connection, in arrival
-        order) leave as one batch: a connection per message costs one zmq send per pass, not per message.
-        """
-        count = len(payloads)
-        self.counters["payloads_in"] += count
-        if source not in self.routed_sources:  # a route names its source by uuid, known as a peripheral or not (as the original)
-            if source in self.replica.peripherals:
-                self.sources_seen.add(source)
-                self._dropped("no_route", source, count)
-            else:
-                self._dropped("unknown_source", source, count)
-        else:
-            if not self.outbox:
-                asyncio.get_running_loop().call_soon(self._flush_outbox)
-            self.outbox.setdefault(source, []).extend(payloads)
-            if conn is not None and self.plane.paused(source):
-                conn.hold(HOLD_BACKPRESSURE)
-                self.held.setdefault(source, set()).add(conn)
-
-    def _source_paused(self, source: str, paused: bool) -> None:
-        """DataPlane: the routers fell behind on source (its connections stop being read) or caught up."""
-        if not paused:
-            for conn in self.held.pop(source, ()):
-                conn.release(HOLD_BACKPRESSURE)
-
-    def _flush_outbox(self) -> None:
-        outbox, self.outbox = self.outbox, {}
-        self.sources_seen.update(outbox)  # once per event-loop pass, never per payload
-        for source, payloads in outbox.items():
-            self.plane.submit(source, payloads)
-
-    def _dropped(self, reason: str, source: str, count: int) -> None:
-        self.counters[reason] += count
-        if len(self.recent_sources[reason]) < EXAMPLE_SOURCES_SHOWN:
-            self.recent_sources[reason].add(source[:36])
-
-    def _report_drops(self) -> None:
-        """One activity line per interval for data dropped at the gateway (never one per message)."""
-        now = time.monotonic()
-        if now < self.next_report:
-            return
-        self.next_report = now + ACTIVITY_REPORT_INTERVAL_S
-        parts = []
-        for reason, label in (("unknown_source", "from unknown sources"), ("no_route", "with no route")):
-            new = self.counters[reason] - self.reported[reason]
-            if new:
-                parts.append(f"{new} lines {label} ({', '.join(sorted(self.recent_sources[reason]))})")
-            self.reported[reason] = self.counters[reason]
-            self.recent_sources[reason] = set()
-        if parts:
-            log.warning("dropped in the last %.0fs: %s", ACTIVITY_REPORT_INTERVAL_S, "; ".join(parts))
-
-    def _send_to_router(self, identity: bytes, body: bytes) -> None:
-        """DataPlane's send: never blocks; a full queue or a vanished router raises for the plane to handle."""
-        future = self.data.send_multipart([identity, body], flags=zmq.NOBLOCK)
-        exc = future.exception()
-        if exc is None:
-            return
-        if isinstance(exc, zmq.Again):
-            raise RouterBusy()
-        if isinstance(exc, zmq.ZMQError) and exc.errno == errno.EHOSTUNREACH:
-            raise RouterGone()
-        raise exc
-
+    # ---- the data socket's readers --------------------------------------------------
     async def _watch_routers(self) -> None:
         """A router's connection dropped (killed, restarted): declare it dead now, not after HEARTBEAT_EXPIRY_S."""
         while True:
@@ -613,91 +444,6 @@ class Gateway:
             if reply.close:
                 break
         return b"".join(out).decode("utf-8", "replace")
-
-    # ---- figures ---------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
-        """Heartbeat stats: real counters for /status and the UI."""
-        return {**self.counters, **self.plane.stats(), "connections_open": len(self.connections),
-                "listening": len(self.servers), "bind_failures": len(self.failed_binds),
-                "failed_binds": {str(port): why for port, why in self.failed_binds.items()}, "auth_lockouts": self.auth_guard.lockouts}
-
-    def _live_beats(self) -> dict[str, Heartbeat]:
-        now = time.monotonic()
-        return {actor: beat for actor, beat in self.heartbeats.items() if now - self.heard_at[actor] <= beat_expiry(beat)}
-
-    def status(self) -> dict[str, Any]:
-        """CommandContext: the /status figures (the seed's example, with real counters)."""
-        beats = self._live_beats()
-        started = min([self.started_at, *(beat.started_at for beat in beats.values())])
-        routes = self.replica.routes.values()
-        routed = sum(int(r.get("messages") or 0) for r in routes)
-        dropped = sum(int(r.get("dropped") or 0) for r in routes)
-        router_beats = [b for a, b in beats.items() if a.startswith("router")]
-        routed = max(routed, sum(int(b.stats.get("delivered") or 0) for b in router_beats))
-        dropped = max(dropped, sum(int(b.stats.get("dropped") or 0) for b in router_beats))
-        scans = [b.stats.get("last_scan") for a, b in beats.items() if a.startswith("scanner")]
-        last_scan = max((s for s in scans if isinstance(s, (int, float))), default=None)
-        peripherals = self.replica.peripherals.values()
-        stats = self.stats()
-        return {
-            "UUID": self.replica.config.get("script_uuid", ""),
-            "Uptime": format_duration(time.time() - started),
-            "Uptime Seconds": round(time.time() - started, 1),
-            "Peripherals": {"online": sum(1 for p in peripherals if p.get("online")), "total": len(self.replica.peripherals)},
-            "Routes": len(self.replica.routes),
-            "Routers Alive": stats["routers_live"],
-            **system_health(beats),
-            "Messages Routed": routed,
-            "Messages Dropped": dropped + stats["unknown_source"] + stats["no_route"] + stats["dropped_buffer_full"],
-            "Gateway": {k: stats[k] for k in ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full",
-                                              "pending", "unacked_payloads", "payloads_resent", "sources_paused", "pause_episodes",
-                                              "routers_lost", "bad_lines", "too_long", "partial_lines_dropped", "connections_open",
-                                              "connections_refused", "connections_refused_per_address", "idle_timeouts",
-                                              "handler_errors", "auth_failures", "auth_lockouts", "refused_identity")},
-            "Auth Locked": self.auth_guard.locked(),
-            "Last Scan": format_time(last_scan),
-            "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],
-            **launched_entry(beats),
-        }
-
-
-def system_health(beats: dict[str, Heartbeat]) -> dict[str, Any]:
-    """"Health" and, when degraded, its reasons, as the live supervisor works them out (absent when none is heard)."""
-    main = beats.get("supervisor")  # the main board's; satellites' supervisors carry their own suffix
-    if main is None or not main.stats.get("health"):
-        return {}
-    health = {"Health": main.stats["health"]}
-    if main.stats.get("reasons"):
-        health["Degraded Because"] = list(main.stats["reasons"])
-    return health
-
-
-def bind_failure(exc: OSError) -> str:
-    """Why a port could not be bound, as the degraded status shows it ("port 6000 held by another process")."""
-    if exc.errno == errno.EADDRINUSE:
-        return "held by another process"
-    return f"cannot be bound: {exc.strerror or exc}"
-
-
-def actor_entry(beat: Heartbeat) -> dict[str, Any]:
-    """One live actor in /status: where it runs (satellite boards show their own host) and, for routers, what it delivered."""
-    entry: dict[str, Any] = {"name": beat.actor, "host": beat.host, "pid": beat.pid}
-    if beat.actor.startswith("router"):
-        entry["delivered"] = int(beat.stats.get("delivered") or 0)
-    return entry
-
-
-def launched_entry(beats: dict[str, Heartbeat]) -> dict[str, Any]:
-    """The launched peripherals (process state joined with registration) from the supervisor's heartbeat, when it has any."""
-    rows = next((b.stats.get("peripherals") for a, b in beats.items() if a.startswith("supervisor")), None)
-    return {"Launched": rows} if isinstance(rows, list) else {}
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h {minutes:02d}m {secs:02d}s"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,6 @@ the bus is full, so a watcher never slows routing.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import socket
@@ -37,15 +36,19 @@ import zmq.asyncio
 
 from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
 from ..core.errors import OrchestratorError
-from ..core.protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Heartbeat, Op, ProtocolError, Tap, Topic, Trace,
-                       decode_as, encode, tap_topic)
+from ..core.protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Heartbeat, Op, ProtocolError, Topic, Trace,
+                       decode_as, encode)
 from ..core.replica import StateReplica
 from ..core.rules import RouteRules, RuleError
+from ..core.tasks import Supervised
 from ..core.runner import StopFlag, run_actor
 from ..core.security import secure_client
 from ..core.settings import HEARTBEAT_LIVENESS, MAX_PORT, MIN_PORT, POLL_INTERVAL_MS, ROUTER_SWITCH_INTERVAL_S, USAGE_FLUSH_INTERVAL_S, Runtime, sink_max_age, tunable
-from .sinks import (MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue,
-                    SinkWorker, framed_size)
+from .acks import Acks, AckBook, BatchTracker
+from .sinkset import Sink, SinkSet
+from .taps import Taps
+from .usage import RouteUsage, UsageReports
+from .sinks import MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, framed_size
 from ..core.requests import AsyncRequestClient
 from ..core.net import LOCAL_HOST, is_own_listener
 
@@ -56,106 +59,15 @@ DATA_HWM = 10_000
 # Batches handled before the data reader lets the rest of the loop run.
 READER_YIELD_EVERY = 64
 SINK_JOIN_S = 1.0
-MIN_USAGE_INTERVAL_S = 0.1  # a usage report over a shorter window would overstate its rate
 TRACE_INTERVAL_S = 0.002  # while a latency trace is watched: at most one sampled batch this often
 TRACE_HEAD_BYTES = 48  # of the batch's first payload, so the watcher can tell which payload a trace follows
-FINAL_FLUSH_TIMEOUT_S = 1.0
 # On a graceful stop: how long queued payloads may take to reach their sinks, and the final acks to leave.
 SHUTDOWN_DRAIN_S = 1.0
 SHUTDOWN_POLL_S = 0.01
 FINAL_ACK_LINGER_MS = 500
 TAP_HWM = 1_000
-# A sink's trouble episode ends (one summary line) once it caught up and lost nothing for this long.
-EPISODE_QUIET_S = 2.0
 # Joins a route target's uuid and port in the sink key of a target no peripheral has (a uuid has no "@").
 BY_PORT_SEPARATOR = "@"
-
-
-@dataclass(eq=False)
-class BatchTracker:
-    """One batch waiting for its chunks (one per matching route) to be delivered or dropped."""
-
-    source: str
-    last_seq: int
-    pending: int
-    done: bool = False
-    epoch: str = ""  # the gateway that numbered the batch
-
-    @property
-    def stream(self) -> tuple[str, str]:
-        """What acks are counted along: one source as numbered by one gateway process."""
-        return self.source, self.epoch
-
-
-class AckBook:
-    """Per-source FIFO of batches: an ack covers a batch only when it and every earlier one are done."""
-
-    def __init__(self) -> None:
-        self.waiting: dict[tuple[str, str], collections.deque[BatchTracker]] = {}
-
-    def add(self, tracker: BatchTracker) -> int | None:
-        """Track a new batch; returns a seq to ack at once if nothing was pending (no routes)."""
-        queue = self.waiting.setdefault(tracker.stream, collections.deque())
-        queue.append(tracker)
-        return self.chunk_done(tracker) if tracker.pending <= 0 else None
-
-    def chunk_done(self, tracker: BatchTracker) -> int | None:
-        """One chunk of tracker finished; returns the highest seq now acknowledgeable for its source, if any."""
-        tracker.pending -= 1
-        if tracker.pending > 0:
-            return None
-        tracker.done = True
-        queue = self.waiting.get(tracker.stream)
-        last = None
-        while queue and queue[0].done:
-            last = queue.popleft().last_seq
-        if queue is not None and not queue:
-            del self.waiting[tracker.stream]
-        return last
-
-    def outstanding(self) -> int:
-        return sum(len(q) for q in self.waiting.values())
-
-
-@dataclass
-class RouteUsage:
-    """Counters of one route since the last flush to the state keeper."""
-
-    messages: int = 0
-    bytes: int = 0
-    dropped: int = 0
-    filtered: int = 0
-    last_used: float | None = None
-    reported_rate: float = 0.0
-
-    def pending(self) -> bool:
-        return bool(self.messages or self.dropped or self.filtered)
-
-
-@dataclass
-class Episode:
-    """A time a sink was not keeping up (down, stalled, or losing payloads): logged when it starts and ends."""
-
-    reason: str
-    started: float  # time.monotonic()
-    dropped: int = 0  # beyond the queue bound
-    expired: int = 0  # older than the age bound
-    last_trouble: float = 0.0  # time.monotonic() of the last loss or stall seen
-
-    def quiet_since(self, now: float) -> float:
-        return now - max(self.started, self.last_trouble)
-
-
-@dataclass
-class Sink:
-    """A sink peripheral as the router sees it: its queue, worker and trouble episode."""
-
-    uuid: str
-    label: str
-    queue: SinkQueue
-    worker: SinkWorker
-    parked: bool = False  # not keeping up: its chunks no longer hold back acks
-    episode: Episode | None = None
 
 
 @dataclass
@@ -172,7 +84,7 @@ class Counters:
     usage_sent: int = 0
 
 
-class Router:
+class Router(SinkSet, Acks, UsageReports, Taps):
     """One data router (router-1 .. router-N): replica, data DEALER, sinks, usage, taps."""
 
     def __init__(self, runtime: Runtime, context: zmq.Context, stop: StopFlag, name: str = "router") -> None:
@@ -224,13 +136,13 @@ class Router:
         self.stop.on_set(lambda: self.loop.call_soon_threadsafe(self.wake.set))
         self.loop.add_reader(self.tap.getsockopt(zmq.FD), self._read_tap_subscriptions)  # a tap opens at once, not at the next beat
         self.client = AsyncRequestClient(self.actx, endpoints.state_front, endpoints.keys_dir)
-        tasks = [asyncio.create_task(self._read_events())]
-        tasks[0].add_done_callback(lambda _: self.wake.set())
+        self.tasks = Supervised(self.wake)
+        self.tasks.start(self._read_events())
         log.info("%s started (pid %d), data endpoint %s", self.name, os.getpid(), endpoints.data)
         try:
-            await self._housekeeping(tasks)
+            await self._housekeeping()
         finally:
-            await self._shutdown(tasks)
+            await self._shutdown()
 
     def _connect_tap(self) -> zmq.Socket:
         """An XPUB on the bus: subscriptions to tap topics arrive here, so we publish only what is watched."""
@@ -252,20 +164,16 @@ class Router:
         log.info("%s connected to the gateway's data endpoint %s", self.name, self.runtime.endpoints.data)
         return sock
 
-    async def _housekeeping(self, tasks: list[asyncio.Task]) -> None:
+    async def _housekeeping(self) -> None:
         """The timed work: stop flag, resync, data socket start, heartbeats, usage flush, taps."""
         next_data_beat = 0.0
         next_usage = time.monotonic() + USAGE_FLUSH_INTERVAL_S
         while not self.stop.should_stop():
-            for task in tasks:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # a reader died: let the supervisor restart us
+            self.tasks.check()  # a reader died: let the supervisor restart us
             self._maybe_resync()
             if self.dealer is None and self.replica.ready:
                 self.dealer = self._connect_data()
-                tasks += [asyncio.create_task(self._read_data()), asyncio.create_task(self._send_acks())]
-                for task in tasks[-2:]:
-                    task.add_done_callback(lambda _: self.wake.set())
+                self.tasks.start(self._read_data(), self._send_acks())
             now = time.monotonic()
             if self.dealer is not None and now >= next_data_beat:
                 next_data_beat = now + self.heart.idle_interval_s  # acks prove us alive too while data flows
@@ -294,10 +202,8 @@ class Router:
             pass
         self.wake.clear()
 
-    async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def _shutdown(self) -> None:
+        await self.tasks.cancel()
         await self._drain_and_ack()
         for sink in self.sinks.values():
             sink.worker.stop()
@@ -543,82 +449,7 @@ class Router:
         if not chunk.payloads:
             self._chunk_done(chunk)
 
-    # ---- isolation: episodes and parking -----------------------------------------------
-    def _episode(self, sink: Sink, reason: str) -> Episode:
-        """The sink's current trouble episode; starting one logs the one warning it gets."""
-        now = time.monotonic()
-        if sink.episode is not None:
-            sink.episode.last_trouble = now
-        else:
-            sink.episode = Episode(reason, now)
-            log.warning("sink %s is not keeping up (%s); the other routes go on without it; it keeps at most "
-                        "%d messages / %d bytes / %gs (router_queue_*), the rest is dropped and counted per route",
-                        sink.label, reason, sink.queue.max_messages, sink.queue.max_bytes, sink.worker.max_age_s)
-        return sink.episode
-
-    def _watch_sinks(self, now: float) -> None:
-        """Each tick: drop what aged in every queue, park the sinks that stalled, end the episodes of those that caught up."""
-        for sink in self.sinks.values():
-            stale = sink.queue.expire(now - sink.worker.max_age_s)
-            if stale:
-                self._account(sink, stale, time.time())
-            stalled_s = sink.worker.stalled_for(now)
-            if not sink.parked and stalled_s > self.stall_s:
-                self._park(sink, sink.worker.down_reason or f"payloads waiting {stalled_s:.1f}s")
-            elif sink.queue.messages == 0 and sink.worker.down_reason is None and (
-                    sink.episode is None or sink.episode.quiet_since(now) >= EPISODE_QUIET_S):
-                self._caught_up(sink, now)
-            elif stalled_s > self.stall_s and sink.episode is not None:
-                sink.episode.last_trouble = now
-
-    def _park(self, sink: Sink, reason: str) -> None:
-        """Settle everything the sink holds: its sources' acks stop waiting for it until it caught up."""
-        sink.parked = True
-        self._episode(sink, reason)
-        for chunk in sink.queue.held():
-            self._chunk_done(chunk)
-
-    def _caught_up(self, sink: Sink, now: float) -> None:
-        """The sink's queue is empty and it is up: unpark it and close its episode with what it lost."""
-        sink.parked = False
-        episode, sink.episode = sink.episode, None
-        if episode is not None:
-            log.info("sink %s caught up after %.1fs; lost %d payloads (%d beyond the queue bound, %d older than %gs)",
-                     sink.label, now - episode.started, episode.dropped + episode.expired, episode.dropped,
-                     episode.expired, sink.worker.max_age_s)
-
-    def _new_sink(self, uuid: str) -> Sink:
-        peripheral = self.replica.peripherals.get(uuid)
-        label = f"{peripheral.get('name')}:{peripheral.get('port')}" if peripheral else f"{uuid[:8]} (by port)"
-        queue = SinkQueue(*self._queue_bounds())
-        worker = SinkWorker(uuid, self._address_of(uuid), queue, self._report_from_thread)
-        worker.max_age_s = self._max_age_of(uuid)
-        sink = Sink(uuid=uuid, label=label, queue=queue, worker=worker)
-        self.sinks[uuid] = sink
-        worker.start()
-        return sink
-
-    def _reap_idle_sinks(self) -> None:
-        """Stop the worker of a sink no route leads to any more, once its queue is empty."""
-        wanted = {self._sink_key(route) for route in self.replica.routes.values()}
-        for uuid in [u for u, s in self.sinks.items() if u not in wanted and s.queue.messages == 0]:
-            self.sinks.pop(uuid).worker.stop()
-
-    def _report_from_thread(self, worker: SinkWorker, chunks: list[Chunk], event: str | None) -> None:
-        """Called in a sink thread: hand the report to the event loop (the only thread that counts and logs)."""
-        assert self.loop is not None
-        try:
-            self.loop.call_soon_threadsafe(self._on_report, worker, chunks, event)
-        except RuntimeError:
-            pass  # the loop is closed: we are shutting down
-
-    def _on_report(self, worker: SinkWorker, chunks: list[Chunk], event: str | None) -> None:
-        sink = self.sinks.get(worker.key)
-        if event is not None and event != "up" and sink is not None:
-            self._episode(sink, event)  # up again: the episode ends once the sink caught up (_watch_sinks)
-            self.wake.set()  # housekeeping watches this sink from now on
-        self._account(sink, chunks, time.time())
-
+    # ---- accounting ----------------------------------------------------------------
     def _account(self, sink: Sink | None, chunks: list[Chunk], now: float) -> None:
         """Count what chunks delivered, dropped for age, and finish them (ack when a batch is complete)."""
         for chunk in chunks:
@@ -642,137 +473,11 @@ class Router:
         if sink is not None:
             self._episode(sink, sink.worker.down_reason or f"payloads older than {sink.worker.max_age_s:g}s").expired += chunk.expired
 
-    def _chunk_done(self, chunk: Chunk) -> None:
-        """Settle chunk once (delivered, dropped or parked); ack when its batch and every earlier one are settled."""
-        if chunk.settled:
-            return
-        chunk.settled = True
-        tracker: BatchTracker = chunk.token
-        seq = self.acks.chunk_done(tracker)
-        if seq is not None:
-            self._ack(tracker.stream, seq)
-
-    def _ack(self, stream: tuple[str, str], seq: int) -> None:
-        """Coalesce: the ack sender sends the latest seq per (source, gateway epoch)."""
-        self.ack_due[stream] = seq
-        self.ack_ready.set()
-
-    async def _send_acks(self) -> None:
-        assert self.dealer is not None
-        while True:
-            await self.ack_ready.wait()
-            self.ack_ready.clear()
-            due, self.ack_due = self.ack_due, {}
-            for (source, epoch), seq in due.items():
-                await self.dealer.send(encode(DataAck(source=source, seq=seq, epoch=epoch)))
-                self.counters.acks += 1
-
-    # ---- usage -----------------------------------------------------------------------
-    def _usage(self, route: str) -> RouteUsage:
-        usage = self.usage.get(route)
-        if usage is None:
-            if not self.usage:
-                self.wake.set()  # the housekeeping loop starts the usage reports' timer
-            usage = self.usage[route] = RouteUsage()
-        return usage
-
-    def _take_usage(self, interval_s: float) -> dict[str, dict[str, Any]]:
-        """The counters to report (and reset): routes with traffic, or whose reported rate must fall to 0."""
-        report: dict[str, dict[str, Any]] = {}
-        for route, usage in list(self.usage.items()):
-            if not usage.pending() and usage.reported_rate == 0:
-                del self.usage[route]
-                continue
-            rate = round(usage.messages / interval_s, 1)
-            entry: dict[str, Any] = {"messages": usage.messages, "bytes": usage.bytes, "dropped": usage.dropped,
-                                     "filtered": usage.filtered, "rate": rate}
-            if usage.last_used is not None:
-                entry["last_used"] = usage.last_used
-            report[route] = entry
-            usage.messages = usage.bytes = usage.dropped = usage.filtered = 0
-            usage.last_used = None
-            usage.reported_rate = rate
-        return report
-
-    def _flush_usage(self, interval_s: float = USAGE_FLUSH_INTERVAL_S) -> None:
-        """Report the usage counted over the last interval_s (the rate is per that interval)."""
-        if self.usage_task is not None and not self.usage_task.done():
-            return  # the last report is still in flight; its counters keep accumulating here
-        report = self._take_usage(max(interval_s, MIN_USAGE_INTERVAL_S))
-        if report:
-            self.usage_task = asyncio.create_task(self._send_usage(report))
-
-    async def _send_usage(self, report: dict[str, dict[str, Any]], timeout: float | None = None) -> None:
-        try:
-            await self.client.request(Op.ROUTE_USAGE, usage=report, **({"timeout": timeout} if timeout else {}))
-            self.counters.usage_sent += 1
-        except OrchestratorError as exc:
-            log.warning("%s: route usage not recorded (%s); will send it with the next report", self.name, exc)
-            for route, entry in report.items():
-                usage = self._usage(route)
-                usage.messages += entry["messages"]
-                usage.bytes += entry["bytes"]
-                usage.dropped += entry["dropped"]
-                usage.filtered += entry["filtered"]
-                usage.last_used = max(usage.last_used or 0, entry.get("last_used") or 0) or None
-
-    async def _final_usage_flush(self) -> None:
-        if self.usage_task is not None and not self.usage_task.done():
-            self.usage_task.cancel()
-        report = {route: entry for route, entry in self._take_usage(USAGE_FLUSH_INTERVAL_S).items() if entry["messages"] or entry["dropped"] or entry["filtered"]}
-        if report:
-            await self._send_usage(report, FINAL_FLUSH_TIMEOUT_S)
-
-    # ---- taps ------------------------------------------------------------------------
-    def _read_tap_subscriptions(self) -> None:
-        """XPUB tells us (un)subscriptions as [1|0]+topic; only tap topics count (a catch-all b"" does not)."""
-        changed = False
-        while True:
-            try:
-                frame = self.tap.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if frame and frame[1:] == Topic.TRACE.value:
-                self.tracing = frame[0] == 1
-                continue
-            if not frame or not frame[1:].startswith(Topic.TAP.value):
-                continue
-            if frame[0] == 1:
-                self.tap_subscriptions.add(frame[1:])
-            else:
-                self.tap_subscriptions.discard(frame[1:])
-            changed = True
-        if changed:
-            self._update_taps()
-
-    def _update_taps(self) -> None:
-        """Which routes and sources are watched now (a subscription may be a prefix: all routes)."""
-        subs = self.tap_subscriptions
-        if not subs:
-            self.tapped_routes, self.tapped_sources = set(), set()
-            return
-        self.tapped_routes = {name for name in self.replica.routes if _watched(subs, tap_topic(TAP_ROUTE, name))}
-        self.tapped_sources = {uuid for uuid in self.replica.peripherals if _watched(subs, tap_topic(TAP_PERIPHERAL, uuid))}
-
-    def _publish_tap(self, kind: str, name: str, batch: DataBatch, payloads: list[bytes]) -> None:
-        """What a route delivers (after its rules) or what a source sent; dropped by the bus when the watcher is slow."""
-        message = Tap(kind=kind, name=name, source=batch.source, seq=batch.seq, payloads=payloads, ts=time.time())
-        try:
-            self.tap.send_multipart([tap_topic(kind, name), encode(message)], zmq.NOBLOCK)
-            self.counters.taps += 1
-        except zmq.Again:
-            pass  # the watcher is slow: its lines are dropped, routing goes on
-
 
 def by_port_key(uuid: str, port: Any) -> str:
     """The sink key of a route target no peripheral has: its uuid and the route's outgoing_port."""
     return f"{uuid}{BY_PORT_SEPARATOR}{port}"
 
 
-def _watched(subscriptions: set[bytes], topic: bytes) -> bool:
-    return any(topic.startswith(sub) for sub in subscriptions)
-
-
 def main(argv: list[str] | None = None) -> int:
     return run_actor("router", Router, argv)
-

@@ -28,6 +28,7 @@ from ..core.errors import NotOwner, OrchestratorError
 from .probe import CONNECT_TIMEOUT_S, InfoAnswer, Outcome, ProbeResult, Target, accepting, probe_concurrency, slow_first, sweep
 from ..core.protocol import SOURCES_SEEN_STAT, Heartbeat, Message, Op, ProtocolError, Topic
 from ..core.replica import StateReplica
+from ..core.tasks import Supervised
 from ..core.runner import StopFlag, run_actor
 from ..core.settings import (HEARTBEAT_INTERVAL_S, MAX_PORT, MAX_SCAN_ANSWER_TIMEOUT_S, MIN_PORT, REQUEST_TIMEOUT_S, ConfigError,
                        Endpoints, Runtime, flag, parse_ports, tunable)
@@ -238,20 +239,15 @@ class Scanner:
         client = AsyncRequestClient(actx, self.runtime.endpoints.state_front, self.runtime.endpoints.keys_dir)
         loop = asyncio.get_running_loop()
         self.stop.on_set(lambda: loop.call_soon_threadsafe(self.wake.set))
-        tasks = [asyncio.create_task(coro) for coro in (self._listen(sub), self._keep_synced(client), self._sweep_forever(client))]
-        for task in tasks:
-            task.add_done_callback(lambda _: self.wake.set())
+        tasks = Supervised(self.wake)
+        tasks.start(self._listen(sub), self._keep_synced(client), self._sweep_forever(client))
         try:
             while not self.stop.should_stop():
                 self.heart.maybe_beat(self.stats.as_dict())
-                for task in tasks:
-                    if task.done():
-                        task.result()  # a crashed task ends the actor (the supervisor restarts it)
+                tasks.check()  # a crashed task ends the actor (the supervisor restarts it)
                 await wait_event(self.wake, self.heart.due_in())
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await tasks.cancel()
             client.close()
             sub.close(linger=0)
             actx.term()

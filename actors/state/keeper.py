@@ -18,9 +18,10 @@ import zmq
 from ..core.refusals import RefusalLog
 from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, publish
 from .store import ConfigStore
-from ..core.errors import ErrorCode, OrchestratorError, UnknownOp
+from ..core.errors import ErrorCode, OrchestratorError
 from ..core.protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, UpdateKind, decode_as, encode
 from ..core.runner import StopFlag, run_actor
+from ..core.serving import Handler, serve
 from ..core.security import secure_client
 from ..core.settings import Runtime, loopback_only_reason
 from .tables import Change, Tables
@@ -64,23 +65,30 @@ class StateKeeper:
         self.notes_logged = 0
         self.edits_checked_at = time.monotonic()
         self.hand_edits = 0
-        self.handlers: dict[str, Callable[[dict[str, Any]], tuple[Any, list[Change]]]] = {
-            Op.REGISTER.value: self.tables.register,
-            Op.SEEN.value: self.tables.seen,
-            Op.ALIVE.value: self.tables.alive,
-            Op.LOST.value: self.tables.lost,
-            Op.SET_PERIPHERAL_CONFIG.value: self.tables.set_peripheral_config,
-            Op.SET_DELIVERY.value: self.tables.set_delivery,
-            Op.REMOVE_PERIPHERAL.value: self.tables.remove_peripheral,
-            Op.ADD_ROUTE.value: self.tables.add_route,
-            Op.EDIT_ROUTE.value: self.tables.edit_route,
-            Op.REMOVE_ROUTE.value: self.tables.remove_route,
-            Op.SET_ROUTE_RULE.value: self.tables.set_route_rule,
-            Op.ROUTE_USAGE.value: self.tables.route_usage,
-            Op.SET_CONFIG.value: self.tables.set_config,
-            Op.RESET.value: self._reset,
-            Op.SNAPSHOT.value: self._snapshot,
+        # Each op: what it applies to the tables, and its activity line (None: "<op> done"; QUIET_OPS log nothing).
+        t = self.tables
+        applied = {
+            Op.REGISTER: (t.register, lambda args, r: f"registered {r['name']} ({r['uuid'][:8]}) port {r['port']} "
+                                                      f"-> data port {r['data_port']}"),
+            Op.SEEN: (t.seen, None),
+            Op.ALIVE: (t.alive, None),
+            Op.LOST: (t.lost, lambda args, r: f"{r['name']} is offline"),
+            Op.SET_PERIPHERAL_CONFIG: (t.set_peripheral_config, None),
+            Op.SET_DELIVERY: (t.set_delivery, None),
+            Op.REMOVE_PERIPHERAL: (t.remove_peripheral,
+                                   lambda args, r: f"peripheral {r['peripheral']['name']} removed "
+                                                   f"(routes removed: {', '.join(r['removed_routes']) or 'none'})"),
+            Op.ADD_ROUTE: (t.add_route,
+                           lambda args, r: f"route {r['name']} added: {args.get('incoming')} -> {args.get('outgoing')}"),
+            Op.EDIT_ROUTE: (t.edit_route, lambda args, r: f"route {r['name']} edited"),
+            Op.REMOVE_ROUTE: (t.remove_route, lambda args, r: f"route {args.get('name')} removed"),
+            Op.SET_ROUTE_RULE: (t.set_route_rule, lambda args, r: f"route {r['name']} rules: {rules_text(r)}"),
+            Op.ROUTE_USAGE: (t.route_usage, None),
+            Op.SET_CONFIG: (t.set_config, None),
+            Op.RESET: (self._reset, lambda args, r: "orchestrator reset: peripherals and routes cleared"),
+            Op.SNAPSHOT: (self._snapshot, None),
         }
+        self.handlers = {op.value: self._applying(op.value, apply, line) for op, (apply, line) in applied.items()}
 
     # ---- lifecycle -------------------------------------------------------------------
     def run(self) -> None:
@@ -177,23 +185,24 @@ class StateKeeper:
     def handle(self, request: Request) -> Reply:
         """Apply one request to the tables; publish its changes; return the reply."""
         self.requests += 1
-        handler = self.handlers.get(request.op)
-        try:
-            if handler is None:
-                raise UnknownOp(f"unknown op {request.op!r}")
-            result, changes = handler(request.args)
-        except OrchestratorError as exc:
-            self._refused(request.op, exc)
-            return Reply(ok=False, error=str(exc), code=int(exc.code), req_id=request.req_id)
-        if changes:
-            self._publish(changes)
-            if request.op in LAZY_OPS:
-                self.lazy_dirty_since = self.lazy_dirty_since or time.monotonic()
-            else:
-                self.durable_dirty = True
-        if request.op not in QUIET_OPS and changes:
-            log.info("%s", describe(request, result))
-        return Reply(ok=True, result=result, req_id=request.req_id)
+        return serve(request, self.handlers, self._refused)[0]
+
+    def _applying(self, op: str, apply: Callable[[dict[str, Any]], tuple[Any, list[Change]]],
+                  activity: Callable[[dict[str, Any], Any], str] | None) -> Handler:
+        """A handler applying op to the tables: publishes its changes, schedules their write, logs its line."""
+        def run(request: Request) -> Any:
+            args = request.args
+            result, changes = apply(args)
+            if changes:
+                self._publish(changes)
+                if op in LAZY_OPS:
+                    self.lazy_dirty_since = self.lazy_dirty_since or time.monotonic()
+                else:
+                    self.durable_dirty = True
+                if op not in QUIET_OPS:
+                    log.info("%s", activity(args, result) if activity is not None else f"{op} done")
+            return result
+        return Handler(run, activity)
 
     def _refused(self, op: str, exc: OrchestratorError) -> None:
         """Count a refused request; log it, at most once a minute per op and error code (a client may flood us)."""
@@ -281,28 +290,9 @@ def describe_changes(changes: list[Change]) -> str:
     return ", ".join(named) + more
 
 
-def describe(request: Request, result: Any) -> str:
-    """One activity line for a successful change."""
-    args = request.args
-    if request.op == Op.REGISTER.value:
-        return f"registered {result['name']} ({result['uuid'][:8]}) port {result['port']} -> data port {result['data_port']}"
-    if request.op == Op.ADD_ROUTE.value:
-        return f"route {result['name']} added: {args.get('incoming')} -> {args.get('outgoing')}"
-    if request.op == Op.REMOVE_ROUTE.value:
-        return f"route {args.get('name')} removed"
-    if request.op == Op.EDIT_ROUTE.value:
-        return f"route {result['name']} edited"
-    if request.op == Op.SET_ROUTE_RULE.value:
-        rules = ", ".join(f"{k} {result[k]!r}" for k in ("filter", "transform") if result.get(k)) or "none"
-        return f"route {result['name']} rules: {rules}"
-    if request.op == Op.LOST.value:
-        return f"{result['name']} is offline"
-    if request.op == Op.REMOVE_PERIPHERAL.value:
-        removed = ", ".join(result["removed_routes"]) or "none"
-        return f"peripheral {result['peripheral']['name']} removed (routes removed: {removed})"
-    if request.op == Op.RESET.value:
-        return "orchestrator reset: peripherals and routes cleared"
-    return f"{request.op} done"
+def rules_text(route: dict[str, Any]) -> str:
+    """A route's rules for its activity line ("filter '...', transform '...'", or "none")."""
+    return ", ".join(f"{k} {route[k]!r}" for k in ("filter", "transform") if route.get(k)) or "none"
 
 
 def main(argv: list[str] | None = None) -> int:

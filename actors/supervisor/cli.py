@@ -17,6 +17,7 @@ from typing import Any
 
 import zmq
 
+from ..gateway.commands import ERROR_REPLY_PREFIXES
 from ..core.protocol import Op, ProtocolError, Reply, Request, decode_as, encode
 from ..core.security import secure_client
 from ..core.settings import Runtime
@@ -25,7 +26,6 @@ CTL_TIMEOUT_S = 10.0
 RECV_BYTES = 65536
 EXIT_UNREACHABLE = 3
 EXIT_ERROR_REPLY = 1
-ERROR_PREFIXES = ("Error", "Unknown command", "Usage:", "Invalid")
 IPC_PREFIX = "ipc://"
 
 
@@ -88,7 +88,7 @@ def _await_reply(sock: zmq.Socket, req_id: str, deadline: float, endpoint: str) 
 
 
 def is_error_reply(reply: str) -> bool:
-    return reply.startswith(ERROR_PREFIXES)
+    return reply.startswith(ERROR_REPLY_PREFIXES)
 
 
 def run_ctl(runtime: Runtime, line: str, timeout: float = CTL_TIMEOUT_S) -> int:

@@ -38,7 +38,7 @@ from ..core.follower import StateFollower
 
 log = logging.getLogger("peripherals")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # actors/supervisor/ -> the checkout
 READ_CHUNK_BYTES = 65536
 MAX_DOUBLINGS = 20  # keeps 2**n small; backoff_max caps the delay long before
 CLOSE_POLL_S = 0.05

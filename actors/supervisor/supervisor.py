@@ -24,15 +24,17 @@ from typing import IO, Any
 import zmq
 
 from ..core.bus import LIVENESS_TOPICS, ActivityHandler, Heartbeater, beat_expiry, connect_publisher, connect_subscriber, parse_event
-from ..core.errors import BadArguments, ErrorCode, OrchestratorError, UnknownOp
+from ..core.errors import BadArguments, ErrorCode
 from .peripherals import PeripheralManager
 from ..core.protocol import Activity, Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
 from ..core.security import secure_server, start_authenticator
+from ..core.runner import console_handler
+from ..core.serving import Handler, serve
 from ..core.settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, POLL_INTERVAL_MS, Runtime
 
 log = logging.getLogger("supervisor")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # actors/supervisor/ -> the checkout
 ACTOR_MODULES = {"broker": "broker", "state": "actors.state", "gateway": "actors.gateway", "scanner": "actors.scanner", "router": "actors.router", "ui": "actors.ui"}
 DEFAULT_ACTORS = ("broker", "state", "gateway", "router", "scanner")
 MAX_ROUTERS = 16
@@ -167,6 +169,13 @@ class Supervisor:
         self.name_suffix = name_suffix  # satellites: keeps names unique on the shared bus
         self.remote: dict[str, RemoteActor] = {}
         self.peripherals = PeripheralManager(runtime)  # the robot's own programs, from <config>/peripherals.toml
+        self.control_handlers = {  # launch.py status/stop/scale/peripheral and the UI, on the control socket
+            Op.CONTROL_STATUS.value: Handler(lambda request: self.status()),
+            Op.CONTROL_STOP.value: Handler(self._stop_requested),
+            Op.CONTROL_ACTIVITY.value: Handler(lambda request: {"activity": list(self.activity)}),
+            Op.CONTROL_SCALE.value: Handler(self._scale_requested),
+            Op.CONTROL_PERIPHERAL.value: Handler(lambda request: self.peripherals.control(request.args, request.req_id)),
+        }
         for kind in actors:
             if kind == "router":
                 for index in range(1, routers + 1):
@@ -193,9 +202,7 @@ class Supervisor:
         if child.attached:
             self.children.remove(child)
             signal.signal(signal.SIGINT, self._on_signal)
-            console = logging.StreamHandler(sys.stderr)
-            console.setFormatter(logging.Formatter("%(asctime)s supervisor %(levelname)s %(message)s", "%H:%M:%S"))
-            logging.getLogger().addHandler(console)  # the terminal is ours again: show what the supervisor does
+            logging.getLogger().addHandler(console_handler("supervisor"))  # the terminal is ours again
             log.info("ui detached (exit %s); the orchestrator keeps running here: Ctrl+C stops it", code)
             return
         ran_for = now - child.started_at
@@ -311,26 +318,17 @@ class Supervisor:
         return {"routers": count}
 
     def handle_control(self, request: Request) -> Reply:
-        try:
-            if request.op == Op.CONTROL_STATUS.value:
-                result = self.status()
-            elif request.op == Op.CONTROL_STOP.value:
-                self.stopping = True
-                result = {"stopping": True}
-            elif request.op == Op.CONTROL_ACTIVITY.value:
-                result = {"activity": list(self.activity)}
-            elif request.op == Op.CONTROL_SCALE.value:
-                count = request.args.get("routers")
-                if not isinstance(count, int):
-                    raise BadArguments("scale needs an integer 'routers'")
-                result = self.scale_routers(count)
-            elif request.op == Op.CONTROL_PERIPHERAL.value:
-                result = self.peripherals.control(request.args, request.req_id)
-            else:
-                raise UnknownOp(f"unknown control op {request.op!r}")
-        except OrchestratorError as exc:
-            return Reply(ok=False, error=str(exc), code=int(exc.code), req_id=request.req_id)
-        return Reply(ok=True, result=result, req_id=request.req_id)
+        return serve(request, self.control_handlers, kind="control op")[0]
+
+    def _stop_requested(self, _: Request) -> dict[str, Any]:
+        self.stopping = True
+        return {"stopping": True}
+
+    def _scale_requested(self, request: Request) -> dict[str, Any]:
+        count = request.args.get("routers")
+        if not isinstance(count, int):
+            raise BadArguments("scale needs an integer 'routers'")
+        return self.scale_routers(count)
 
     def _on_control(self, sock: zmq.Socket) -> None:
         frames = sock.recv_multipart()

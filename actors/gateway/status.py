@@ -1,0 +1,92 @@
+"""The gateway's figures: its heartbeat counters and the /status reply built from every live actor's beat.
+
+A mixin of ``Gateway``: it reads the gateway's counters, data plane, listeners and the heartbeats it heard.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..core.bus import beat_expiry
+from ..core.protocol import Heartbeat
+from .commands import format_time
+
+
+class StatusFigures:
+    """Heartbeat stats and the /status figures (CommandContext.status)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Heartbeat stats: real counters for /status and the UI."""
+        return {**self.counters, **self.plane.stats(), "connections_open": len(self.connections),
+                "listening": len(self.servers), "bind_failures": len(self.failed_binds),
+                "failed_binds": {str(port): why for port, why in self.failed_binds.items()}, "auth_lockouts": self.auth_guard.lockouts}
+
+    def _live_beats(self) -> dict[str, Heartbeat]:
+        now = time.monotonic()
+        return {actor: beat for actor, beat in self.heartbeats.items() if now - self.heard_at[actor] <= beat_expiry(beat)}
+
+    def status(self) -> dict[str, Any]:
+        """CommandContext: the /status figures (the seed's example, with real counters)."""
+        beats = self._live_beats()
+        started = min([self.started_at, *(beat.started_at for beat in beats.values())])
+        routes = self.replica.routes.values()
+        routed = sum(int(r.get("messages") or 0) for r in routes)
+        dropped = sum(int(r.get("dropped") or 0) for r in routes)
+        router_beats = [b for a, b in beats.items() if a.startswith("router")]
+        routed = max(routed, sum(int(b.stats.get("delivered") or 0) for b in router_beats))
+        dropped = max(dropped, sum(int(b.stats.get("dropped") or 0) for b in router_beats))
+        scans = [b.stats.get("last_scan") for a, b in beats.items() if a.startswith("scanner")]
+        last_scan = max((s for s in scans if isinstance(s, (int, float))), default=None)
+        peripherals = self.replica.peripherals.values()
+        stats = self.stats()
+        return {
+            "UUID": self.replica.config.get("script_uuid", ""),
+            "Uptime": format_duration(time.time() - started),
+            "Uptime Seconds": round(time.time() - started, 1),
+            "Peripherals": {"online": sum(1 for p in peripherals if p.get("online")), "total": len(self.replica.peripherals)},
+            "Routes": len(self.replica.routes),
+            "Routers Alive": stats["routers_live"],
+            **system_health(beats),
+            "Messages Routed": routed,
+            "Messages Dropped": dropped + stats["unknown_source"] + stats["no_route"] + stats["dropped_buffer_full"],
+            "Gateway": {k: stats[k] for k in ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full",
+                                              "pending", "unacked_payloads", "payloads_resent", "sources_paused", "pause_episodes",
+                                              "routers_lost", "bad_lines", "too_long", "partial_lines_dropped", "connections_open",
+                                              "connections_refused", "connections_refused_per_address", "idle_timeouts",
+                                              "handler_errors", "auth_failures", "auth_lockouts", "refused_identity")},
+            "Auth Locked": self.auth_guard.locked(),
+            "Last Scan": format_time(last_scan),
+            "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],
+            **launched_entry(beats),
+        }
+
+
+def system_health(beats: dict[str, Heartbeat]) -> dict[str, Any]:
+    """"Health" and, when degraded, its reasons, as the live supervisor works them out (absent when none is heard)."""
+    main = beats.get("supervisor")  # the main board's; satellites' supervisors carry their own suffix
+    if main is None or not main.stats.get("health"):
+        return {}
+    health = {"Health": main.stats["health"]}
+    if main.stats.get("reasons"):
+        health["Degraded Because"] = list(main.stats["reasons"])
+    return health
+
+def actor_entry(beat: Heartbeat) -> dict[str, Any]:
+    """One live actor in /status: where it runs (satellite boards show their own host) and, for routers, what it delivered."""
+    entry: dict[str, Any] = {"name": beat.actor, "host": beat.host, "pid": beat.pid}
+    if beat.actor.startswith("router"):
+        entry["delivered"] = int(beat.stats.get("delivered") or 0)
+    return entry
+
+
+def launched_entry(beats: dict[str, Heartbeat]) -> dict[str, Any]:
+    """The launched peripherals (process state joined with registration) from the supervisor's heartbeat, when it has any."""
+    rows = next((b.stats.get("peripherals") for a, b in beats.items() if a.startswith("supervisor")), None)
+    return {"Launched": rows} if isinstance(rows, list) else {}
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s"
