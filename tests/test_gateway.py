@@ -454,6 +454,8 @@ def test_ctl_prints_the_reply_and_fails_when_unreachable(gw: Instance, capsys: p
     assert run_ctl(gw.runtime, "/routes info") == 0
     assert capsys.readouterr().out == "No routes configured.\n"
     assert run_ctl(gw.runtime, "/nonsense") == 1
+    assert run_ctl(gw.runtime, "/routes remove nothing") == 1  # a refusal by its code, whatever its sentence begins with
+    assert capsys.readouterr().out.endswith("Route 'nothing' not found.\n")
     with pytest.raises(OSError):
         send_command("127.0.0.1", free_port(), "/help", timeout=1.0)
 

@@ -32,12 +32,10 @@ COMMAND_PREFIX = "/"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 AUTH_OK = "Authenticated: admin commands allowed on this connection."
 ROUTE_NOT_FOUND = "Route '{name}' not found."
-# How every error reply begins (the legacy sentences kept verbatim); launch.py ctl exits 1 on these.
+# How error replies begin (the legacy sentences kept verbatim); launch.py ctl goes by each reply's code, not its text.
 ERROR_PREFIX = "Error"
 USAGE_PREFIX = "Usage:"
 INVALID_PREFIX = "Invalid"
-UNKNOWN_PREFIX = UNKNOWN_COMMAND.split(".")[0]  # "Unknown command"
-ERROR_REPLY_PREFIXES = (ERROR_PREFIX, UNKNOWN_PREFIX, USAGE_PREFIX, INVALID_PREFIX)
 CLEAR_RULES = "clear"
 LAUNCH_USAGE = "/launch start|stop|restart|list [<name>]"
 

@@ -417,8 +417,8 @@ class Gateway(Listeners, Ingress, Taps, StatusFigures):
         task.add_done_callback(self.bus_commands.discard)
 
     async def _answer_bus_command(self, identity: bytes, request: Request, peer: Peer) -> None:
-        text = await self.run_lines(request.args["line"], peer)
-        self._reply_bus(identity, BusReply(ok=True, result={"text": text}, req_id=request.req_id))
+        text, failed = await self.run_lines(request.args["line"], peer)
+        self._reply_bus(identity, BusReply(ok=True, result={"text": text, "failed": failed}, req_id=request.req_id))
 
     def _reply_bus(self, identity: bytes, reply: BusReply) -> None:
         """Answer a command client without ever blocking; one that left is simply gone."""
@@ -426,10 +426,12 @@ class Gateway(Listeners, Ingress, Taps, StatusFigures):
         if future.exception() is not None:
             log.debug("a command client left before its reply: %s", future.exception())
 
-    async def run_lines(self, text: str, peer: Peer) -> str:
-        """What the command port would write back for these lines (commands, /config blocks), minus streaming."""
+    async def run_lines(self, text: str, peer: Peer) -> tuple[str, bool]:
+        """What the command port would write back for these lines (commands, /config blocks), minus streaming;
+        and whether any of them failed (a reply with an error code: launch.py ctl exits 1 on it)."""
         session = LineSession(data_port=False, max_config_bytes=self.limits.max_line_bytes)
         out: list[bytes] = []
+        failed = False
         for raw in text.encode("utf-8", "replace").split(b"\n"):
             item = session.feed(raw)
             if item is None:
@@ -441,9 +443,10 @@ class Gateway(Listeners, Ingress, Taps, StatusFigures):
             if reply.tap is not None:
                 reply = error(TAP_OVER_BUS)
             out.append(reply.wire())
+            failed = failed or reply.code != 0
             if reply.close:
                 break
-        return b"".join(out).decode("utf-8", "replace")
+        return b"".join(out).decode("utf-8", "replace"), failed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,6 @@ from typing import Any
 
 import zmq
 
-from ..gateway.commands import ERROR_REPLY_PREFIXES
 from ..core.protocol import Op, ProtocolError, Reply, Request, decode_as, encode
 from ..core.security import secure_client
 from ..core.settings import Runtime
@@ -48,7 +47,12 @@ def send_command(host: str, port: int, line: str, timeout: float = CTL_TIMEOUT_S
 
 
 def bus_command(runtime: Runtime, line: str, timeout: float = CTL_TIMEOUT_S, context: zmq.Context | None = None) -> str:
-    """Run command line(s) on our own instance's gateway over the bus and return what it answers; raises Unreachable.
+    """Run command line(s) on our own instance's gateway over the bus and return what it answers; raises Unreachable."""
+    return bus_exchange(runtime, line, timeout, context)[0]
+
+
+def bus_exchange(runtime: Runtime, line: str, timeout: float = CTL_TIMEOUT_S, context: zmq.Context | None = None) -> tuple[str, bool]:
+    """The answer to command line(s), and whether any failed (an error code, not a guess from the text); raises Unreachable.
 
     Sent once (a command is not idempotent): the socket queues it until the gateway is there, within timeout.
     """
@@ -71,7 +75,7 @@ def bus_command(runtime: Runtime, line: str, timeout: float = CTL_TIMEOUT_S, con
             context.term()
 
 
-def _await_reply(sock: zmq.Socket, req_id: str, deadline: float, endpoint: str) -> str:
+def _await_reply(sock: zmq.Socket, req_id: str, deadline: float, endpoint: str) -> tuple[str, bool]:
     while (remaining := deadline - time.monotonic()) > 0:
         if not sock.poll(int(remaining * 1000) + 1):
             continue
@@ -82,24 +86,20 @@ def _await_reply(sock: zmq.Socket, req_id: str, deadline: float, endpoint: str) 
             continue
         if reply.req_id == req_id:
             if not reply.ok or not isinstance(reply.result, dict):
-                return f"Error: {reply.error or 'unexpected reply'}"
-            return str(reply.result.get("text", ""))
+                return f"Error: {reply.error or 'unexpected reply'}", True
+            return str(reply.result.get("text", "")), bool(reply.result.get("failed"))
     raise Unreachable(f"the gateway did not answer on {endpoint}")
-
-
-def is_error_reply(reply: str) -> bool:
-    return reply.startswith(ERROR_REPLY_PREFIXES)
 
 
 def run_ctl(runtime: Runtime, line: str, timeout: float = CTL_TIMEOUT_S) -> int:
     """`launch.py ctl`: print the reply; exit 0, 1 for an error reply, 3 when unreachable."""
     try:
-        reply = bus_command(runtime, line, timeout)
+        reply, failed = bus_exchange(runtime, line, timeout)
     except Unreachable as exc:
         print(f"{exc} (is it running? try 'python launch.py --config-dir {runtime.config_dir} status')", file=sys.stderr)
         return EXIT_UNREACHABLE
     sys.stdout.write(reply)
-    return EXIT_ERROR_REPLY if is_error_reply(reply) else 0
+    return EXIT_ERROR_REPLY if failed else 0
 
 
 def fetch_status(runtime: Runtime, timeout: float = CTL_TIMEOUT_S) -> dict[str, Any]:
