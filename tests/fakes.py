@@ -449,3 +449,12 @@ def resetting_port(port: int = 0) -> FakeListener:
 def slow_reader(port: int = 0, lines_per_s: float = 1.0) -> LineSink:
     """A sink that reads one line per 1/lines_per_s seconds, one connection at a time."""
     return LineSink(port, delay_s=1.0 / lines_per_s)
+
+
+def restarted(sink: LineSink) -> bool:
+    """Bind again (a retrying connect may hold the port for an instant)."""
+    try:
+        sink.start()
+    except OSError:
+        return False
+    return True

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from actors.router.sinks import MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
 from conftest import Instance, free_port, start_instance, wait_until
-from fakes import DeafSink, LineSink, register, resetting_port, slow_reader
+from fakes import DeafSink, LineSink, register, resetting_port, restarted, slow_reader
 from test_routing_e2e import OrderSink, Source, add_route, assert_in_order_without_loss, running_routers
 
 LINES_PER_SOURCE = 2000
@@ -209,7 +209,7 @@ def test_a_payload_older_than_the_age_bound_is_never_delivered_to_a_sink_that_co
         source.warm_up(fresh)  # the route to the sink that is down exists at the router now
         source.conn.sendall(b"".join(b"old-%d\n" % n for n in range(5)))
         time.sleep(LATE_AGE_S + 0.05)  # just older than the bound: the worker is most likely waiting for its next retry
-        wait_until(lambda: _started(sink), UNIT_TIMEOUT_S, 0.05, f"port {port} free for the sink")
+        wait_until(lambda: restarted(sink), UNIT_TIMEOUT_S, 0.05, f"port {port} free for the sink")
         def fresh_arrived() -> bool:
             if any(line.startswith(b"new") for line in sink.snapshot()):
                 return True
@@ -294,14 +294,6 @@ def test_a_sink_that_comes_back_slowly_never_gets_payloads_older_than_the_age_bo
             instance.command(f"/routes remove {name}")
         for thing in (source, fresh, sink):
             stop_quietly(thing)
-
-
-def _started(sink: LineSink) -> bool:
-    try:
-        sink.start()
-    except OSError:
-        return False
-    return True
 
 
 def test_router_sigkill_loses_nothing_for_a_healthy_sink_next_to_a_dead_one(instance: Instance) -> None:

@@ -16,7 +16,7 @@ from actors.core.protocol import DataAck, DataBatch, Heartbeat, Op, Tap, Topic, 
 from actors.router.acks import AckBook, BatchTracker
 from actors.router.sinks import MODE_MESSAGE, MODE_STREAM, Backoff, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
 from conftest import REPO_ROOT, Instance, free_port, start_instance, wait_until
-from fakes import LineSink
+from fakes import LineSink, restarted
 
 TIMEOUT_S = 10.0
 
@@ -386,15 +386,6 @@ def test_a_sink_down_beyond_the_age_bound_loses_its_old_payloads_counted_and_log
     assert stats["expired"] == 8 and stats["dropped"] == 8 and stats["delivered"] == 0 and stats["queued"] == 0
     log_text = (rig.instance.config_dir / "logs" / "router-1.log").read_text()
     assert log_text.count("is not keeping up") == 1  # one activity line for the episode, not one per payload
-
-
-def restarted(sink: LineSink) -> bool:
-    """Bind again (a retrying connect may hold the port for an instant)."""
-    try:
-        sink.start()
-    except OSError:
-        return False
-    return True
 
 
 def test_a_slow_sink_does_not_delay_a_fast_one(rig: Rig) -> None:
