@@ -24,6 +24,7 @@ from typing import Any
 import zmq
 
 from actors.core.protocol import Heartbeat, Topic, decode_as
+from actors.gateway.dataplane import rendezvous
 from conftest import REPO_ROOT, Instance, free_port, start_instance, wait_until
 from fakes import register
 
@@ -101,9 +102,9 @@ class OrderSink:
 class Source:
     """A registered source with one data-port connection kept open; sends numbered lines."""
 
-    def __init__(self, instance: Instance, name: str) -> None:
+    def __init__(self, instance: Instance, name: str, uuid: str | None = None) -> None:
         self.name = name
-        self.uuid = str(uuidlib.uuid4())
+        self.uuid = uuid or str(uuidlib.uuid4())
         ack = register(instance.command_port, name, self.uuid, free_port())
         assert ack.startswith("/ack "), ack
         self.conn = socket.create_connection(("127.0.0.1", int(ack.split()[1])), timeout=5.0)
@@ -204,6 +205,21 @@ def launch(instance: Instance, *args: str) -> str:
     return done.stdout
 
 
+def uuids_spread_over(routers: int, count: int) -> list[str]:
+    """Source uuids the gateway's rendezvous hashing gives to router-1..router-N in turn.
+
+    Random uuids leave all sources on one router now and then (1 in 81 for four sources over
+    three routers), and a test of spreading must not depend on that chance.
+    """
+    identities = [f"router-{n}".encode() for n in range(1, routers + 1)]
+    chosen: list[str] = []
+    while len(chosen) < count:
+        candidate = str(uuidlib.uuid4())
+        if rendezvous(candidate, identities) == identities[len(chosen) % routers]:
+            chosen.append(candidate)
+    return chosen
+
+
 def running_routers(instance: Instance) -> list[str]:
     return sorted(c["name"] for c in instance.status()["children"] if c["name"].startswith("router") and c["state"] == "running" and c["ready"])
 
@@ -214,13 +230,14 @@ def test_per_source_order_with_three_routers(tmp_path: Path) -> None:
     instance = start_instance(tmp_path, routers=3, only=["broker", "state", "gateway", "router"])
     sinks: list[OrderSink] = []
     sources: list[Source] = []
+    uuids = uuids_spread_over(3, 6)
     try:
         # A source stays on the router it started on while it has unacknowledged data: spread them only once all are live.
         wait_until(lambda: json.loads(instance.command("/status"))["Routers Alive"] == 3, DELIVERY_TIMEOUT_S, 0.1,
                    "the gateway counting three live routers")
         for index in range(6):
             sinks.append(add_sink(instance, f"Sink{index}"))
-            sources.append(Source(instance, f"Source{index}"))
+            sources.append(Source(instance, f"Source{index}", uuids[index]))
             add_route(instance, f"r{index}", f"Source{index}", f"Sink{index}")
         for source, sink in zip(sources, sinks):
             source.warm_up(sink)
@@ -280,7 +297,7 @@ def wait_all_from(sink: OrderSink, last: int) -> list[int]:
 def test_scale_to_three_routers_and_back_keeps_order_and_loses_nothing(tmp_path: Path) -> None:
     instance = start_instance(tmp_path, routers=1, only=["broker", "state", "gateway", "router"])
     sinks = [add_sink(instance, f"Sink{i}") for i in range(4)]
-    sources = [Source(instance, f"Source{i}") for i in range(4)]
+    sources = [Source(instance, f"Source{i}", uuid) for i, uuid in enumerate(uuids_spread_over(3, 4))]
     try:
         for index, (source, sink) in enumerate(zip(sources, sinks)):
             add_route(instance, f"r{index}", source.name, f"Sink{index}")
