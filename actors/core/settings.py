@@ -698,6 +698,6 @@ PERIPHERAL_DEFAULTS: dict[str, Any] = {
     "log_max_bytes": 1024 * 1024,  # per log file before it rotates
     "log_backups": 3,
 }
-LAUNCH_FILE_POLL_S = 1.0  # stat of peripherals.toml: an edit is applied within this
+LAUNCH_FILE_POLL_S = 1.0  # where the kernel cannot watch the config folder: how often peripherals.toml is stat'ed
 PERIPHERAL_TAIL_LINES = 20  # last log lines kept in memory for the UI and `peripheral list`
 WATCHDOG_GRACE_S = 1.0  # the group watchdog: SIGTERM, then SIGKILL this long after, when the supervisor died

@@ -189,7 +189,9 @@ class Gateway(Listeners, Ingress, Taps, StatusFigures):
         """Until the next timed job: a beat, a router's expiry, a waiting source's retry, an idle client's
         time-out, a bind retry, the drop report. Work that arrives (data, commands, events) is handled at once."""
         now = time.monotonic()
-        due = [self.heart.due_in(), self.next_report - now]
+        due = [self.heart.due_in()]
+        if self._drops_unreported():
+            due.append(self.next_report - now)
         expiry = self.plane.next_expiry()
         if expiry is not None:
             due.append(expiry - now)

@@ -62,6 +62,10 @@ class Ingress:
         if len(self.recent_sources[reason]) < EXAMPLE_SOURCES_SHOWN:
             self.recent_sources[reason].add(source[:36])
 
+    def _drops_unreported(self) -> bool:
+        """Whether a drop report is owed (only then is its timer worth waking for)."""
+        return any(self.counters[reason] != self.reported[reason] for reason in ("unknown_source", "no_route"))
+
     def _report_drops(self) -> None:
         """One activity line per interval for data dropped at the gateway (never one per message)."""
         now = time.monotonic()

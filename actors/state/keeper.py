@@ -19,11 +19,12 @@ from ..core.refusals import RefusalLog
 from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, publish
 from .store import ConfigStore
 from ..core.errors import ErrorCode, OrchestratorError
+from ..core.filewatch import FolderWatch
 from ..core.protocol import Op, ProtocolError, Reply, Request, StateUpdate, Topic, UpdateKind, decode_as, encode
 from ..core.runner import StopFlag, run_actor
 from ..core.serving import Handler, serve
 from ..core.security import secure_client
-from ..core.settings import Runtime, loopback_only_reason
+from ..core.settings import CONFIG_FILE_NAME, ROUTES_FILE_NAME, Runtime, loopback_only_reason
 from .tables import Change, Tables
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ LAZY_WRITE_DELAY_S = 1.0
 LAZY_OPS = {Op.SEEN.value, Op.ALIVE.value, Op.LOST.value, Op.ROUTE_USAGE.value}
 QUIET_OPS = {Op.SNAPSHOT.value, Op.ROUTE_USAGE.value, Op.SEEN.value, Op.ALIVE.value}
 CONFIG_NOTICE_REPEAT_S = 300.0  # how often a loopback-only fallback is logged again
-EDIT_POLL_INTERVAL_S = 1.0  # how often the files are stat'ed for hand edits (noticed within 1 s)
+EDIT_POLL_INTERVAL_S = 1.0  # where the kernel cannot watch the folder: how often the files are stat'ed for hand edits
 CHANGES_NAMED = 10  # a hand edit's activity line names at most this many changed records
 
 
@@ -64,6 +65,7 @@ class StateKeeper:
         self.notice_logged_at = time.monotonic()
         self.notes_logged = 0
         self.edits_checked_at = time.monotonic()
+        self.edits = FolderWatch(runtime.config_dir, (CONFIG_FILE_NAME, ROUTES_FILE_NAME), EDIT_POLL_INTERVAL_S)
         self.hand_edits = 0
         # Each op: what it applies to the tables, and its activity line (None: "<op> done"; QUIET_OPS log nothing).
         t = self.tables
@@ -102,15 +104,18 @@ class StateKeeper:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.stop.wakeup_fd(), zmq.POLLIN)
+        if self.edits.fileno() is not None:
+            poller.register(self.edits.fileno(), zmq.POLLIN)
         log.info("state keeper started: %d peripherals, %d routes from %s", len(self.tables.peripherals), len(self.tables.routes), self.runtime.config_dir)
         for path in self.store.kept_aside:
             log.error("a corrupt config file was kept aside as %s", path)
         self._log_store_notes()
         try:
             while not self.stop.should_stop():
-                if self.sock in dict(poller.poll(self._sleep_s() * 1000 + 1)):
+                ready = dict(poller.poll(self._sleep_s() * 1000 + 1))
+                if self.sock in ready:
                     self._serve_burst()
-                self._check_outside_edits()
+                self._check_outside_edits(force=self.edits.fileno() in ready and self.edits.drain())
                 if self.durable_dirty:
                     self._flush()  # an unusable hand edit: the file is written again from the running state
                 self._lazy_flush()
@@ -118,6 +123,7 @@ class StateKeeper:
                 self.heart.maybe_beat(self._stats())
         finally:
             self._flush()
+            self.edits.close()
             self.pub.close()
             self.sock.close()
             log.info("state keeper stopped")
@@ -125,7 +131,7 @@ class StateKeeper:
     def _sleep_s(self) -> float:
         """Until the next timed job: a beat, the hand-edit check, a lazy write (requests wake us at once)."""
         now = time.monotonic()
-        due = [self.heart.due_in(), self.edits_checked_at + EDIT_POLL_INTERVAL_S - now]
+        due = [self.heart.due_in(), self.edits_checked_at + self.edits.poll_s - now]
         if self.lazy_dirty_since is not None:
             due.append(self.lazy_dirty_since + LAZY_WRITE_DELAY_S - now)
         return max(0.0, min(due))
@@ -240,9 +246,10 @@ class StateKeeper:
         self.notes_logged = len(self.store.notes)
 
     def _check_outside_edits(self, force: bool = False) -> None:
-        """A cheap stat poll; an edited file is validated, merged with the running state, published and logged."""
+        """A stat of both files when the folder watch says so (or its poll is due); an edited file is validated,
+        merged with the running state, published and logged."""
         now = time.monotonic()
-        if not force and now - self.edits_checked_at < EDIT_POLL_INTERVAL_S:
+        if not force and now - self.edits_checked_at < self.edits.poll_s:
             return
         self.edits_checked_at = now
         edited = self.store.edited_outside()

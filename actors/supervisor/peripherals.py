@@ -33,6 +33,7 @@ import zmq
 
 from ..core.errors import BadArguments, UnknownPeripheral
 from .launchfile import LaunchFile, PeripheralSpec, launch_file_path, read_launch_file
+from ..core.filewatch import FolderWatch
 from ..core.settings import LAUNCH_FILE_POLL_S, PERIPHERAL_LOG_DIR_NAME, PERIPHERAL_TAIL_LINES, PRIVATE_FILE_MODE, Runtime
 from ..core.follower import StateFollower
 
@@ -224,6 +225,7 @@ class PeripheralManager:
         self.problems: list[str] = []
         self.file_stamp: tuple[int, int, int] | None = None
         self.next_file_check = 0.0
+        self.file_watch = FolderWatch(runtime.config_dir, (self.path.name,), LAUNCH_FILE_POLL_S)  # edits wake the supervisor
         self.context: zmq.Context | None = None
         self.follower: StateFollower | None = None
         self.watchdog: subprocess.Popen | None = None
@@ -236,6 +238,11 @@ class PeripheralManager:
     def open(self, context: zmq.Context) -> None:
         self.context = context
         self.check_file(force=True)
+
+    def file_event(self) -> None:
+        """The folder watch is readable: empty it now (so the loop sleeps again); tick() looks at the file."""
+        if self.file_watch.drain():
+            self.next_file_check = 0.0
 
     def tick(self) -> None:
         """One pass from the supervisor's loop: never blocks."""
@@ -268,6 +275,7 @@ class PeripheralManager:
             entry.log.close()
         if self.follower is not None:
             self.follower.close()
+        self.file_watch.close()
         if self.watchdog is not None and self.watchdog.stdin is not None:
             self.watchdog.stdin.close()  # end of file: the watchdog ends what may be left and exits
             try:
@@ -277,8 +285,9 @@ class PeripheralManager:
 
     # ---- the launch file ---------------------------------------------------------
     def check_file(self, force: bool = False) -> None:
-        """Stat the launch file (about once a second); a change is applied without touching unchanged entries."""
-        self.next_file_check = time.monotonic() + LAUNCH_FILE_POLL_S
+        """Stat the launch file (when the folder watch says so, or its poll is due); a change is applied without
+        touching unchanged entries."""
+        self.next_file_check = time.monotonic() + self.file_watch.poll_s
         try:
             info = self.path.stat()
             stamp: tuple[int, int, int] | None = (info.st_mtime_ns, info.st_size, info.st_ino)

@@ -396,10 +396,17 @@ class Supervisor:
                 last = child.last_heartbeat if child.last_heartbeat and child.last_heartbeat >= child.started_at else None
                 due.append((child.started_at + STARTUP_GRACE_S if last is None else last + HANG_TIMEOUT_S) - now)
         due += [actor.last_heartbeat + actor.expiry_s - now for actor in self.remote.values() if not actor.reported_lost]
-        due.append(self.peripherals.next_file_check - mono)
-        if self.peripherals.entries:  # the robot's programs: restarts, stop deadlines, registrations, checked each pass
-            due.append(PERIPHERALS_TICK_S)
+        if not self._peripherals_may_start():
+            due.append(self.started_at + STARTUP_GRACE_S - now)
+        else:
+            due.append(self.peripherals.next_file_check - mono)
+            if self.peripherals.entries:  # the robot's programs: restarts, stop deadlines, registrations, checked each pass
+                due.append(PERIPHERALS_TICK_S)
         return max(0.0, min(due))
+
+    def _peripherals_may_start(self) -> bool:
+        """The robot's programs start once the orchestrator can take their registrations (or the grace is over)."""
+        return self.ready_after_s is not None or time.time() - self.started_at > STARTUP_GRACE_S
 
     def _beat_stats(self) -> dict[str, Any]:
         """Heartbeat stats: counts, and the health with its reasons (the UI's status line shows them)."""
@@ -433,6 +440,9 @@ class Supervisor:
         poller.register(events, zmq.POLLIN)
         wakeup = self._wake_on_signals()
         poller.register(wakeup, zmq.POLLIN)
+        launch_file_watch = self.peripherals.file_watch.fileno()
+        if launch_file_watch is not None:
+            poller.register(launch_file_watch, zmq.POLLIN)
         log.info("supervisor %d starting %s on %s", os.getpid(), ", ".join(c.name for c in self.children), self.runtime.config_dir)
         try:
             for child in self.children:
@@ -442,13 +452,15 @@ class Supervisor:
                 ready = dict(poller.poll(self._sleep_s(heart) * 1000 + 1))
                 if wakeup in ready:
                     drain(wakeup)
+                if launch_file_watch in ready:
+                    self.peripherals.file_event()
                 if control in ready:
                     self._on_control(control)
                 while events in ready and events.poll(0):
                     self._on_event(events.recv_multipart())
                 self._check_children()
                 self._expire_remote()
-                if self.ready_after_s is not None or time.time() - self.started_at > STARTUP_GRACE_S:
+                if self._peripherals_may_start():
                     self.peripherals.tick()  # peripherals start once the orchestrator can take their registrations
                 heart.maybe_beat(self._beat_stats())  # a changed health leaves within HEARTBEAT_INTERVAL_S
         finally:
