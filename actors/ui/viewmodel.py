@@ -7,6 +7,7 @@ terminal cells, so the renderer can draw them without ever wrapping.
 """
 from __future__ import annotations
 
+import functools
 import textwrap
 import time
 import unicodedata
@@ -133,6 +134,7 @@ class Frame:
 
 
 # ---- text --------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4096)
 def char_width(char: str) -> int:
     """Terminal cells one character takes: 2 for wide East Asian, 0 for combining marks."""
     if unicodedata.combining(char):
@@ -140,7 +142,9 @@ def char_width(char: str) -> int:
     return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
 
 
+@functools.lru_cache(maxsize=1024)
 def cell_width(text: str) -> int:
+    """Terminal cells a text takes (the same lines come back every repaint, hence the cache)."""
     if text.isascii():
         return len(text)  # the common case, without a lookup per character (the clock repaints every second)
     return sum(char_width(c) for c in text)
@@ -161,6 +165,8 @@ def fit(text: Any, width: int, pad: bool = False) -> str:
         return ""
     if cell_width(text) <= width:
         return text + " " * (width - cell_width(text)) if pad else text
+    if text.isascii():  # the common case: one slice, not a lookup per character (every repaint fits every line)
+        return text[: width - 1] + ELLIPSIS
     out, used = [], 0
     for char in text:
         w = char_width(char)
