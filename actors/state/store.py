@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.settings import (BACKUP_DIR_NAME, CONFIG_FILE_NAME, LOOPBACK_HOST, LOOPBACK_ONLY_SECURITY,
-                             LOOPBACK_ONLY_KEY, PRIVATE_DIR_MODE, ROUTE_COUNTERS, ROUTES_FILE_NAME,
-                       SECURITY_KEYS,
-                       Checked, ConfigError, SecurityConfigError, check_config, check_routes, default_config,
-                       loopback_only_reason, require_secure)
+                             LOOPBACK_ONLY_KEY, PRIVATE_DIR_MODE, ROUTE_COUNTERS, ROUTES_FILE_NAME, SECURITY_KEYS,
+                             Checked, ConfigError, SecurityConfigError, check_config, check_routes, default_config,
+                             loopback_only_reason, require_secure)
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +174,7 @@ class OutsideEdit:
 
 
 def merge_records(base: list[dict[str, Any]], theirs: list[dict[str, Any]], ours: list[dict[str, Any]],
-                  rejected: list[Any], key: str,
-                  maintained: tuple[str, ...]) -> list[dict[str, Any]]:
+                  rejected: list[Any], key: str, maintained: tuple[str, ...]) -> list[dict[str, Any]]:
     """Three-way merge of records by key: what the user added, changed or removed wins, except system-maintained fields.
 
     A record the user broke (kept aside as rejected) counts as unchanged, not as removed.
@@ -380,8 +378,7 @@ class ConfigStore:
     def save(self, config: dict[str, Any], routes: list[dict[str, Any]], changed: set[str] | None = None) -> None:
         """Write both files atomically (and the last good copy of orch.cf when due).
 
-        ``changed``: the uuids of the peripherals changed since the last save (None: any), so only those are rendered
-        again.
+        ``changed``: uuids of the peripherals changed since the last save (None: any); only those are rendered again.
         """
         self._write(self.config_path, config, self.config_text(config, changed))
         self._write(self.routes_path, routes)
@@ -476,8 +473,7 @@ class ConfigStore:
             del merged[LOOPBACK_ONLY_KEY]  # bind_host was fixed by hand
         if "peripherals" in raw:
             merged["peripherals"] = merge_records(base["peripherals"], theirs["peripherals"], ours["peripherals"],
-                                                  checked.rejected, "uuid",
-                                                  PERIPHERAL_MAINTAINED)
+                                                  checked.rejected, "uuid", PERIPHERAL_MAINTAINED)
         return merged
 
     def _merge_routes(self, base_raw: Any, raw: list[Any], ours: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -16,16 +16,14 @@ from ..core.protocol import UpdateKind
 from ..core.records import NAME_PATTERN, check_peripheral_config, is_uuid
 from ..core.rules import RULE_KEYS, RuleError, check_rule
 from ..core.settings import (ACCESS_LIST_KEYS, MAX_AGE_KEY, ROUTE_COUNTERS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError,
-                             default_config, parse_max_age,
-                       parse_port, parse_ports, tunable, validate_config)
+                             default_config, parse_max_age, parse_port, parse_ports, tunable, validate_config)
 
 DELIVERY_MODES = ("message", "stream")
 SETTABLE_CONFIG_KEYS = ("known_ports", "known_hosts", "scan_interval", "offline_after_sweeps", "command_port",
-                        "data_port_range", "bind_host",
-                        *ACCESS_LIST_KEYS, *SECRET_KEYS, *TUNABLE_DEFAULTS)
+                        "data_port_range", "bind_host", *ACCESS_LIST_KEYS, *SECRET_KEYS, *TUNABLE_DEFAULTS)
 # The settings a reset keeps, so the instance stays reachable where it was just reached.
-KEPT_ON_RESET = ("command_port", "data_port_range", "bind_host", "known_ports", "known_hosts", *ACCESS_LIST_KEYS,
-                 *SECRET_KEYS)
+KEPT_ON_RESET = ("command_port", "data_port_range", "bind_host", "known_ports", "known_hosts",
+                 *ACCESS_LIST_KEYS, *SECRET_KEYS)
 
 Change = tuple[str, str, Any]
 
@@ -351,8 +349,8 @@ class Tables:
         except ConfigError as exc:
             if self.bad_info_max_age.get(record["uuid"]) != info[MAX_AGE_KEY]:  # once per value, not once per sweep
                 self.bad_info_max_age[record["uuid"]] = info[MAX_AGE_KEY]
-                log.warning("%s (%s) announced a bad max_age in /info (%s); keeping %s", record["name"],
-                            record["uuid"][:8], exc,
+                log.warning("%s (%s) announced a bad max_age in /info (%s); keeping %s",
+                            record["name"], record["uuid"][:8], exc,
                             record.get(MAX_AGE_KEY, "the default (router_queue_age_s)"))
 
     def remove_peripheral(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
@@ -376,8 +374,9 @@ class Tables:
                        f"so that needs admin rights (admin_clients or /auth)")
 
     def _check_scanner_move(self, record: dict[str, Any], host: str, address: str | None, port: int) -> None:
-        """The scanner has no admin rights: a uuid answering elsewhere is not moved (only a restarted, offline one on
-        its own host).
+        """The scanner has no admin rights: a uuid answering elsewhere is not moved.
+
+        Only a restarted, offline one on its own host is.
         """
         recorded = record.get("host")
         if not (same_host(recorded, host) or (address is not None and same_host(recorded, address))):

@@ -412,9 +412,8 @@ class PeripheralManager:
         if len(entry.crash_times) >= spec.flap_limit:
             entry.failed = True
             log.error("%s crashed %d times within %.0fs; left stopped "
-                      "(see logs/%s/%s.log; `launch.py peripheral start %s`)",
-                      entry.key, len(entry.crash_times), spec.flap_window, PERIPHERAL_LOG_DIR_NAME, entry.key,
-                      entry.key)
+                      "(see logs/%s/%s.log; `launch.py peripheral start %s`)", entry.key, len(entry.crash_times),
+                      spec.flap_window, PERIPHERAL_LOG_DIR_NAME, entry.key, entry.key)
             entry.log.note("failed: crashing too often, left stopped")
             return
         delay = min(spec.backoff_max, spec.backoff * 2 ** min(len(entry.crash_times) - 1, MAX_DOUBLINGS))
@@ -490,8 +489,7 @@ class PeripheralManager:
             master, slave = pty.openpty()
             try:
                 process = subprocess.Popen(list(spec.command), cwd=spec.cwd, env=env, stdin=slave, stdout=slave,
-                                           stderr=slave,
-                                           start_new_session=True)
+                                           stderr=slave, start_new_session=True)
             except OSError:
                 os.close(master)
                 raise
@@ -525,8 +523,7 @@ class PeripheralManager:
             log.warning("peripheral watchdog exited (code %s); starting it again", self.watchdog.returncode)
         try:
             self.watchdog = subprocess.Popen([sys.executable, "-m", "actors.supervisor.groupwatch"], cwd=REPO_ROOT,
-                                             stdin=subprocess.PIPE,
-                                             stdout=subprocess.DEVNULL, start_new_session=True)
+                                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             self.watchdog, self.watchdog_retry_at = None, time.monotonic() + WATCHDOG_RETRY_S
             log.error("cannot start the peripheral watchdog (%s): peripherals would outlive a killed supervisor; "
@@ -692,6 +689,6 @@ class PeripheralManager:
 
     def beat(self) -> list[dict[str, Any]]:
         """The compact rows the supervisor's heartbeat carries (the gateway's /status and the UI read them)."""
-        keys = ("name", "state", "pid", "restarts", "uptime_s", "last_exit", "registered", "online", "peripheral",
-                "not_registered")
+        keys = ("name", "state", "pid", "restarts", "uptime_s", "last_exit", "registered", "online",
+                "peripheral", "not_registered")
         return [{key: row[key] for key in keys} for row in self.describe()]
