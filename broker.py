@@ -57,11 +57,13 @@ class Broker:
         events_in, events_out, front, back = sockets
         pub = connect_publisher(self.context, endpoints)
         logging.getLogger().addHandler(ActivityHandler(self.name, pub))
-        heart = Heartbeater(self.name, pub, endpoints, beat_on_change=False)  # its counters move with every beat it forwards
+        # its counters move with every beat it forwards
+        heart = Heartbeater(self.name, pub, endpoints, beat_on_change=False)
         poller = zmq.Poller()
         for sock in sockets:
             poller.register(sock, zmq.POLLIN)
-        pairs = {events_in: (events_out, "events"), events_out: (events_in, None), front: (back, "requests"), back: (front, "replies")}
+        pairs = {events_in: (events_out, "events"), events_out: (events_in, None), front: (back, "requests"),
+                 back: (front, "replies")}
         monitors = self._watch_handshakes(sockets) if auth is not None else {}
         for monitor in monitors:
             poller.register(monitor, zmq.POLLIN)
@@ -101,14 +103,15 @@ class Broker:
             frames = monitor.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
-        # Frame 1 is (uint16 event, int32 value), parsed here: zmq.utils.monitor would pull asyncio (8 MB) into the broker.
+        # Frame 1 is (uint16 event, int32 value), parsed here: zmq.utils.monitor would pull asyncio into the broker
+        # (docs/architecture.md, "What imports cost").
         event = struct.unpack("=Hi", frames[0][:6])[0] if frames and len(frames[0]) >= 6 else None
         self.refused += 1
         now = time.monotonic()
         if now - self.last_refusal_log.get(endpoint, -REFUSAL_LOG_INTERVAL_S) >= REFUSAL_LOG_INTERVAL_S:
             self.last_refusal_log[endpoint] = now
-            log.warning("refused a bus connection on %s (CurveZMQ handshake failed, event %s): a satellite with the wrong keys?",
-                        endpoint, event)
+            log.warning("refused a bus connection on %s (CurveZMQ handshake failed, event %s): "
+                        "a satellite with the wrong keys?", endpoint, event)
 
     def _shuttle(self, source: zmq.Socket, target: zmq.Socket, counter: str | None) -> None:
         """Move every waiting message from source to target (bounded, so no pair starves the others)."""

@@ -26,40 +26,48 @@ import zmq
 from actors.supervisor.cli import EXIT_UNREACHABLE
 from actors.state.store import preflight
 from actors.core.errors import OrchestratorError
-from actors.supervisor.peripheralcli import DEFAULT_TAIL_LINES, PERIPHERAL_ACTIONS, print_peripherals, run_peripheral_command, show_logs
+from actors.supervisor.peripheralcli import (DEFAULT_TAIL_LINES, PERIPHERAL_ACTIONS, print_peripherals,
+                                             run_peripheral_command, show_logs)
 from actors.core.protocol import Op
 from actors.core.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, ensure_runtime_dirs, release_run_dir
 from actors.core.runner import setup_logging
 from actors.core.security import ensure_keys, missing_client_keys, needs_curve
 from actors.core.settings import DEFAULT_CONFIG_DIR, Endpoints, Runtime
-from actors.supervisor.supervisor import ACTOR_MODULES, DEFAULT_ACTORS, DEFAULT_ROUTERS, AlreadyRunning, Supervisor, acquire_lock
+from actors.supervisor.supervisor import (ACTOR_MODULES, DEFAULT_ACTORS, DEFAULT_ROUTERS, AlreadyRunning, Supervisor,
+                                          acquire_lock)
 
 CONTROL_TIMEOUT_S = 3.0
 EXIT_BAD_CONFIG = 2
-CONFIG_ACTORS = ("state", "gateway")  # the actors that read orch.cf: the launch checks it first when one of them runs here
+# the actors that read orch.cf: the launch checks it first when one of them runs here
+CONFIG_ACTORS = ("state", "gateway")
 
 
 def add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
-    """Options every subcommand takes too (`launch.py status --config-dir X`); a subcommand only overrides what it was given."""
+    """Options every subcommand takes too (`launch.py status --config-dir X`); a subcommand overrides what it got."""
     default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
-    parser.add_argument("--config-dir", default=default(DEFAULT_CONFIG_DIR), help="folder of orch.cf, routes.cf, logs (default: config)")
+    parser.add_argument("--config-dir", default=default(DEFAULT_CONFIG_DIR),
+                        help="folder of orch.cf, routes.cf, logs (default: config)")
     parser.add_argument("--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--bus", default=default(None), metavar="tcp://HOST:PORT",
-                        help="serve the bus on six tcp ports from PORT on HOST (an address of this machine) so other boards can --join; "
-                             "CurveZMQ keys are required off loopback")
+                        help="serve the bus on six tcp ports from PORT on HOST (an address of this machine) "
+                             "so other boards can --join; CurveZMQ keys are required off loopback")
     parser.add_argument("--join", default=default(None), metavar="tcp://HOST:PORT",
-                        help="run a satellite: only the --only actors (default: router), connected to the main instance's --bus")
+                        help="run a satellite: only the --only actors (default: router), "
+                             "connected to the main instance's --bus")
     parser.add_argument("--satellite-name", default=default(socket.gethostname()),
                         help="suffix that keeps a satellite's actor names unique (default: host name)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_options(parser, defaults=True)
     parser.add_argument("--headless", action="store_true", help="no terminal UI; logs to the console")
     parser.add_argument("--routers", type=int, default=DEFAULT_ROUTERS,
-                        help=f"number of data routers (default {DEFAULT_ROUTERS}: on 2 cores one router beat two, see README 'Performance')")
-    parser.add_argument("--only", default=None, help=f"comma-separated actors to run (default: {','.join(DEFAULT_ACTORS)})")
+                        help=f"number of data routers (default {DEFAULT_ROUTERS}: on 2 cores one router beat two, "
+                             "see README 'Performance')")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated actors to run (default: {','.join(DEFAULT_ACTORS)})")
     parser.set_defaults(func=run)
     common = argparse.ArgumentParser(add_help=False)
     add_common_options(common, defaults=False)
@@ -78,14 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("routers", type=int)
     command("ui", cmd_ui, "attach a terminal UI to a running instance")
     command("stop", cmd_stop, "stop a running instance")
-    peripheral = command("peripheral", cmd_peripheral, "start, stop, restart or list the peripherals of peripherals.toml")
+    peripheral = command("peripheral", cmd_peripheral,
+                         "start, stop, restart or list the peripherals of peripherals.toml")
     peripheral.add_argument("action", choices=PERIPHERAL_ACTIONS)
-    peripheral.add_argument("name", nargs="?", default=None, help="one peripheral (its key in peripherals.toml); default: all")
+    peripheral.add_argument("name", nargs="?", default=None,
+                            help="one peripheral (its key in peripherals.toml); default: all")
     logs = sub.add_parser("logs", help="show a peripheral's output (logs/peripherals/<name>.log)", parents=[common])
     logs.add_argument("name")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing what it writes")
-    logs.add_argument("-n", "--lines", type=int, default=DEFAULT_TAIL_LINES, help=f"last lines to show (default {DEFAULT_TAIL_LINES})")
-    logs.set_defaults(func=lambda args: show_logs(runtime_for(args), args.name, args.follow, args.lines))  # files only: up or not
+    logs.add_argument("-n", "--lines", type=int, default=DEFAULT_TAIL_LINES,
+                      help=f"last lines to show (default {DEFAULT_TAIL_LINES})")
+    # files only: up or not
+    logs.set_defaults(func=lambda args: show_logs(runtime_for(args), args.name, args.follow, args.lines))
     return parser
 
 
@@ -106,12 +118,13 @@ def runtime_for(args: argparse.Namespace, console_log: bool = True) -> Runtime:
     host, port = parse_bus_address(address)
     endpoints = Endpoints.tcp(host, port, local.endpoints.keys_dir)
     if args.join:
-        endpoints = dataclasses.replace(endpoints, control=local.endpoints.control)  # a satellite's own control stays local
+        # a satellite's own control stays local
+        endpoints = dataclasses.replace(endpoints, control=local.endpoints.control)
     return dataclasses.replace(local, endpoints=endpoints)
 
 
 def refuse_bad_config(runtime: Runtime) -> bool:
-    """Check orch.cf before any actor starts: an unreadable security key stops the launch with one message (no restart loop)."""
+    """Check orch.cf before any actor starts: an unreadable security key stops it with one message (no restart loop)."""
     problem = preflight(runtime.config_dir)
     if problem is None:
         return False
@@ -152,11 +165,13 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     if args.bus and needs_curve(runtime.endpoints.events_in):
         ensure_keys(Path(runtime.endpoints.keys_dir))
-    missing = missing_client_keys(Path(runtime.endpoints.keys_dir)) if args.join and needs_curve(runtime.endpoints.events_in) else []
+    keys_dir = Path(runtime.endpoints.keys_dir)
+    missing = missing_client_keys(keys_dir) if args.join and needs_curve(runtime.endpoints.events_in) else []
     if missing:
-        print(f"--join {args.join} needs the main board's keys: {', '.join(missing)} missing in {runtime.endpoints.keys_dir}. "
-              f"Copy server.key, client.key and client.key_secret from the main board's <config>/keys (README 'Several boards').",
-              file=sys.stderr)
+        print(f"--join {args.join} needs the main board's keys: {', '.join(missing)} "
+              f"missing in {runtime.endpoints.keys_dir}. "
+              f"Copy server.key, client.key and client.key_secret from the main board's <config>/keys "
+              f"(README 'Several boards').", file=sys.stderr)
         lock.close()
         return 2
     try:
@@ -199,14 +214,16 @@ def health_text(status: dict[str, Any]) -> str:
 
 
 def print_status(status: dict[str, Any]) -> None:
-    print(f"orchestrator pid {status['pid']} on {status['config_dir']}, up {status['uptime_s']:.0f}s, {health_text(status)}"
-          + (f" (ready after {status['ready_after_s'] * 1000:.0f} ms)" if status["ready_after_s"] else ""))
+    ready = f" (ready after {status['ready_after_s'] * 1000:.0f} ms)" if status["ready_after_s"] else ""
+    print(f"orchestrator pid {status['pid']} on {status['config_dir']}, up {status['uptime_s']:.0f}s, "
+          f"{health_text(status)}{ready}")
     for child in status["children"]:
         age = "-" if child["heartbeat_age_s"] is None else f"{child['heartbeat_age_s']:.1f}s"
-        print(f"  {child['name']:<10} {child['state']:<8} pid {str(child['pid'] or '-'):<8} restarts {child['restarts']:<3} heartbeat {age}")
+        pid = str(child["pid"] or "-")
+        print(f"  {child['name']:<10} {child['state']:<8} pid {pid:<8} restarts {child['restarts']:<3} heartbeat {age}")
     for actor in status.get("remote", []):
-        print(f"  {actor['name']:<10} {actor['state']:<8} pid {actor['pid']:<8} on {actor['host']} (another board's supervisor), "
-              f"heartbeat {actor['heartbeat_age_s']:.1f}s")
+        print(f"  {actor['name']:<10} {actor['state']:<8} pid {actor['pid']:<8} on {actor['host']} "
+              f"(another board's supervisor), heartbeat {actor['heartbeat_age_s']:.1f}s")
 
 
 def config_notices(status: dict[str, Any]) -> list[str]:
@@ -274,7 +291,8 @@ def cmd_ctl(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_peripheral(args: argparse.Namespace, runtime: Runtime) -> int:
-    return run_peripheral_command(lambda **request: control_request(runtime, Op.CONTROL_PERIPHERAL, **request), args.action, args.name)
+    return run_peripheral_command(lambda **request: control_request(runtime, Op.CONTROL_PERIPHERAL, **request),
+                                  args.action, args.name)
 
 
 def cmd_ui(args: argparse.Namespace, runtime: Runtime) -> int:
@@ -284,7 +302,8 @@ def cmd_ui(args: argparse.Namespace, runtime: Runtime) -> int:
 
 def check_local_run_dir(runtime: Runtime) -> None:
     """Before talking over ipc: the run folder must be ours and 0700, or its sockets may be someone else's."""
-    if any(endpoint.startswith("ipc://") for endpoint in dataclasses.asdict(runtime.endpoints).values() if isinstance(endpoint, str)):
+    endpoints = dataclasses.asdict(runtime.endpoints).values()
+    if any(endpoint.startswith("ipc://") for endpoint in endpoints if isinstance(endpoint, str)):
         check_run_dir(runtime.run_dir)
 
 

@@ -1,1 +1,1 @@
-"""What every actor shares: the message schema, errors, settings, the bus, the replicated state, requests, the actor runner."""
+"""What every actor shares: message schema, errors, settings, the bus, the replicated state, requests, the runner."""

@@ -76,8 +76,8 @@ class LimitReached(OrchestratorError):
     code = ErrorCode.LIMIT_REACHED
 
 
-_BY_CODE = {cls.code: cls for cls in (BadArguments, UnknownOp, UnknownPeripheral, UnknownRoute, DuplicateRoute, NoFreeDataPort, Unavailable, Forbidden,
-                                     NotOwner, LimitReached)}
+_BY_CODE = {cls.code: cls for cls in (BadArguments, UnknownOp, UnknownPeripheral, UnknownRoute, DuplicateRoute,
+                                      NoFreeDataPort, Unavailable, Forbidden, NotOwner, LimitReached)}
 
 
 def error_from_code(code: int, message: str) -> OrchestratorError:

@@ -39,7 +39,7 @@ def is_local_host(host: Any, config: dict[str, Any]) -> bool:
 
 
 def is_own_listener(host: Any, port: Any, config: dict[str, Any], this_machine: bool = False) -> bool:
-    """Whether (host, port) is our command port or a data port: a peripheral there would get our own deliveries as commands."""
+    """Whether (host, port) is our command or a data port: a peripheral there would get our deliveries as commands."""
     try:
         ours = port == config["command_port"] or port in parse_ports(config["data_port_range"])
     except (KeyError, ConfigError):
@@ -79,5 +79,5 @@ def effective_address(peer_host: str, local_host: str) -> Address | None:
 
 
 def is_this_machine(address: Address | None) -> bool:
-    """127.0.0.1 or ::1 exactly (or our own address, see effective_address): launch.py ctl, the UI, local peripherals."""
+    """Exactly 127.0.0.1 or ::1, or our own address (effective_address): launch.py ctl, the UI, local peripherals."""
     return address == LOOPBACK_V4 or address == LOOPBACK_V6

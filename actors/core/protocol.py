@@ -69,7 +69,8 @@ class Op(str, Enum):
     SNAPSHOT = "snapshot"
     REGISTER = "register"
     SEEN = "seen"
-    ALIVE = "alive"  # the scanner: these peripherals sent data (the gateway's heartbeat said so); no port or config changes
+    # the scanner: these peripherals sent data (the gateway's heartbeat said so); no port or config changes
+    ALIVE = "alive"
     LOST = "lost"
     SET_PERIPHERAL_CONFIG = "set_peripheral_config"
     SET_DELIVERY = "set_delivery"
@@ -85,8 +86,10 @@ class Op(str, Enum):
     CONTROL_STOP = "control_stop"
     CONTROL_SCALE = "control_scale"
     CONTROL_ACTIVITY = "control_activity"
-    CONTROL_PERIPHERAL = "control_peripheral"  # launched peripherals: list, start, stop, restart, send, tail (peripherals.py)
-    COMMAND = "command"  # to the gateway over its bus socket: run command lines as the local owner (launch.py ctl, the UI)
+    # launched peripherals: list, start, stop, restart, send, tail (peripherals.py)
+    CONTROL_PERIPHERAL = "control_peripheral"
+    # to the gateway over its bus socket: run command lines as the local owner (launch.py ctl, the UI)
+    COMMAND = "command"
 
 
 class UpdateKind(str, Enum):
@@ -127,7 +130,7 @@ class Reply(Message):
 
 @dataclass
 class StateUpdate(Message):
-    """One numbered change (Clone pattern); ``value`` None deletes ``key``. ``epoch`` changes when the keeper restarts."""
+    """One numbered change (Clone pattern); ``value`` None deletes ``key``; ``epoch`` changes on a keeper restart."""
 
     TYPE: ClassVar[MessageType] = MessageType.STATE_UPDATE
     epoch: str
@@ -147,7 +150,8 @@ class Heartbeat(Message):
     host: str
     started_at: float
     stats: dict = field(default_factory=dict)
-    expiry_s: float = 0.0  # silent this long = gone (it beats at least twice within); 0: HEARTBEAT_EXPIRY_S (older senders)
+    # silent this long = gone (it beats at least twice within); 0: HEARTBEAT_EXPIRY_S (older senders)
+    expiry_s: float = 0.0
 
 
 @dataclass
@@ -198,15 +202,18 @@ class Tap(Message):
 
 @dataclass
 class Trace(Message):
-    """One sampled payload's way through a router, for the latency breakdown (published on Topic.TRACE only while watched):
-    [first payload's head, sent by the gateway, received by the router, handed to the sink, written] (wall-clock seconds)."""
+    """One sampled payload's way through a router, for the latency breakdown (on Topic.TRACE only while watched):
+
+    [first payload's head, sent by the gateway, received by the router, handed to the sink, written] (wall-clock s).
+    """
 
     TYPE: ClassVar[MessageType] = MessageType.TRACE
     actor: str
     stages: list
 
 
-MESSAGE_CLASSES: tuple[type[Message], ...] = (Request, Reply, StateUpdate, Heartbeat, Activity, DataBatch, DataAck, Tap, Trace)
+MESSAGE_CLASSES: tuple[type[Message], ...] = (Request, Reply, StateUpdate, Heartbeat, Activity, DataBatch, DataAck,
+                                              Tap, Trace)
 
 _PY_TYPES: dict[Any, tuple[type, ...]] = {
     str: (str,), int: (int,), float: (int, float), bool: (bool,), bytes: (bytes,),

@@ -26,7 +26,7 @@ def nesting_depth(value: Any, stop_after: int) -> int:
 
 
 def check_peripheral_config(value: dict[str, Any], settings: dict[str, Any]) -> None:
-    """Refuse a peripheral config deeper or bigger (as compact JSON) than orch.cf allows: it is stored and written on every change."""
+    """Refuse a peripheral config too deep or too big (as compact JSON): it is stored and written on every change."""
     max_depth = int(tunable(settings, "max_peripheral_config_depth"))
     if nesting_depth(value, max_depth) > max_depth:
         raise LimitReached(f"config nested deeper than {max_depth} levels (max_peripheral_config_depth)")

@@ -106,13 +106,15 @@ def compile_filter(rule: str) -> Callable[[bytes], bool]:
             raise RuleError(f"bad JSON filter {body!r}: expected '<path> <op> <value>'")
         path = _split_path(match["path"])
         if match["op"] is None:
-            return lambda payload: bool(_lookup(_parse_json_payload(payload), path) not in (_MISSING, None, False, 0, "", [], {}))
+            falsy = (_MISSING, None, False, 0, "", [], {})
+            return lambda payload: bool(_lookup(_parse_json_payload(payload), path) not in falsy)
         if match["op"] == "~":
             try:
                 field_pattern = re.compile(match["value"])
             except re.error as exc:
                 raise RuleError(f"bad regular expression {match['value']!r}: {exc}") from None
-            return lambda payload: (v := _lookup(_parse_json_payload(payload), path)) is not _MISSING and field_pattern.search(_text(v)) is not None
+            return lambda payload: ((v := _lookup(_parse_json_payload(payload), path)) is not _MISSING
+                                    and field_pattern.search(_text(v)) is not None)
         compare, expected = _COMPARE[match["op"]], _json_value(match["value"])
 
         def json_filter(payload: bytes) -> bool:

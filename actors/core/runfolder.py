@@ -13,7 +13,8 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .settings import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, RUN_DIR_PREFIX, RUN_POINTER_FILE_NAME, ConfigError, Runtime, in_config_run_dir
+from .settings import (PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, RUN_DIR_PREFIX, RUN_POINTER_FILE_NAME, ConfigError, Runtime,
+                       in_config_run_dir)
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ def check_run_dir(path: Path) -> None:
                            f"another user may have created it to take our sockets over; refusing to use it")
     mode = stat.S_IMODE(info.st_mode)
     if mode != PRIVATE_DIR_MODE:
-        raise UnsafeRunDir(f"run folder {path} has mode {mode:04o}, not {PRIVATE_DIR_MODE:04o}: others could replace its sockets; "
+        raise UnsafeRunDir(f"run folder {path} has mode {mode:04o}, not {PRIVATE_DIR_MODE:04o}: "
+                           f"others could replace its sockets; "
                            f"refusing to use it (chmod {PRIVATE_DIR_MODE:o} it or remove it)")
 
 
@@ -83,7 +85,8 @@ def claim_run_dir(config_dir: Path) -> Path:
     remove_stale_run_dir(config_dir)
     run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))
     write_private_file(config_dir / RUN_POINTER_FILE_NAME, str(run_dir))
-    log.info("config path too long for ipc sockets: the run folder is %s (recorded in %s)", run_dir, RUN_POINTER_FILE_NAME)
+    log.info("config path too long for ipc sockets: the run folder is %s (recorded in %s)", run_dir,
+             RUN_POINTER_FILE_NAME)
     return run_dir
 
 

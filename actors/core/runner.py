@@ -57,7 +57,7 @@ class StopFlag:
         return self.pipe[0]
 
     def on_set(self, callback: Callable[[], None]) -> None:
-        """Call callback (from a signal handler: it must be quick, e.g. loop.call_soon_threadsafe) when the flag is set."""
+        """Call callback when the flag is set; from a signal handler, so quick (e.g. loop.call_soon_threadsafe)."""
         self.callbacks.append(callback)
         if self.stopping:
             callback()
@@ -101,7 +101,8 @@ def setup_logging(runtime: Runtime, actor: str, replace_handlers: bool = True) -
     if replace_handlers:
         root.handlers.clear()
     root.setLevel(runtime.log_level)
-    file_handler = logging.handlers.RotatingFileHandler(runtime.log_dir / f"{actor}.log", maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
+    file_handler = logging.handlers.RotatingFileHandler(runtime.log_dir / f"{actor}.log", maxBytes=LOG_MAX_BYTES,
+                                                        backupCount=LOG_BACKUPS)
     file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(file_handler)
     if runtime.console_log:
@@ -124,10 +125,14 @@ def parse_actor_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_actor(kind: str, factory: Callable[[Runtime, zmq.Context, StopFlag, str], Actor], argv: list[str] | None = None) -> int:
+def run_actor(kind: str, factory: Callable[[Runtime, zmq.Context, StopFlag, str], Actor],
+              argv: list[str] | None = None) -> int:
     """Wire one actor process: parse args, log, handle signals, build the actor, run it, clean up."""
     args = parse_actor_args(argv)
-    runtime = Runtime.from_json(args.runtime) if args.runtime else Runtime.for_config_dir(args.config_dir, console_log=True)
+    if args.runtime:
+        runtime = Runtime.from_json(args.runtime)
+    else:
+        runtime = Runtime.for_config_dir(args.config_dir, console_log=True)
     name = args.name or kind
     ensure_runtime_dirs(runtime)
     setup_logging(runtime, name)

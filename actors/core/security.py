@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import zmq
 import zmq.auth
 
-if TYPE_CHECKING:  # the thread authenticator pulls in asyncio (8 MB per process): imported only where CURVE is on
+# the thread authenticator pulls in asyncio (docs/architecture.md, "What imports cost"): imported only where CURVE is on
+if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,8 @@ ROUTER_SWITCH_INTERVAL_S = 0.0005
 POLL_INTERVAL_MS = 250  # the retry period of work that is waiting on something else (a busy or absent router)
 REQUEST_TIMEOUT_S = 2.0
 USAGE_FLUSH_INTERVAL_S = HEARTBEAT_INTERVAL_S
-BIND_RETRY_BASE_S = 0.5  # gateway: first retry of a port it could not bind (held by another process); doubles up to the max
+# gateway: first retry of a port it could not bind (held by another process); doubles up to the max
+BIND_RETRY_BASE_S = 0.5
 BIND_RETRY_MAX_S = 5.0
 
 # Unix socket paths are limited to 107 bytes; longer run dirs move to a private folder in /tmp.
@@ -91,8 +92,11 @@ TUNABLE_DEFAULTS: dict[str, float] = {
     "auth_failure_delay": 0.25,  # /auth: seconds before a wrong token is answered; doubles per recent failure
     "router_queue_messages": 10_000,  # router: payloads waiting per sink
     "router_queue_bytes": 16 << 20,  # router: bytes waiting per sink
-    "router_queue_age_s": 60.0,  # router: oldest payload kept for any sink (older ones are dropped, never delivered late)
-    "router_stall_s": 2.0,  # router: a sink down, or whose oldest payload waited this long (a TCP connect retry takes 1 s), stops holding back its sources' acks
+    # router: oldest payload kept for any sink (older ones are dropped, never delivered late)
+    "router_queue_age_s": 60.0,
+    # router: a sink down, or whose oldest payload waited this long (a TCP connect retry takes 1 s), stops holding back
+    # its sources' acks
+    "router_stall_s": 2.0,
     "gateway_window_messages": 10_000,  # gateway: payloads per source sent but not yet acknowledged by a router
     "gateway_window_bytes": 8 << 20,  # gateway: bytes per source sent but not yet acknowledged
     "gateway_pending_messages": 100_000,  # gateway: payloads per source held beyond the window (reading pauses at 1/4)
@@ -100,7 +104,7 @@ TUNABLE_DEFAULTS: dict[str, float] = {
     "max_peripheral_config_bytes": 64 << 10,  # state: a peripheral's stored /config, as compact JSON
     "max_peripheral_config_depth": 32,  # state: nesting levels of a peripheral's stored /config
     "max_peripherals_per_host": 256,  # state: peripherals one host outside admin_clients may register
-    # scanner: seconds a port that accepted may take to answer /info (the original waited 5; a busy board needs about 1);
+    # scanner: seconds a port that accepted may take to answer /info (the original waited 5; a busy board needs ~1);
     # probes run concurrently, so a silent port costs a sweep about this long in all, never this long per port
     "scan_answer_timeout": 2.0,
 }
@@ -136,12 +140,16 @@ MAX_AGE_PATTERN = re.compile(r"^\s*\d+(?:\.\d+)?\s*$", re.ASCII)
 
 
 def parse_max_age(value: Any) -> float:
-    """A sink's max_age in seconds: a number (or ASCII decimal text, as /info and older files write it) in range; a number stays as given."""
+    """A sink's max_age in seconds: a number (or ASCII decimal text, as /info and older files write it) in range.
+
+    A number stays as given.
+    """
     if isinstance(value, str) and MAX_AGE_PATTERN.match(value):
         value = float(value)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not MAX_AGE_MIN_S <= value <= MAX_AGE_MAX_S:
         shown = value if not isinstance(value, str) else value[:20]
-        raise ConfigError(f"max_age must be a number of seconds from {MAX_AGE_MIN_S:g} to {MAX_AGE_MAX_S:g}, got {shown!r}")
+        raise ConfigError(f"max_age must be a number of seconds from {MAX_AGE_MIN_S:g} to {MAX_AGE_MAX_S:g}, "
+                          f"got {shown!r}")
     return value
 
 
@@ -186,8 +194,8 @@ LOOPBACK_ONLY_KEY = "loopback_only_because"
 ROUTE_COUNTERS = ("messages", "bytes", "dropped", "filtered")
 INTEGER_PATTERN = re.compile(r"^\s*\d+\s*$", re.ASCII)
 DECIMAL_PATTERN = re.compile(r"^\s*\d+(?:\.\d+)?\s*$", re.ASCII)
-HOST_NAME_PATTERN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$",
-                               re.ASCII)
+HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"  # 1-63 characters, no hyphen at either end
+HOST_NAME_PATTERN = re.compile(rf"^(?=.{{1,253}}$){HOST_LABEL}(?:\.{HOST_LABEL})*\.?$", re.ASCII)
 
 
 def parse_ports(spec: str | int) -> list[int]:
@@ -206,7 +214,8 @@ def parse_ports(spec: str | int) -> list[int]:
             low = parse_port(low_text.strip())
             high = parse_port(high_text.strip()) if sep else low
         except ConfigError:
-            raise ConfigError(f"bad port range {part[:40]!r} in {spec[:80]!r}: ports are 1-65535 in ASCII digits") from None
+            raise ConfigError(f"bad port range {part[:40]!r} in {spec[:80]!r}: "
+                              "ports are 1-65535 in ASCII digits") from None
         if low > high:
             raise ConfigError(f"port range {part!r} must satisfy start <= end")
         ports.update(range(low, high + 1))
@@ -228,7 +237,7 @@ def parse_networks(spec: Any, key: str = "networks") -> list[ipaddress.IPv4Netwo
     return networks
 
 
-# ---- per-key readers: return the value itself when it is right, a converted copy when it reads unambiguously, else raise ----
+# ---- per-key readers: the value itself when right, a converted copy when it reads unambiguously, else raise ----
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -240,7 +249,8 @@ def read_int(value: Any, low: int, high: int | None = None) -> Any:
     elif isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        raise ConfigError(f"must be a whole number{f' from {low} to {high}' if high is not None else f' of at least {low}'}")
+        bounds = f" from {low} to {high}" if high is not None else f" of at least {low}"
+        raise ConfigError(f"must be a whole number{bounds}")
     return value
 
 
@@ -313,7 +323,7 @@ def read_peripheral_list(value: Any) -> Any:
 
 
 def read_bind_host(value: Any) -> Any:
-    """An address of this machine or a host name ("" and "0.0.0.0" mean every interface); surrounding spaces are dropped."""
+    """An address of this machine or a host name ("" and "0.0.0.0": every interface); surrounding spaces are dropped."""
     if not isinstance(value, str):
         raise ConfigError("must be an address such as \"0.0.0.0\" or \"127.0.0.1\"")
     stripped = value.strip()
@@ -372,7 +382,8 @@ class Checked:
     reset: dict[str, Any] = field(default_factory=dict)  # key -> the unusable value found (replaced by its default)
     rejected: list[Any] = field(default_factory=list)  # records that cannot be used, as found
     reasons: list[str] = field(default_factory=list)  # why each reset key or rejected record was not used
-    insecure: dict[str, str] = field(default_factory=dict)  # security key -> why it cannot be read (its value is never echoed)
+    # security key -> why it cannot be read (its value is never echoed)
+    insecure: dict[str, str] = field(default_factory=dict)
 
 
 def _shown(key: str, value: Any) -> str:
@@ -403,7 +414,7 @@ def check_config(raw: dict[str, Any]) -> Checked:
 
 
 def _check_key(checked: Checked, key: str, value: Any, reader: Callable[[Any], Any], defaults: dict[str, Any]) -> None:
-    """Read one key into ``checked.value``: as is, converted (a warning), reset to its default (a warning), or insecure."""
+    """Read one key into ``checked.value``: as is, converted (a warning), reset to default (a warning), or insecure."""
     config = checked.value
     try:
         result = reader(value)
@@ -436,7 +447,10 @@ def check_routes(raw: list[Any]) -> Checked:
 
 def _check_records(records: list[Any], check: Callable[[Any], tuple[dict[str, Any], list[str]]], key: str, kind: str,
                    checked: Checked) -> list[dict[str, Any]]:
-    """Keep the usable records (converted where needed), move the others to ``checked.rejected``; the first of a duplicate key wins."""
+    """Keep the usable records (converted where needed), move the others to ``checked.rejected``.
+
+    The first of a duplicate key wins.
+    """
     kept: list[dict[str, Any]] = []
     seen: set[str] = set()
     for entry in records:
@@ -446,7 +460,8 @@ def _check_records(records: list[Any], check: Callable[[Any], tuple[dict[str, An
                 raise ConfigError(f"another {kind} earlier in the file has the same {key} {record[key]!r}")
         except ConfigError as exc:
             label = entry.get("name") if isinstance(entry, dict) else None
-            reason = f"{kind} {label!r} kept aside: {exc}" if label is not None else f"{kind} record {_shown(kind, entry)} kept aside: {exc}"
+            named = f"{kind} {label!r}" if label is not None else f"{kind} record {_shown(kind, entry)}"
+            reason = f"{named} kept aside: {exc}"
             checked.warnings.append(reason)
             checked.reasons.append(reason)
             checked.rejected.append(entry)
@@ -459,7 +474,8 @@ def _check_records(records: list[Any], check: Callable[[Any], tuple[dict[str, An
 
 def _need_text(entry: dict[str, Any], key: str) -> None:
     if not isinstance(entry.get(key), str) or not entry[key].strip():
-        raise ConfigError(f"it has no {key}" if entry.get(key) in (None, "") else f"its {key} {entry[key]!r} is not text")
+        missing = entry.get(key) in (None, "")
+        raise ConfigError(f"it has no {key}" if missing else f"its {key} {entry[key]!r} is not text")
 
 
 def _read_fields(entry: dict[str, Any], readers: dict[str, Callable[[Any], Any]], notes: list[str]) -> dict[str, Any]:
@@ -501,8 +517,9 @@ def _read_counter(value: Any) -> Any:
     return read_int(value, 0)
 
 
-def _drop_unreadable(record: dict[str, Any], keys: tuple[str, ...], reader: Callable[[Any], Any], notes: list[str]) -> None:
-    """Fields the system maintains (times, counters): an unreadable one is dropped (it starts again), never a reason to reject."""
+def _drop_unreadable(record: dict[str, Any], keys: tuple[str, ...], reader: Callable[[Any], Any],
+                     notes: list[str]) -> None:
+    """Fields the system maintains (times, counters): an unreadable one is dropped (it starts again), never rejected."""
     for key in keys:
         value = record.get(key)
         if value is None:
@@ -518,8 +535,10 @@ def _drop_unreadable(record: dict[str, Any], keys: tuple[str, ...], reader: Call
             record[key] = result
 
 
-PERIPHERAL_FIELD_READERS: dict[str, Callable[[Any], Any]] = {"port": _read_port_field, "data_port": _read_port_field, "host": _read_host}
-ROUTE_FIELD_READERS: dict[str, Callable[[Any], Any]] = {"incoming_port": _read_port_field, "outgoing_port": _read_port_field}
+PERIPHERAL_FIELD_READERS: dict[str, Callable[[Any], Any]] = {"port": _read_port_field, "data_port": _read_port_field,
+                                                             "host": _read_host}
+ROUTE_FIELD_READERS: dict[str, Callable[[Any], Any]] = {"incoming_port": _read_port_field,
+                                                        "outgoing_port": _read_port_field}
 
 
 def check_peripheral(entry: Any) -> tuple[dict[str, Any], list[str]]:
@@ -531,7 +550,8 @@ def check_peripheral(entry: Any) -> tuple[dict[str, Any], list[str]]:
     notes: list[str] = []
     record = _read_fields(entry, PERIPHERAL_FIELD_READERS, notes)
     _drop_unreadable(record, ("last_seen",), _read_number, notes)
-    _drop_unreadable(record, (MAX_AGE_KEY,), parse_max_age, notes)  # a bad hand-edited max_age: the default bound applies
+    # a bad hand-edited max_age: the default bound applies
+    _drop_unreadable(record, (MAX_AGE_KEY,), parse_max_age, notes)
     if "online" in record and not isinstance(record["online"], bool):
         notes.append(f"online {_shown('online', record.pop('online'))} unreadable; starts offline")
     return record, notes
@@ -604,7 +624,8 @@ class Endpoints:
         """ipc endpoints inside run_dir."""
         def ipc(name: str) -> str:
             return f"ipc://{run_dir / name}.ipc"
-        return cls(ipc("events-in"), ipc("events-out"), ipc("state-front"), ipc("state-back"), ipc("data"), ipc("control"), keys_dir)
+        return cls(ipc("events-in"), ipc("events-out"), ipc("state-front"), ipc("state-back"), ipc("data"),
+                   ipc("control"), keys_dir)
 
     @classmethod
     def tcp(cls, host: str, base_port: int, keys_dir: str = "") -> "Endpoints":

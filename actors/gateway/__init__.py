@@ -1,1 +1,1 @@
-"""The command gateway: TCP listeners, the legacy text protocol, the data plane to the routers (python -m actors.gateway)."""
+"""The command gateway: TCP listeners, legacy text protocol, data plane to routers (python -m actors.gateway)."""

@@ -32,7 +32,8 @@ def in_networks(address: Address | None, networks: tuple[Network, ...]) -> bool:
 
 def token_matches(given: str, token: str) -> bool:
     """Constant-time comparison; an empty token (auth off) matches nothing."""
-    import hmac  # here, not at the top: hmac loads OpenSSL (4 MB in every gateway), needed only when /auth is used
+    # here, not at the top: hmac loads OpenSSL, needed only for /auth (docs/architecture.md, "What imports cost")
+    import hmac
 
     return bool(token) and hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
 
@@ -47,7 +48,7 @@ class AccessPolicy:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "AccessPolicy":
-        """Parse the config's lists; a list that does not parse falls back to its default (validate_config refuses those)."""
+        """Parse the config's lists; an unparsable one falls back to its default (validate_config refuses it)."""
         defaults = default_config()
 
         def networks(key: str) -> tuple[Network, ...]:
@@ -101,14 +102,18 @@ class ConnectionSlots:
         self.held = 0
 
     def claim(self, key: str, trusted: bool, limits: SlotLimits) -> SlotRefusal | None:
-        """Take a slot for a client at key, or say why not (trusted clients skip the per-address cap and may use the reserve)."""
+        """Take a slot for a client at key, or say why not.
+
+        Trusted clients skip the per-address cap and may use the reserve.
+        """
         if trusted and self.held >= limits.total:
             return SlotRefusal(f"Error: too many connections (limit {limits.total}); try again later")
         if not trusted and self.held >= limits.non_admin_total:
-            return SlotRefusal(f"Error: too many connections (limit {limits.non_admin_total} for non-admin clients); try again later")
+            return SlotRefusal(f"Error: too many connections (limit {limits.non_admin_total} for non-admin clients); "
+                               "try again later")
         if not trusted and self.by_address.get(key, 0) >= limits.per_address:
-            return SlotRefusal(f"Error: too many connections from {key} (limit {limits.per_address} per address); try again later",
-                               per_address=True)
+            return SlotRefusal(f"Error: too many connections from {key} (limit {limits.per_address} per address); "
+                               "try again later", per_address=True)
         self.by_address[key] = self.by_address.get(key, 0) + 1
         self.held += 1
         return None
@@ -125,7 +130,10 @@ class ConnectionSlots:
 
 @dataclass(frozen=True)
 class AuthLimits:
-    """How /auth failures are throttled (orch.cf keys auth_max_failures, auth_failure_window, auth_lockout, auth_failure_delay)."""
+    """How /auth failures are throttled.
+
+    orch.cf keys auth_max_failures, auth_failure_window, auth_lockout, auth_failure_delay.
+    """
 
     max_failures: int
     window_s: float
@@ -185,7 +193,8 @@ class AuthGuard:
         self.locked_until[key] = now + self.limits.lockout_s
         self._forget_oldest(self.locked_until)
         self.lockouts += 1
-        log.warning("/auth locked for %s for %gs after %d wrong tokens within %gs", key, self.limits.lockout_s, count, self.limits.window_s)
+        log.warning("/auth locked for %s for %gs after %d wrong tokens within %gs", key, self.limits.lockout_s, count,
+                    self.limits.window_s)
 
     def _forget_oldest(self, table: OrderedDict) -> None:
         while len(table) > self.capacity:

@@ -198,7 +198,8 @@ class LineSession:
         self.config_bytes += len(text) + 1
         if self.config_bytes > self.max_config_bytes:
             self.config_target, self.config_lines = None, []
-            return BadLine(error(f"Error: /config block longer than {self.max_config_bytes} bytes", ErrorCode.BAD_ARGUMENTS, close=True))
+            return BadLine(error(f"Error: /config block longer than {self.max_config_bytes} bytes",
+                                 ErrorCode.BAD_ARGUMENTS, close=True))
         self.config_lines.append(text)
         return None
 
@@ -264,7 +265,8 @@ class Command:
     handler: Handler
     args: tuple[int, int] = (0, 0)  # min and max argument count after the words
     aliases: tuple[str, ...] = ()
-    rest_from: int | None = None  # arguments from this index on arrive as one string, spacing kept (free text like a rule)
+    # arguments from this index on arrive as one string, spacing kept (free text like a rule)
+    rest_from: int | None = None
     details: tuple[str, ...] = ()  # more lines for the group's help
     admin: bool = False  # changes or reveals more than a peripheral needs: only from admin_clients, or after /auth
 
@@ -376,6 +378,11 @@ def by_port(replica: StateReplica, uuid: str) -> str:
     return "" if uuid in replica.peripherals else f" {BY_PORT_MARKER}"
 
 
+def route_end(replica: StateReplica, uuid: str, port: Any) -> str:
+    """One end of a route in /routes info: peripheral name, uuid, the route's port, and the by-port marker."""
+    return f"{peripheral_name(replica, uuid)} (UUID: {uuid}, Port: {port}){by_port(replica, uuid)}"
+
+
 def list_peripherals(replica: StateReplica) -> str:
     """The original's /list text, plus an online marker at the end of each line."""
     if not replica.peripherals:
@@ -383,7 +390,8 @@ def list_peripherals(replica: StateReplica) -> str:
     lines = ["Known peripherals:"]
     for index, p in enumerate(replica.peripherals.values(), start=1):
         state = "online" if p.get("online") else "offline"
-        lines.append(f"{index}. {p['name']} (UUID: {p['uuid']}, Port: {p['port']}, Last Seen: {format_time(p.get('last_seen'))}) {state}")
+        seen = format_time(p.get("last_seen"))
+        lines.append(f"{index}. {p['name']} (UUID: {p['uuid']}, Port: {p['port']}, Last Seen: {seen}) {state}")
     return "\n".join(lines)
 
 
@@ -395,11 +403,11 @@ def list_routes(replica: StateReplica) -> str:
     for route in replica.routes.values():
         lines += [
             f"Route Name: {route['name']}",
-            f"  From: {peripheral_name(replica, route['incoming'])} (UUID: {route['incoming']}, Port: {route['incoming_port']}){by_port(replica, route['incoming'])}",
-            f"  To: {peripheral_name(replica, route['outgoing'])} (UUID: {route['outgoing']}, Port: {route['outgoing_port']}){by_port(replica, route['outgoing'])}",
+            f"  From: {route_end(replica, route['incoming'], route['incoming_port'])}",
+            f"  To: {route_end(replica, route['outgoing'], route['outgoing_port'])}",
             f"  Last Used: {format_time(route.get('last_used'))}",
-            f"  Messages: {route.get('messages', 0)}, Bytes: {route.get('bytes', 0)}, Dropped: {route.get('dropped', 0)}, "
-            f"Rate: {float(route.get('rate') or 0.0):.1f} msg/s",
+            f"  Messages: {route.get('messages', 0)}, Bytes: {route.get('bytes', 0)}, "
+            f"Dropped: {route.get('dropped', 0)}, Rate: {float(route.get('rate') or 0.0):.1f} msg/s",
         ]
         lines += route_rule_lines(route)
     return "\n".join(lines)
@@ -428,7 +436,7 @@ async def cmd_status(args: list[str], ctx: CommandContext, peer: Peer) -> TextRe
 
 
 def route_losses(replica: StateReplica) -> dict[str, int]:
-    """Payloads each route lost (beyond its sink's queue bound or older than the age bound), for the routes that lost any."""
+    """Payloads each route lost (beyond its sink's queue bound or too old), for routes that lost some."""
     return {route["name"]: int(route.get("dropped") or 0) for route in replica.routes.values() if route.get("dropped")}
 
 
@@ -441,7 +449,8 @@ async def cmd_register(args: list[str], ctx: CommandContext, peer: Peer) -> Text
         port = parse_port(port_text)
     except ConfigError as exc:  # the legacy sentence for text that is no number at all
         return error(f"Error: {exc}" if port_text.isascii() and port_text.isdigit() else "Port must be an integer.")
-    record = await ctx.request(Op.REGISTER, name=name, uuid=uuid, port=port, this_machine=peer.this_machine, **peer.identity())
+    record = await ctx.request(Op.REGISTER, name=name, uuid=uuid, port=port, this_machine=peer.this_machine,
+                               **peer.identity())
     await ctx.settle(lambda replica: uuid in replica.peripherals)
     return ok(f"/ack {record['data_port']}")
 
@@ -459,8 +468,8 @@ async def cmd_auth(args: list[str], ctx: CommandContext, peer: Peer) -> TextRepl
     who = peer.host or "this client"
     locked_s = ctx.auth_guard.locked_for(peer.host)
     if locked_s:
-        return error(f"Error: /auth from {who} locked for {locked_s:.0f}s after repeated wrong tokens; closing connection",
-                     ErrorCode.FORBIDDEN, close=True)
+        return error(f"Error: /auth from {who} locked for {locked_s:.0f}s after repeated wrong tokens; "
+                     "closing connection", ErrorCode.FORBIDDEN, close=True)
     if not token_matches(args[0], token):
         await asyncio.sleep(ctx.auth_guard.failed(peer.host))
         return error(f"Error: wrong token from {who}; closing connection", ErrorCode.FORBIDDEN, close=True)
@@ -470,7 +479,8 @@ async def cmd_auth(args: list[str], ctx: CommandContext, peer: Peer) -> TextRepl
 async def cmd_reset(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     result = await ctx.request(Op.RESET)
     await ctx.settle(lambda replica: not replica.peripherals and not replica.routes)
-    return ok(f"Configuration files reset and peripherals list cleared (previous files backed up in {result.get('backup')}).")
+    return ok("Configuration files reset and peripherals list cleared "
+              f"(previous files backed up in {result.get('backup')}).")
 
 
 async def cmd_exit(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
@@ -486,8 +496,8 @@ async def cmd_delivery(args: list[str], ctx: CommandContext, peer: Peer) -> Text
     name, mode, *max_age = args
     extra = {MAX_AGE_KEY: max_age[0]} if max_age else {}
     record = await ctx.request(Op.SET_DELIVERY, peripheral=name, mode=mode, **extra)
-    await ctx.settle(lambda replica: {k: replica.peripherals.get(record["uuid"], {}).get(k) for k in ("delivery", MAX_AGE_KEY)}
-                     == {"delivery": mode, MAX_AGE_KEY: record.get(MAX_AGE_KEY)})
+    wanted = {"delivery": mode, MAX_AGE_KEY: record.get(MAX_AGE_KEY)}
+    await ctx.settle(lambda replica: {k: replica.peripherals.get(record["uuid"], {}).get(k) for k in wanted} == wanted)
     age = f", max_age {record[MAX_AGE_KEY]:g}s" if max_age else ""
     return ok(f"Delivery for '{record['name']}' set to {mode}{age}.")
 
@@ -589,7 +599,8 @@ async def cmd_tap(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply
         kind, key = TAP_PERIPHERAL, peripheral["uuid"]
     else:
         return error(f"Error: no route or peripheral named {target!r}", ErrorCode.UNKNOWN_ROUTE)
-    return TextReply(text=f"Tapping {kind} '{target}': live payloads follow; close the connection to stop.", tap=(kind, key))
+    return TextReply(text=f"Tapping {kind} '{target}': live payloads follow; close the connection to stop.",
+                     tap=(kind, key))
 
 
 async def cmd_launch(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
@@ -602,7 +613,9 @@ async def cmd_launch(args: list[str], ctx: CommandContext, peer: Peer) -> TextRe
         return ok("\n".join(result.get("done") or []))
     rows = peripheral_lines(result.get("peripherals") or [])
     problems = [f"  WARNING: {problem}" for problem in result.get("problems") or []]
-    return ok("\n".join(["Launched peripherals:", *rows, *problems]) if rows or problems else "No launched peripherals.")
+    if not rows and not problems:
+        return ok("No launched peripherals.")
+    return ok("\n".join(["Launched peripherals:", *rows, *problems]))
 
 
 async def cmd_routes_info(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
@@ -610,7 +623,7 @@ async def cmd_routes_info(args: list[str], ctx: CommandContext, peer: Peer) -> T
 
 
 async def apply_config_block(block: ConfigBlock, ctx: CommandContext, peer: Peer = Peer()) -> TextReply:
-    """Store a /config block's JSON object as that peripheral's config (its own host or an admin; size and depth limited)."""
+    """Store a /config block's JSON object as that peripheral's config (own host or admin; size and depth limited)."""
     try:
         value = json.loads(block.text)
     except json.JSONDecodeError as exc:
@@ -621,7 +634,8 @@ async def apply_config_block(block: ConfigBlock, ctx: CommandContext, peer: Peer
     if not isinstance(value, dict):
         return error(f"Error: config for {block.target} must be a JSON object")
     try:
-        check_peripheral_config(value, ctx.replica.config)  # here too: a deep value must not reach msgpack or the keeper
+        # here too: a deep value must not reach msgpack or the keeper
+        check_peripheral_config(value, ctx.replica.config)
         record = await ctx.request(Op.SET_PERIPHERAL_CONFIG, uuid=block.target, config=value, **peer.identity())
     except OrchestratorError as exc:
         return failure(exc)
@@ -641,34 +655,46 @@ def build_registry() -> Registry:
     registry.add(Command(("/help",), "/help", "Show this help message", cmd_help))
     registry.add(Command(("/list",), "/list", "List known peripherals", cmd_list, aliases=("/available",)))
     registry.add(Command(("/status",), "/status", "Show system status (JSON)", cmd_status))
-    registry.add(Command(("/register",), "/register <name> <uuid> <port>", "Register a peripheral; answers /ack <data_port>",
+    registry.add(Command(("/register",), "/register <name> <uuid> <port>",
+                         "Register a peripheral; answers /ack <data_port>",
                          cmd_register, (0, 8)))
     registry.add(Command(("/data",), "/data <uuid> <payload>", "Send a payload from a peripheral along its routes",
                          cmd_connection_only, (0, 1 << 20)))
-    registry.add(Command(("/config",), "/config <uuid>", "Then JSON lines and a line EOF (or close): store that peripheral's config",
+    registry.add(Command(("/config",), "/config <uuid>",
+                         "Then JSON lines and a line EOF (or close): store that peripheral's config",
                          cmd_connection_only, (0, 1)))
     registry.add(Command(("/delivery",), "/delivery <peripheral-name> message|stream [max_age]",
-                         "Set how a sink receives data, and how many seconds its data may wait before it is dropped", cmd_delivery, (2, 3),
+                         "Set how a sink receives data, and how many seconds its data may wait before it is dropped",
+                         cmd_delivery, (2, 3),
                          admin=True))
-    registry.add(Command(("/remove",), "/remove <peripheral-name>", "Forget a peripheral and its routes", cmd_remove, (1, 1), admin=True))
-    registry.add(Command(("/tap",), "/tap <route-name>|<peripheral-name>", "Watch the live payloads of a route or a peripheral",
+    registry.add(Command(("/remove",), "/remove <peripheral-name>", "Forget a peripheral and its routes", cmd_remove,
+                         (1, 1), admin=True))
+    registry.add(Command(("/tap",), "/tap <route-name>|<peripheral-name>",
+                         "Watch the live payloads of a route or a peripheral",
                          cmd_tap, (1, 1), admin=True))
-    registry.add(Command(("/auth",), "/auth <token>", "Allow admin commands on this connection (needs admin_token)", cmd_auth, (1, 1)))
+    registry.add(Command(("/auth",), "/auth <token>", "Allow admin commands on this connection (needs admin_token)",
+                         cmd_auth, (1, 1)))
     registry.add(Command(("/launch",), LAUNCH_USAGE, "Start, stop, restart or list the peripherals of peripherals.toml",
                          cmd_launch, (1, 2), admin=True))
-    registry.add(Command(("/reset",), "/reset", "Reset the orchestrator: clear peripherals and routes (files are backed up)", cmd_reset,
+    registry.add(Command(("/reset",), "/reset",
+                         "Reset the orchestrator: clear peripherals and routes (files are backed up)", cmd_reset,
                          admin=True))
-    registry.add(Command(("/exit",), "/exit [<uuid>]", "Exit command mode, or mark a peripheral offline", cmd_exit, (0, 1)))
+    registry.add(Command(("/exit",), "/exit [<uuid>]", "Exit command mode, or mark a peripheral offline", cmd_exit,
+                         (0, 1)))
     registry.add_group("/routes", "Manage routes")
-    registry.add(Command(("/routes", "add"), "/routes add <route-name> <incoming-peripheral-name> <outgoing-peripheral-name>",
+    registry.add(Command(("/routes", "add"),
+                         "/routes add <route-name> <incoming-peripheral-name> <outgoing-peripheral-name>",
                          "Add a new route", cmd_routes_add, (3, 3), admin=True))
-    registry.add(Command(("/routes", "edit"), "/routes edit <route-name> <incoming-peripheral-name> <outgoing-peripheral-name>",
+    registry.add(Command(("/routes", "edit"),
+                         "/routes edit <route-name> <incoming-peripheral-name> <outgoing-peripheral-name>",
                          "Change an existing route's ends", cmd_routes_edit, (3, 3), admin=True))
-    registry.add(Command(("/routes", "remove"), "/routes remove <route-name>", "Remove an existing route", cmd_routes_remove, (1, 1),
+    registry.add(Command(("/routes", "remove"), "/routes remove <route-name>", "Remove an existing route",
+                         cmd_routes_remove, (1, 1),
                          admin=True))
     registry.add(Command(("/routes", "set"), ROUTES_SET_USAGE, "Set a route's filter or transform rule, or clear both",
                          cmd_routes_set, (2, 1 << 16), rest_from=2, details=ROUTES_SET_DETAILS, admin=True))
-    registry.add(Command(("/routes", "info"), "/routes info", "List all routes with counters, rate and rules", cmd_routes_info))
+    registry.add(Command(("/routes", "info"), "/routes info", "List all routes with counters, rate and rules",
+                         cmd_routes_info))
     registry.add(Command(("/routes", "help"), "/routes help", "Show this help message", cmd_routes_help))
     return registry
 

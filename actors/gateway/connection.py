@@ -125,7 +125,7 @@ class Connection(asyncio.BufferedProtocol):
         self.host.connections.add(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        """Reads land here, READ_CHUNK_BYTES at a time: a flooding client holds the loop for one small chunk, not 256 KiB."""
+        """Reads land here, READ_CHUNK_BYTES at a time: a flood holds the loop for one small chunk, not 256 KiB."""
         return self.read_view
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -164,7 +164,10 @@ class Connection(asyncio.BufferedProtocol):
             self._input_ended()
 
     def _input_ended(self) -> None:
-        """No more input: a /config block left open is ended by the close (an extension); another partial line is dropped."""
+        """No more input: a /config block left open ends with the close (an extension).
+
+        Another partial line is dropped.
+        """
         partial, self.buffer = self.buffer, b""
         if self.hung_up:
             return
@@ -226,15 +229,17 @@ class Connection(asyncio.BufferedProtocol):
             self.host.ingest(source, batch, self)
 
     def _may_send_as(self, source: str) -> bool:
-        """Data as a peripheral registered from another host needs admin rights; else we hang up (one check per batch)."""
+        """Data as a peripheral registered from another host needs admin, else we hang up (one check per batch)."""
         if self.peer.admin:
             return True
         record = self.host.replica.peripherals.get(source)
         if record is None and source in self.host.routed_sources:
-            record = ROUTE_ONLY_SOURCE  # a uuid only a route knows: by its route's port, it is on this machine (as in the original)
+            # a uuid only a route knows: by its route's port, it is on this machine (as in the original)
+            record = ROUTE_ONLY_SOURCE
         if self.peer_address is None:
             self.peer_address = canonical_host(self.peer.host)
-        if record is None or record.get("host") == self.peer_address or same_host(record.get("host"), self.peer_address):
+        if (record is None or record.get("host") == self.peer_address
+                or same_host(record.get("host"), self.peer_address)):
             return True  # an unknown source is counted and dropped by the gateway
         text = (f"Error: data as {source} refused: that peripheral is registered from another host, so sending as it "
                 f"needs admin rights (admin_clients or /auth); closing connection")

@@ -11,6 +11,12 @@ from ..core.bus import beat_expiry
 from ..core.protocol import Heartbeat
 from .commands import format_time
 
+# the gateway counters /status shows, in this order
+GATEWAY_STATUS_KEYS = ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full",
+                       "pending", "unacked_payloads", "payloads_resent", "sources_paused", "pause_episodes",
+                       "routers_lost", "bad_lines", "too_long", "partial_lines_dropped", "connections_open",
+                       "connections_refused", "connections_refused_per_address", "idle_timeouts",
+                       "handler_errors", "auth_failures", "auth_lockouts", "refused_identity")
 
 class StatusFigures:
     """Heartbeat stats and the /status figures (CommandContext.status)."""
@@ -19,11 +25,13 @@ class StatusFigures:
         """Heartbeat stats: real counters for /status and the UI."""
         return {**self.counters, **self.plane.stats(), "connections_open": len(self.connections),
                 "listening": len(self.servers), "bind_failures": len(self.failed_binds),
-                "failed_binds": {str(port): why for port, why in self.failed_binds.items()}, "auth_lockouts": self.auth_guard.lockouts}
+                "failed_binds": {str(port): why for port, why in self.failed_binds.items()},
+                "auth_lockouts": self.auth_guard.lockouts}
 
     def _live_beats(self) -> dict[str, Heartbeat]:
         now = time.monotonic()
-        return {actor: beat for actor, beat in self.heartbeats.items() if now - self.heard_at[actor] <= beat_expiry(beat)}
+        return {actor: beat for actor, beat in self.heartbeats.items()
+                if now - self.heard_at[actor] <= beat_expiry(beat)}
 
     def status(self) -> dict[str, Any]:
         """CommandContext: the /status figures (the seed's example, with real counters)."""
@@ -43,17 +51,14 @@ class StatusFigures:
             "UUID": self.replica.config.get("script_uuid", ""),
             "Uptime": format_duration(time.time() - started),
             "Uptime Seconds": round(time.time() - started, 1),
-            "Peripherals": {"online": sum(1 for p in peripherals if p.get("online")), "total": len(self.replica.peripherals)},
+            "Peripherals": {"online": sum(1 for p in peripherals if p.get("online")),
+                            "total": len(self.replica.peripherals)},
             "Routes": len(self.replica.routes),
             "Routers Alive": stats["routers_live"],
             **system_health(beats),
             "Messages Routed": routed,
             "Messages Dropped": dropped + stats["unknown_source"] + stats["no_route"] + stats["dropped_buffer_full"],
-            "Gateway": {k: stats[k] for k in ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full",
-                                              "pending", "unacked_payloads", "payloads_resent", "sources_paused", "pause_episodes",
-                                              "routers_lost", "bad_lines", "too_long", "partial_lines_dropped", "connections_open",
-                                              "connections_refused", "connections_refused_per_address", "idle_timeouts",
-                                              "handler_errors", "auth_failures", "auth_lockouts", "refused_identity")},
+            "Gateway": {k: stats[k] for k in GATEWAY_STATUS_KEYS},
             "Auth Locked": self.auth_guard.locked(),
             "Last Scan": format_time(last_scan),
             "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],
@@ -72,7 +77,7 @@ def system_health(beats: dict[str, Heartbeat]) -> dict[str, Any]:
     return health
 
 def actor_entry(beat: Heartbeat) -> dict[str, Any]:
-    """One live actor in /status: where it runs (satellite boards show their own host) and, for routers, what it delivered."""
+    """One live actor in /status: where it runs (satellites show their own host) and, for routers, what it delivered."""
     entry: dict[str, Any] = {"name": beat.actor, "host": beat.host, "pid": beat.pid}
     if beat.actor.startswith("router"):
         entry["delivered"] = int(beat.stats.get("delivered") or 0)
@@ -80,7 +85,7 @@ def actor_entry(beat: Heartbeat) -> dict[str, Any]:
 
 
 def launched_entry(beats: dict[str, Heartbeat]) -> dict[str, Any]:
-    """The launched peripherals (process state joined with registration) from the supervisor's heartbeat, when it has any."""
+    """The launched peripherals (process state joined with registration) from the supervisor's heartbeat, if any."""
     rows = next((b.stats.get("peripherals") for a, b in beats.items() if a.startswith("supervisor")), None)
     return {"Launched": rows} if isinstance(rows, list) else {}
 

@@ -62,7 +62,7 @@ class SinkSet:
         return sink.episode
 
     def _watch_sinks(self, now: float) -> None:
-        """Each tick: drop what aged in every queue, park the sinks that stalled, end the episodes of those that caught up."""
+        """Each tick: drop what aged in all queues, park sinks that stalled, end episodes of those that caught up."""
         for sink in self.sinks.values():
             stale = sink.queue.expire(now - sink.worker.max_age_s)
             if stale:

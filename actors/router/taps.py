@@ -43,10 +43,11 @@ class Taps:
             self.tapped_routes, self.tapped_sources = set(), set()
             return
         self.tapped_routes = {name for name in self.replica.routes if _watched(subs, tap_topic(TAP_ROUTE, name))}
-        self.tapped_sources = {uuid for uuid in self.replica.peripherals if _watched(subs, tap_topic(TAP_PERIPHERAL, uuid))}
+        self.tapped_sources = {uuid for uuid in self.replica.peripherals
+                               if _watched(subs, tap_topic(TAP_PERIPHERAL, uuid))}
 
     def _publish_tap(self, kind: str, name: str, batch: DataBatch, payloads: list[bytes]) -> None:
-        """What a route delivers (after its rules) or what a source sent; dropped by the bus when the watcher is slow."""
+        """What a route delivers (after its rules) or a source sent; dropped by the bus when the watcher is slow."""
         message = Tap(kind=kind, name=name, source=batch.source, seq=batch.seq, payloads=payloads, ts=time.time())
         try:
             self.tap.send_multipart([tap_topic(kind, name), encode(message)], zmq.NOBLOCK)

@@ -89,6 +89,8 @@ class UsageReports:
     async def _final_usage_flush(self) -> None:
         if self.usage_task is not None and not self.usage_task.done():
             self.usage_task.cancel()
-        report = {route: entry for route, entry in self._take_usage(USAGE_FLUSH_INTERVAL_S).items() if entry["messages"] or entry["dropped"] or entry["filtered"]}
+        usage = self._take_usage(USAGE_FLUSH_INTERVAL_S)
+        report = {route: entry for route, entry in usage.items()
+                  if entry["messages"] or entry["dropped"] or entry["filtered"]}
         if report:
             await self._send_usage(report, FINAL_FLUSH_TIMEOUT_S)

@@ -81,7 +81,8 @@ class StateKeeper:
                                    lambda args, r: f"peripheral {r['peripheral']['name']} removed "
                                                    f"(routes removed: {', '.join(r['removed_routes']) or 'none'})"),
             Op.ADD_ROUTE: (t.add_route,
-                           lambda args, r: f"route {r['name']} added: {args.get('incoming')} -> {args.get('outgoing')}"),
+                           lambda args, r: f"route {r['name']} added: "
+                                           f"{args.get('incoming')} -> {args.get('outgoing')}"),
             Op.EDIT_ROUTE: (t.edit_route, lambda args, r: f"route {r['name']} edited"),
             Op.REMOVE_ROUTE: (t.remove_route, lambda args, r: f"route {args.get('name')} removed"),
             Op.SET_ROUTE_RULE: (t.set_route_rule, lambda args, r: f"route {r['name']} rules: {rules_text(r)}"),
@@ -106,7 +107,8 @@ class StateKeeper:
         poller.register(self.stop.wakeup_fd(), zmq.POLLIN)
         if self.edits.fileno() is not None:
             poller.register(self.edits.fileno(), zmq.POLLIN)
-        log.info("state keeper started: %d peripherals, %d routes from %s", len(self.tables.peripherals), len(self.tables.routes), self.runtime.config_dir)
+        log.info("state keeper started: %d peripherals, %d routes from %s", len(self.tables.peripherals),
+                 len(self.tables.routes), self.runtime.config_dir)
         for path in self.store.kept_aside:
             log.error("a corrupt config file was kept aside as %s", path)
         self._log_store_notes()
@@ -137,9 +139,10 @@ class StateKeeper:
         return max(0.0, min(due))
 
     def _stats(self) -> dict[str, Any]:
-        stats = {"epoch": self.epoch, "seq": self.seq, "writes": self.store.writes, "dropped": self.dropped, "requests": self.requests,
-                 "peripherals": len(self.tables.peripherals), "routes": len(self.tables.routes), "hand_edits": self.hand_edits,
-                 "refused": self.refused, "write_seconds": round(self.write_seconds, 4), "last_write_seconds": round(self.last_write_seconds, 5)}
+        stats = {"epoch": self.epoch, "seq": self.seq, "writes": self.store.writes, "dropped": self.dropped,
+                 "requests": self.requests, "peripherals": len(self.tables.peripherals),
+                 "routes": len(self.tables.routes), "hand_edits": self.hand_edits, "refused": self.refused,
+                 "write_seconds": round(self.write_seconds, 4), "last_write_seconds": round(self.last_write_seconds, 5)}
         notice = self.config_notice()
         if notice:
             stats["config_notice"] = notice  # shown by `launch.py status` and the UI
@@ -150,7 +153,7 @@ class StateKeeper:
         return loopback_only_reason(self.tables.config)
 
     def _repeat_config_notice(self) -> None:
-        """Say it again now and then: a loopback-only instance is unreachable from other boards, and nobody may be watching."""
+        """Repeat now and then: loopback only is unreachable from other boards, and nobody may be watching."""
         now = time.monotonic()
         if now - self.notice_logged_at >= CONFIG_NOTICE_REPEAT_S and self.config_notice():
             self.notice_logged_at = now
@@ -259,7 +262,8 @@ class StateKeeper:
         self._log_store_notes()
         if edit.config is not None or edit.routes is not None:
             config = edit.config if edit.config is not None else self.tables.config_document()
-            changes = self.tables.load_documents(config, edit.routes if edit.routes is not None else self.tables.routes_document())
+            routes = edit.routes if edit.routes is not None else self.tables.routes_document()
+            changes = self.tables.load_documents(config, routes)
             self.hand_edits += 1
             self.changed_peripherals = None  # the edit may touch any peripheral: the next write renders them all
             self._publish(changes)
@@ -292,7 +296,8 @@ def describe_changes(changes: list[Change]) -> str:
     """What a hand edit changed, for one activity line."""
     if not changes:
         return "nothing to change"
-    named = [f"{kind} {key or ''} {'removed' if value is None else 'set'}".replace("  ", " ") for kind, key, value in changes[:CHANGES_NAMED]]
+    named = [f"{kind} {key or ''} {'removed' if value is None else 'set'}".replace("  ", " ")
+             for kind, key, value in changes[:CHANGES_NAMED]]
     more = f" and {len(changes) - CHANGES_NAMED} more" if len(changes) > CHANGES_NAMED else ""
     return ", ".join(named) + more
 

@@ -1,4 +1,7 @@
-"""Reading and writing orch.cf / routes.cf: validation on load, what cannot be used kept aside, atomic writes, last good copy, backups."""
+"""Reading and writing orch.cf / routes.cf: validation on load, what cannot be used kept aside, atomic writes, backups.
+
+orch.cf's last good copy is kept too.
+"""
 from __future__ import annotations
 
 import json
@@ -10,17 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core.settings import (BACKUP_DIR_NAME, CONFIG_FILE_NAME, LOOPBACK_HOST, LOOPBACK_ONLY_SECURITY, LOOPBACK_ONLY_KEY, PRIVATE_DIR_MODE, ROUTE_COUNTERS, ROUTES_FILE_NAME,
-                       SECURITY_KEYS,
-                       Checked, ConfigError, SecurityConfigError, check_config, check_routes, default_config,
-                       loopback_only_reason, require_secure)
+from ..core.settings import (BACKUP_DIR_NAME, CONFIG_FILE_NAME, LOOPBACK_HOST, LOOPBACK_ONLY_SECURITY,
+                             LOOPBACK_ONLY_KEY, PRIVATE_DIR_MODE, ROUTE_COUNTERS, ROUTES_FILE_NAME, SECURITY_KEYS,
+                             Checked, ConfigError, SecurityConfigError, check_config, check_routes, default_config,
+                             loopback_only_reason, require_secure)
 
 log = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
 CORRUPT_KIND = "corrupt"  # a file that is not JSON at all: <name>.corrupt-<time>
 REJECTED_KIND = "rejected"  # keys and records validation could not use: <name>.rejected-<time>
-LAST_GOOD_SUFFIX = ".last-good"  # orch.cf as the state keeper last wrote it; its security keys survive a corrupt orch.cf
+# orch.cf as the state keeper last wrote it; its security keys survive a corrupt orch.cf
+LAST_GOOD_SUFFIX = ".last-good"
 LAST_GOOD_INTERVAL_S = 60.0  # refresh the last good copy at most this often unless a security key changed
 # Fields the system maintains: a hand edit (or an editor's stale buffer) never rolls them back.
 PERIPHERAL_MAINTAINED = ("last_seen", "online")
@@ -54,7 +58,8 @@ def readable_json(value: Any, level: int = 0) -> str:
         return json.dumps(value, ensure_ascii=False, separators=ONE_LINE_SEPARATORS)
     inner, outer = INDENT * (level + 1), INDENT * level
     if isinstance(value, dict):
-        items = [f"{inner}{json.dumps(str(key), ensure_ascii=False)}: {readable_json(item, level + 1)}" for key, item in value.items()]
+        items = [f"{inner}{json.dumps(str(key), ensure_ascii=False)}: {readable_json(item, level + 1)}"
+                 for key, item in value.items()]
         return "{\n" + ",\n".join(items) + f"\n{outer}}}"
     return pretty_list([readable_json(item, level + 1) for item in value], level)
 
@@ -73,7 +78,7 @@ def atomic_write_json(path: Path, data: Any, before_replace: Callable[[], None] 
 
 
 def atomic_write_text(path: Path, text: str, before_replace: Callable[[], None] | None = None) -> tuple[Stamp, str]:
-    """Write a file so that a reader (or a crash) only ever sees the old or the new one, whole; returns its stamp and text.
+    """Write a file so that a reader (or a crash) only sees the old or the new one, whole; returns its stamp and text.
 
     ``before_replace`` runs just before the rename (the state keeper catches a hand edit it is about to replace).
     """
@@ -84,7 +89,8 @@ def atomic_write_text(path: Path, text: str, before_replace: Callable[[], None] 
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-            st = os.fstat(handle.fileno())  # before the rename: an edit landing right after it shows as a different stamp
+            # before the rename: an edit landing right after it shows as a different stamp
+            st = os.fstat(handle.fileno())
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
@@ -119,7 +125,7 @@ def keep_aside(path: Path, reason: str) -> Path:
 
 
 def write_rejected(path: Path, reasons: list[str], keys: dict[str, Any], records: list[Any], records_key: str) -> Path:
-    """Save what validation could not use (keys as found, rejected records) in <name>.rejected-<timestamp>, owner-only."""
+    """Save what validation could not use (keys as found, rejected records) in <name>.rejected-<time>, owner-only."""
     target = _aside_path(path, REJECTED_KIND)
     document: dict[str, Any] = {"file": path.name, "reasons": reasons}
     if keys:
@@ -141,7 +147,8 @@ def read_json_file(path: Path) -> Any:
 def preflight(config_dir: Path) -> str | None:
     """Before any actor starts: the message that stops the launch (an unreadable security key), or None.
 
-    A missing or non-JSON orch.cf does not stop it: the state keeper handles those (defaults, last good copy, loopback only).
+    A missing or non-JSON orch.cf does not stop it: the state keeper handles those (defaults, last good copy,
+    loopback only).
     """
     path = Path(config_dir) / CONFIG_FILE_NAME
     try:
@@ -166,9 +173,9 @@ class OutsideEdit:
     rewrite: bool = False  # an edit could not be used (or a file was removed): write the files from the running state
 
 
-def merge_records(base: list[dict[str, Any]], theirs: list[dict[str, Any]], ours: list[dict[str, Any]], rejected: list[Any], key: str,
-                  maintained: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Three-way merge of records by key: what the user added, changed or removed wins, except the fields the system maintains.
+def merge_records(base: list[dict[str, Any]], theirs: list[dict[str, Any]], ours: list[dict[str, Any]],
+                  rejected: list[Any], key: str, maintained: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Three-way merge of records by key: what the user added, changed or removed wins, except system-maintained fields.
 
     A record the user broke (kept aside as rejected) counts as unchanged, not as removed.
     """
@@ -210,11 +217,14 @@ class ConfigStore:
         self.clock = clock
         self.kept_aside: list[Path] = []  # whole files that were not JSON (.corrupt-*)
         self.rejected: list[Path] = []  # keys and records validation could not use (.rejected-*)
-        self.notes: list[tuple[int, str]] = []  # (logging level, line) about the load, logged once the activity log is up
+        # (logging level, line) about the load, logged once the activity log is up
+        self.notes: list[tuple[int, str]] = []
         self.writes = 0
         self.last_good_security: dict[str, Any] | None = None
-        self.bases: dict[Path, tuple[Stamp | None, str]] = {}  # per file: its stamp and text as we last wrote (or read) it
-        self.late_edits: dict[Path, tuple[str, bytes]] = {}  # per file: (base text, edit) of an edit our rename replaced
+        # per file: its stamp and text as we last wrote (or read) it
+        self.bases: dict[Path, tuple[Stamp | None, str]] = {}
+        # per file: (base text, edit) of an edit our rename replaced
+        self.late_edits: dict[Path, tuple[str, bytes]] = {}
         self.last_good_at: float | None = None
         self.peripheral_lines: dict[str, str] = {}  # uuid -> its line in orch.cf as last written
 
@@ -232,11 +242,12 @@ class ConfigStore:
             rendered.append(line)
         self.peripheral_lines = lines
         items = [f"{INDENT}{json.dumps(str(key), ensure_ascii=False)}: "
-                 f"{pretty_list(rendered, 1) if key == 'peripherals' else readable_json(value, 1)}" for key, value in config.items()]
+                 f"{pretty_list(rendered, 1) if key == 'peripherals' else readable_json(value, 1)}"
+                 for key, value in config.items()]
         return "{\n" + ",\n".join(items) + "\n}\n" if items else "{}\n"
 
     def load(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Load both files, creating missing ones, converting what reads unambiguously, keeping aside what cannot be used."""
+        """Load both files: create missing ones, convert what reads unambiguously, keep aside what cannot be used."""
         self.config_dir.mkdir(parents=True, exist_ok=True)
         config = self._load_config()
         routes = self._load_routes()
@@ -246,12 +257,12 @@ class ConfigStore:
         self.notes.append((level, text))
 
     def _write(self, path: Path, document: Any, text: str | None = None) -> None:
-        """Write one of the two files (``text``: already rendered) and remember what it holds: the base of the next hand-edit merge."""
+        """Write one of the two files (``text``: rendered) and remember it: the base of the next hand-edit merge."""
         rendered = text if text is not None else readable_json(document) + "\n"
         self.bases[path] = atomic_write_text(path, rendered, before_replace=lambda: self._catch_late_edit(path))
 
     def _read(self, path: Path) -> Any:
-        """Parse one of the two files and remember it as the base (stamp taken first: a change while reading shows later)."""
+        """Parse one of the two files and keep it as the base (stamp first: a change while reading shows later)."""
         stamp = stamp_of(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -309,13 +320,15 @@ class ConfigStore:
         for reason in checked.insecure.values():
             self._note(logging.ERROR, f"{path.name}: {reason}")
         if checked.reset or checked.rejected or checked.insecure:
-            keys = {**checked.reset, **{key: raw[key] for key in checked.insecure}}  # as found: the file is rewritten without them
-            target = write_rejected(path, checked.reasons + list(checked.insecure.values()), keys, checked.rejected, records_key)
+            # as found: the file is rewritten without them
+            keys = {**checked.reset, **{key: raw[key] for key in checked.insecure}}
+            target = write_rejected(path, checked.reasons + list(checked.insecure.values()), keys, checked.rejected,
+                                    records_key)
             self.rejected.append(target)
             self._note(logging.WARNING, f"{path.name}: what could not be used is kept in {target.name}")
 
     def _replace_corrupt_config(self, reason: str) -> dict[str, Any]:
-        """orch.cf is not a JSON object: keep it aside, start from defaults, but never with more open security settings."""
+        """orch.cf is not a JSON object: keep it aside, start from defaults, never with more open security settings."""
         self.kept_aside.append(keep_aside(self.config_path, reason))
         config = default_config()
         config.update(self._security_fallback(list(SECURITY_KEYS)))
@@ -323,10 +336,11 @@ class ConfigStore:
         return config
 
     def _security_fallback(self, keys: list[str]) -> dict[str, Any]:
-        """Values for security keys that could not be read: the last good copy's, or loopback only when there is none."""
+        """Values for security keys that could not be read: the last good copy's, or loopback only if there is none."""
         last_good = self._read_last_good()
         if last_good is not None:
-            self._note(logging.WARNING, f"{', '.join(keys)} taken from {self.last_good_path.name}, the last copy the state keeper wrote")
+            self._note(logging.WARNING,
+                       f"{', '.join(keys)} taken from {self.last_good_path.name}, the last copy the state keeper wrote")
             return {key: last_good[key] for key in keys}
         reason = (f"orch.cf's {', '.join(keys)} could not be read and there is no {self.last_good_path.name}: "
                   f"the command and data ports listen on {LOOPBACK_HOST} only until bind_host is set in orch.cf")
@@ -347,10 +361,11 @@ class ConfigStore:
         return {key: checked.value[key] for key in SECURITY_KEYS}
 
     def write_last_good(self, config: dict[str, Any]) -> None:
-        """Keep orch.cf.last-good (owner-only): when the security keys changed, else at most every LAST_GOOD_INTERVAL_S."""
+        """Keep orch.cf.last-good (owner-only): when security keys changed, else at most every LAST_GOOD_INTERVAL_S."""
         security = {key: config.get(key) for key in SECURITY_KEYS}
         now = self.clock()
-        if security == self.last_good_security and self.last_good_at is not None and now - self.last_good_at < LAST_GOOD_INTERVAL_S:
+        recent = self.last_good_at is not None and now - self.last_good_at < LAST_GOOD_INTERVAL_S
+        if security == self.last_good_security and recent:
             return
         try:
             atomic_write_json(self.last_good_path, config)
@@ -363,7 +378,7 @@ class ConfigStore:
     def save(self, config: dict[str, Any], routes: list[dict[str, Any]], changed: set[str] | None = None) -> None:
         """Write both files atomically (and the last good copy of orch.cf when due).
 
-        ``changed``: the uuids of the peripherals changed since the last save (None: any), so only those are rendered again.
+        ``changed``: uuids of the peripherals changed since the last save (None: any); only those are rendered again.
         """
         self._write(self.config_path, config, self.config_text(config, changed))
         self._write(self.routes_path, routes)
@@ -372,7 +387,7 @@ class ConfigStore:
 
     # ---- hand edits while running -------------------------------------------------------------
     def edited_outside(self) -> list[Path]:
-        """The files someone else changed (or removed) since we last wrote or read them, including an edit our last write caught."""
+        """Files changed (or removed) by someone else since we last wrote or read them, or with an edit we caught."""
         return [path for path in (self.config_path, self.routes_path)
                 if path in self.late_edits or (path in self.bases and stamp_of(path) != self.bases[path][0])]
 
@@ -402,7 +417,7 @@ class ConfigStore:
 
     def _merge_one(self, path: Path, base_text: str, data: bytes, edit: OutsideEdit, ours_config: dict[str, Any],
                    ours_routes: list[dict[str, Any]]) -> bool:
-        """Merge one edited version of a file into ``edit``; False when it does not parse (kept aside, rewrite asked)."""
+        """Merge one edited version of a file into ``edit``; False if it does not parse (kept aside, rewrite asked)."""
         try:
             raw = json.loads(data.decode("utf-8"))
             if not isinstance(raw, dict if path == self.config_path else list):
@@ -419,7 +434,7 @@ class ConfigStore:
         return True
 
     def _catch_late_edit(self, path: Path) -> None:
-        """Just before our rename: an edit made since our last check would be replaced; keep it to merge at the next check."""
+        """Just before our rename: an edit made since our last check would be replaced; keep it for the next check."""
         base = self.bases.get(path)
         if base is None or stamp_of(path) in (None, base[0]):
             return
@@ -429,17 +444,19 @@ class ConfigStore:
             return
 
     def _keep_unusable_edit(self, path: Path, data: bytes, reason: str) -> None:
-        """An edit that does not parse: its bytes go to <name>.rejected-<time> (nothing of it is lost); the file is rewritten."""
+        """An edit that does not parse: its bytes go to <name>.rejected-<time> (none lost); the file is rewritten."""
         target = _aside_path(path, REJECTED_KIND)
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
         except OSError as exc:
-            self._note(logging.ERROR, f"{path.name} was edited by hand but cannot be used ({reason}) nor kept aside ({exc})")
+            self._note(logging.ERROR,
+                       f"{path.name} was edited by hand but cannot be used ({reason}) nor kept aside ({exc})")
             return
         self.rejected.append(target)
-        self._note(logging.ERROR, f"{path.name} was edited by hand but cannot be used ({reason}); kept as {target.name}, "
+        self._note(logging.ERROR,
+                   f"{path.name} was edited by hand but cannot be used ({reason}); kept as {target.name}, "
                                   f"the file is written again from the running state")
 
     def _merge_config(self, base_raw: Any, raw: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
@@ -455,8 +472,8 @@ class ConfigStore:
         if LOOPBACK_ONLY_KEY in merged and not loopback_only_reason(merged):
             del merged[LOOPBACK_ONLY_KEY]  # bind_host was fixed by hand
         if "peripherals" in raw:
-            merged["peripherals"] = merge_records(base["peripherals"], theirs["peripherals"], ours["peripherals"], checked.rejected, "uuid",
-                                                  PERIPHERAL_MAINTAINED)
+            merged["peripherals"] = merge_records(base["peripherals"], theirs["peripherals"], ours["peripherals"],
+                                                  checked.rejected, "uuid", PERIPHERAL_MAINTAINED)
         return merged
 
     def _merge_routes(self, base_raw: Any, raw: list[Any], ours: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -15,14 +15,15 @@ from ..core.net import LOCAL_HOST, canonical_host, is_own_listener, same_host
 from ..core.protocol import UpdateKind
 from ..core.records import NAME_PATTERN, check_peripheral_config, is_uuid
 from ..core.rules import RULE_KEYS, RuleError, check_rule
-from ..core.settings import (ACCESS_LIST_KEYS, MAX_AGE_KEY, ROUTE_COUNTERS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError, default_config, parse_max_age,
-                       parse_port, parse_ports, tunable, validate_config)
+from ..core.settings import (ACCESS_LIST_KEYS, MAX_AGE_KEY, ROUTE_COUNTERS, SECRET_KEYS, TUNABLE_DEFAULTS, ConfigError,
+                             default_config, parse_max_age, parse_port, parse_ports, tunable, validate_config)
 
 DELIVERY_MODES = ("message", "stream")
-SETTABLE_CONFIG_KEYS = ("known_ports", "known_hosts", "scan_interval", "offline_after_sweeps", "command_port", "data_port_range", "bind_host",
-                        *ACCESS_LIST_KEYS, *SECRET_KEYS, *TUNABLE_DEFAULTS)
+SETTABLE_CONFIG_KEYS = ("known_ports", "known_hosts", "scan_interval", "offline_after_sweeps", "command_port",
+                        "data_port_range", "bind_host", *ACCESS_LIST_KEYS, *SECRET_KEYS, *TUNABLE_DEFAULTS)
 # The settings a reset keeps, so the instance stays reachable where it was just reached.
-KEPT_ON_RESET = ("command_port", "data_port_range", "bind_host", "known_ports", "known_hosts", *ACCESS_LIST_KEYS, *SECRET_KEYS)
+KEPT_ON_RESET = ("command_port", "data_port_range", "bind_host", "known_ports", "known_hosts",
+                 *ACCESS_LIST_KEYS, *SECRET_KEYS)
 
 Change = tuple[str, str, Any]
 
@@ -107,7 +108,8 @@ def _port(args: dict[str, Any], key: str = "port") -> int:
 class Tables:
     """Peripherals by uuid, routes by name, and the config (orch.cf without its peripheral list)."""
 
-    def __init__(self, config: dict[str, Any], routes: list[dict[str, Any]], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: dict[str, Any], routes: list[dict[str, Any]],
+                 clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.bad_info_max_age: dict[str, Any] = {}  # uuid -> the bad /info max_age last warned about
         self.peripherals: dict[str, dict[str, Any]] = {}
@@ -127,12 +129,14 @@ class Tables:
         return list(self.routes.values())
 
     def snapshot(self) -> dict[str, Any]:
-        return {"config": dict(self.config), "peripherals": list(self.peripherals.values()), "routes": list(self.routes.values())}
+        return {"config": dict(self.config), "peripherals": list(self.peripherals.values()),
+                "routes": list(self.routes.values())}
 
     @staticmethod
     def _normalise_peripheral(entry: dict[str, Any]) -> dict[str, Any]:
-        # config keeps the type it had in the file (the original wrote "" for none): only storing something makes it an object
-        record = {"name": entry["name"], "uuid": entry["uuid"], "config": entry["config"] if "config" in entry else {}, "port": entry.get("port"),
+        # config keeps its type from the file (the original wrote "" for none): storing something makes it an object
+        record = {"name": entry["name"], "uuid": entry["uuid"], "config": entry["config"] if "config" in entry else {},
+                  "port": entry.get("port"),
                   "last_seen": entry.get("last_seen"), "data_port": entry.get("data_port")}
         record.update({k: v for k, v in entry.items() if k not in record})
         record.setdefault("online", False)
@@ -143,7 +147,8 @@ class Tables:
     @staticmethod
     def _normalise_route(entry: dict[str, Any]) -> dict[str, Any]:
         record = {"name": entry["name"], "incoming": entry["incoming"], "outgoing": entry["outgoing"],
-                  "incoming_port": entry.get("incoming_port"), "outgoing_port": entry.get("outgoing_port"), "last_used": entry.get("last_used")}
+                  "incoming_port": entry.get("incoming_port"), "outgoing_port": entry.get("outgoing_port"),
+                  "last_used": entry.get("last_used")}
         record.update({k: v for k, v in entry.items() if k not in record})
         for counter in ROUTE_COUNTERS:
             record.setdefault(counter, 0)
@@ -155,7 +160,8 @@ class Tables:
         changes: list[Change] = []
         peripherals = {entry["uuid"]: self._normalise_peripheral(entry) for entry in config.get("peripherals", [])}
         changes += self._replace(self.peripherals, peripherals, UpdateKind.PERIPHERAL.value)
-        changes += self._replace(self.routes, {entry["name"]: self._normalise_route(entry) for entry in routes}, UpdateKind.ROUTE.value)
+        changes += self._replace(self.routes, {entry["name"]: self._normalise_route(entry) for entry in routes},
+                                 UpdateKind.ROUTE.value)
         settings = {k: v for k, v in config.items() if k != "peripherals"}
         if settings != self.config:
             self.config = settings
@@ -262,7 +268,7 @@ class Tables:
         return record, [self._peripheral_change(record), *self._refresh_route_ports(uuid)]
 
     def seen(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
-        """The scanner found a peripheral answering /info; it never moves a known one to another host or a live one to another port."""
+        """The scanner found a peripheral answering /info; a known one never moves host, a live one never moves port."""
         name, uuid, port = _need(args, "name"), _need(args, "uuid"), _port(args)
         if not is_uuid(uuid):
             raise BadArguments(f"invalid uuid {uuid!r}")
@@ -285,7 +291,9 @@ class Tables:
         return record, [self._peripheral_change(record), *self._refresh_route_ports(uuid)]
 
     def alive(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
-        """The scanner heard from these peripherals another way (they sent data): seen now, online; unknown uuids are skipped.
+        """The scanner heard from these peripherals another way (they sent data): seen now, online.
+
+        Unknown uuids are skipped.
 
         Returns {uuid: last_seen} for the ones updated.
         """
@@ -341,7 +349,8 @@ class Tables:
         except ConfigError as exc:
             if self.bad_info_max_age.get(record["uuid"]) != info[MAX_AGE_KEY]:  # once per value, not once per sweep
                 self.bad_info_max_age[record["uuid"]] = info[MAX_AGE_KEY]
-                log.warning("%s (%s) announced a bad max_age in /info (%s); keeping %s", record["name"], record["uuid"][:8], exc,
+                log.warning("%s (%s) announced a bad max_age in /info (%s); keeping %s",
+                            record["name"], record["uuid"][:8], exc,
                             record.get(MAX_AGE_KEY, "the default (router_queue_age_s)"))
 
     def remove_peripheral(self, args: dict[str, Any]) -> tuple[dict[str, Any], list[Change]]:
@@ -351,7 +360,8 @@ class Tables:
         removed = self._routes_touching(record["uuid"])
         for route in removed:
             del self.routes[route["name"]]
-        changes = [(UpdateKind.PERIPHERAL.value, record["uuid"], None)] + [(UpdateKind.ROUTE.value, r["name"], None) for r in removed]
+        gone = [(UpdateKind.ROUTE.value, r["name"], None) for r in removed]
+        changes = [(UpdateKind.PERIPHERAL.value, record["uuid"], None)] + gone
         return {"peripheral": record, "removed_routes": [r["name"] for r in removed]}, changes
 
     # ---- who may do what -------------------------------------------------------------
@@ -364,14 +374,17 @@ class Tables:
                        f"so that needs admin rights (admin_clients or /auth)")
 
     def _check_scanner_move(self, record: dict[str, Any], host: str, address: str | None, port: int) -> None:
-        """The scanner has no admin rights: a uuid answering elsewhere is not moved (only a restarted, offline one on its own host)."""
+        """The scanner has no admin rights: a uuid answering elsewhere is not moved.
+
+        Only a restarted, offline one on its own host is.
+        """
         recorded = record.get("host")
         if not (same_host(recorded, host) or (address is not None and same_host(recorded, address))):
-            raise NotOwner(f"{record['name']} ({record['uuid'][:8]}) answered /info on {host}:{port} but is registered from "
-                           f"another host; not moved")
+            raise NotOwner(f"{record['name']} ({record['uuid'][:8]}) answered /info on {host}:{port} "
+                           f"but is registered from another host; not moved")
         if port != record.get("port") and record.get("online") and isinstance(record.get("port"), int):
-            raise NotOwner(f"{record['name']} ({record['uuid'][:8]}) answered /info on port {port} while online on port "
-                           f"{record['port']}; not moved")
+            raise NotOwner(f"{record['name']} ({record['uuid'][:8]}) answered /info on port {port} "
+                           f"while online on port {record['port']}; not moved")
 
     def _check_host_quota(self, caller: Caller | None) -> None:
         """A host outside admin_clients registers at most max_peripherals_per_host peripherals (a flood stops here)."""
@@ -380,10 +393,11 @@ class Tables:
         limit = int(tunable(self.config, "max_peripherals_per_host"))
         held = sum(1 for p in self.peripherals.values() if p.get("host") == caller.host)
         if held >= limit:
-            raise LimitReached(f"host {caller.host} already has {held} peripherals registered (max_peripherals_per_host "
-                               f"{limit}); remove some or ask an admin")
+            raise LimitReached(f"host {caller.host} already has {held} peripherals registered "
+                               f"(max_peripherals_per_host {limit}); remove some or ask an admin")
 
-    def _refuse_own_listener(self, host: Any, port: int, this_machine: bool = False, config: dict[str, Any] | None = None) -> None:
+    def _refuse_own_listener(self, host: Any, port: int, this_machine: bool = False,
+                             config: dict[str, Any] | None = None) -> None:
         if is_own_listener(host, port, config or self.config, this_machine):
             raise BadArguments(f"port {port} on {canonical_host(host)} is one of this orchestrator's own listeners "
                                f"(command or data port); a peripheral cannot use it")
@@ -398,7 +412,8 @@ class Tables:
         incoming = self.by_name(_need(args, "incoming"))
         outgoing = self.by_name(_need(args, "outgoing"))
         route = self._normalise_route({"name": name, "incoming": incoming["uuid"], "outgoing": outgoing["uuid"],
-                                       "incoming_port": incoming["port"], "outgoing_port": outgoing["port"], "last_used": None})
+                                       "incoming_port": incoming["port"], "outgoing_port": outgoing["port"],
+                                       "last_used": None})
         self.routes[name] = route
         return route, [self._route_change(route)]
 

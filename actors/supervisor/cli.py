@@ -51,14 +51,18 @@ def bus_command(runtime: Runtime, line: str, timeout: float = CTL_TIMEOUT_S, con
     return bus_exchange(runtime, line, timeout, context)[0]
 
 
-def bus_exchange(runtime: Runtime, line: str, timeout: float = CTL_TIMEOUT_S, context: zmq.Context | None = None) -> tuple[str, bool]:
-    """The answer to command line(s), and whether any failed (an error code, not a guess from the text); raises Unreachable.
+def bus_exchange(runtime: Runtime, line: str, timeout: float = CTL_TIMEOUT_S,
+                 context: zmq.Context | None = None) -> tuple[str, bool]:
+    """The answer to command line(s), and whether any failed (by error code, not a guess from the text).
+
+    Raises Unreachable.
 
     Sent once (a command is not idempotent): the socket queues it until the gateway is there, within timeout.
     """
     endpoint = runtime.endpoints.data
     if endpoint.startswith(IPC_PREFIX) and not Path(endpoint[len(IPC_PREFIX):]).exists():
-        raise Unreachable(f"orchestrator on {runtime.config_dir} is not running (no gateway socket in {runtime.run_dir})")
+        raise Unreachable(f"orchestrator on {runtime.config_dir} is not running "
+                          f"(no gateway socket in {runtime.run_dir})")
     own = context is None
     context = context or zmq.Context()
     sock = context.socket(zmq.DEALER)
@@ -96,7 +100,8 @@ def run_ctl(runtime: Runtime, line: str, timeout: float = CTL_TIMEOUT_S) -> int:
     try:
         reply, failed = bus_exchange(runtime, line, timeout)
     except Unreachable as exc:
-        print(f"{exc} (is it running? try 'python launch.py --config-dir {runtime.config_dir} status')", file=sys.stderr)
+        print(f"{exc} (is it running? try 'python launch.py --config-dir {runtime.config_dir} status')",
+              file=sys.stderr)
         return EXIT_UNREACHABLE
     sys.stdout.write(reply)
     return EXIT_ERROR_REPLY if failed else 0
@@ -121,7 +126,8 @@ def format_status(status: dict[str, Any]) -> str:
         f"  routes           {status.get('Routes', 0)}",
         f"  routers alive    {status.get('Routers Alive', 0)}",
         f"  messages         {status.get('Messages Routed', 0)} routed, {status.get('Messages Dropped', 0)} dropped",
-        f"  gateway          {gateway.get('lines_in', 0)} lines in, {gateway.get('unknown_source', 0)} from unknown sources, "
+        f"  gateway          {gateway.get('lines_in', 0)} lines in, "
+        f"{gateway.get('unknown_source', 0)} from unknown sources, "
         f"{gateway.get('no_route', 0)} without route, {gateway.get('pending', 0)} waiting for a router",
         f"  last scan        {status.get('Last Scan', 'Never')}",
     ]

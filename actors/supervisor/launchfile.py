@@ -27,12 +27,16 @@ STDIN_MODES = {False: "none", True: "pipe", "pty": "pty"}
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # the key names the log file: no slash, no leading dot
 TOP_LEVEL_KEYS = ("peripherals",)
 NUMBER_LIMITS: dict[str, tuple[float, float]] = {  # key: (lowest, highest) accepted
-    "start_timeout": (0.05, 3600.0), "stop_timeout": (0.05, 600.0), "backoff": (0.01, 3600.0), "backoff_max": (0.01, 86400.0),
+    "start_timeout": (0.05, 3600.0), "stop_timeout": (0.05, 600.0),
+    "backoff": (0.01, 3600.0), "backoff_max": (0.01, 86400.0),
     "flap_window": (0.1, 86400.0), "stable_after": (0.1, 86400.0),
 }
-INT_LIMITS: dict[str, tuple[int, int]] = {"flap_limit": (1, 1000), "log_max_bytes": (1024, 1 << 30), "log_backups": (0, 100)}
-KNOWN_KEYS = frozenset({"command", "cwd", "env", "restart", "after", "name", "uuid", "stdin", *NUMBER_LIMITS, *INT_LIMITS})
-PROCESS_FIELDS = ("command", "cwd", "env", "stdin")  # a change to one of these restarts the peripheral; others apply in place
+INT_LIMITS: dict[str, tuple[int, int]] = {"flap_limit": (1, 1000), "log_max_bytes": (1024, 1 << 30),
+                                          "log_backups": (0, 100)}
+KNOWN_KEYS = frozenset({"command", "cwd", "env", "restart", "after", "name", "uuid", "stdin", *NUMBER_LIMITS,
+                        *INT_LIMITS})
+# a change to one of these restarts the peripheral; others apply in place
+PROCESS_FIELDS = ("command", "cwd", "env", "stdin")
 
 
 class LaunchEntryError(ValueError):
@@ -98,8 +102,8 @@ def parse_launch_text(text: str, config_dir: Path) -> LaunchFile:
     except tomllib.TOMLDecodeError as exc:
         return LaunchFile(problems=[f"{LAUNCH_FILE_NAME}: not valid TOML ({exc})"])
     result = LaunchFile()
-    result.problems += [f"{LAUNCH_FILE_NAME}: unknown top-level key {key!r} ignored (expected [peripherals.<name>] tables)"
-                        for key in document if key not in TOP_LEVEL_KEYS]
+    result.problems += [f"{LAUNCH_FILE_NAME}: unknown top-level key {key!r} ignored "
+                        "(expected [peripherals.<name>] tables)" for key in document if key not in TOP_LEVEL_KEYS]
     tables = document.get("peripherals", {})
     if not isinstance(tables, dict):
         result.problems.append(f"{LAUNCH_FILE_NAME}: 'peripherals' must be a table of tables")
@@ -118,7 +122,8 @@ def drop_unknown_dependencies(result: LaunchFile) -> None:
     for key, spec in list(result.peripherals.items()):
         unknown = [d for d in spec.after if d not in result.peripherals or d == key]
         if unknown:
-            result.problems.append(f"peripherals.{key}: after names {', '.join(map(repr, unknown))}, not another entry; ignored")
+            named = ", ".join(map(repr, unknown))
+            result.problems.append(f"peripherals.{key}: after names {named}, not another entry; ignored")
             result.peripherals[key] = replace(spec, after=tuple(d for d in spec.after if d not in unknown))
 
 
@@ -131,11 +136,14 @@ def parse_entry(key: str, entry: Any, config_dir: Path) -> PeripheralSpec:
     unknown = sorted(set(entry) - KNOWN_KEYS)
     if unknown:
         raise LaunchEntryError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})")
-    values: dict[str, Any] = {"key": key, "command": parse_command(entry.get("command")), "cwd": parse_cwd(entry.get("cwd"), config_dir),
-                              "env": parse_env(entry.get("env", {})), "restart": parse_choice("restart", entry, RESTART_POLICIES),
+    values: dict[str, Any] = {"key": key, "command": parse_command(entry.get("command")),
+                              "cwd": parse_cwd(entry.get("cwd"), config_dir), "env": parse_env(entry.get("env", {})),
+                              "restart": parse_choice("restart", entry, RESTART_POLICIES),
                               "after": parse_after(entry.get("after", [])), "name": parse_name(entry.get("name", key)),
-                              "uuid": parse_uuid(entry.get("uuid")), "stdin": parse_stdin(entry.get("stdin", PERIPHERAL_DEFAULTS["stdin"]))}
-    values.update({name: parse_number(name, entry[name], *limits) for name, limits in NUMBER_LIMITS.items() if name in entry})
+                              "uuid": parse_uuid(entry.get("uuid")),
+                              "stdin": parse_stdin(entry.get("stdin", PERIPHERAL_DEFAULTS["stdin"]))}
+    values.update({name: parse_number(name, entry[name], *limits)
+                   for name, limits in NUMBER_LIMITS.items() if name in entry})
     values.update({name: parse_int(name, entry[name], *limits) for name, limits in INT_LIMITS.items() if name in entry})
     return PeripheralSpec(**values)
 
@@ -220,7 +228,8 @@ def parse_stdin(value: Any) -> str:
 
 
 def parse_number(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value) or not low <= value <= high:
         raise LaunchEntryError(f"{name} must be a number of seconds from {low:g} to {high:g}, not {value!r}")
     return float(value)
 

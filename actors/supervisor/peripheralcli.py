@@ -43,7 +43,8 @@ def peripheral_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for row in rows:
         code = "-" if row.get("last_exit") is None else str(row["last_exit"])
-        lines.append(f"  {row['name']:<12} {row['state']:<8} pid {str(row.get('pid') or '-'):<8} restarts {row.get('restarts', 0):<3} "
+        pid = str(row.get("pid") or "-")
+        lines.append(f"  {row['name']:<12} {row['state']:<8} pid {pid:<8} restarts {row.get('restarts', 0):<3} "
                      f"up {format_uptime(row.get('uptime_s')):<7} last exit {code:<4} {registration_text(row)}")
     return lines
 
@@ -136,7 +137,8 @@ def ui_local_command(line: str, control: Callable[..., Any]) -> str | None:
         if words[0] == "/logs":
             if len(words) != 2:
                 return "Usage: :logs <name>"
-            return "\n".join(control(action="tail", name=words[1]).get("lines") or []) or f"(nothing logged by {words[1]} yet)"
+            tail = control(action="tail", name=words[1]).get("lines") or []
+            return "\n".join(tail) or f"(nothing logged by {words[1]} yet)"
         if len(words) < 3:
             return "Usage: :send <name> <text>"
         control(action="send", name=words[1], text=words[2])

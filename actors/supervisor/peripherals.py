@@ -34,7 +34,8 @@ import zmq
 from ..core.errors import BadArguments, UnknownPeripheral
 from .launchfile import LaunchFile, PeripheralSpec, launch_file_path, read_launch_file
 from ..core.filewatch import FolderWatch
-from ..core.settings import LAUNCH_FILE_POLL_S, PERIPHERAL_LOG_DIR_NAME, PERIPHERAL_TAIL_LINES, PRIVATE_FILE_MODE, Runtime
+from ..core.settings import (LAUNCH_FILE_POLL_S, PERIPHERAL_LOG_DIR_NAME, PERIPHERAL_TAIL_LINES, PRIVATE_FILE_MODE,
+                             Runtime)
 from ..core.follower import StateFollower
 
 log = logging.getLogger("peripherals")
@@ -79,7 +80,7 @@ class LogWriter:
                 data = data[room:]
 
     def note(self, text: str) -> None:
-        """A line of the supervisor's own in the peripheral's log (started, exited, killed); a full disk never stops supervision."""
+        """A line of the supervisor's own in its log (started, exited, killed); a full disk never stops supervision."""
         try:
             self.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n".encode())
         except (OSError, ValueError) as exc:
@@ -205,7 +206,7 @@ class Launched:
 
 
 def join_record(spec: PeripheralSpec, peripherals: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The registered record of this entry: by uuid if given, else by name or name_<N> (online, then latest seen, first)."""
+    """This entry's registered record: by uuid if given, else by name or name_<N> (online, then latest seen, first)."""
     if spec.uuid:
         return next((p for p in peripherals if p.get("uuid") == spec.uuid), None)
     suffixed = re.compile(re.escape(spec.name) + r"_\d+")
@@ -215,7 +216,7 @@ def join_record(spec: PeripheralSpec, peripherals: Iterable[dict[str, Any]]) -> 
 
 # ---- the manager ---------------------------------------------------------------------
 class PeripheralManager:
-    """Owned by the Supervisor: ``tick()`` from its loop, ``control()`` from its control socket, ``close()`` at the end."""
+    """Owned by the Supervisor: ``tick()`` from its loop, ``control()`` from its control socket, ``close()`` last."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -225,7 +226,8 @@ class PeripheralManager:
         self.problems: list[str] = []
         self.file_stamp: tuple[int, int, int] | None = None
         self.next_file_check = 0.0
-        self.file_watch = FolderWatch(runtime.config_dir, (self.path.name,), LAUNCH_FILE_POLL_S)  # edits wake the supervisor
+        # An edit of the launch file wakes the supervisor; it never polls for one while the kernel can tell it.
+        self.file_watch = FolderWatch(runtime.config_dir, (self.path.name,), LAUNCH_FILE_POLL_S)
         self.context: zmq.Context | None = None
         self.follower: StateFollower | None = None
         self.watchdog: subprocess.Popen | None = None
@@ -302,13 +304,17 @@ class PeripheralManager:
         self.problems = list(launch.problems)
         for problem in launch.problems:
             log.error("launch file: %s", problem)
-        if launch.problems and not launch.peripherals and self.entries and any("not valid TOML" in p or "cannot be read" in p for p in launch.problems):
+        unreadable = any("not valid TOML" in p or "cannot be read" in p for p in launch.problems)
+        if unreadable and not launch.peripherals and self.entries:
             log.error("launch file unusable: the %d running peripherals are kept as they are", len(self.entries))
             return
         self.apply(launch.peripherals)
 
     def apply(self, wanted: dict[str, PeripheralSpec]) -> None:
-        """Added entries start, removed ones stop, a changed command (cwd, env, stdin) restarts; others only take new settings."""
+        """Added entries start, removed ones stop, a changed command (cwd, env, stdin) restarts.
+
+        Other changes only take new settings.
+        """
         for key, entry in list(self.entries.items()):
             if key not in wanted:
                 log.info("launch file: %s removed; stopping it", key)
@@ -319,7 +325,8 @@ class PeripheralManager:
                 try:
                     writer = LogWriter(self.log_dir / f"{key}.log", spec.log_max_bytes, spec.log_backups)
                 except OSError as exc:
-                    self.problems.append(f"peripherals.{key}: cannot open its log in {self.log_dir} ({exc.strerror}); not started")
+                    self.problems.append(f"peripherals.{key}: cannot open its log in {self.log_dir} "
+                                         f"({exc.strerror}); not started")
                     log.error("launch file: %s", self.problems[-1])
                     continue
                 self.entries[key] = Launched(spec=spec, log=writer)
@@ -345,8 +352,8 @@ class PeripheralManager:
             return
         if entry.alive:
             self._watch_running(entry, now)
-        elif (entry.pgid is None and not self.closing and not entry.held and not entry.failed and now >= entry.next_start
-              and self._may_start(entry, now)):
+        elif (entry.pgid is None and not self.closing and not entry.held and not entry.failed
+              and now >= entry.next_start and self._may_start(entry, now)):
             self._spawn(entry)
 
     def _watch_running(self, entry: Launched, now: float) -> None:
@@ -371,7 +378,8 @@ class PeripheralManager:
         if pending and now - entry.waiting_since < entry.spec.start_timeout:
             return False
         if pending:
-            log.warning("%s: starting without %s (not registered within %.0fs)", entry.key, ", ".join(pending), entry.spec.start_timeout)
+            log.warning("%s: starting without %s (not registered within %.0fs)", entry.key, ", ".join(pending),
+                        entry.spec.start_timeout)
         return True
 
     def _on_exit(self, entry: Launched, now: float) -> None:
@@ -405,15 +413,17 @@ class PeripheralManager:
         spec = entry.spec
         if spec.restart == "never" or (spec.restart == "on-failure" and code == 0):
             entry.held = True
-            log.info("%s exited with code %s after %.1fs; not restarted (restart = %s)", entry.key, code, ran_for, spec.restart)
+            log.info("%s exited with code %s after %.1fs; not restarted (restart = %s)", entry.key, code, ran_for,
+                     spec.restart)
             return
         if ran_for >= spec.stable_after:
             entry.crash_times.clear()
         entry.crash_times = [t for t in entry.crash_times if now - t < spec.flap_window] + [now]
         if len(entry.crash_times) >= spec.flap_limit:
             entry.failed = True
-            log.error("%s crashed %d times within %.0fs; left stopped (see logs/%s/%s.log; `launch.py peripheral start %s`)",
-                      entry.key, len(entry.crash_times), spec.flap_window, PERIPHERAL_LOG_DIR_NAME, entry.key, entry.key)
+            log.error("%s crashed %d times within %.0fs; left stopped "
+                      "(see logs/%s/%s.log; `launch.py peripheral start %s`)", entry.key, len(entry.crash_times),
+                      spec.flap_window, PERIPHERAL_LOG_DIR_NAME, entry.key, entry.key)
             entry.log.note("failed: crashing too often, left stopped")
             return
         delay = min(spec.backoff_max, spec.backoff * 2 ** min(len(entry.crash_times) - 1, MAX_DOUBLINGS))
@@ -474,7 +484,8 @@ class PeripheralManager:
             self._after_crash(entry, None, 0.0, time.monotonic())
             return
         entry.spawn_error = ""
-        entry.process, entry.pgid, entry.input_fd, entry.input_owned = process, process.pid, input_fd, spec.stdin == "pty"
+        entry.process, entry.pgid, entry.input_fd = process, process.pid, input_fd
+        entry.input_owned = spec.stdin == "pty"
         self.groups.add(process.pid)
         self._tell_watchdog(f"+{process.pid}")
         entry.log.note(f"started pid {process.pid}: {shlex.join(spec.command)}")
@@ -487,8 +498,8 @@ class PeripheralManager:
         if spec.stdin == "pty":
             master, slave = pty.openpty()
             try:
-                process = subprocess.Popen(list(spec.command), cwd=spec.cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
-                                           start_new_session=True)
+                process = subprocess.Popen(list(spec.command), cwd=spec.cwd, env=env, stdin=slave, stdout=slave,
+                                           stderr=slave, start_new_session=True)
             except OSError:
                 os.close(master)
                 raise
@@ -498,7 +509,8 @@ class PeripheralManager:
             return process, master, os.dup(master)
         read_fd, write_fd = os.pipe()
         try:
-            process = subprocess.Popen(list(spec.command), cwd=spec.cwd, env=env, stdout=write_fd, stderr=write_fd, start_new_session=True,
+            process = subprocess.Popen(list(spec.command), cwd=spec.cwd, env=env, stdout=write_fd, stderr=write_fd,
+                                       start_new_session=True,
                                        stdin=subprocess.PIPE if spec.stdin == "pipe" else subprocess.DEVNULL)
         except OSError:
             os.close(read_fd)
@@ -520,11 +532,12 @@ class PeripheralManager:
         if self.watchdog is not None:
             log.warning("peripheral watchdog exited (code %s); starting it again", self.watchdog.returncode)
         try:
-            self.watchdog = subprocess.Popen([sys.executable, "-m", "actors.supervisor.groupwatch"], cwd=REPO_ROOT, stdin=subprocess.PIPE,
-                                             stdout=subprocess.DEVNULL, start_new_session=True)
+            self.watchdog = subprocess.Popen([sys.executable, "-m", "actors.supervisor.groupwatch"], cwd=REPO_ROOT,
+                                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             self.watchdog, self.watchdog_retry_at = None, time.monotonic() + WATCHDOG_RETRY_S
-            log.error("cannot start the peripheral watchdog (%s): peripherals would outlive a killed supervisor; retrying", exc)
+            log.error("cannot start the peripheral watchdog (%s): peripherals would outlive a killed supervisor; "
+                      "retrying", exc)
             return
         for pgid in self.groups:
             self._tell_watchdog(f"+{pgid}")
@@ -563,7 +576,7 @@ class PeripheralManager:
 
     # ---- control -----------------------------------------------------------------
     def control(self, args: dict[str, Any], req_id: str = "") -> dict[str, Any]:
-        """`launch.py peripheral ...`, `/launch ...` and the UI's :send; a repeated req_id is answered from the cache, not done again."""
+        """`launch.py peripheral ...`, `/launch ...` and the UI's :send; a repeated req_id is answered from a cache."""
         if req_id and req_id in self.answered:
             return self.answered[req_id]
         result = self._control(args)
@@ -651,7 +664,8 @@ class PeripheralManager:
     def registered(self, entry: Launched) -> bool:
         """Online, and seen since its current process started."""
         record = self.record(entry)
-        return bool(entry.alive and record and record.get("online") and (record.get("last_seen") or 0.0) >= entry.started_at)
+        return bool(entry.alive and record and record.get("online")
+                    and (record.get("last_seen") or 0.0) >= entry.started_at)
 
     def describe(self, entries: list[Launched] | None = None) -> list[dict[str, Any]]:
         """Process state joined with protocol state, one dict per launched peripheral."""
@@ -659,12 +673,15 @@ class PeripheralManager:
         rows = []
         for entry in self.entries.values() if entries is None else entries:
             record = self.record(entry)
-            rows.append({"name": entry.key, "registers_as": entry.spec.uuid or entry.spec.name, "state": entry.state(now),
-                         "pid": entry.process.pid if entry.alive else None, "restarts": entry.restarts,
-                         "uptime_s": round(now - entry.started_mono, 1) if entry.alive else None, "last_exit": entry.last_exit,
+            rows.append({"name": entry.key, "registers_as": entry.spec.uuid or entry.spec.name,
+                         "state": entry.state(now), "pid": entry.process.pid if entry.alive else None,
+                         "restarts": entry.restarts,
+                         "uptime_s": round(now - entry.started_mono, 1) if entry.alive else None,
+                         "last_exit": entry.last_exit,
                          "registered": self.registered(entry), "online": bool(record and record.get("online")),
                          "peripheral": record["name"] if record else None, "uuid": record["uuid"] if record else None,
-                         "not_registered": entry.flagged, "stdin": entry.spec.stdin, "command": shlex.join(entry.spec.command),
+                         "not_registered": entry.flagged, "stdin": entry.spec.stdin,
+                         "command": shlex.join(entry.spec.command),
                          "error": entry.spawn_error})
         return rows
 
@@ -673,12 +690,15 @@ class PeripheralManager:
         problems = []
         for entry in self.entries.values():
             if entry.failed:
-                problems.append(f"peripheral {entry.key} failed (crashed {len(entry.crash_times)} times within {entry.spec.flap_window:.0f}s)")
+                problems.append(f"peripheral {entry.key} failed "
+                                f"(crashed {len(entry.crash_times)} times within {entry.spec.flap_window:.0f}s)")
             elif entry.flagged:
-                problems.append(f"peripheral {entry.key} runs but has not registered within {entry.spec.start_timeout:.0f}s")
+                problems.append(f"peripheral {entry.key} runs but has not registered "
+                                f"within {entry.spec.start_timeout:.0f}s")
         return problems
 
     def beat(self) -> list[dict[str, Any]]:
         """The compact rows the supervisor's heartbeat carries (the gateway's /status and the UI read them)."""
-        keys = ("name", "state", "pid", "restarts", "uptime_s", "last_exit", "registered", "online", "peripheral", "not_registered")
+        keys = ("name", "state", "pid", "restarts", "uptime_s", "last_exit", "registered", "online",
+                "peripheral", "not_registered")
         return [{key: row[key] for key in keys} for row in self.describe()]

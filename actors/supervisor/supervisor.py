@@ -23,7 +23,8 @@ from typing import IO, Any
 
 import zmq
 
-from ..core.bus import LIVENESS_TOPICS, ActivityHandler, Heartbeater, beat_expiry, connect_publisher, connect_subscriber, parse_event
+from ..core.bus import (LIVENESS_TOPICS, ActivityHandler, Heartbeater, beat_expiry, connect_publisher,
+                        connect_subscriber, parse_event)
 from ..core.errors import BadArguments, ErrorCode
 from .peripherals import PeripheralManager
 from ..core.protocol import Activity, Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
@@ -35,7 +36,8 @@ from ..core.settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, POLL_INTERVAL_MS
 log = logging.getLogger("supervisor")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # actors/supervisor/ -> the checkout
-ACTOR_MODULES = {"broker": "broker", "state": "actors.state", "gateway": "actors.gateway", "scanner": "actors.scanner", "router": "actors.router", "ui": "actors.ui"}
+ACTOR_MODULES = {"broker": "broker", "state": "actors.state", "gateway": "actors.gateway", "scanner": "actors.scanner",
+                 "router": "actors.router", "ui": "actors.ui"}
 DEFAULT_ACTORS = ("broker", "state", "gateway", "router", "scanner")
 MAX_ROUTERS = 16
 DEFAULT_ROUTERS = 1
@@ -99,13 +101,15 @@ class Child:
 
     def describe(self, now: float) -> dict[str, Any]:
         age = None if self.last_heartbeat is None else round(now - self.last_heartbeat, 2)
-        return {"name": self.name, "kind": self.kind, "pid": self.pid if self.alive else None, "state": self.state(), "restarts": self.restarts,
-                "heartbeat_age_s": age, "ready": self.ready, "host": self.heartbeat.get("host"), "stats": self.heartbeat.get("stats", {})}
+        return {"name": self.name, "kind": self.kind, "pid": self.pid if self.alive else None, "state": self.state(),
+                "restarts": self.restarts, "heartbeat_age_s": age, "ready": self.ready,
+                "host": self.heartbeat.get("host"), "stats": self.heartbeat.get("stats", {})}
 
     def problem(self, now: float) -> str | None:
         """Why this child does not count as up (None when it does): the reason shown by a degraded status."""
         if self.failed:
-            return f"{self.name} failed (crashed {len(self.crash_times)} times within {FLAP_WINDOW_S:.0f}s; left stopped)"
+            return (f"{self.name} failed "
+                    f"(crashed {len(self.crash_times)} times within {FLAP_WINDOW_S:.0f}s; left stopped)")
         if not self.alive:
             wait = max(0.0, self.next_start - time.monotonic())
             return f"{self.name} down (restart in {wait:.1f}s)" if wait else f"{self.name} down (restarting)"
@@ -118,7 +122,7 @@ class Child:
 
 @dataclass
 class RemoteActor:
-    """An actor heard on the bus that another supervisor runs (a satellite board's router, or the main board's actors)."""
+    """An actor heard on the bus that another supervisor runs (a satellite's router, or the main board's actors)."""
 
     name: str
     host: str
@@ -157,7 +161,8 @@ def acquire_lock(config_dir: Path) -> IO[str]:
 class Supervisor:
     """Owns the child processes of one instance."""
 
-    def __init__(self, runtime: Runtime, actors: list[str], routers: int = 1, attach_ui: bool = False, name_suffix: str = "") -> None:
+    def __init__(self, runtime: Runtime, actors: list[str], routers: int = 1, attach_ui: bool = False,
+                 name_suffix: str = "") -> None:
         self.runtime = runtime
         self.children: list[Child] = []
         self.stopping = False
@@ -174,7 +179,8 @@ class Supervisor:
             Op.CONTROL_STOP.value: Handler(self._stop_requested),
             Op.CONTROL_ACTIVITY.value: Handler(lambda request: {"activity": list(self.activity)}),
             Op.CONTROL_SCALE.value: Handler(self._scale_requested),
-            Op.CONTROL_PERIPHERAL.value: Handler(lambda request: self.peripherals.control(request.args, request.req_id)),
+            Op.CONTROL_PERIPHERAL.value: Handler(
+                lambda request: self.peripherals.control(request.args, request.req_id)),
         }
         for kind in actors:
             if kind == "router":
@@ -188,9 +194,12 @@ class Supervisor:
     # ---- processes ---------------------------------------------------------------------
     def _spawn(self, child: Child) -> None:
         module = ACTOR_MODULES[child.kind]
-        cmd = [sys.executable, "-m", module, "--runtime", self.runtime.to_json(), "--parent-pid", str(os.getpid()), "--name", child.name]
-        stderr = None if self.runtime.console_log and not child.attached else open(self.runtime.log_dir / f"{child.name}.stderr", "ab")
-        child.process = subprocess.Popen(cmd, cwd=REPO_ROOT, start_new_session=not child.attached, stdin=None if child.attached else subprocess.DEVNULL, stderr=stderr)
+        cmd = [sys.executable, "-m", module, "--runtime", self.runtime.to_json(), "--parent-pid", str(os.getpid()),
+               "--name", child.name]
+        stderr_path = self.runtime.log_dir / f"{child.name}.stderr"
+        stderr = None if self.runtime.console_log and not child.attached else open(stderr_path, "ab")
+        child.process = subprocess.Popen(cmd, cwd=REPO_ROOT, start_new_session=not child.attached,
+                                         stdin=None if child.attached else subprocess.DEVNULL, stderr=stderr)
         if stderr is not None:
             stderr.close()
         child.started_at = time.time()
@@ -213,17 +222,19 @@ class Supervisor:
         flapping = len(child.crash_times) >= FLAP_LIMIT
         if flapping and self._may_give_up(child):
             child.failed = True
-            log.error("%s crashed %d times within %.0fs; left stopped (see logs/%s.log)", child.name, len(child.crash_times), FLAP_WINDOW_S, child.name)
+            log.error("%s crashed %d times within %.0fs; left stopped (see logs/%s.log)", child.name,
+                      len(child.crash_times), FLAP_WINDOW_S, child.name)
             return
         if len(child.crash_times) == FLAP_LIMIT:
-            log.error("%s crashed %d times within %.0fs; the system cannot work without it, so it is restarted every %.0fs at most "
-                      "(see logs/%s.log)", child.name, FLAP_LIMIT, FLAP_WINDOW_S, BACKOFF_MAX_S, child.name)
+            log.error("%s crashed %d times within %.0fs; the system cannot work without it, "
+                      "so it is restarted every %.0fs at most (see logs/%s.log)",
+                      child.name, FLAP_LIMIT, FLAP_WINDOW_S, BACKOFF_MAX_S, child.name)
         delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(len(child.crash_times) - 1, MAX_BACKOFF_DOUBLINGS))
         child.next_start = time.monotonic() + delay
         log.warning("%s exited with code %s after %.1fs; restarting in %.1fs", child.name, code, ran_for, delay)
 
     def _may_give_up(self, child: Child) -> bool:
-        """Only actors the system can run without may be left stopped: never an essential one, never the last live router."""
+        """Only actors the system can do without may be left stopped: no essential one, nor the last live router."""
         if child.kind in ESSENTIAL_KINDS:
             return False
         if child.kind == "router":
@@ -272,7 +283,7 @@ class Supervisor:
 
     # ---- control ---------------------------------------------------------------------
     def health(self, now: float) -> tuple[str, list[str]]:
-        """("ready" | "degraded" | "starting", reasons): ready only when every actor is up and the gateway holds its ports."""
+        """("ready" | "degraded" | "starting", reasons): ready once all actors are up and the gateway has its ports."""
         reasons = [p for c in self.children if not c.attached and (p := c.problem(now)) is not None]
         reasons += self._gateway_problems(now)
         reasons += self.peripherals.health_problems()
@@ -294,8 +305,9 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         now = time.time()
         health, reasons = self.health(now)
-        return {"pid": os.getpid(), "config_dir": str(self.runtime.config_dir), "uptime_s": round(now - self.started_at, 1),
-                "ready": self.ready_after_s is not None, "ready_after_s": self.ready_after_s, "health": health, "reasons": reasons,
+        return {"pid": os.getpid(), "config_dir": str(self.runtime.config_dir),
+                "uptime_s": round(now - self.started_at, 1), "ready": self.ready_after_s is not None,
+                "ready_after_s": self.ready_after_s, "health": health, "reasons": reasons,
                 "children": [c.describe(now) for c in self.children],
                 "remote": [r.describe(now) for r in sorted(self.remote.values(), key=lambda r: r.name)],
                 "peripherals": self.peripherals.describe(), "launch_problems": list(self.peripherals.problems)}
@@ -345,7 +357,8 @@ class Supervisor:
         except ProtocolError:
             return
         if isinstance(message, Activity):
-            self.activity.append({"ts": message.ts, "actor": message.actor, "level": message.level, "text": message.text})
+            self.activity.append({"ts": message.ts, "actor": message.actor, "level": message.level,
+                                  "text": message.text})
         elif isinstance(message, Heartbeat):
             self._on_heartbeat(message)
 
@@ -362,7 +375,8 @@ class Supervisor:
                     child.expiry_s = beat_expiry(message)
         if not own and message.actor != f"supervisor{self.name_suffix}":
             self._heard_remote(message, now)
-        if self.ready_after_s is None and all(c.last_heartbeat for c in self.children if not c.failed and not c.attached):
+        if self.ready_after_s is None and all(c.last_heartbeat for c in self.children
+                                              if not c.failed and not c.attached):
             self.ready_after_s = round(now - self.started_at, 3)
             log.info("orchestrator ready in %.0f ms (%d processes)", self.ready_after_s * 1000, len(self.children))
 
@@ -371,7 +385,8 @@ class Supervisor:
         known = self.remote.get(beat.actor)
         if known is None or not known.live(now) or known.pid != beat.pid:
             log.info("%s on %s joined (pid %d)", beat.actor, beat.host, beat.pid)
-        self.remote[beat.actor] = RemoteActor(beat.actor, beat.host, beat.pid, now, beat.stats, expiry_s=beat_expiry(beat))
+        self.remote[beat.actor] = RemoteActor(beat.actor, beat.host, beat.pid, now, beat.stats,
+                                              expiry_s=beat_expiry(beat))
 
     def _expire_remote(self) -> None:
         """Report remote actors that fell silent (their board is gone or cut off); forget them later."""
@@ -393,14 +408,16 @@ class Supervisor:
             if child.process is None and not child.failed:
                 due.append(child.next_start - mono)
             elif child.alive and not child.attached:
-                last = child.last_heartbeat if child.last_heartbeat and child.last_heartbeat >= child.started_at else None
+                beat_since_start = child.last_heartbeat and child.last_heartbeat >= child.started_at
+                last = child.last_heartbeat if beat_since_start else None
                 due.append((child.started_at + STARTUP_GRACE_S if last is None else last + HANG_TIMEOUT_S) - now)
-        due += [actor.last_heartbeat + actor.expiry_s - now for actor in self.remote.values() if not actor.reported_lost]
+        due += [actor.last_heartbeat + actor.expiry_s - now
+                for actor in self.remote.values() if not actor.reported_lost]
         if not self._peripherals_may_start():
             due.append(self.started_at + STARTUP_GRACE_S - now)
         else:
             due.append(self.peripherals.next_file_check - mono)
-            if self.peripherals.entries:  # the robot's programs: restarts, stop deadlines, registrations, checked each pass
+            if self.peripherals.entries:  # the robot's programs: restarts, stop deadlines, registrations, each pass
                 due.append(PERIPHERALS_TICK_S)
         return max(0.0, min(due))
 
@@ -443,7 +460,8 @@ class Supervisor:
         launch_file_watch = self.peripherals.file_watch.fileno()
         if launch_file_watch is not None:
             poller.register(launch_file_watch, zmq.POLLIN)
-        log.info("supervisor %d starting %s on %s", os.getpid(), ", ".join(c.name for c in self.children), self.runtime.config_dir)
+        log.info("supervisor %d starting %s on %s", os.getpid(), ", ".join(c.name for c in self.children),
+                 self.runtime.config_dir)
         try:
             for child in self.children:
                 self._spawn(child)
@@ -479,7 +497,7 @@ class Supervisor:
         return 0
 
     def _wake_on_signals(self) -> int:
-        """A pipe the interpreter writes to on every signal: a child's exit (SIGCHLD) or a stop wakes the loop at once."""
+        """A pipe the interpreter writes to on each signal: a child's exit (SIGCHLD) or a stop wakes the loop now."""
         read_end, write_end = os.pipe()
         for end in (read_end, write_end):
             os.set_blocking(end, False)

@@ -297,7 +297,8 @@ def unjoined_rows(launched: Sequence[dict[str, Any]], joined: set[str], name_w: 
     for row in launched:
         if row.get("peripheral") in joined:
             continue
-        text = columns([(f"{row.get('name', '?')} {process_label(row)}", name_w, "<"), ("-", PORT_W, ">"), ("launch", STATUS_W, "<"), ("", AGE_W, ">")])
+        text = columns([(f"{row.get('name', '?')} {process_label(row)}", name_w, "<"), ("-", PORT_W, ">"),
+                        ("launch", STATUS_W, "<"), ("", AGE_W, ">")])
         bad = row.get("state") == "failed" or row.get("not_registered")
         rows.append(Line(fit(text, width), Style.ALERT if bad else Style.DIM, colour_index(str(row.get("name", "")))))
     return rows
@@ -323,8 +324,12 @@ def peripheral_rows(peripherals: Sequence[dict[str, Any]], width: int, now: floa
     return header, rows
 
 
-def route_rows(routes: Sequence[dict[str, Any]], names: dict[str, str], width: int, now: float) -> tuple[str, list[Line]]:
-    """Header text and rows: name, from → to (peripheral names), last used, messages, rate; LOST once any route lost payloads."""
+def route_rows(routes: Sequence[dict[str, Any]], names: dict[str, str], width: int,
+               now: float) -> tuple[str, list[Line]]:
+    """Header text and rows: name, from → to (peripheral names), last used, messages, rate.
+
+    LOST once any route lost payloads.
+    """
     lossy = any(r.get("dropped") for r in routes)
     lost_w = COUNT_W + 1 if lossy else 0
     flexible = max(2, width - (AGE_W + COUNT_W + RATE_W + 4 + lost_w))
@@ -341,8 +346,8 @@ def route_rows(routes: Sequence[dict[str, Any]], names: dict[str, str], width: i
         rows.append(Line(fit(text, width), Style.ALERT if r.get("dropped") else Style.NORMAL))
     legend = f" ({RULE_MARKER} rules)" if any(has_rules(r) for r in routes) else ""
     lost_header = [("LOST", COUNT_W, ">")] if lossy else []
-    header = columns([(f"ROUTES {len(routes)}{legend}", name_w, "<"), (f"FROM {ARROW} TO", path_w, "<"), ("LAST USED", AGE_W, ">"),
-                      ("MESSAGES", COUNT_W, ">"), *lost_header, ("RATE", RATE_W, ">")])
+    header = columns([(f"ROUTES {len(routes)}{legend}", name_w, "<"), (f"FROM {ARROW} TO", path_w, "<"),
+                      ("LAST USED", AGE_W, ">"), ("MESSAGES", COUNT_W, ">"), *lost_header, ("RATE", RATE_W, ">")])
     return header, rows
 
 
@@ -351,7 +356,7 @@ def has_rules(route: dict[str, Any]) -> bool:
 
 
 def end_label(names: dict[str, str], uuid: Any, port: Any) -> str:
-    """A route end by its peripheral's name; one no peripheral has works from the route's own port, as in the original."""
+    """A route end by its peripheral's name; one no peripheral has works from the route's own port (as the original)."""
     if uuid in names:
         return names[uuid]
     return f"{str(uuid or '?')[:8]}:{port} {BY_PORT_MARKER}"
@@ -395,12 +400,14 @@ def status_line(model: Model, width: int) -> Line:
     """Which actors are alive and their key counters, or why nothing is shown."""
     if not model.connected:
         if model.ever_connected or model.silent_for_s >= model.alive_within_s:
-            return Line(fit(f"orchestrator not reachable — reconnecting ({age(model.silent_for_s).replace(' ago', '')} silent)", width), Style.ALERT)
+            silent = age(model.silent_for_s).replace(" ago", "")
+            return Line(fit(f"orchestrator not reachable — reconnecting ({silent} silent)", width), Style.ALERT)
         return Line(fit("connecting to orchestrator…", width), Style.DIM)
     notice = next((a.stats["config_notice"] for a in model.actors.values() if a.stats.get("config_notice")), "")
     if notice:  # e.g. ports on loopback only after an unreadable orch.cf: more important than the counters
         return Line(fit(f"WARNING: {notice}", width), Style.ALERT)
-    alive = sorted((a for a in model.actors.values() if model.now_mono - a.last_beat <= a.expiry_s), key=lambda a: a.name)
+    alive = sorted((a for a in model.actors.values() if model.now_mono - a.last_beat <= a.expiry_s),
+                   key=lambda a: a.name)
     parts = [f"actors {len(alive)}: {actors_by_host(alive)}"]
     delivered = [a.stats.get("delivered") for a in model.actors.values() if a.name.startswith("router")]
     numbers = [d for d in delivered if isinstance(d, int) and not isinstance(d, bool)]
@@ -416,9 +423,13 @@ def status_line(model: Model, width: int) -> Line:
 
 
 def degraded_reasons(model: Model) -> str | None:
-    """"degraded: <why>" while the (live) supervisor says an actor is down, backing off or failed, or a port is held; else None."""
+    """"degraded: <why>" while the (live) supervisor says an actor is down, backing off or failed, or a port is held.
+
+    Else None.
+    """
     supervisor = model.actors.get("supervisor")
-    if supervisor is None or model.now_mono - supervisor.last_beat > supervisor.expiry_s or supervisor.stats.get("health") != "degraded":
+    if (supervisor is None or model.now_mono - supervisor.last_beat > supervisor.expiry_s
+            or supervisor.stats.get("health") != "degraded"):
         return None
     reasons = supervisor.stats.get("reasons")
     listed = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) and reasons else "see launch.py status"
@@ -432,7 +443,8 @@ def actors_by_host(alive: list[ActorStatus]) -> str:
         hosts.setdefault(actor.host, []).append(actor.name)
     if len(hosts) <= 1:
         return " ".join(a.name for a in alive)
-    return "; ".join(f"{' '.join(names)} on {host or '?'}" for host, names in sorted(hosts.items(), key=lambda item: -len(item[1])))
+    largest_first = sorted(hosts.items(), key=lambda item: -len(item[1]))
+    return "; ".join(f"{' '.join(names)} on {host or '?'}" for host, names in largest_first)
 
 
 def overview(model: Model, width: int, height: int, scroll: Scroll = Scroll(), footer: str | None = None) -> Frame:
@@ -500,7 +512,8 @@ def text_screen(title: str, text: str, offset: int, width: int, height: int, hin
         wrapped.extend(textwrap.wrap(raw, max(1, width - 2), replace_whitespace=False, drop_whitespace=False) or [""])
     visible = max(1, height - 3)
     offset = clamp_offset(offset, len(wrapped), visible)
-    position = f" {offset + 1}-{min(len(wrapped), offset + visible)} of {len(wrapped)}" if len(wrapped) > visible else ""
+    last = min(len(wrapped), offset + visible)
+    position = f" {offset + 1}-{last} of {len(wrapped)}" if len(wrapped) > visible else ""
     lines = [Line(fit(f" {title}{position}", width, pad=True), Style.TITLE), Line("")]
     lines.extend(Line(fit(f" {row}", width)) for row in wrapped[offset:offset + visible])
     lines.extend([Line("")] * (height - 1 - len(lines)))
@@ -509,10 +522,13 @@ def text_screen(title: str, text: str, offset: int, width: int, height: int, hin
 
 
 def clean_lines(text: str) -> list[str]:
-    return [clean(row.replace("\t", "    ")) for row in str(text).rstrip("\n").split("\n")] if text else ["(empty reply)"]
+    if not text:
+        return ["(empty reply)"]
+    return [clean(row.replace("\t", "    ")) for row in str(text).rstrip("\n").split("\n")]
 
 
-def prompt_screen(title: str, prompt: str, buffer: str, width: int, height: int, hint: str, notes: Sequence[str] = ()) -> list[Line]:
+def prompt_screen(title: str, prompt: str, buffer: str, width: int, height: int, hint: str,
+                  notes: Sequence[str] = ()) -> list[Line]:
     """A one-line text entry (the end of a long entry stays visible), with optional help lines below it."""
     if width < MIN_WIDTH or height < MIN_HEIGHT:
         return too_small(width, height)
