@@ -79,6 +79,37 @@ after = ["good", "ghost", "dep"]
     assert "'ghost'" in joined and "'dep'" in joined
 
 
+def test_an_after_cycle_is_reported_and_broken_so_every_entry_still_starts() -> None:
+    text = """
+[peripherals.asr]
+command = "x"
+after = ["tts"]
+[peripherals.llm]
+command = "x"
+after = ["asr"]
+[peripherals.tts]
+command = "x"
+after = ["llm"]
+[peripherals.input]
+command = "x"
+after = ["asr"]
+"""
+    launch = parse_launch_text(text, CONFIG)
+    assert set(launch.peripherals) == {"asr", "llm", "tts", "input"}
+    cycles = [p for p in launch.problems if "cycle" in p]
+    assert len(cycles) == 1 and "asr -> tts -> llm -> asr" in cycles[0], launch.problems
+    assert launch.peripherals["llm"].after == (), "the edge that closed the cycle is ignored"
+    assert (launch.peripherals["asr"].after, launch.peripherals["tts"].after) == (("tts",), ("llm",))
+    assert launch.peripherals["input"].after == ("asr",), "entries outside the cycle keep their order"
+
+
+def test_a_long_after_chain_is_no_problem() -> None:
+    entries = "".join(f'[peripherals.p{i}]\ncommand = "x"\nafter = ["p{i + 1}"]\n' for i in range(3000))
+    launch = parse_launch_text(entries + '[peripherals.p3000]\ncommand = "x"\nafter = ["p0"]\n', CONFIG)
+    assert len(launch.peripherals) == 3001
+    assert sum("cycle" in p for p in launch.problems) == 1
+
+
 def test_not_toml_and_missing_file(tmp_path: Path) -> None:
     assert read_launch_file(tmp_path) is None
     (tmp_path / "peripherals.toml").write_text("[peripherals.x\ncommand=")

@@ -114,6 +114,7 @@ def parse_launch_text(text: str, config_dir: Path) -> LaunchFile:
         except LaunchEntryError as exc:
             result.problems.append(f"peripherals.{key}: {exc}; skipped")
     drop_unknown_dependencies(result)
+    break_dependency_cycles(result)
     return result
 
 
@@ -125,6 +126,34 @@ def drop_unknown_dependencies(result: LaunchFile) -> None:
             named = ", ".join(map(repr, unknown))
             result.problems.append(f"peripherals.{key}: after names {named}, not another entry; ignored")
             result.peripherals[key] = replace(spec, after=tuple(d for d in spec.after if d not in unknown))
+
+
+def break_dependency_cycles(result: LaunchFile) -> None:
+    """An ``after`` that closes a cycle (a after b, b after a) would leave its entries waiting for each other
+    until start_timeout on every start: the edge that closes it is reported, with the cycle, and ignored.
+    (A depth-first walk with its own stack: a long chain in a hand-written file must not hit the recursion limit.)"""
+    done: set[str] = set()
+    for root in list(result.peripherals):
+        if root in done:
+            continue
+        path: list[str] = [root]
+        todo: list[list[str]] = [list(result.peripherals[root].after)]
+        while path:
+            key = path[-1]
+            if not todo[-1]:
+                done.add(key)
+                path.pop()
+                todo.pop()
+                continue
+            dependency = todo[-1].pop(0)
+            if dependency in path:
+                cycle = " -> ".join([*path[path.index(dependency):], dependency])
+                result.problems.append(f"peripherals.{key}: after {dependency!r} closes a cycle ({cycle}); ignored")
+                spec = result.peripherals[key]
+                result.peripherals[key] = replace(spec, after=tuple(d for d in spec.after if d != dependency))
+            elif dependency not in done:
+                path.append(dependency)
+                todo.append(list(result.peripherals[dependency].after))
 
 
 def parse_entry(key: str, entry: Any, config_dir: Path) -> PeripheralSpec:
