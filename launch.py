@@ -50,7 +50,7 @@ def add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--bus", default=default(None), metavar="tcp://HOST:PORT",
                         help="serve the bus on six tcp ports from PORT on HOST (an address of this machine) "
-                             "so other boards can --join; CurveZMQ keys are required off loopback")
+                             "so other boards can --join; CurveZMQ keys are required on tcp")
     parser.add_argument("--join", default=default(None), metavar="tcp://HOST:PORT",
                         help="run a satellite: only the --only actors (default: router), "
                              "connected to the main instance's --bus")

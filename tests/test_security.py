@@ -1,4 +1,4 @@
-"""Bus exposure rules: CURVE only where an endpoint leaves the machine; keys owner-only."""
+"""Bus exposure rules: CURVE on every tcp endpoint (loopback too), none on owner-only ipc; keys owner-only."""
 import stat
 
 import pytest
@@ -7,11 +7,11 @@ from actors.core.security import ensure_keys, needs_curve
 
 
 @pytest.mark.parametrize("endpoint, expected", [
-    ("ipc:///tmp/x.ipc", False), ("tcp://127.0.0.1:7000", False), ("tcp://localhost:7000", False), ("tcp://[::1]:7000", False),
-    ("tcp://127.8.9.1:7000", False), ("tcp://10.20.0.1:7000", True), ("tcp://0.0.0.0:7000", True), ("tcp://*:7000", True),
+    ("ipc:///tmp/x.ipc", False), ("tcp://127.0.0.1:7000", True), ("tcp://localhost:7000", True), ("tcp://[::1]:7000", True),
+    ("tcp://127.8.9.1:7000", True), ("tcp://10.20.0.1:7000", True), ("tcp://0.0.0.0:7000", True), ("tcp://*:7000", True),
     ("tcp://jetson.local:7000", True),
 ])
-def test_curve_is_required_exactly_for_exposed_tcp_endpoints(endpoint, expected):
+def test_curve_is_required_for_every_tcp_endpoint(endpoint, expected):
     assert needs_curve(endpoint) is expected
 
 

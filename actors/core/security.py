@@ -1,7 +1,7 @@
-"""CurveZMQ for bus endpoints that leave the machine.
+"""CurveZMQ for bus endpoints that other users or machines can reach.
 
-ipc and loopback tcp endpoints stay plain (the run folder is owner-only). Any other tcp
-endpoint requires CURVE: one server key pair (broker, gateway data socket, supervisor
+ipc endpoints stay plain: they live in the owner-only run folder. Every tcp endpoint, loopback
+included (any local user can connect to 127.0.0.1), requires CURVE: one server key pair (broker, gateway data socket, supervisor
 control) and one client key pair, generated on first use into ``<config>/keys`` with
 owner-only permissions. A server accepts only clients whose public key lies in
 ``<config>/keys/authorized/``. A satellite board (``launch.py --join``) needs copies of
@@ -10,12 +10,10 @@ README "Several boards".
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import shutil
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from typing import TYPE_CHECKING
 
@@ -29,20 +27,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUTHORIZED_DIR_NAME = "authorized"
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
 def needs_curve(endpoint: str) -> bool:
-    """True for tcp endpoints on a non-loopback address."""
-    if not endpoint.startswith("tcp://"):
-        return False
-    host = urlsplit(endpoint).hostname or ""
-    if host in LOCAL_HOSTS:
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True  # a name or a wildcard: treat as exposed
+    """True for every tcp endpoint: a loopback port is open to every user of the machine, an ipc socket in
+    the owner-only run folder is not."""
+    return endpoint.startswith("tcp://")
 
 
 def ensure_keys(keys_dir: Path) -> None:
