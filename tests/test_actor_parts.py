@@ -16,7 +16,9 @@ from hypothesis import given, settings, strategies as st
 
 from actors.core.errors import Unavailable
 from actors.core.protocol import DataAck, Op, decode_as
+from actors.core.refusals import RefusalLog
 from actors.core.replica import StateReplica
+from actors.gateway.admission import Admission
 from actors.gateway.connection import HOLD_BACKPRESSURE
 from actors.gateway.ingress import ACTIVITY_REPORT_INTERVAL_S, Ingress
 from actors.gateway.listeners import Listeners
@@ -51,7 +53,7 @@ def test_acks_never_cover_an_unsettled_batch_whatever_the_order(sizes: list[int]
     acks = Acks()
     batches = _chunks("src", sizes)
     for tracker, _ in batches:
-        assert not acks.track(tracker)
+        assert acks.book.add(tracker) is None
     chunks = [chunk for _, pair in batches for chunk in pair]
     order.shuffle(chunks)
     settled: set[int] = set()
@@ -85,7 +87,7 @@ def test_ack_sender_coalesces_per_stream_and_stops_at_a_slow_send() -> None:
         acks = Acks()
         for source, epoch in (("a", "e1"), ("a", "e2"), ("b", "e1")):
             for tracker, pair in _chunks(source, [3, 3, 3], epoch):
-                acks.track(tracker)
+                acks.book.add(tracker)
                 for chunk in pair:
                     acks.chunk_done(chunk)
         sender = asyncio.create_task(acks.run(send))
@@ -94,8 +96,7 @@ def test_ack_sender_coalesces_per_stream_and_stops_at_a_slow_send() -> None:
         assert sorted((a.source, a.epoch, a.seq) for a in _sent_acks(sent)) == [("a", "e1", 8), ("a", "e2", 8),
                                                                               ("b", "e1", 8)]
         assert acks.sent == 3 and not acks.due
-        tracker = BatchTracker("c", 0, pending=0, epoch="e1")
-        assert acks.track(tracker)  # nothing to deliver: due at once
+        acks.ack(("c", "e1"), 0)
         with pytest.raises(asyncio.TimeoutError):
             await acks.send_final(never, 0.05)
 
@@ -285,3 +286,21 @@ def test_listeners_retry_a_port_held_elsewhere_until_it_is_freed() -> None:
         asyncio.run(scenario())
     finally:
         squatter.close()
+
+
+# ---- gateway: admission ------------------------------------------------------------------
+
+def test_admission_refuses_outside_allowed_clients_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A client outside allowed_clients gets a closing error each time; counted every time, logged once a minute."""
+    counters = {"refused_clients": 0, "connections_refused": 0, "connections_refused_per_address": 0}
+    admission = Admission(counters, RefusalLog())
+    admission.configure({"allowed_clients": ["127.0.0.1"], "admin_clients": ["127.0.0.1"]})
+    with caplog.at_level(logging.WARNING, logger="actors.gateway.admission"):
+        for _ in range(3):
+            peer, refusal = admission.admit("127.0.0.2", 40000, "127.0.0.1")
+            assert refusal is not None and refusal.close and not peer.admin
+    assert counters["refused_clients"] == 3
+    assert len([r for r in caplog.records if "not in allowed_clients" in r.getMessage()]) == 1
+    peer, refusal = admission.admit("127.0.0.1", 40001, "127.0.0.1")
+    assert refusal is None and peer.admin
+    admission.release_slot(peer)

@@ -14,6 +14,8 @@ import zmq.asyncio
 
 from ..core.bus import beat_expiry
 from ..core.errors import ErrorCode
+from ..core.security import secure_server
+from ..core.settings import Endpoints
 from ..core.protocol import DataAck, Heartbeat, Op, ProtocolError, Request, decode, encode
 from ..core.protocol import Reply as BusReply
 from .commands import Peer
@@ -21,9 +23,24 @@ from .dataplane import DataPlane
 
 log = logging.getLogger(__name__)
 
+DATA_HWM = 100_000
 BUS_COMMAND_HOST = "127.0.0.1"  # who a bus command (launch.py ctl, the UI) is from when its transport has no address
 
 RunLines = Callable[[str, Peer], Awaitable[tuple[str, bool]]]
+
+
+def bind_data_socket(actx: zmq.asyncio.Context, endpoints: Endpoints) -> zmq.asyncio.Socket:
+    """The ROUTER the routers connect to (and command clients): never blocks, a restarted router takes over."""
+    sock = actx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted router takes its name over at once
+    sock.setsockopt(zmq.SNDHWM, DATA_HWM)
+    sock.setsockopt(zmq.RCVHWM, DATA_HWM)
+    secure_server(sock, endpoints.data, endpoints.keys_dir)
+    sock.bind(endpoints.data)
+    log.info("gateway data plane bound on %s", endpoints.data)
+    return sock
 
 
 class DataLink:

@@ -28,14 +28,14 @@ from ..core.refusals import RefusalLog
 from ..core.replica import StateReplica
 from ..core.requests import AsyncRequestClient
 from ..core.runner import StopFlag, run_actor
-from ..core.security import secure_server, start_authenticator
+from ..core.security import start_authenticator
 from ..core.settings import HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, Runtime, tunable
 from ..core.tasks import Supervised
 from .admission import Admission
 from .answers import Answers
 from .commands import build_registry, error
 from .connection import Connection, Limits
-from .datalink import DataLink
+from .datalink import DataLink, bind_data_socket
 from .dataplane import DataPlane, FlowLimits
 from .ingress import Ingress, send_to_router
 from .listeners import Listeners, bind_host
@@ -44,7 +44,6 @@ from .taps import Taps
 
 log = logging.getLogger(__name__)
 
-DATA_HWM = 100_000
 SETTLE_TIMEOUT_S = HEARTBEAT_INTERVAL_S
 RETRY_S = POLL_INTERVAL_MS / 1000  # while a source waits for a router (none live, or busy): how often it is retried
 COUNTERS = ("connections_total", "connections_refused", "lines_in", "bytes_in", "payloads_in", "commands",
@@ -90,6 +89,7 @@ class Gateway:
         self.listeners = Listeners(lambda role: Connection(self, role))
         self.taps = Taps(lambda: connect_subscriber(self.actx, self.runtime.endpoints, ()), stop)
         self.figures = StatusFigures(self.replica, self.heartbeats, self.heard_at, self.stats, self.auth_guard)
+        self.status = self.figures.status  # CommandContext
         # Host: what a connection calls, bound once to the part that answers it.
         self.answer, self.handler_failed = self.answers.answer, self.answers.handler_failed
         self.admit, self.release_slot = self.admission.admit, self.admission.release_slot
@@ -111,7 +111,7 @@ class Gateway:
         self.stop.on_set(lambda: loop.call_soon_threadsafe(self.wake.set))
         endpoints = self.runtime.endpoints
         self.auth = start_authenticator(zmq.Context.shadow(self.actx.underlying), [endpoints.data], endpoints.keys_dir)
-        self.data = self._bind_data_socket()
+        self.data = bind_data_socket(self.actx, endpoints)
         self.plane.send = functools.partial(send_to_router, self.data)
         self.link = DataLink(self.data, self.plane, self.counters, self.answers.run_lines)
         self.state = AsyncRequestClient(self.actx, endpoints.state_front, endpoints.keys_dir)
@@ -131,18 +131,6 @@ class Gateway:
                 self._tick()
         finally:
             await self._shutdown()
-
-    def _bind_data_socket(self) -> zmq.asyncio.Socket:
-        sock = self.actx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted router takes its name over at once
-        sock.setsockopt(zmq.SNDHWM, DATA_HWM)
-        sock.setsockopt(zmq.RCVHWM, DATA_HWM)
-        secure_server(sock, self.runtime.endpoints.data, self.runtime.endpoints.keys_dir)
-        sock.bind(self.runtime.endpoints.data)
-        log.info("gateway data plane bound on %s", self.runtime.endpoints.data)
-        return sock
 
     async def _startup(self) -> None:
         """Get a snapshot (waiting for the state keeper as long as it takes), then open the listeners."""
@@ -282,10 +270,6 @@ class Gateway:
                 await asyncio.wait_for(self.replica_changed.wait(), left)  # set by every update applied, no polling
             except asyncio.TimeoutError:
                 return
-
-    def status(self) -> dict[str, Any]:
-        """CommandContext: the /status figures."""
-        return self.figures.status()
 
     def stats(self) -> dict[str, Any]:
         """Heartbeat stats: real counters for /status and the UI."""

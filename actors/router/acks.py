@@ -71,14 +71,6 @@ class Acks:
         self.ready = asyncio.Event()
         self.sent = 0
 
-    def track(self, tracker: BatchTracker) -> bool:
-        """A new batch; True when it is settled at once (nothing to deliver), its ack already due."""
-        seq = self.book.add(tracker)
-        if seq is None:
-            return False
-        self.ack(tracker.stream, seq)
-        return True
-
     def chunk_done(self, chunk: Chunk) -> None:
         """Settle chunk once (delivered, dropped or parked); ack when its batch and every earlier one are settled."""
         if chunk.settled:

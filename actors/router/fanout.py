@@ -105,11 +105,14 @@ class Fanout:
             taps.publish(TAP_PERIPHERAL, batch.source, batch, payloads)
         tracker = BatchTracker(batch.source, batch.seq + len(payloads) - 1, pending=len(routes) if payloads else 0,
                                epoch=batch.epoch)
-        if self.acks.track(tracker):
+        acks = self.acks
+        seq = acks.book.add(tracker)  # the book itself: no extra call per batch on the hot path
+        if seq is not None:
+            acks.ack(tracker.stream, seq)
             return
         nbytes = framed_size(payloads)
         trace = self._sample(batch) if taps.tracing else None
-        sinks, by_key, settle = self.sinks, self.sinks.sinks, self.acks.chunk_done
+        sinks, by_key, settle = self.sinks, self.sinks.sinks, acks.chunk_done
         for route, sink_key, rules in routes:
             chunk = (Chunk(route, payloads, nbytes, tracker) if rules is None
                      else self._ruled_chunk(route, rules, batch, tracker))

@@ -1,25 +1,15 @@
 """A data router: takes DataBatches from the gateway, fans each payload out to every route of its source.
 
-Data plane (docs/architecture.md §5): a DEALER with identity ``name`` connected
-to the gateway's ROUTER on ``endpoints.data``; heartbeats on it (each IDLE_HEARTBEAT_INTERVAL_S on one board,
-HEARTBEAT_INTERVAL_S across boards) so
-the gateway counts us live; ``[encoded DataBatch]`` in, ``[encoded DataAck]`` out once every
-chunk of the batch (and of every earlier batch of that source) is settled: delivered, dropped,
-or parked. Delivery itself is in ``sinks.py``: a bounded queue and a worker thread per sink.
+Data plane (docs/architecture.md §5): a DEALER with identity ``name`` connected to the gateway's ROUTER on
+``endpoints.data``; heartbeats on it (each IDLE_HEARTBEAT_INTERVAL_S on one board, HEARTBEAT_INTERVAL_S across
+boards) so the gateway counts us live; ``[encoded DataBatch]`` in, ``[encoded DataAck]`` out once every chunk of
+the batch (and of every earlier batch of that source) is settled: delivered, dropped, or parked.
 
-Isolation: a sink that is down, or whose oldest payload waited longer than ``router_stall_s``, is
-*parked*: its queued chunks, and every chunk queued for it until it caught up, are settled at
-once, so the gateway's per-source window never waits for it and every other route of the
-same sources keeps its pace. Only a parked sink's payloads lose the resend-after-router-crash
-guarantee; its queue stays bounded by count, bytes and age, and what it loses is counted per
-route (usage ``dropped``) with one activity line when the episode starts and one when it ends.
-
-Bookkeeping stays off the payload path: usage counters go to the state keeper at most once per
-USAGE_FLUSH_INTERVAL_S; no file, log line or round trip per payload.
-
-Taps (introspection): an XPUB connected to the bus learns which ``tap_topic(...)`` someone
-subscribed to; only those routes/sources are published, as ``Tap`` messages, dropped when
-the bus is full, so a watcher never slows routing.
+This class is the lifecycle and the wiring of its parts, each given what it uses:
+``fanout`` (each batch to the queue of every route's sink), ``sinkset`` (the sinks, their trouble episodes and
+parking: a sink that falls behind never holds back the others), ``sinks`` (a bounded queue and a worker thread
+per sink), ``acks`` (coalesced acks), ``usage`` (per-route counters to the state keeper at most once per
+USAGE_FLUSH_INTERVAL_S) and ``taps`` (payloads published only while someone watches).
 """
 from __future__ import annotations
 
