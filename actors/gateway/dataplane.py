@@ -53,7 +53,8 @@ class RouterGone(Exception):
 def rendezvous(source: str, routers: list[bytes]) -> bytes:
     """The router with the highest hash of (source, router): stable while that router lives."""
     key = source.encode("utf-8") + b"\0"
-    return max(routers, key=lambda router: (zlib.crc32(key + router), router))  # zlib, not hashlib: OpenSSL costs 4 MB per process
+    # zlib, not hashlib: OpenSSL costs 4 MB per process.
+    return max(routers, key=lambda router: (zlib.crc32(key + router), router))
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ class RouterInfo:
     pid: int | None = None
     host: str | None = None
     fd: int | None = None
-    expiry_s: float = HEARTBEAT_EXPIRY_S  # what its last beat said (longer on one board, where a death drops the connection)
+    # What its last beat said (longer on one board, where a death drops the connection).
+    expiry_s: float = HEARTBEAT_EXPIRY_S
 
 
 @dataclass
@@ -141,7 +143,8 @@ class DataPlane:
         self.counters = {"batches_sent": 0, "payloads_sent": 0, "payloads_acked": 0, "dropped_buffer_full": 0,
                          "forced_switches": 0, "router_switches": 0, "routers_lost": 0, "routers_restarted": 0,
                          "batches_resent": 0, "payloads_resent": 0, "pause_episodes": 0, "stale_acks": 0}
-        self.epoch = uuid.uuid4().hex[:12]  # numbers this process's batches: an ack for a previous gateway is told apart
+        # Numbers this process's batches: an ack for a previous gateway is told apart.
+        self.epoch = uuid.uuid4().hex[:12]
 
     # ---- routers ---------------------------------------------------------------------
     def heard(self, identity: bytes, pid: int | None = None, host: str | None = None, fd: int | None = None,
@@ -149,7 +152,8 @@ class DataPlane:
         """A router heartbeat; returns True when it (or a new process under its name) joined just now."""
         now = self.clock()
         info = self.routers.get(identity)
-        if info is not None and self._is_live(info, now) and pid is not None and info.pid is not None and (pid, host) != (info.pid, info.host):
+        if (info is not None and self._is_live(info, now) and pid is not None and info.pid is not None
+                and (pid, host) != (info.pid, info.host)):
             self.counters["routers_restarted"] += 1
             self.lost(identity, "restarted under the same name")
             info = None
@@ -160,7 +164,8 @@ class DataPlane:
             self._remember_fd(identity, info, fd)
             return False
         self.incarnations += 1
-        info = self.routers[identity] = RouterInfo(Incarnation(identity, self.incarnations), now, pid, host, expiry_s=expiry_s)
+        info = self.routers[identity] = RouterInfo(Incarnation(identity, self.incarnations), now, pid, host,
+                                                   expiry_s=expiry_s)
         self._remember_fd(identity, info, fd)
         self.flush()
         return True
@@ -306,7 +311,8 @@ class DataPlane:
             if room <= 0 or (state.unacked and state.unacked_bytes >= limits.window_bytes):
                 return
             chunk = [state.pending.popleft() for _ in range(room)]
-            body = encode(DataBatch(source=source, seq=state.next_seq, payloads=chunk, received_at=time.time(), epoch=self.epoch))
+            body = encode(DataBatch(source=source, seq=state.next_seq, payloads=chunk, received_at=time.time(),
+                                    epoch=self.epoch))
             if not self._transmit(target, body):
                 state.pending.extendleft(reversed(chunk))
                 return
@@ -367,7 +373,8 @@ class DataPlane:
                 return current if state.delivered < len(state.unacked) else None  # finish owed batches, hold new ones
             self.counters["forced_switches"] += 1
             log.warning("source %s: router %s did not acknowledge within %.0fs; sending its batches to %s",
-                        source[:8], current.identity.decode(errors="replace"), DRAIN_TIMEOUT_S, best.identity.decode(errors="replace"))
+                        source[:8], current.identity.decode(errors="replace"), DRAIN_TIMEOUT_S,
+                        best.identity.decode(errors="replace"))
         state.drain_since = None
         state.at, state.delivered = best, 0
         self.counters["router_switches"] += 1

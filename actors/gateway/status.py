@@ -1,32 +1,38 @@
 """The gateway's figures: its heartbeat counters and the /status reply built from every live actor's beat.
 
-A mixin of ``Gateway``: it reads the gateway's counters, data plane, listeners and the heartbeats it heard.
+``StatusFigures`` is given the replica, the heartbeats the gateway heard (and when), the gateway's own figures and
+its auth guard: it builds /status on its own.
 """
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ..core.bus import beat_expiry
 from ..core.protocol import Heartbeat
+from ..core.replica import StateReplica
+from .access import AuthGuard
 from .commands import format_time
 
-# the gateway counters /status shows, in this order
-GATEWAY_STATUS_KEYS = ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full",
-                       "pending", "unacked_payloads", "payloads_resent", "sources_paused", "pause_episodes",
-                       "routers_lost", "bad_lines", "too_long", "partial_lines_dropped", "connections_open",
-                       "connections_refused", "connections_refused_per_address", "idle_timeouts",
-                       "handler_errors", "auth_failures", "auth_lockouts", "refused_identity")
+# The gateway's own figures /status shows, in this order.
+GATEWAY_FIGURES = ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full", "pending",
+                   "unacked_payloads", "payloads_resent", "sources_paused", "pause_episodes", "routers_lost",
+                   "bad_lines", "too_long", "partial_lines_dropped", "connections_open", "connections_refused",
+                   "connections_refused_per_address", "idle_timeouts", "handler_errors", "auth_failures",
+                   "auth_lockouts", "refused_identity")
+
 
 class StatusFigures:
-    """Heartbeat stats and the /status figures (CommandContext.status)."""
+    """The /status figures (CommandContext.status): the gateway's own, joined with every live actor's heartbeat."""
 
-    def stats(self) -> dict[str, Any]:
-        """Heartbeat stats: real counters for /status and the UI."""
-        return {**self.counters, **self.plane.stats(), "connections_open": len(self.connections),
-                "listening": len(self.servers), "bind_failures": len(self.failed_binds),
-                "failed_binds": {str(port): why for port, why in self.failed_binds.items()},
-                "auth_lockouts": self.auth_guard.lockouts}
+    def __init__(self, replica: StateReplica, heartbeats: dict[str, Heartbeat], heard_at: dict[str, float],
+                 stats: Callable[[], dict[str, Any]], auth_guard: AuthGuard) -> None:
+        self.replica = replica
+        self.heartbeats = heartbeats  # actor -> its last beat, as the gateway hears them
+        self.heard_at = heard_at  # actor -> time.monotonic() of that beat
+        self.stats = stats  # the gateway's own heartbeat figures
+        self.auth_guard = auth_guard
+        self.started_at = time.time()
 
     def _live_beats(self) -> dict[str, Heartbeat]:
         now = time.monotonic()
@@ -58,7 +64,7 @@ class StatusFigures:
             **system_health(beats),
             "Messages Routed": routed,
             "Messages Dropped": dropped + stats["unknown_source"] + stats["no_route"] + stats["dropped_buffer_full"],
-            "Gateway": {k: stats[k] for k in GATEWAY_STATUS_KEYS},
+            "Gateway": {k: stats[k] for k in GATEWAY_FIGURES},
             "Auth Locked": self.auth_guard.locked(),
             "Last Scan": format_time(last_scan),
             "Actors": [actor_entry(beat) for _, beat in sorted(beats.items())],
@@ -67,7 +73,7 @@ class StatusFigures:
 
 
 def system_health(beats: dict[str, Heartbeat]) -> dict[str, Any]:
-    """"Health" and, when degraded, its reasons, as the live supervisor works them out (absent when none is heard)."""
+    """"Health" and, when degraded, its reasons, as the live supervisor works them out (absent when none heard)."""
     main = beats.get("supervisor")  # the main board's; satellites' supervisors carry their own suffix
     if main is None or not main.stats.get("health"):
         return {}
@@ -76,8 +82,9 @@ def system_health(beats: dict[str, Heartbeat]) -> dict[str, Any]:
         health["Degraded Because"] = list(main.stats["reasons"])
     return health
 
+
 def actor_entry(beat: Heartbeat) -> dict[str, Any]:
-    """One live actor in /status: where it runs (satellites show their own host) and, for routers, what it delivered."""
+    """One live actor in /status: where it runs (a satellite shows its own host), for routers what it delivered."""
     entry: dict[str, Any] = {"name": beat.actor, "host": beat.host, "pid": beat.pid}
     if beat.actor.startswith("router"):
         entry["delivered"] = int(beat.stats.get("delivered") or 0)

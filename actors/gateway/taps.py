@@ -1,15 +1,18 @@
 """/tap: stream a route's or a source's live payloads to one text client, from the routers' tap topics on the bus.
 
-A mixin of ``Gateway`` (the Host a connection calls): it uses the gateway's asyncio context, runtime and stop flag.
+``Taps`` is given a way to open a bus subscriber and the stop flag; the gateway hands its ``tap`` to connections.
 """
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import zmq
+import zmq.asyncio
 
-from ..core.bus import connect_subscriber, parse_event
+from ..core.bus import parse_event
 from ..core.protocol import ProtocolError, Tap, tap_topic
+from ..core.runner import StopFlag
 from .connection import Connection
 
 log = logging.getLogger(__name__)
@@ -22,9 +25,13 @@ TAP_MAX_BUFFERED_BYTES = 1 << 20
 class Taps:
     """A slow tap client loses lines; it never slows routing."""
 
+    def __init__(self, subscriber: Callable[[], zmq.asyncio.Socket], stop: StopFlag) -> None:
+        self.subscriber = subscriber  # a new bus subscriber, subscribed to nothing yet
+        self.stop = stop
+
     async def tap(self, connection: Connection, kind: str, key: str) -> None:
-        """Host: stream live payloads of a route or source to one client until it goes; a slow client loses lines, never slows routing."""
-        sock = connect_subscriber(self.actx, self.runtime.endpoints, ())
+        """Host: stream live payloads of a route or source to one client until it goes (a slow one loses lines)."""
+        sock = self.subscriber()
         sock.setsockopt(zmq.RCVHWM, TAP_HWM)
         sock.setsockopt(zmq.SUBSCRIBE, tap_topic(kind, key))
         shown = skipped = 0

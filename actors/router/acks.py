@@ -1,15 +1,19 @@
 """Acks to the gateway: a batch is acknowledged once it and every earlier batch of its source are settled.
 
-``AckBook`` and ``BatchTracker`` are the pure bookkeeping; ``Acks`` is a mixin of ``Router`` that settles
-chunks and sends the coalesced acks on its data socket.
+``AckBook`` and ``BatchTracker`` are the pure bookkeeping; ``Acks`` settles chunks and sends the coalesced acks
+through the send it is given (the router's data socket), so it runs and is tested without a router.
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 from ..core.protocol import DataAck, encode
 from .sinks import Chunk
+
+Send = Callable[[bytes], Awaitable[object]]
 
 
 @dataclass(eq=False)
@@ -61,27 +65,45 @@ class AckBook:
 class Acks:
     """Settle each chunk once; send the latest seq per (source, gateway epoch), never one ack per payload."""
 
-    def _chunk_done(self, chunk: Chunk) -> None:
+    def __init__(self) -> None:
+        self.book = AckBook()
+        self.due: dict[tuple[str, str], int] = {}
+        self.ready = asyncio.Event()
+        self.sent = 0
+
+    def chunk_done(self, chunk: Chunk) -> None:
         """Settle chunk once (delivered, dropped or parked); ack when its batch and every earlier one are settled."""
         if chunk.settled:
             return
         chunk.settled = True
         tracker: BatchTracker = chunk.token
-        seq = self.acks.chunk_done(tracker)
+        seq = self.book.chunk_done(tracker)
         if seq is not None:
-            self._ack(tracker.stream, seq)
+            self.ack(tracker.stream, seq)
 
-    def _ack(self, stream: tuple[str, str], seq: int) -> None:
-        """Coalesce: the ack sender sends the latest seq per (source, gateway epoch)."""
-        self.ack_due[stream] = seq
-        self.ack_ready.set()
+    def ack(self, stream: tuple[str, str], seq: int) -> None:
+        """Coalesce: the sender sends the latest seq per (source, gateway epoch)."""
+        self.due[stream] = seq
+        self.ready.set()
 
-    async def _send_acks(self) -> None:
-        assert self.dealer is not None
+    def outstanding(self) -> int:
+        return self.book.outstanding()
+
+    def _take(self) -> list[bytes]:
+        due, self.due = self.due, {}
+        return [encode(DataAck(source=source, seq=seq, epoch=epoch)) for (source, epoch), seq in due.items()]
+
+    async def run(self, send: Send) -> None:
+        """The ack sender: one wake-up per burst of settled chunks, one message per stream."""
         while True:
-            await self.ack_ready.wait()
-            self.ack_ready.clear()
-            due, self.ack_due = self.ack_due, {}
-            for (source, epoch), seq in due.items():
-                await self.dealer.send(encode(DataAck(source=source, seq=seq, epoch=epoch)))
-                self.counters.acks += 1
+            await self.ready.wait()
+            self.ready.clear()
+            for body in self._take():
+                await send(body)
+                self.sent += 1
+
+    async def send_final(self, send: Send, timeout_s: float) -> None:
+        """A graceful stop: send what is due, each ack bounded by timeout_s (raises asyncio.TimeoutError past it)."""
+        for body in self._take():
+            await asyncio.wait_for(send(body), timeout_s)
+            self.sent += 1

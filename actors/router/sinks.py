@@ -41,7 +41,7 @@ from typing import Any, Callable, Protocol
 
 from ..core.settings import TUNABLE_DEFAULTS
 
-# a per-message payload written from the router thread is at most this (far below a socket buffer)
+# A per-message payload written from the router thread is at most this (far below a socket buffer).
 DIRECT_MESSAGE_MAX_BYTES = 16 * 1024
 
 MODE_MESSAGE = "message"
@@ -87,8 +87,7 @@ class Chunk:
     written: int = 0  # bytes already written on the current stream connection (a partial direct write)
     queued_at: float = 0.0  # time.monotonic() at enqueue (0: never queued, e.g. written directly)
     settled: bool = False  # the router counted it done for its batch's ack (delivered, dropped, or parked)
-    # sampled for the latency breakdown only: wall-clock stage times, the write's appended here
-    trace: list | None = None
+    trace: list | None = None  # sampled for the latency breakdown only: wall-clock stage times, the write's added
 
     def finish_written(self) -> None:
         """Every payload went out."""
@@ -190,7 +189,7 @@ class SinkQueue:
             self.taken = []
 
     def expire(self, cutoff: float) -> list[Chunk]:
-        """Remove the chunks queued before cutoff (monotonic), marked expired; they are the oldest, at the head."""
+        """Remove the chunks enqueued before cutoff (monotonic), marked expired; they are the oldest, at the head."""
         expired: list[Chunk] = []
         try:
             if self.chunks[0].queued_at >= cutoff:
@@ -270,10 +269,8 @@ class TcpConnector:
         return sock
 
     def resolved(self, address: SinkAddress) -> tuple[int, Any] | None:
-        """The address as the worker last resolved it, or a numeric one.
-
-        None for a name not resolved yet: a lookup may block.
-        """
+        """The address as the worker last resolved it, or a numeric one (None for a name not resolved yet: a lookup
+        may block)."""
         cached = self._resolved
         if cached is not None and cached[0] == (address.host, address.port):
             return cached[1]
@@ -394,12 +391,9 @@ class SinkWorker:
         return False
 
     def _direct_message(self, chunk: Chunk, address: SinkAddress) -> bool:
-        """Router thread, worker idle: a lone payload to a loopback sink goes out here (connect, write, close).
-
-        It does not wait for the worker thread's turn. Anything short of a whole write (refused, backlog full, not
-        loopback, not resolved yet) leaves it to the worker, which retries, backs off and reports; the sink has
-        received nothing.
-        """
+        """Router thread, worker idle: a lone payload to a loopback sink goes out here (connect, write, close) instead
+        of waiting for the worker thread's turn. Anything short of a whole write (refused, backlog full, not loopback,
+        not resolved yet) leaves it to the worker, which retries, backs off and reports; the sink received nothing."""
         resolve = getattr(self.connector, "resolved", None)
         resolved = resolve(address) if resolve is not None else None
         data = chunk.payloads[0] + NEWLINE if len(chunk.payloads) == 1 else b""
@@ -475,7 +469,7 @@ class SinkWorker:
             try:
                 conn = self._stream_connection()
                 if conn is not used:
-                    # a new connection starts at a line start
+                    # A new connection starts at a line start.
                     offset = data.rfind(NEWLINE, 0, offset) + 1 if offset else 0
                     used = conn
                     if self._expire_stream(chunks, data, offset):
@@ -486,7 +480,7 @@ class SinkWorker:
                     self._close_stream()  # the sink does not read: never finish a half-written line later
                     self._mark_down(f"not reading for {self.max_age_s:g}s")
                     return
-                # a slow reader: keep waiting on the same connection
+                # A slow reader: keep waiting on the same connection.
                 _wait_writable(conn, self._blocked_wait_s(chunks, offset))
                 continue
             except OSError as exc:
@@ -509,7 +503,7 @@ class SinkWorker:
         start = 0
         for chunk in chunks:
             written = min(max(offset - start, 0), chunk.nbytes)
-            # bytes of the whole lines written (0: none)
+            # Bytes of the whole lines written (0: none).
             whole = data.rfind(NEWLINE, start, start + written) + 1 - start
             chunk.delivered = data.count(NEWLINE, start, start + written)
             chunk.delivered_bytes = max(whole, 0) - chunk.delivered
