@@ -58,6 +58,10 @@ def parse_event(frames: list[bytes]) -> tuple[bytes, Message]:
     return frames[0], decode(frames[1])
 
 
+FILE_ONLY_FLAG = "file_only"
+FILE_ONLY = {FILE_ONLY_FLAG: True}  # log(..., extra=FILE_ONLY): the log file only, not the activity feed
+
+
 class ActivityHandler(logging.Handler):
     """Turns this actor's INFO-and-above log records into activity events on the bus."""
 
@@ -67,6 +71,8 @@ class ActivityHandler(logging.Handler):
         self.sock = sock
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, FILE_ONLY_FLAG, False):
+            return
         try:
             text = record.getMessage()
         except (TypeError, ValueError):

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..core.bus import FILE_ONLY
 from ..core.net import LOCAL_HOST, is_own_listener
 from ..core.replica import StateReplica
 from ..core.settings import MAX_PORT, MIN_PORT, sink_max_age, tunable
@@ -218,9 +219,10 @@ class SinkSet:
         sink.parked = False
         episode, sink.episode = sink.episode, None
         if episode is not None:
+            # The episode's one activity line was its start; its tally is in /routes info, /status and the UI.
             log.info("sink %s caught up after %.1fs; lost %d payloads (%d beyond the queue bound, %d older than %gs)",
                      sink.label, now - episode.started, episode.dropped + episode.expired, episode.dropped,
-                     episode.expired, sink.worker.max_age_s)
+                     episode.expired, sink.worker.max_age_s, extra=FILE_ONLY)
 
     # ---- accounting ---------------------------------------------------------------------
     def _report_from_thread(self, worker: SinkWorker, chunks: list[Chunk], event: str | None) -> None:
