@@ -130,3 +130,27 @@ class Heartbeater:
         publish(self.sock, topic, Heartbeat(actor=self.actor, pid=os.getpid(), host=self.host, started_at=self.started_at, stats=stats,
                                                  expiry_s=self.idle_interval_s * HEARTBEAT_LIVENESS))
         return True
+
+
+class BusPresence:
+    """An actor's presence on the bus: its publisher, its log lines as activity events, its heartbeat; ``close()``
+    detaches the log handler before the publisher closes, so a line logged during shutdown is never sent on a dead socket."""
+
+    def __init__(self, context: zmq.Context, endpoints: Endpoints, actor: str, *, beat_as: str | None = None,
+                 topic: Topic = Topic.HEARTBEAT, beat_on_change: bool = True, logger: logging.Logger | None = None) -> None:
+        self.pub = connect_publisher(context, endpoints)
+        self.activity = ActivityHandler(actor, self.pub)
+        self.logger = logger if logger is not None else logging.getLogger()
+        self.logger.addHandler(self.activity)
+        self.heart = Heartbeater(beat_as or actor, self.pub, endpoints, topic, beat_on_change)
+
+    def close(self, linger_ms: int | None = None) -> None:
+        """Detach from logging, then close the publisher (lines already sent leave within linger_ms, LINGER_MS by default)."""
+        self.logger.removeHandler(self.activity)
+        self.pub.close(linger=linger_ms)
+
+    def __enter__(self) -> "BusPresence":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

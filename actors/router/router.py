@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import sys
@@ -34,10 +35,10 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
-from ..core.errors import OrchestratorError
-from ..core.protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Heartbeat, Op, ProtocolError, Topic, Trace,
-                       decode_as, encode)
+from ..core.bus import BusPresence
+from ..core.follower import AsyncReplicaFollower
+from ..core.protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Heartbeat, ProtocolError, StateUpdate, Topic, Trace,
+                             decode_as, encode)
 from ..core.replica import StateReplica
 from ..core.rules import RouteRules, RuleError
 from ..core.tasks import Supervised
@@ -111,7 +112,6 @@ class Router(SinkSet, Acks, UsageReports, Taps):
         self.next_trace = 0.0
         self.tapped_routes: set[str] = set()
         self.tapped_sources: set[str] = set()
-        self.snapshot_task: asyncio.Task | None = None
         self.usage_task: asyncio.Task | None = None
         self.dealer: zmq.asyncio.Socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -128,16 +128,16 @@ class Router(SinkSet, Acks, UsageReports, Taps):
         self.ack_ready = asyncio.Event()
         endpoints = self.runtime.endpoints
         self.actx = zmq.asyncio.Context.shadow(self.context.underlying)
-        self.pub = connect_publisher(self.context, endpoints)
-        logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
-        self.heart = Heartbeater(self.name, self.pub, endpoints)
+        self.presence = BusPresence(self.context, endpoints, self.name)
+        self.heart = self.presence.heart
         self.tap = self._connect_tap()
-        self.sub = connect_subscriber(self.actx, endpoints, [Topic.STATE])  # the keeper's heartbeat included (KEEPER_HEARTBEAT)
         self.stop.on_set(lambda: self.loop.call_soon_threadsafe(self.wake.set))
         self.loop.add_reader(self.tap.getsockopt(zmq.FD), self._read_tap_subscriptions)  # a tap opens at once, not at the next beat
         self.client = AsyncRequestClient(self.actx, endpoints.state_front, endpoints.keys_dir)
+        self.follower = AsyncReplicaFollower.connect(self.actx, endpoints, (), self.client, self.name,
+                                                     on_change=self._tables_changed, replica=self.replica)
         self.tasks = Supervised(self.wake)
-        self.tasks.start(self._read_events())
+        self.tasks.start(*self.follower.tasks())
         log.info("%s started (pid %d), data endpoint %s", self.name, os.getpid(), endpoints.data)
         try:
             await self._housekeeping()
@@ -165,12 +165,11 @@ class Router(SinkSet, Acks, UsageReports, Taps):
         return sock
 
     async def _housekeeping(self) -> None:
-        """The timed work: stop flag, resync, data socket start, heartbeats, usage flush, taps."""
+        """The timed work: stop flag, data socket start, heartbeats, usage flush, taps."""
         next_data_beat = 0.0
         next_usage = time.monotonic() + USAGE_FLUSH_INTERVAL_S
         while not self.stop.should_stop():
             self.tasks.check()  # a reader died: let the supervisor restart us
-            self._maybe_resync()
             if self.dealer is None and self.replica.ready:
                 self.dealer = self._connect_data()
                 self.tasks.start(self._read_data(), self._send_acks())
@@ -188,14 +187,15 @@ class Router(SinkSet, Acks, UsageReports, Taps):
             self._watch_sinks(now)
             self._read_tap_subscriptions()
             self.heart.maybe_beat(self.stats())
-            await self._sleep((min(next_data_beat, next_usage) if self.usage else next_data_beat) - time.monotonic())
+            data_beat = next_data_beat if self.dealer is not None else math.inf  # no data socket yet: the first snapshot wakes us
+            await self._sleep((min(data_beat, next_usage) if self.usage else data_beat) - time.monotonic())
 
     async def _sleep(self, until_beat_s: float) -> None:
         """Until the next beat (usage flush and idle-sink reaping ride on it), or TICK_S while a sink needs watching;
-        woken at once by a stop, a reader's death or a replica out of step."""
+        woken at once by a stop, a reader's death or the first snapshot (the data socket opens)."""
         watching = any(s.queue.messages or s.parked or s.episode is not None or s.worker.down_reason is not None
                        for s in self.sinks.values())
-        timeout = max(0.0, min(until_beat_s, self.heart.due_in(), TICK_S if watching or self.dealer is None else until_beat_s))
+        timeout = max(0.0, min(until_beat_s, self.heart.due_in(), TICK_S if watching else until_beat_s))
         try:
             await asyncio.wait_for(self.wake.wait(), timeout)
         except asyncio.TimeoutError:
@@ -215,11 +215,11 @@ class Router(SinkSet, Acks, UsageReports, Taps):
             self.dealer.close()  # with the linger set above: the final acks leave first
         if self.tap is not None:
             self.loop.remove_reader(self.tap.getsockopt(zmq.FD))
-        for sock in (self.sub, self.tap):
-            if sock is not None:
-                sock.close(linger=0)
+        self.follower.close()
+        if self.tap is not None:
+            self.tap.close(linger=0)
         log.info("%s stopped: %d delivered, %d dropped", self.name, self.counters.delivered, self.counters.dropped)
-        self.pub.close()
+        self.presence.close()
 
     async def _drain_and_ack(self) -> None:
         """Graceful stop (scale down): deliver what is queued (bounded), then ack it, so the gateway resends nothing twice."""
@@ -244,46 +244,18 @@ class Router(SinkSet, Acks, UsageReports, Taps):
         return {"delivered": c.delivered, "dropped": c.dropped, "expired": c.expired, "direct": c.direct, "filtered": c.filtered, "queued": sum(s.queue.messages for s in self.sinks.values()),
                 "sinks": len(self.sinks), "parked": sum(1 for s in self.sinks.values() if s.parked), "batches": c.batches, "unacked": self.acks.outstanding(), "acks": c.acks,
                 "malformed": c.malformed, "routes": len(self.replica.routes), "taps": len(self.tap_subscriptions),
-                "resyncs": self.replica.resyncs, "ready": self.replica.ready}
+                **self.follower.core.stats()}
 
     def _heartbeat(self) -> Heartbeat:
         return Heartbeat(actor=self.name, pid=os.getpid(), host=self.host, started_at=self.started_at, stats=self.stats(),
                          expiry_s=self.heart.idle_interval_s * HEARTBEAT_LIVENESS)
 
     # ---- state replica ---------------------------------------------------------------
-    async def _read_events(self) -> None:
-        while True:
-            frames = await self.sub.recv_multipart()
-            try:
-                topic, message = parse_event(frames)
-            except ProtocolError:
-                self.counters.malformed += 1
-                continue
-            if self.replica.feed(message):
-                self._tables_changed()
-            if self.replica.needs_snapshot or (self.dealer is None and self.replica.ready):
-                self.wake.set()  # resync, or open the data socket, now rather than at the next beat
-            self._maybe_resync()
-
-    def _maybe_resync(self) -> None:
-        if self.replica.needs_snapshot and (self.snapshot_task is None or self.snapshot_task.done()):
-            self.snapshot_task = asyncio.create_task(self._load_snapshot())
-
-    async def _load_snapshot(self) -> None:
-        try:
-            snapshot = await self.client.request(Op.SNAPSHOT)
-        except OrchestratorError as exc:
-            log.warning("%s: no snapshot from the state keeper yet (%s); retrying", self.name, exc)
-            return
-        first = self.replica.epoch is None
-        self.replica.load_snapshot(snapshot)
-        self._tables_changed()
-        self.wake.set()  # the data socket opens now
-        if first:
-            log.info("%s has the routing table: %d routes, %d peripherals", self.name, len(self.replica.routes), len(self.replica.peripherals))
-
-    def _tables_changed(self) -> None:
-        """Routes or peripherals changed: rebuild the fan-out index lazily, refresh sink addresses and bounds now."""
+    def _tables_changed(self, update: StateUpdate | None = None) -> None:
+        """The follower's hook: rebuild the fan-out index lazily, refresh sink addresses and bounds now; a snapshot
+        wakes the housekeeping (the data socket opens with the first one)."""
+        if update is None:
+            self.wake.set()
         self.fanout_dirty = True
         self.stall_s = float(tunable(self.replica.config, "router_stall_s"))
         for sink in self.sinks.values():

@@ -23,20 +23,20 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, heartbeat_topic, parse_event
+from ..core.bus import BusPresence, heartbeat_topic
 from ..core.errors import NotOwner, OrchestratorError
 from .probe import CONNECT_TIMEOUT_S, InfoAnswer, Outcome, ProbeResult, Target, accepting, probe_concurrency, slow_first, sweep
-from ..core.protocol import SOURCES_SEEN_STAT, Heartbeat, Message, Op, ProtocolError, Topic
+from ..core.follower import AsyncReplicaFollower
+from ..core.protocol import SOURCES_SEEN_STAT, Heartbeat, Message, Op, StateUpdate
 from ..core.replica import StateReplica
 from ..core.tasks import Supervised
 from ..core.runner import StopFlag, run_actor
-from ..core.settings import (HEARTBEAT_INTERVAL_S, MAX_PORT, MAX_SCAN_ANSWER_TIMEOUT_S, MIN_PORT, REQUEST_TIMEOUT_S, ConfigError,
+from ..core.settings import (HEARTBEAT_INTERVAL_S, MAX_PORT, MAX_SCAN_ANSWER_TIMEOUT_S, MIN_PORT, ConfigError,
                        Endpoints, Runtime, flag, parse_ports, tunable)
 from ..core.requests import AsyncRequestClient
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_RETRY_S = 0.5
 LOCAL_HOST_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "*"})
 WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", ""})
 TCP_ENDPOINT = re.compile(r"^tcp://\[?([^\]]*)\]?:(\d+)$")
@@ -212,60 +212,49 @@ class Scanner:
         self.last_plan: ScanPlan | None = None
         self.accepted_before: set[tuple[str, int]] = set()
         self.machine: frozenset[str] = frozenset()
-        self.dropped_events = 0
         self.wake = asyncio.Event()  # the main loop: a stop or a task's end
-        self.replica_moved = asyncio.Event()  # the syncer: an update or a gap
         self.plan_moved = asyncio.Event()  # the sweeper: an update or a snapshot (a new scan_interval applies at once)
         self.data_heard: dict[str, float] = {}  # uuid -> when (monotonic) a gateway heartbeat last listed it as sending data
         self.data_reported: dict[str, float] = {}  # uuid -> the heartbeat time already reported with ALIVE
         self.previous_sweep: float | None = None  # when (monotonic) the previous sweep began
 
     def run(self) -> None:
-        self.pub = connect_publisher(self.context, self.runtime.endpoints)
-        logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
-        self.heart = Heartbeater(self.name, self.pub, self.runtime.endpoints)
+        self.presence = BusPresence(self.context, self.runtime.endpoints, self.name)
+        self.heart = self.presence.heart
         self.machine = machine_addresses()
         log.info("scanner started (up to %d probes at once, %.2fs connect timeout)", probe_concurrency(), CONNECT_TIMEOUT_S)
         try:
             asyncio.run(self._main())
         finally:
-            self.pub.close()
             log.info("scanner stopped")
+            self.presence.close()
 
     async def _main(self) -> None:
         actx = zmq.asyncio.Context()
-        # The keeper's beat comes with STATE (KEEPER_HEARTBEAT); of the others only the gateway's (data sources seen).
-        sub = connect_subscriber(actx, self.runtime.endpoints, [Topic.STATE, heartbeat_topic(GATEWAY_ACTOR_PREFIX)])
         client = AsyncRequestClient(actx, self.runtime.endpoints.state_front, self.runtime.endpoints.keys_dir)
+        # The keeper's beat comes with STATE (KEEPER_HEARTBEAT); of the others only the gateway's (data sources seen).
+        follower = AsyncReplicaFollower.connect(actx, self.runtime.endpoints, [heartbeat_topic(GATEWAY_ACTOR_PREFIX)], client,
+                                                self.name, on_change=self._replica_changed, on_event=self._note_data_sources,
+                                                replica=self.replica)
         loop = asyncio.get_running_loop()
         self.stop.on_set(lambda: loop.call_soon_threadsafe(self.wake.set))
         tasks = Supervised(self.wake)
-        tasks.start(self._listen(sub), self._keep_synced(client), self._sweep_forever(client))
+        tasks.start(*follower.tasks(), self._sweep_forever(client))
         try:
             while not self.stop.should_stop():
-                self.heart.maybe_beat(self.stats.as_dict())
+                self.heart.maybe_beat({**self.stats.as_dict(), **follower.core.stats()})
                 tasks.check()  # a crashed task ends the actor (the supervisor restarts it)
                 await wait_event(self.wake, self.heart.due_in())
         finally:
             await tasks.cancel()
             client.close()
-            sub.close(linger=0)
+            follower.close()
             actx.term()
 
     # ---- state replica ----
-    async def _listen(self, sub: zmq.asyncio.Socket) -> None:
-        """Feed state updates into the replica; the keeper's heartbeat reveals lost trailing updates."""
-        while True:
-            frames = await sub.recv_multipart()
-            try:
-                _, message = parse_event(frames)
-            except ProtocolError:
-                self.dropped_events += 1
-                continue
-            if self.replica.feed(message) or self.replica.needs_snapshot:
-                self.replica_moved.set()
-                self.plan_moved.set()
-            self._note_data_sources(message)
+    def _replica_changed(self, _update: StateUpdate | None) -> None:
+        """The follower's hook: the sweeper re-reads its plan (a new scan_interval applies at once)."""
+        self.plan_moved.set()
 
     def _note_data_sources(self, message: Message) -> None:
         """A gateway heartbeat lists the known peripherals that sent data since its previous beat."""
@@ -277,21 +266,6 @@ class Scanner:
             for uuid in sources:
                 if isinstance(uuid, str) and uuid in known:
                     self.data_heard[uuid] = now
-
-    async def _keep_synced(self, client: AsyncRequestClient) -> None:
-        """Take a snapshot whenever the replica is out of step (at start, after a gap, after a keeper restart)."""
-        complained = False
-        while True:
-            if self.replica.needs_snapshot:
-                try:
-                    self.replica.load_snapshot(await client.request(Op.SNAPSHOT, timeout=REQUEST_TIMEOUT_S))
-                    self.plan_moved.set()
-                    complained = False
-                except OrchestratorError as exc:
-                    if not complained:
-                        log.warning("no state snapshot yet (%s); retrying", exc)
-                        complained = True
-            await wait_event(self.replica_moved, SNAPSHOT_RETRY_S if self.replica.needs_snapshot else None)
 
     # ---- sweeping ----
     async def _sweep_forever(self, client: AsyncRequestClient) -> None:

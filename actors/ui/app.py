@@ -27,12 +27,12 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import zmq
 
 from . import viewmodel as vm
-from ..core.bus import ActivityHandler, Heartbeater, beat_expiry, connect_publisher, connect_subscriber, parse_event
+from ..core.bus import BusPresence, beat_expiry, connect_subscriber, parse_event
 from ..supervisor.cli import bus_command
 from ..core.errors import OrchestratorError
+from ..core.follower import SyncReplicaFollower
 from ..supervisor.peripheralcli import ui_local_command
 from ..core.protocol import Activity, Heartbeat, Op, ProtocolError, StateUpdate, Topic
-from ..core.replica import StateReplica
 from ..core.rules import FILTER_KEY, RULE_KEYS, SYNTAX, TRANSFORM_KEY
 from ..core.runner import StopFlag, run_actor, setup_logging
 from ..core.settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, REQUEST_TIMEOUT_S, Runtime
@@ -86,28 +86,33 @@ class BusView:
 
     def __init__(self, runtime: Runtime, context: zmq.Context, own_name: str) -> None:
         self.own_name = own_name
-        # Updates and activity wake the UI (self.sub: the keeper's beat comes with the updates); the other actors' beats
+        # Updates, the keeper's beat and activity wake the UI (the follower's sockets); the other actors' beats
         # (self.beats) only refresh figures the next repaint shows, so they are read then, not woken for.
-        self.sub = connect_subscriber(context, runtime.endpoints, (Topic.STATE, Topic.ACTIVITY))
+        # A snapshot is asked without waiting, again only while the bus is alive: a dead one costs no waits.
+        self.follower = SyncReplicaFollower(context, runtime.endpoints, (Topic.ACTIVITY,), on_event=self._on_event,
+                                            may_retry=self.connected, retry_s=SNAPSHOT_RETRY_S, max_events=MAX_EVENTS_PER_DRAIN)
+        self.replica = self.follower.replica
         self.beats = connect_subscriber(context, runtime.endpoints, (Topic.HEARTBEAT,))
-        self.client = RequestClient(context, runtime.endpoints.state_front, runtime.endpoints.keys_dir)
         self.control = RequestClient(context, runtime.endpoints.control, runtime.endpoints.keys_dir)
-        self.replica = StateReplica()
         self.activity: deque[vm.ActivityLine] = deque(maxlen=ACTIVITY_KEEP)
         self.actors: dict[str, vm.ActorStatus] = {}
         self.started = time.monotonic()
         self.last_beat: float | None = None
         self.last_beat_expiry = HEARTBEAT_EXPIRY_S
-        self.next_snapshot = 0.0
-        self.tried_snapshot = False
         self.events = 0
-        self.dropped = 0
-        self.snapshots = 0
+        self.unknown = 0  # well-formed events of a kind the UI does not show
+
+    @property
+    def snapshots(self) -> int:
+        return self.follower.snapshots
+
+    @property
+    def dropped(self) -> int:
+        return self.follower.dropped + self.unknown
 
     def close(self) -> None:
-        self.client.close()
         self.control.close()
-        self.sub.close()
+        self.follower.close()
         self.beats.close()
 
     def connected(self) -> bool:
@@ -115,38 +120,37 @@ class BusView:
         return self.last_beat is not None and time.monotonic() - self.last_beat < self.last_beat_expiry
 
     def drain(self) -> bool:
-        """Read every waiting event; True when something on screen changed."""
-        changed = False
+        """Read every waiting event (bounded per source, so a flood cannot starve the keyboard); True when something on
+        screen changed."""
+        changed = self.follower.drain_events()
         for _ in range(MAX_EVENTS_PER_DRAIN):
             try:
-                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+                frames = self.beats.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                try:
-                    frames = self.beats.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+                break
             try:
                 _, message = parse_event(frames)
             except ProtocolError:
-                self.dropped += 1
+                self.follower.core.dropped += 1
                 continue
-            self.events += 1
             changed |= self._on_event(message)
         return changed
 
     def _on_event(self, message: object) -> bool:
+        """The follower's event hook (the replica has taken updates already), and the other actors' beats."""
+        self.events += 1
         if isinstance(message, StateUpdate):
-            return self.replica.feed(message)
+            return False
         if isinstance(message, Activity):
             self.activity.append(vm.ActivityLine(message.ts, message.actor, message.level, message.text))
             return True
         if isinstance(message, Heartbeat):
             return self._on_heartbeat(message)
-        self.dropped += 1
+        self.unknown += 1
         return False
 
     def _on_heartbeat(self, beat: Heartbeat) -> bool:
-        """Record the actor; the state keeper's beat also tells the replica whether it missed an update."""
+        """Record the actor (the state keeper's beat has told the replica whether it missed an update)."""
         if beat.actor == self.own_name:
             return False
         now = time.monotonic()
@@ -154,7 +158,6 @@ class BusView:
         self.actors[beat.actor] = vm.ActorStatus(beat.actor, now, beat.started_at, beat.pid, beat.stats, beat.host, beat_expiry(beat))
         was_silent = not self.connected()
         self.last_beat, self.last_beat_expiry = now, beat_expiry(beat)
-        self.replica.feed(beat)
         self._forget_silent(now)
         return was_silent or known is None or known.pid != beat.pid
 
@@ -163,19 +166,9 @@ class BusView:
             del self.actors[name]
 
     def maybe_snapshot(self) -> bool:
-        """Fetch a snapshot when the replica needs one; only while the bus is alive, so a dead one costs no waits."""
-        now = time.monotonic()
-        if not self.replica.needs_snapshot or now < self.next_snapshot or (self.tried_snapshot and not self.connected()):
+        """Take a snapshot that arrived, ask (never waiting) when one is due; True when one loaded."""
+        if not self.follower.maybe_snapshot():
             return False
-        self.tried_snapshot = True
-        self.next_snapshot = now + SNAPSHOT_RETRY_S
-        try:
-            snapshot = self.client.request(Op.SNAPSHOT, timeout=SNAPSHOT_TIMEOUT_S)
-        except OrchestratorError as exc:
-            log.debug("no snapshot yet: %s", exc)
-            return False
-        self.replica.load_snapshot(snapshot)
-        self.snapshots += 1
         if self.snapshots == 1:
             self._load_history()
         return True
@@ -613,10 +606,9 @@ class UiActor:
         locale.setlocale(locale.LC_ALL, "")  # before initscr, so curses draws UTF-8
         curses.use_env(False)  # the terminal's size, not a stale LINES/COLUMNS from the environment
         self.view = BusView(self.runtime, self.context, self.name)
-        self.pub = connect_publisher(self.context, self.runtime.endpoints)
-        activity = ActivityHandler(self.name, self.pub)
-        logging.getLogger().addHandler(activity)
-        self.heart = Heartbeater(self.name, self.pub, self.runtime.endpoints, beat_on_change=False)  # its counters move with every event
+        # beat_on_change off: the UI's counters move with every event
+        self.presence = BusPresence(self.context, self.runtime.endpoints, self.name, beat_on_change=False)
+        self.heart = self.presence.heart
         self.interaction = Interaction(self._command, self.view.model)
         log.info("%s attached to %s", self.name, self.runtime.config_dir)
         try:
@@ -626,9 +618,8 @@ class UiActor:
             if self.exit_reason in (DETACH, QUIT):
                 print(f"UI closed; the orchestrator keeps running. Attach again: python launch.py --config-dir {self.runtime.config_dir} ui", flush=True)
         finally:
-            logging.getLogger().removeHandler(activity)
+            self.presence.close()
             self.view.close()
-            self.pub.close()
         return self.exit_code
 
     def _command(self, line: str) -> str:
@@ -653,7 +644,8 @@ class UiActor:
             curses.curs_set(0)  # some terminals cannot hide the cursor
         painter = Painter(stdscr)
         poller = zmq.Poller()
-        poller.register(self.view.sub, zmq.POLLIN)
+        for sock in self.view.follower.sockets:
+            poller.register(sock, zmq.POLLIN)
         poller.register(sys.stdin.fileno(), zmq.POLLIN)
         poller.register(self.stop.wakeup_fd(), zmq.POLLIN)
         dirty, last_draw, was_connected = True, 0.0, False
@@ -684,8 +676,9 @@ class UiActor:
         events and keys wake us at once."""
         since = time.monotonic() - last_draw
         wait = FRAME_INTERVAL_S - since if dirty else min(IDLE_REDRAW_S - since, self.heart.due_in())
-        if self.view.replica.needs_snapshot and (self.view.connected() or not self.view.tried_snapshot):  # else a beat wakes us
-            wait = min(wait, max(0.0, self.view.next_snapshot - time.monotonic()))
+        retry = self.view.follower.due_in()  # None while in step or while the bus is dead: a beat wakes us
+        if retry is not None:
+            wait = min(wait, retry)
         return max(0, int(wait * 1000) + 1)
 
     def _read_keys(self, stdscr: Any) -> bool:
