@@ -62,7 +62,12 @@ class FollowerCore:
         except ProtocolError:
             self.dropped += 1
             return None, False
-        return message, self.replica.feed(message)
+        try:
+            return message, self.replica.feed(message)
+        except (TypeError, ValueError):  # a well-formed update whose value is not a table's: resync rather than trust it
+            self.dropped += 1
+            self.replica._lost_sync()
+            return message, False
 
     def ask_in(self, now: float) -> float | None:
         """Seconds until a snapshot should be asked for (0: now); None while the replica is in step (no deadline)."""
@@ -96,12 +101,10 @@ class FollowerCore:
     def take_snapshot(self, snapshot: Any) -> bool:
         """Load a snapshot; a malformed one is counted and asked for again. True when loaded."""
         self.pending = None
-        try:
-            self.replica.load_snapshot(snapshot)
-        except (KeyError, TypeError, ValueError, AttributeError):
+        if not is_snapshot(snapshot):
             self.dropped += 1
-            self.replica.needs_snapshot = True
             return False
+        self.replica.load_snapshot(snapshot)
         self.snapshots += 1
         self.complained = False
         return True
@@ -115,6 +118,20 @@ class FollowerCore:
     def stats(self) -> dict[str, Any]:
         """For heartbeats: how often the replica had to be resynced, whether it is usable, garbage dropped."""
         return {"resyncs": self.replica.resyncs, "ready": self.replica.ready, "bus_garbage": self.dropped}
+
+
+def is_snapshot(snapshot: Any) -> bool:
+    """Whether a reply's result has the keeper's snapshot shape (checked before anything is replaced)."""
+    if not isinstance(snapshot, dict) or not isinstance(snapshot.get("epoch"), str) or not isinstance(snapshot.get("config"), dict):
+        return False
+    seq = snapshot.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return False
+    return _records(snapshot.get("peripherals"), "uuid") and _records(snapshot.get("routes"), "name")
+
+
+def _records(table: Any, key: str) -> bool:
+    return isinstance(table, list) and all(isinstance(record, dict) and isinstance(record.get(key), str) for record in table)
 
 
 async def _call(hook: Callable[..., Any] | None, *args: Any) -> None:
