@@ -55,7 +55,8 @@ class Broker:
             self._bind(zmq.DEALER, endpoints.state_back),
         ]
         events_in, events_out, front, back = sockets
-        presence = BusPresence(self.context, endpoints, self.name, beat_on_change=False)  # its counters move with every beat it forwards
+        # beat_on_change off: its counters move with every beat it forwards
+        presence = BusPresence(self.context, endpoints, self.name, beat_on_change=False)
         heart = presence.heart
         poller = zmq.Poller()
         for sock in sockets:

@@ -30,7 +30,8 @@ def snapshot(epoch: str = EPOCH, seq: int = 1, peripherals: list[dict[str, Any]]
 
 
 def update(seq: int, epoch: str = EPOCH, key: str = "r") -> StateUpdate:
-    return StateUpdate(epoch=epoch, seq=seq, kind="route", key=key, value={"name": key, "incoming": "a", "outgoing": "b"})
+    route = {"name": key, "incoming": "a", "outgoing": "b"}
+    return StateUpdate(epoch=epoch, seq=seq, kind="route", key=key, value=route)
 
 
 def keeper_beat(epoch: str, seq: int) -> Heartbeat:
@@ -113,7 +114,8 @@ def test_garbage_from_the_bus_or_the_keeper_is_counted_never_raised() -> None:
     assert core.take_reply(b"\xc1not msgpack") is False
     req_id = core.asking(0.0)
     core.replica.needs_snapshot = True
-    assert core.take_reply(encode(Reply(ok=True, result={"epoch": "e"}, req_id=req_id))) is False  # a snapshot without tables
+    no_tables = Reply(ok=True, result={"epoch": "e"}, req_id=req_id)
+    assert core.take_reply(encode(no_tables)) is False
     assert core.dropped == 4 and core.ask_in(0.0) is not None and core.replica.seq == 1
 
 
@@ -217,7 +219,8 @@ def test_the_sync_follower_never_blocks_and_holds_retries_while_told(tmp_path: P
     import zmq
     context = zmq.Context()
     alive = [False]
-    follower = SyncReplicaFollower(context, Runtime.for_config_dir(tmp_path / "config").endpoints, may_retry=lambda: alive[0])
+    endpoints = Runtime.for_config_dir(tmp_path / "config").endpoints  # nobody there: a dead bus
+    follower = SyncReplicaFollower(context, endpoints, may_retry=lambda: alive[0])
     try:
         began = time.monotonic()
         assert follower.poll() is False  # the first ask leaves (nobody is there), nothing waited for
@@ -254,9 +257,11 @@ def test_every_follower_resyncs_after_the_keeper_is_killed_and_restarted(tmp_pat
         supervisor_flavour.poll()
 
     try:
-        wait_until(lambda: (poll_sync(), all(f.replica.ready for f in sync_followers))[1], TIMEOUT_S, message="first snapshots")
+        wait_until(lambda: (poll_sync(), all(f.replica.ready for f in sync_followers))[1], TIMEOUT_S,
+                   message="first snapshots")
         for actor in ACTORS:
-            wait_until(lambda: child_stats(instance, actor).get("ready") is True, TIMEOUT_S, message=f"{actor}'s first snapshot")
+            wait_until(lambda: child_stats(instance, actor).get("ready") is True, TIMEOUT_S,
+                       message=f"{actor}'s first snapshot")
         first_epoch = ui.replica.epoch
         killed = instance.child_pid("state")
         os.kill(killed, signal.SIGKILL)
@@ -269,7 +274,8 @@ def test_every_follower_resyncs_after_the_keeper_is_killed_and_restarted(tmp_pat
         wait_until(lambda: name in send_line(instance.command_port, "/list"), TIMEOUT_S, message="the gateway's /list")
         for actor in ACTORS:
             wait_until(lambda: resynced(instance, actor), TIMEOUT_S, message=f"{actor} resynced")
-        wait_until(lambda: child_stats(instance, "router-1").get("routes") == 1, TIMEOUT_S, message="the router's new route")
+        wait_until(lambda: child_stats(instance, "router-1").get("routes") == 1, TIMEOUT_S,
+                   message="the router's new route")
 
         def sync_followers_caught_up() -> bool:
             poll_sync()

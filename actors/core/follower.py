@@ -64,7 +64,7 @@ class FollowerCore:
             return None, False
         try:
             return message, self.replica.feed(message)
-        except (TypeError, ValueError):  # a well-formed update whose value is not a table's: resync rather than trust it
+        except (TypeError, ValueError):  # an update whose value is not a table's: resync rather than trust it
             self.dropped += 1
             self.replica._lost_sync()
             return message, False
@@ -122,7 +122,9 @@ class FollowerCore:
 
 def is_snapshot(snapshot: Any) -> bool:
     """Whether a reply's result has the keeper's snapshot shape (checked before anything is replaced)."""
-    if not isinstance(snapshot, dict) or not isinstance(snapshot.get("epoch"), str) or not isinstance(snapshot.get("config"), dict):
+    if not isinstance(snapshot, dict) or not isinstance(snapshot.get("epoch"), str):
+        return False
+    if not isinstance(snapshot.get("config"), dict):
         return False
     seq = snapshot.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool):
@@ -131,7 +133,7 @@ def is_snapshot(snapshot: Any) -> bool:
 
 
 def _records(table: Any, key: str) -> bool:
-    return isinstance(table, list) and all(isinstance(record, dict) and isinstance(record.get(key), str) for record in table)
+    return isinstance(table, list) and all(isinstance(row, dict) and isinstance(row.get(key), str) for row in table)
 
 
 async def _call(hook: Callable[..., Any] | None, *args: Any) -> None:
@@ -146,8 +148,9 @@ async def _call(hook: Callable[..., Any] | None, *args: Any) -> None:
 class AsyncReplicaFollower:
     """For asyncio actors: ``tasks()`` gives the reader and the syncer, to be started under ``Supervised``."""
 
-    def __init__(self, sub: zmq.asyncio.Socket, client: AsyncRequestClient, name: str, *, on_change: ChangeHook | None = None,
-                 on_event: EventHook | None = None, replica: StateReplica | None = None) -> None:
+    def __init__(self, sub: zmq.asyncio.Socket, client: AsyncRequestClient, name: str, *,
+                 on_change: ChangeHook | None = None, on_event: EventHook | None = None,
+                 replica: StateReplica | None = None) -> None:
         self.core = FollowerCore(replica)
         self.replica = self.core.replica
         self.sub = sub
@@ -159,8 +162,8 @@ class AsyncReplicaFollower:
         self.first = asyncio.Event()  # set once the first snapshot is loaded and on_change has taken it
 
     @classmethod
-    def connect(cls, actx: zmq.asyncio.Context, endpoints: Endpoints, topics: Iterable[Topic | bytes], client: AsyncRequestClient,
-                name: str, **hooks: Any) -> "AsyncReplicaFollower":
+    def connect(cls, actx: zmq.asyncio.Context, endpoints: Endpoints, topics: Iterable[Topic | bytes],
+                client: AsyncRequestClient, name: str, **hooks: Any) -> "AsyncReplicaFollower":
         """Subscribe to topics (Topic.STATE brings the updates and the keeper's heartbeat) and follow."""
         return cls(connect_subscriber(actx, endpoints, (Topic.STATE, *topics)), client, name, **hooks)
 
@@ -210,7 +213,8 @@ class AsyncReplicaFollower:
         await _call(self.on_change, None)
         if not self.first.is_set():
             self.first.set()
-            log.info("%s has the state: %d peripherals, %d routes", self.name, len(self.replica.peripherals), len(self.replica.routes))
+            log.info("%s has the state: %d peripherals, %d routes", self.name, len(self.replica.peripherals),
+                     len(self.replica.routes))
 
     def close(self) -> None:
         self.sub.close(linger=0)
@@ -225,7 +229,7 @@ class SyncReplicaFollower:
         self.core = FollowerCore(retry_s=retry_s)
         self.replica = self.core.replica
         self.on_event = on_event
-        self.may_retry = may_retry  # None: always; else asked again only while this says so (the UI: while the bus lives)
+        self.may_retry = may_retry  # None: always; else retried only while this says so (the UI: while the bus lives)
         self.max_events = max_events
         self.sub = connect_subscriber(context, endpoints, (Topic.STATE, *topics))
         self.dealer = context.socket(zmq.DEALER)

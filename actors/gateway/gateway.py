@@ -32,13 +32,15 @@ from .status import StatusFigures
 from .taps import Taps
 from ..core.errors import ErrorCode, OrchestratorError, Unavailable
 from ..core.follower import AsyncReplicaFollower
-from ..core.protocol import SOURCES_SEEN_STAT, DataAck, Heartbeat, Message, Op, ProtocolError, Request, StateUpdate, decode, encode
+from ..core.protocol import (SOURCES_SEEN_STAT, DataAck, Heartbeat, Message, Op, ProtocolError, Request, StateUpdate, decode,
+                             encode)
 from ..core.protocol import Reply as BusReply
 from ..core.replica import StateReplica
 from ..core.runner import StopFlag, run_actor
 from ..core.tasks import Supervised
 from ..core.security import secure_server, start_authenticator
-from ..core.settings import BIND_RETRY_BASE_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, Runtime, tunable
+from ..core.settings import (BIND_RETRY_BASE_S, HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, Runtime,
+                             tunable)
 from ..core.requests import AsyncRequestClient
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,8 @@ class Gateway(Listeners, Ingress, Taps, StatusFigures):
         self.state = AsyncRequestClient(self.actx, endpoints.state_front, endpoints.keys_dir)
         # The listeners open with the first snapshot (as long as the keeper takes) and follow every config change.
         self.follower = AsyncReplicaFollower.connect(self.actx, endpoints, LIVENESS_TOPICS, self.state, self.name,
-                                                     on_change=self._replica_changed, on_event=self._heard, replica=self.replica)
+                                                     on_change=self._replica_changed, on_event=self._heard,
+                                                     replica=self.replica)
         self.data_monitor = self.data.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.tasks = Supervised(self.wake)
         self.tasks.start(*self.follower.tasks(), self._read_data(), self._watch_routers())
@@ -147,8 +150,9 @@ class Gateway(Listeners, Ingress, Taps, StatusFigures):
         return sock
 
     async def _startup(self) -> None:
-        """Until the first snapshot is taken and the listeners are open (as long as the keeper takes): our first beat
-        tells the supervisor we serve, so it waits for them, but for one beat per REQUEST_TIMEOUT_S while the keeper is away."""
+        """Until the first snapshot is taken and the listeners are open (as long as the keeper takes): our first
+        beat tells the supervisor we serve, so it waits for them, but for one beat per REQUEST_TIMEOUT_S while the
+        keeper is away."""
         beat_at = time.monotonic() + REQUEST_TIMEOUT_S
         while not self.stop.should_stop() and not self.follower.first.is_set():
             self.tasks.check()
@@ -186,7 +190,8 @@ class Gateway(Listeners, Ingress, Taps, StatusFigures):
         self._report_drops()
         if self.failed_binds and self.rebind is None and time.monotonic() >= self.next_bind_retry:
             self.rebind = asyncio.create_task(self._retry_binds())
-        if self.heart.maybe_beat({**self.stats(), **self.follower.core.stats(), SOURCES_SEEN_STAT: list(self.sources_seen)}):
+        stats = {**self.stats(), **self.follower.core.stats(), SOURCES_SEEN_STAT: list(self.sources_seen)}
+        if self.heart.maybe_beat(stats):
             self.sources_seen.clear()
 
     def _sleep_s(self) -> float:

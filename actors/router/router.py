@@ -37,8 +37,8 @@ import zmq.asyncio
 
 from ..core.bus import BusPresence
 from ..core.follower import AsyncReplicaFollower
-from ..core.protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Heartbeat, ProtocolError, StateUpdate, Topic, Trace,
-                             decode_as, encode)
+from ..core.protocol import (TAP_PERIPHERAL, TAP_ROUTE, DataAck, DataBatch, Heartbeat, ProtocolError, StateUpdate, Topic,
+                             Trace, decode_as, encode)
 from ..core.replica import StateReplica
 from ..core.rules import RouteRules, RuleError
 from ..core.tasks import Supervised
@@ -187,7 +187,8 @@ class Router(SinkSet, Acks, UsageReports, Taps):
             self._watch_sinks(now)
             self._read_tap_subscriptions()
             self.heart.maybe_beat(self.stats())
-            data_beat = next_data_beat if self.dealer is not None else math.inf  # no data socket yet: the first snapshot wakes us
+            # No data socket yet: nothing timed for it, the first snapshot wakes us.
+            data_beat = next_data_beat if self.dealer is not None else math.inf
             await self._sleep((min(data_beat, next_usage) if self.usage else data_beat) - time.monotonic())
 
     async def _sleep(self, until_beat_s: float) -> None:
