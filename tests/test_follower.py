@@ -22,6 +22,8 @@ from conftest import Instance, send_line, start_instance, wait_until
 RETRY_S = 1.0
 EPOCH = "epoch-a"
 TIMEOUT_S = 20.0
+IDLE_WINDOW_S = 2.0
+MAX_WAITING_CPU_SHARE = 0.2  # of one core: waiting is sleeping (a spinning loop takes about all of it)
 ACTORS = ("gateway", "router-1", "scanner")  # the asyncio followers, each in its own process
 
 
@@ -235,7 +237,30 @@ def test_the_sync_follower_never_blocks_and_holds_retries_while_told(tmp_path: P
         context.destroy(linger=0)
 
 
-# ---- the system: a keeper killed and restarted ----------------------------------------------------
+# ---- the system: a keeper away, then killed and restarted -----------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of pid so far (/proc/<pid>/task/*/schedstat, nanoseconds)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return sum(int((task / "schedstat").read_text().split()[0]) for task in tasks.iterdir()) / 1e9
+
+
+def test_actors_waiting_for_an_absent_keeper_sleep(tmp_path: Path) -> None:
+    """A router once spun (a zero sleep) until its first snapshot: a whole core while the keeper was away."""
+    instance = start_instance(tmp_path, only=["broker", "gateway", "router"], wait=False)
+    try:
+        def started() -> dict[str, int] | None:
+            pids = {name: instance.child_pid(name) for name in ("gateway", "router-1")}
+            return pids if all(pids.values()) else None  # type: ignore[return-value]
+        pids = wait_until(started, TIMEOUT_S, message="gateway and router started")
+        time.sleep(1.0)  # past their start-up
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        time.sleep(IDLE_WINDOW_S)
+        used = {name: (cpu_seconds(pid) - before[name]) / IDLE_WINDOW_S for name, pid in pids.items()}
+        assert all(share < MAX_WAITING_CPU_SHARE for share in used.values()), used
+    finally:
+        instance.stop()
+
+
 def child_stats(instance: Instance, name: str) -> dict[str, Any]:
     return next((c.get("stats") or {} for c in instance.status()["children"] if c["name"] == name), {})
 
