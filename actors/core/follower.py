@@ -66,7 +66,7 @@ class FollowerCore:
             return message, self.replica.feed(message)
         except (TypeError, ValueError):  # an update whose value is not a table's: resync rather than trust it
             self.dropped += 1
-            self.replica._lost_sync()
+            self.replica.lost_sync()
             return message, False
 
     def ask_in(self, now: float) -> float | None:
@@ -104,7 +104,12 @@ class FollowerCore:
         if not is_snapshot(snapshot):
             self.dropped += 1
             return False
-        self.replica.load_snapshot(snapshot)
+        try:
+            self.replica.load_snapshot(snapshot)  # replays the updates held meanwhile
+        except (TypeError, ValueError):  # one of them held a value no table takes: start over
+            self.dropped += 1
+            self.replica.lost_sync()
+            return False
         self.snapshots += 1
         self.complained = False
         return True
