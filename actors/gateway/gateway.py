@@ -30,7 +30,7 @@ from .ingress import ACTIVITY_REPORT_INTERVAL_S, Ingress
 from .listeners import Listeners
 from .status import StatusFigures
 from .taps import Taps
-from ..core.errors import ErrorCode, OrchestratorError, Unavailable
+from ..core.errors import ErrorCode, OrchestratorError
 from ..core.follower import AsyncReplicaFollower
 from ..core.protocol import (SOURCES_SEEN_STAT, DataAck, Heartbeat, Message, Op, ProtocolError, Request, StateUpdate, decode,
                              encode)
