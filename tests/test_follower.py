@@ -162,7 +162,8 @@ def test_an_update_of_any_value_is_applied_or_resynced(kind: str, value: Any) ->
 def test_a_held_update_no_table_takes_costs_a_resync_not_the_follower() -> None:
     core = FollowerCore(retry_s=RETRY_S)
     req_id = core.asking(0.0)
-    core.take_frames(frames(StateUpdate(epoch=EPOCH, seq=2, kind="config", key="", value=[1, 2])))  # held until the snapshot
+    unusable = StateUpdate(epoch=EPOCH, seq=2, kind="config", key="", value=[1, 2])
+    core.take_frames(frames(unusable))  # held until the snapshot, then replayed on it
     assert core.take_reply(encode(Reply(ok=True, result=snapshot(), req_id=req_id))) is False
     assert core.dropped == 1 and core.ask_in(RETRY_S) == 0.0
 
