@@ -12,7 +12,7 @@ import time
 
 import zmq
 
-from actors.core.bus import ActivityHandler, Heartbeater, connect_publisher
+from actors.core.bus import BusPresence
 from actors.core.runner import StopFlag, run_actor
 from actors.core.security import secure_server, start_authenticator
 from actors.core.settings import Runtime
@@ -55,10 +55,9 @@ class Broker:
             self._bind(zmq.DEALER, endpoints.state_back),
         ]
         events_in, events_out, front, back = sockets
-        pub = connect_publisher(self.context, endpoints)
-        logging.getLogger().addHandler(ActivityHandler(self.name, pub))
-        # its counters move with every beat it forwards
-        heart = Heartbeater(self.name, pub, endpoints, beat_on_change=False)
+        # beat_on_change off: its counters move with every beat it forwards
+        presence = BusPresence(self.context, endpoints, self.name, beat_on_change=False)
+        heart = presence.heart
         poller = zmq.Poller()
         for sock in sockets:
             poller.register(sock, zmq.POLLIN)
@@ -83,7 +82,7 @@ class Broker:
                     self._shuttle(sock, target, counter)
                 heart.maybe_beat({**self.forwarded, "refused_handshakes": self.refused})
         finally:
-            pub.close()
+            presence.close()
             for monitor in monitors:
                 monitor.close()
             for sock in sockets:

@@ -11,8 +11,8 @@ import zmq
 
 from .protocol import Activity, Heartbeat, Message, ProtocolError, Topic, decode, encode
 from .security import secure_client
-from .settings import (HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S, STARTUP_BEAT_INTERVAL_S, STARTUP_BEATS,
-                       Endpoints)
+from .settings import (HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S,
+                       STARTUP_BEAT_INTERVAL_S, STARTUP_BEATS, Endpoints)
 
 # Events are small and rare; a high-water mark protects memory if the broker stalls.
 EVENT_HWM = 10_000
@@ -77,14 +77,16 @@ class ActivityHandler(logging.Handler):
             text = record.getMessage()
         except (TypeError, ValueError):
             text = str(record.msg)
-        publish(self.sock, Topic.ACTIVITY, Activity(actor=self.actor, level=record.levelname, text=text, ts=record.created))
+        activity = Activity(actor=self.actor, level=record.levelname, text=text, ts=record.created)
+        publish(self.sock, Topic.ACTIVITY, activity)
 
 
 LIVENESS_TOPICS = (Topic.HEARTBEAT, Topic.KEEPER_HEARTBEAT)  # every actor's heartbeat, the keeper's included
 
 
 def heartbeat_topic(actor: str) -> bytes:
-    """The topic an actor beats on: under Topic.HEARTBEAT (all beats), so one actor's (or a prefix's) beats can be subscribed alone."""
+    """The topic an actor beats on: under Topic.HEARTBEAT (all beats), so one actor's (or a prefix's) beats can be
+    subscribed alone."""
     return Topic.HEARTBEAT.value + b"\x00" + actor.encode()
 
 
@@ -94,7 +96,8 @@ def beat_expiry(beat: Heartbeat) -> float:
 
 
 def idle_beat_interval(endpoints: Endpoints) -> float:
-    """Seconds between beats while nothing changes: long on one board, HEARTBEAT_INTERVAL_S where other boards watch (tcp bus)."""
+    """Seconds between beats while nothing changes: long on one board, HEARTBEAT_INTERVAL_S where other boards watch
+    (tcp bus)."""
     return IDLE_HEARTBEAT_INTERVAL_S if endpoints.events_in.startswith("ipc://") else HEARTBEAT_INTERVAL_S
 
 
@@ -121,7 +124,8 @@ class Heartbeater:
         return max(0.0, self.next_beat - time.monotonic())
 
     def maybe_beat(self, stats: dict[str, Any] | None = None) -> bool:
-        """Beat if one is due (changed figures make it due HEARTBEAT_INTERVAL_S after the last beat); True when it did."""
+        """Beat if one is due (changed figures make it due HEARTBEAT_INTERVAL_S after the last beat); True when it
+        did."""
         now = time.monotonic()
         stats = stats or {}
         if self.beat_on_change and stats != self.last_stats:
@@ -133,6 +137,32 @@ class Heartbeater:
         starting = self.beats < STARTUP_BEATS and STARTUP_BEAT_INTERVAL_S < self.idle_interval_s
         self.next_beat = now + (STARTUP_BEAT_INTERVAL_S if starting else self.idle_interval_s)
         topic = heartbeat_topic(self.actor) if self.topic is Topic.HEARTBEAT else self.topic
-        publish(self.sock, topic, Heartbeat(actor=self.actor, pid=os.getpid(), host=self.host, started_at=self.started_at, stats=stats,
-                                                 expiry_s=self.idle_interval_s * HEARTBEAT_LIVENESS))
+        beat = Heartbeat(actor=self.actor, pid=os.getpid(), host=self.host, started_at=self.started_at, stats=stats,
+                         expiry_s=self.idle_interval_s * HEARTBEAT_LIVENESS)
+        publish(self.sock, topic, beat)
         return True
+
+
+class BusPresence:
+    """An actor's presence on the bus: its publisher, its log lines as activity events, its heartbeat. ``close()``
+    detaches the log handler before the publisher closes, so a line logged at shutdown never meets a dead socket."""
+
+    def __init__(self, context: zmq.Context, endpoints: Endpoints, actor: str, *, beat_as: str | None = None,
+                 topic: Topic = Topic.HEARTBEAT, beat_on_change: bool = True,
+                 logger: logging.Logger | None = None) -> None:
+        self.pub = connect_publisher(context, endpoints)
+        self.activity = ActivityHandler(actor, self.pub)
+        self.logger = logger if logger is not None else logging.getLogger()
+        self.logger.addHandler(self.activity)
+        self.heart = Heartbeater(beat_as or actor, self.pub, endpoints, topic, beat_on_change)
+
+    def close(self, linger_ms: int | None = None) -> None:
+        """Detach from logging, then close the publisher (lines sent leave within linger_ms, LINGER_MS by default)."""
+        self.logger.removeHandler(self.activity)
+        self.pub.close(linger=linger_ms)
+
+    def __enter__(self) -> "BusPresence":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -47,7 +47,7 @@ class StateReplica:
             self._early.append(update)
             return False
         if update.epoch != self.epoch or update.seq > self.seq + 1:
-            self._lost_sync()
+            self.lost_sync()
             self._early.append(update)
             return False
         if update.seq <= self.seq:
@@ -71,9 +71,10 @@ class StateReplica:
         if self.needs_snapshot:
             return
         if epoch != self.epoch or seq > self.seq:
-            self._lost_sync()
+            self.lost_sync()
 
-    def _lost_sync(self) -> None:
+    def lost_sync(self) -> None:
+        """Out of step: the tables wait for a fresh snapshot; updates held so far are useless."""
         self.needs_snapshot = True
         self.resyncs += 1
         self._early = []

@@ -21,15 +21,16 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from ..core.bus import LIVENESS_TOPICS, ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
-from ..core.errors import ErrorCode, Unavailable
-from ..core.protocol import SOURCES_SEEN_STAT, Heartbeat, Op, ProtocolError, StateUpdate, Topic
+from ..core.bus import LIVENESS_TOPICS, BusPresence, connect_subscriber
+from ..core.errors import ErrorCode
+from ..core.follower import AsyncReplicaFollower
+from ..core.protocol import SOURCES_SEEN_STAT, Heartbeat, Message, Op, StateUpdate
 from ..core.refusals import RefusalLog
 from ..core.replica import StateReplica
 from ..core.requests import AsyncRequestClient
 from ..core.runner import StopFlag, run_actor
 from ..core.security import start_authenticator
-from ..core.settings import HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, Runtime, tunable
+from ..core.settings import HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, REQUEST_TIMEOUT_S, Runtime, tunable
 from ..core.tasks import Supervised
 from .admission import Admission
 from .answers import Answers
@@ -75,7 +76,6 @@ class Gateway:
         self.limits = limits_from_config({})
         self.heartbeats: dict[str, Heartbeat] = {}
         self.heard_at: dict[str, float] = {}
-        self.resync: asyncio.Task | None = None
         self.supervisor: AsyncRequestClient | None = None  # /launch: asked lazily, on the supervisor's control socket
         self.plane = DataPlane(_unbound)  # its send is the data socket's, once bound (_main)
         self.ingress = Ingress(self.replica, self.counters, self.plane.submit, self.plane.paused)
@@ -101,10 +101,8 @@ class Gateway:
 
     async def _main(self) -> None:
         self.actx = zmq.asyncio.Context()
-        self.pub = connect_publisher(self.context, self.runtime.endpoints)
-        logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
-        self.heart = Heartbeater(self.name, self.pub, self.runtime.endpoints)
-        self.sub = connect_subscriber(self.actx, self.runtime.endpoints, (Topic.STATE, *LIVENESS_TOPICS))
+        self.presence = BusPresence(self.context, self.runtime.endpoints, self.name)
+        self.heart = self.presence.heart
         self.wake = asyncio.Event()
         self.replica_changed = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -115,9 +113,13 @@ class Gateway:
         self.plane.send = functools.partial(send_to_router, self.data)
         self.link = DataLink(self.data, self.plane, self.counters, self.answers.run_lines)
         self.state = AsyncRequestClient(self.actx, endpoints.state_front, endpoints.keys_dir)
+        # The listeners open with the first snapshot (as long as the keeper takes) and follow every config change.
+        self.follower = AsyncReplicaFollower.connect(self.actx, endpoints, LIVENESS_TOPICS, self.state, self.name,
+                                                     on_change=self._replica_changed, on_event=self._heard,
+                                                     replica=self.replica)
         self.data_monitor = self.data.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.tasks = Supervised(self.wake)
-        self.tasks.start(self._read_bus(), self.link.read(), self._watch_routers())
+        self.tasks.start(*self.follower.tasks(), self.link.read(), self._watch_routers())
         log.info("gateway %s started (pid %d)", self.name, os.getpid())
         try:
             await self._startup()
@@ -133,13 +135,18 @@ class Gateway:
             await self._shutdown()
 
     async def _startup(self) -> None:
-        """Get a snapshot (waiting for the state keeper as long as it takes), then open the listeners."""
-        while not self.stop.should_stop():
+        """Until the first snapshot is taken and the listeners are open (as long as the keeper takes): our first
+        beat tells the supervisor we serve, so it waits for them, but for one beat per REQUEST_TIMEOUT_S while the
+        keeper is away."""
+        beat_at = time.monotonic() + REQUEST_TIMEOUT_S
+        while not self.stop.should_stop() and not self.follower.first.is_set():
             self.tasks.check()
-            if await self._snapshot():
-                await self._reconcile_listeners()
-                return
-            self.heart.maybe_beat(self.stats())
+            try:
+                await asyncio.wait_for(self.wake.wait(), max(0.0, beat_at - time.monotonic()))
+            except asyncio.TimeoutError:
+                beat_at = time.monotonic() + REQUEST_TIMEOUT_S
+                self.heart.maybe_beat(self.stats())
+            self.wake.clear()
 
     async def _shutdown(self) -> None:
         self.listeners.close()
@@ -150,25 +157,24 @@ class Gateway:
         if self.supervisor is not None:
             self.supervisor.close()
         self.data.disable_monitor()
-        for sock in (self.sub, self.data_monitor, self.data):
+        self.follower.close()
+        for sock in (self.data_monitor, self.data):
             sock.close(linger=0)
         if self.auth is not None:
             self.auth.stop()
         self.actx.destroy(linger=0)
         log.info("gateway stopped")
-        self.pub.close()
+        self.presence.close()
 
     def _tick(self) -> None:
-        """Timed work: router expiry, held payloads, the drop report, re-sync, heartbeat."""
+        """Timed work: router expiry, held payloads, the drop report, a bind retry, heartbeat."""
         self.plane.expire()  # logs each router lost
         self.plane.flush()
         self._sweep_idle()
         self.ingress.report_drops()
-        if self.replica.needs_snapshot and self.resync is None:
-            self.resync = asyncio.create_task(self._resync())
         self.listeners.maybe_retry(self.replica.config)
         seen = self.ingress.sources_seen
-        if self.heart.maybe_beat({**self.stats(), SOURCES_SEEN_STAT: list(seen)}):
+        if self.heart.maybe_beat({**self.stats(), **self.follower.core.stats(), SOURCES_SEEN_STAT: list(seen)}):
             seen.clear()
 
     def _sleep_s(self) -> float:
@@ -191,57 +197,23 @@ class Gateway:
             due.append(min(timeout - conn.idle_for(now) for conn in self.connections))
         return max(0.0, min(due))
 
-    def _replica_moved(self) -> None:
-        """Wake whoever settles on the replica; a replica out of step wakes the loop to resync."""
+    # ---- state -----------------------------------------------------------------------
+    async def _replica_changed(self, update: StateUpdate | None) -> None:
+        """The follower's hook: new tables. The listeners follow a snapshot, a config change or a reset; then
+        whoever settles on the replica is woken."""
+        self._state_changed()
+        if update is None or update.kind in ("config", "reset"):
+            await self._reconcile_listeners()
+        if update is None:
+            self.wake.set()  # the first one ends the start-up wait
         self.replica_changed.set()
         self.replica_changed = asyncio.Event()
-        if self.replica.needs_snapshot:
-            self.wake.set()
 
-    # ---- state -----------------------------------------------------------------------
-    async def _snapshot(self) -> bool:
-        try:
-            snapshot = await self.state.request(Op.SNAPSHOT)
-        except Unavailable as exc:
-            log.warning("state keeper not answering (%s); retrying", exc)
-            return False
-        self.replica.load_snapshot(snapshot)
-        self._state_changed()
-        self._replica_moved()
-        return True
-
-    async def _resync(self) -> None:
-        """A gap in the updates (or a restarted keeper): take a fresh snapshot."""
-        try:
-            if await self._snapshot():
-                await self._reconcile_listeners()
-        finally:
-            self.resync = None
-
-    async def _read_bus(self) -> None:
-        while True:
-            frames = await self.sub.recv_multipart()
-            try:
-                topic, message = parse_event(frames)
-            except ProtocolError:
-                self.counters["malformed_messages"] += 1
-                continue
-            if isinstance(message, StateUpdate):
-                if self.replica.apply(message):
-                    self._state_changed()
-                    if message.kind in ("config", "reset"):
-                        await self._reconcile_listeners()
-                self._replica_moved()
-            elif isinstance(message, Heartbeat):
-                self._heard(message)
-                if self.replica.needs_snapshot:
-                    self.wake.set()
-
-    def _heard(self, beat: Heartbeat) -> None:
-        self.heartbeats[beat.actor] = beat
-        self.heard_at[beat.actor] = time.monotonic()
-        if beat.actor == "state" and isinstance(beat.stats.get("epoch"), str) and isinstance(beat.stats.get("seq"), int):
-            self.replica.check_heartbeat(beat.stats["epoch"], beat.stats["seq"])
+    def _heard(self, beat: Message) -> None:
+        """The follower's event hook: every actor's heartbeat, for /status (the keeper's also checked the replica)."""
+        if isinstance(beat, Heartbeat):
+            self.heartbeats[beat.actor] = beat
+            self.heard_at[beat.actor] = time.monotonic()
 
     def _state_changed(self) -> None:
         self.ingress.routes_changed()

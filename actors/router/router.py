@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import sys
@@ -24,9 +25,9 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, parse_event
-from ..core.errors import OrchestratorError
-from ..core.protocol import Heartbeat, Op, ProtocolError, Topic, encode
+from ..core.bus import BusPresence
+from ..core.follower import AsyncReplicaFollower
+from ..core.protocol import Heartbeat, Op, StateUpdate, encode
 from ..core.replica import StateReplica
 from ..core.tasks import Supervised
 from ..core.runner import StopFlag, run_actor
@@ -70,7 +71,6 @@ class Router:
         self.sinks = SinkSet(self.replica, self.counters, self.usage, self.acks.chunk_done, self.taps.publish_trace,
                              self.wake.set)
         self.fanout = Fanout(self.replica, self.counters, self.sinks, self.acks, self.usage, self.taps)
-        self.snapshot_task: asyncio.Task | None = None
         self.dealer: zmq.asyncio.Socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.time()
@@ -86,17 +86,17 @@ class Router:
         self.sinks.loop = self.loop
         endpoints = self.runtime.endpoints
         self.actx = zmq.asyncio.Context.shadow(self.context.underlying)
-        self.pub = connect_publisher(self.context, endpoints)
-        logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
-        self.heart = Heartbeater(self.name, self.pub, endpoints)
+        self.presence = BusPresence(self.context, endpoints, self.name)
+        self.heart = self.presence.heart
         self.tap = self.taps.sock = self._connect_tap()
-        self.sub = connect_subscriber(self.actx, endpoints, [Topic.STATE])  # the keeper's heartbeat included (KEEPER_HEARTBEAT)
         self.stop.on_set(lambda: self.loop.call_soon_threadsafe(self.wake.set))
         # A tap opens at once, not at the next beat.
         self.loop.add_reader(self.tap.getsockopt(zmq.FD), self.taps.read_subscriptions)
         self.client = AsyncRequestClient(self.actx, endpoints.state_front, endpoints.keys_dir)
+        self.follower = AsyncReplicaFollower.connect(self.actx, endpoints, (), self.client, self.name,
+                                                     on_change=self._tables_changed, replica=self.replica)
         self.tasks = Supervised(self.wake)
-        self.tasks.start(self._read_events())
+        self.tasks.start(*self.follower.tasks())
         log.info("%s started (pid %d), data endpoint %s", self.name, os.getpid(), endpoints.data)
         try:
             await self._housekeeping()
@@ -128,12 +128,11 @@ class Router:
         return sock
 
     async def _housekeeping(self) -> None:
-        """The timed work: stop flag, resync, data socket start, heartbeats, usage flush, taps."""
+        """The timed work: stop flag, data socket start, heartbeats, usage flush, taps."""
         next_data_beat = 0.0
         next_usage = time.monotonic() + USAGE_FLUSH_INTERVAL_S
         while not self.stop.should_stop():
             self.tasks.check()  # a reader died: let the supervisor restart us
-            self._maybe_resync()
             if self.dealer is None and self.replica.ready:
                 self.dealer = self._connect_data()
                 self.tasks.start(self.fanout.read(self.dealer), self.acks.run(self.dealer.send))
@@ -152,13 +151,15 @@ class Router:
             self.sinks.watch(now)
             self.taps.read_subscriptions()
             self.heart.maybe_beat(self.stats())
-            next_due = min(next_data_beat, next_usage) if self.usage.routes else next_data_beat
+            # No data socket yet: nothing timed for it, the first snapshot wakes us.
+            data_beat = next_data_beat if self.dealer is not None else math.inf
+            next_due = min(data_beat, next_usage) if self.usage.routes else data_beat
             await self._sleep(next_due - time.monotonic())
 
     async def _sleep(self, until_beat_s: float) -> None:
         """Until the next beat (usage flush and idle-sink reaping ride on it), or TICK_S while a sink needs watching;
-        woken at once by a stop, a reader's death or a replica out of step."""
-        short = self.dealer is None or self.sinks.watching()
+        woken at once by a stop, a reader's death or the first snapshot (the data socket opens)."""
+        short = self.sinks.watching()
         timeout = max(0.0, min(until_beat_s, self.heart.due_in(), TICK_S if short else until_beat_s))
         try:
             await asyncio.wait_for(self.wake.wait(), timeout)
@@ -176,11 +177,11 @@ class Router:
             self.dealer.close()  # with the linger set above: the final acks leave first
         if self.tap is not None:
             self.loop.remove_reader(self.tap.getsockopt(zmq.FD))
-        for sock in (self.sub, self.tap):
-            if sock is not None:
-                sock.close(linger=0)
+        self.follower.close()
+        if self.tap is not None:
+            self.tap.close(linger=0)
         log.info("%s stopped: %d delivered, %d dropped", self.name, self.counters.delivered, self.counters.dropped)
-        self.pub.close()
+        self.presence.close()
 
     async def _drain_and_ack(self) -> None:
         """Graceful stop (scale down): deliver what is queued (bounded), then ack it (no resend twice)."""
@@ -203,46 +204,18 @@ class Router:
                 "filtered": c.filtered, **self.sinks.figures(), "batches": c.batches,
                 "unacked": self.acks.outstanding(), "acks": self.acks.sent, "malformed": c.malformed,
                 "routes": len(self.replica.routes), "taps": len(self.taps.subscriptions),
-                "resyncs": self.replica.resyncs, "ready": self.replica.ready}
+                **self.follower.core.stats()}
 
     def _heartbeat(self) -> Heartbeat:
         return Heartbeat(actor=self.name, pid=os.getpid(), host=self.host, started_at=self.started_at,
                          stats=self.stats(), expiry_s=self.heart.idle_interval_s * HEARTBEAT_LIVENESS)
 
     # ---- state replica ---------------------------------------------------------------
-    async def _read_events(self) -> None:
-        while True:
-            frames = await self.sub.recv_multipart()
-            try:
-                topic, message = parse_event(frames)
-            except ProtocolError:
-                self.counters.malformed += 1
-                continue
-            if self.replica.feed(message):
-                self._tables_changed()
-            if self.replica.needs_snapshot or (self.dealer is None and self.replica.ready):
-                self.wake.set()  # resync, or open the data socket, now rather than at the next beat
-            self._maybe_resync()
-
-    def _maybe_resync(self) -> None:
-        if self.replica.needs_snapshot and (self.snapshot_task is None or self.snapshot_task.done()):
-            self.snapshot_task = asyncio.create_task(self._load_snapshot())
-
-    async def _load_snapshot(self) -> None:
-        try:
-            snapshot = await self.client.request(Op.SNAPSHOT)
-        except OrchestratorError as exc:
-            log.warning("%s: no snapshot from the state keeper yet (%s); retrying", self.name, exc)
-            return
-        first = self.replica.epoch is None
-        self.replica.load_snapshot(snapshot)
-        self._tables_changed()
-        self.wake.set()  # the data socket opens now
-        if first:
-            log.info("%s has the routing table: %d routes, %d peripherals", self.name, len(self.replica.routes), len(self.replica.peripherals))
-
-    def _tables_changed(self) -> None:
-        """Routes or peripherals changed: rebuild the fan-out index lazily, refresh sink addresses and bounds now."""
+    def _tables_changed(self, update: StateUpdate | None = None) -> None:
+        """The follower's hook: rebuild the fan-out index lazily, refresh sink addresses and bounds now; a snapshot
+        wakes the housekeeping (the data socket opens with the first one)."""
+        if update is None:
+            self.wake.set()
         self.fanout.tables_changed()
         self.sinks.tables_changed()
         self.taps.update()

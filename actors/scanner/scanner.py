@@ -23,20 +23,21 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, connect_subscriber, heartbeat_topic, parse_event
+from ..core.bus import BusPresence, heartbeat_topic
 from ..core.errors import NotOwner, OrchestratorError
-from .probe import CONNECT_TIMEOUT_S, InfoAnswer, Outcome, ProbeResult, Target, accepting, probe_concurrency, slow_first, sweep
-from ..core.protocol import SOURCES_SEEN_STAT, Heartbeat, Message, Op, ProtocolError, Topic
+from .probe import (CONNECT_TIMEOUT_S, InfoAnswer, Outcome, ProbeResult, Target, accepting, probe_concurrency,
+                    slow_first, sweep)
+from ..core.follower import AsyncReplicaFollower
+from ..core.protocol import SOURCES_SEEN_STAT, Heartbeat, Message, Op, StateUpdate
 from ..core.replica import StateReplica
 from ..core.tasks import Supervised
 from ..core.runner import StopFlag, run_actor
-from ..core.settings import (HEARTBEAT_INTERVAL_S, MAX_PORT, MAX_SCAN_ANSWER_TIMEOUT_S, MIN_PORT, REQUEST_TIMEOUT_S, ConfigError,
+from ..core.settings import (HEARTBEAT_INTERVAL_S, MAX_PORT, MAX_SCAN_ANSWER_TIMEOUT_S, MIN_PORT, ConfigError,
                        Endpoints, Runtime, flag, parse_ports, tunable)
 from ..core.requests import AsyncRequestClient
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_RETRY_S = 0.5
 LOCAL_HOST_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "*"})
 WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", ""})
 TCP_ENDPOINT = re.compile(r"^tcp://\[?([^\]]*)\]?:(\d+)$")
@@ -62,8 +63,10 @@ class ScanPlan:
         """Raise ConfigError if known_ports or data_port_range cannot be parsed."""
         own = set(parse_ports(config["data_port_range"]))
         own.add(int(config["command_port"]))
-        return cls(ports=tuple(parse_ports(config["known_ports"])), hosts=tuple(config.get("known_hosts") or ["localhost"]),
-                   interval_s=float(config["scan_interval"]), offline_after=max(1, int(config.get("offline_after_sweeps", 3))),
+        return cls(ports=tuple(parse_ports(config["known_ports"])),
+                   hosts=tuple(config.get("known_hosts") or ["localhost"]),
+                   interval_s=float(config["scan_interval"]),
+                   offline_after=max(1, int(config.get("offline_after_sweeps", 3))),
                    own_ports=frozenset(own), own_uuid=str(config.get("script_uuid", "")),
                    answer_timeout_s=min(float(tunable(config, "scan_answer_timeout")), MAX_SCAN_ANSWER_TIMEOUT_S),
                    probe_registered=flag(config, "probe_registered_ports"))
@@ -72,7 +75,8 @@ class ScanPlan:
 def tcp_endpoint_ports(endpoints: Endpoints) -> list[tuple[str, int]]:
     """(host, port) of every bus endpoint that is tcp, so the scanner never probes the bus."""
     found = []
-    for endpoint in (endpoints.events_in, endpoints.events_out, endpoints.state_front, endpoints.state_back, endpoints.data, endpoints.control):
+    for endpoint in (endpoints.events_in, endpoints.events_out, endpoints.state_front, endpoints.state_back,
+                     endpoints.data, endpoints.control):
         match = TCP_ENDPOINT.match(endpoint)
         if match:
             found.append((match.group(1), int(match.group(2))))
@@ -152,7 +156,8 @@ class Liveness:
                 renewed.add(uuid)  # new since the previous sweep
         return renewed
 
-    def after_sweep(self, peripherals: dict[str, dict[str, Any]], found: set[str], scanned: set[tuple[str, int]], limit: int) -> list[str]:
+    def after_sweep(self, peripherals: dict[str, dict[str, Any]], found: set[str], scanned: set[tuple[str, int]],
+                    limit: int) -> list[str]:
         """Uuids of online peripherals that missed `limit` sweeps in a row on a (host, port) that was scanned."""
         found = found | self.renewed(peripherals)
         self.marks = {uuid: self.reported.get(uuid, record.get("last_seen")) for uuid, record in peripherals.items()}
@@ -212,60 +217,50 @@ class Scanner:
         self.last_plan: ScanPlan | None = None
         self.accepted_before: set[tuple[str, int]] = set()
         self.machine: frozenset[str] = frozenset()
-        self.dropped_events = 0
         self.wake = asyncio.Event()  # the main loop: a stop or a task's end
-        self.replica_moved = asyncio.Event()  # the syncer: an update or a gap
         self.plan_moved = asyncio.Event()  # the sweeper: an update or a snapshot (a new scan_interval applies at once)
-        self.data_heard: dict[str, float] = {}  # uuid -> when (monotonic) a gateway heartbeat last listed it as sending data
+        self.data_heard: dict[str, float] = {}  # uuid -> when (monotonic) a gateway beat last listed it sending data
         self.data_reported: dict[str, float] = {}  # uuid -> the heartbeat time already reported with ALIVE
         self.previous_sweep: float | None = None  # when (monotonic) the previous sweep began
 
     def run(self) -> None:
-        self.pub = connect_publisher(self.context, self.runtime.endpoints)
-        logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
-        self.heart = Heartbeater(self.name, self.pub, self.runtime.endpoints)
+        self.presence = BusPresence(self.context, self.runtime.endpoints, self.name)
+        self.heart = self.presence.heart
         self.machine = machine_addresses()
-        log.info("scanner started (up to %d probes at once, %.2fs connect timeout)", probe_concurrency(), CONNECT_TIMEOUT_S)
+        log.info("scanner started (up to %d probes at once, %.2fs connect timeout)", probe_concurrency(),
+                 CONNECT_TIMEOUT_S)
         try:
             asyncio.run(self._main())
         finally:
-            self.pub.close()
             log.info("scanner stopped")
+            self.presence.close()
 
     async def _main(self) -> None:
         actx = zmq.asyncio.Context()
-        # The keeper's beat comes with STATE (KEEPER_HEARTBEAT); of the others only the gateway's (data sources seen).
-        sub = connect_subscriber(actx, self.runtime.endpoints, [Topic.STATE, heartbeat_topic(GATEWAY_ACTOR_PREFIX)])
         client = AsyncRequestClient(actx, self.runtime.endpoints.state_front, self.runtime.endpoints.keys_dir)
+        # The keeper's beat comes with STATE (KEEPER_HEARTBEAT); of the others only the gateway's (data sources seen).
+        follower = AsyncReplicaFollower.connect(actx, self.runtime.endpoints, [heartbeat_topic(GATEWAY_ACTOR_PREFIX)],
+                                                client, self.name, on_change=self._replica_changed,
+                                                on_event=self._note_data_sources, replica=self.replica)
         loop = asyncio.get_running_loop()
         self.stop.on_set(lambda: loop.call_soon_threadsafe(self.wake.set))
         tasks = Supervised(self.wake)
-        tasks.start(self._listen(sub), self._keep_synced(client), self._sweep_forever(client))
+        tasks.start(*follower.tasks(), self._sweep_forever(client))
         try:
             while not self.stop.should_stop():
-                self.heart.maybe_beat(self.stats.as_dict())
+                self.heart.maybe_beat({**self.stats.as_dict(), **follower.core.stats()})
                 tasks.check()  # a crashed task ends the actor (the supervisor restarts it)
                 await wait_event(self.wake, self.heart.due_in())
         finally:
             await tasks.cancel()
             client.close()
-            sub.close(linger=0)
+            follower.close()
             actx.term()
 
     # ---- state replica ----
-    async def _listen(self, sub: zmq.asyncio.Socket) -> None:
-        """Feed state updates into the replica; the keeper's heartbeat reveals lost trailing updates."""
-        while True:
-            frames = await sub.recv_multipart()
-            try:
-                _, message = parse_event(frames)
-            except ProtocolError:
-                self.dropped_events += 1
-                continue
-            if self.replica.feed(message) or self.replica.needs_snapshot:
-                self.replica_moved.set()
-                self.plan_moved.set()
-            self._note_data_sources(message)
+    def _replica_changed(self, _update: StateUpdate | None) -> None:
+        """The follower's hook: the sweeper re-reads its plan (a new scan_interval applies at once)."""
+        self.plan_moved.set()
 
     def _note_data_sources(self, message: Message) -> None:
         """A gateway heartbeat lists the known peripherals that sent data since its previous beat."""
@@ -278,21 +273,6 @@ class Scanner:
                 if isinstance(uuid, str) and uuid in known:
                     self.data_heard[uuid] = now
 
-    async def _keep_synced(self, client: AsyncRequestClient) -> None:
-        """Take a snapshot whenever the replica is out of step (at start, after a gap, after a keeper restart)."""
-        complained = False
-        while True:
-            if self.replica.needs_snapshot:
-                try:
-                    self.replica.load_snapshot(await client.request(Op.SNAPSHOT, timeout=REQUEST_TIMEOUT_S))
-                    self.plan_moved.set()
-                    complained = False
-                except OrchestratorError as exc:
-                    if not complained:
-                        log.warning("no state snapshot yet (%s); retrying", exc)
-                        complained = True
-            await wait_event(self.replica_moved, SNAPSHOT_RETRY_S if self.replica.needs_snapshot else None)
-
     # ---- sweeping ----
     async def _sweep_forever(self, client: AsyncRequestClient) -> None:
         """Sweep, then wait scan_interval (re-read each step, so a change applies without a restart)."""
@@ -301,7 +281,8 @@ class Scanner:
             plan = self._current_plan()
             if plan is None or (started is not None and time.monotonic() - started < plan.interval_s):
                 # Asleep until the sweep is due, or an update arrives (a new scan_interval applies at once).
-                await wait_event(self.plan_moved, None if plan is None else started + plan.interval_s - time.monotonic())
+                due_in = None if plan is None else started + plan.interval_s - time.monotonic()
+                await wait_event(self.plan_moved, due_in)
                 continue
             started = time.monotonic()
             await self.sweep_once(plan, client)
@@ -317,10 +298,11 @@ class Scanner:
             if self.last_plan is not None:
                 log.error("unusable scan settings (%s); keeping the previous ones", exc)
             return self.last_plan
-        if self.last_plan is None or (plan.ports, plan.hosts, plan.answer_timeout_s) != (self.last_plan.ports, self.last_plan.hosts,
-                                                                                          self.last_plan.answer_timeout_s):
-            log.info("scanning %d port(s) on %s every %gs (answers awaited %gs)", len(plan.ports), ", ".join(plan.hosts), plan.interval_s,
-                     plan.answer_timeout_s)
+        last = self.last_plan
+        if last is None or (plan.ports, plan.hosts, plan.answer_timeout_s) != (last.ports, last.hosts,
+                                                                                last.answer_timeout_s):
+            log.info("scanning %d port(s) on %s every %gs (answers awaited %gs)", len(plan.ports),
+                     ", ".join(plan.hosts), plan.interval_s, plan.answer_timeout_s)
         self.last_plan = plan
         return plan
 
@@ -329,12 +311,14 @@ class Scanner:
         began = time.monotonic()
         targets, aliases = await self._targets(plan)
         extra, expected = await self._registered_targets(plan, targets, aliases)
-        results = await sweep(slow_first([*targets, *extra], self.accepted_before), answer_timeout_s=plan.answer_timeout_s)
+        ordered = slow_first([*targets, *extra], self.accepted_before)
+        results = await sweep(ordered, answer_timeout_s=plan.answer_timeout_s)
         self.accepted_before = accepting(results)
         found = self._found(results, plan, expected)
         await asyncio.gather(*(self._report_seen(client, result.target, answer) for answer, result in found.values()))
         heard = await self._report_data_seen(client, set(found), began)
-        scanned = {(alias, r.target.port) for r in results if r.outcome is not Outcome.ERROR for alias in aliases[r.target.host]}
+        scanned = {(alias, r.target.port) for r in results if r.outcome is not Outcome.ERROR
+                   for alias in aliases[r.target.host]}
         lost = self.liveness.after_sweep(self.replica.peripherals, set(found) | heard, scanned, plan.offline_after)
         self.stats.registered_probed, self.stats.heard_by_data = len(extra), len(heard)
         await asyncio.gather(*(self._report_lost(client, uuid, plan.offline_after) for uuid in lost))
@@ -370,7 +354,8 @@ class Scanner:
 
     def _own_ports(self, plan: ScanPlan, host: str, address: str, bus_ports: list[tuple[str, int]]) -> set[int]:
         """Ports never probed on this host: our command and data ports, and tcp bus endpoints bound there."""
-        return set(plan.own_ports) | {port for ep_host, port in bus_ports if endpoint_on_host(ep_host, host, address, self.machine)}
+        bus = {port for ep_host, port in bus_ports if endpoint_on_host(ep_host, host, address, self.machine)}
+        return set(plan.own_ports) | bus
 
     async def _registered_targets(self, plan: ScanPlan, swept: list[Target], aliases: dict[str, set[str]]
                                   ) -> tuple[list[Target], dict[tuple[str, int], set[str]]]:
@@ -385,8 +370,9 @@ class Scanner:
         expected: dict[tuple[str, int], set[str]] = {}
         for uuid, record in self.replica.peripherals.items():
             host, port = record.get("host") or "localhost", record.get("port")
-            if isinstance(host, str) and isinstance(port, int) and not isinstance(port, bool) and MIN_PORT <= port <= MAX_PORT \
-                    and (host, port) not in covered:
+            usable = (isinstance(host, str) and isinstance(port, int) and not isinstance(port, bool)
+                      and MIN_PORT <= port <= MAX_PORT)
+            if usable and (host, port) not in covered:
                 expected.setdefault((host, port), set()).add(uuid)
         bus_ports = tcp_endpoint_ports(self.runtime.endpoints)
         targets: list[Target] = []
@@ -397,7 +383,8 @@ class Scanner:
             address, family = resolved
             skip = self._own_ports(plan, host, address, bus_ports)
             aliases.setdefault(host, host_aliases(host, address, self.machine))
-            targets.extend(Target(host, address, family, port) for where_host, port in expected if where_host == host and port not in skip)
+            targets.extend(Target(host, address, family, port) for where_host, port in expected
+                           if where_host == host and port not in skip)
         return targets, expected
 
     def _found(self, results: list[ProbeResult], plan: ScanPlan, expected: dict[tuple[str, int], set[str]]
@@ -424,8 +411,8 @@ class Scanner:
     async def _report_seen(self, client: AsyncRequestClient, target: Target, answer: InfoAnswer) -> None:
         known = self.replica.peripherals.get(answer.uuid)
         try:
-            record = await client.request(Op.SEEN, name=answer.name, uuid=answer.uuid, port=target.port, host=target.host,
-                                          address=target.address, config=answer.config)
+            record = await client.request(Op.SEEN, name=answer.name, uuid=answer.uuid, port=target.port,
+                                          host=target.host, address=target.address, config=answer.config)
         except NotOwner as exc:
             self._refused_move(answer.uuid, target, exc)
             return
@@ -498,7 +485,8 @@ class Scanner:
         stats.errors = outcomes.count(Outcome.ERROR)
         stats.sweeps += 1
         stats.garbage_total += stats.garbage
-        log.debug("sweep %d: %d ports in %.3fs, %d found, %d garbage, %d silent", stats.sweeps, stats.ports_scanned, seconds, stats.found, stats.garbage, stats.silent)
+        log.debug("sweep %d: %d ports in %.3fs, %d found, %d garbage, %d silent", stats.sweeps, stats.ports_scanned,
+                  seconds, stats.found, stats.garbage, stats.silent)
 
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> None:

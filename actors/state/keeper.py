@@ -16,7 +16,7 @@ from typing import Any, Callable
 import zmq
 
 from ..core.refusals import RefusalLog
-from ..core.bus import ActivityHandler, Heartbeater, connect_publisher, publish
+from ..core.bus import BusPresence, publish
 from .store import ConfigStore
 from ..core.errors import ErrorCode, OrchestratorError
 from ..core.filewatch import FolderWatch
@@ -99,9 +99,8 @@ class StateKeeper:
         self.sock.setsockopt(zmq.LINGER, 1000)
         secure_client(self.sock, self.runtime.endpoints.state_back, self.runtime.endpoints.keys_dir)
         self.sock.connect(self.runtime.endpoints.state_back)
-        self.pub = connect_publisher(self.context, self.runtime.endpoints)
-        logging.getLogger().addHandler(ActivityHandler(self.name, self.pub))
-        self.heart = Heartbeater(self.name, self.pub, self.runtime.endpoints, Topic.KEEPER_HEARTBEAT)
+        self.presence = BusPresence(self.context, self.runtime.endpoints, self.name, topic=Topic.KEEPER_HEARTBEAT)
+        self.pub, self.heart = self.presence.pub, self.presence.heart
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.stop.wakeup_fd(), zmq.POLLIN)
@@ -126,9 +125,9 @@ class StateKeeper:
         finally:
             self._flush()
             self.edits.close()
-            self.pub.close()
             self.sock.close()
             log.info("state keeper stopped")
+            self.presence.close()
 
     def _sleep_s(self) -> float:
         """Until the next timed job: a beat, the hand-edit check, a lazy write (requests wake us at once)."""

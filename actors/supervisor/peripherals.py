@@ -34,9 +34,9 @@ import zmq
 from ..core.errors import BadArguments, UnknownPeripheral
 from .launchfile import LaunchFile, PeripheralSpec, launch_file_path, read_launch_file
 from ..core.filewatch import FolderWatch
+from ..core.follower import SyncReplicaFollower
 from ..core.settings import (LAUNCH_FILE_POLL_S, PERIPHERAL_LOG_DIR_NAME, PERIPHERAL_TAIL_LINES, PRIVATE_FILE_MODE,
                              Runtime)
-from ..core.follower import StateFollower
 
 log = logging.getLogger("peripherals")
 
@@ -229,7 +229,7 @@ class PeripheralManager:
         # An edit of the launch file wakes the supervisor; it never polls for one while the kernel can tell it.
         self.file_watch = FolderWatch(runtime.config_dir, (self.path.name,), LAUNCH_FILE_POLL_S)
         self.context: zmq.Context | None = None
-        self.follower: StateFollower | None = None
+        self.follower: SyncReplicaFollower | None = None
         self.watchdog: subprocess.Popen | None = None
         self.groups: set[int] = set()
         self.closing = False
@@ -341,7 +341,7 @@ class PeripheralManager:
             if entry is not None and entry.then == "remove":  # removed, then back before its stop finished
                 entry.then = "start"
         if self.entries and self.follower is None and self.context is not None:
-            self.follower = StateFollower(self.context, self.runtime.endpoints)
+            self.follower = SyncReplicaFollower(self.context, self.runtime.endpoints)
 
     # ---- one step ----------------------------------------------------------------
     def _step(self, entry: Launched, now: float) -> None:

@@ -23,8 +23,7 @@ from typing import IO, Any
 
 import zmq
 
-from ..core.bus import (LIVENESS_TOPICS, ActivityHandler, Heartbeater, beat_expiry, connect_publisher,
-                        connect_subscriber, parse_event)
+from ..core.bus import LIVENESS_TOPICS, BusPresence, beat_expiry, connect_subscriber, parse_event
 from ..core.errors import BadArguments, ErrorCode
 from .peripherals import PeripheralManager
 from ..core.protocol import Activity, Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
@@ -448,10 +447,8 @@ class Supervisor:
         secure_server(control, endpoints.control, endpoints.keys_dir)
         control.bind(endpoints.control)
         events = connect_subscriber(context, endpoints, [*LIVENESS_TOPICS, Topic.ACTIVITY])
-        pub = connect_publisher(context, self.runtime.endpoints)
-        activity = ActivityHandler("supervisor", pub)
-        log.addHandler(activity)
-        heart = Heartbeater(f"supervisor{self.name_suffix}", pub, endpoints)
+        presence = BusPresence(context, endpoints, "supervisor", beat_as=f"supervisor{self.name_suffix}", logger=log)
+        heart = presence.heart
         poller = zmq.Poller()
         poller.register(control, zmq.POLLIN)
         poller.register(events, zmq.POLLIN)
@@ -485,8 +482,8 @@ class Supervisor:
             self.peripherals.close()
             log.info("stopping %d processes", sum(c.alive for c in self.children))
             self.stop_all()
-            log.removeHandler(activity)
-            for sock in (control, events, pub):
+            presence.close(linger_ms=0)
+            for sock in (control, events):
                 sock.close(linger=0)
             if auth is not None:
                 auth.stop()

@@ -27,12 +27,12 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import zmq
 
 from . import viewmodel as vm
-from ..core.bus import ActivityHandler, Heartbeater, beat_expiry, connect_publisher, connect_subscriber, parse_event
+from ..core.bus import BusPresence, beat_expiry, connect_subscriber, parse_event
 from ..supervisor.cli import bus_command
 from ..core.errors import OrchestratorError
+from ..core.follower import SyncReplicaFollower
 from ..supervisor.peripheralcli import ui_local_command
 from ..core.protocol import Activity, Heartbeat, Op, ProtocolError, StateUpdate, Topic
-from ..core.replica import StateReplica
 from ..core.rules import FILTER_KEY, RULE_KEYS, SYNTAX, TRANSFORM_KEY
 from ..core.runner import StopFlag, run_actor, setup_logging
 from ..core.settings import HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, REQUEST_TIMEOUT_S, Runtime
@@ -59,7 +59,8 @@ ENTER_KEYS = (KEY_ENTER_LF, KEY_ENTER_CR, curses.KEY_ENTER)
 BACKSPACE_KEYS = (KEY_BS, KEY_DEL, curses.KEY_BACKSPACE)
 Key = Union[int, str]  # int: a control or special key; str: one printable character
 
-MENU_ITEMS = ("List Peripherals", "Add Route", "Edit Route", "Remove Route", "Remove Peripheral", "Reset Orchestrator", "Exit Menu")
+MENU_ITEMS = ("List Peripherals", "Add Route", "Edit Route", "Remove Route", "Remove Peripheral", "Reset Orchestrator",
+              "Exit Menu")
 MENU_HINT = "↑↓ choose  Enter select  1-7 shortcut  Esc back"
 PICK_HINT = "↑↓ PgUp PgDn choose  Enter select  Esc back"
 TEXT_HINT = "↑↓ PgUp PgDn scroll  any other key: back"
@@ -68,7 +69,8 @@ CONFIRM_HINT = "y yes  any other key: no"
 EDIT_ENDS, CLEAR_RULES = "ends", "clear"  # Edit Route actions besides setting one rule (FILTER_KEY / TRANSFORM_KEY)
 RULE_EXAMPLES = {
     FILTER_KEY: ("json:final == true   (only final ASR results)", "re:^FINAL:   (lines starting FINAL:)"),
-    TRANSFORM_KEY: ("sub:/^FINAL: //   (strip a prefix)", "json:pick text   (just one field)", "template:{source}: {payload}"),
+    TRANSFORM_KEY: ("sub:/^FINAL: //   (strip a prefix)", "json:pick text   (just one field)",
+                    "template:{source}: {payload}"),
 }
 ASCII_FALLBACK = str.maketrans({"→": "->", "—": "-", "…": "~", "▸": ">", "↑": "^", "↓": "v"})
 
@@ -86,28 +88,34 @@ class BusView:
 
     def __init__(self, runtime: Runtime, context: zmq.Context, own_name: str) -> None:
         self.own_name = own_name
-        # Updates and activity wake the UI (self.sub: the keeper's beat comes with the updates); the other actors' beats
+        # Updates, the keeper's beat and activity wake the UI (the follower's sockets); the other actors' beats
         # (self.beats) only refresh figures the next repaint shows, so they are read then, not woken for.
-        self.sub = connect_subscriber(context, runtime.endpoints, (Topic.STATE, Topic.ACTIVITY))
+        # A snapshot is asked without waiting, again only while the bus is alive: a dead one costs no waits.
+        self.follower = SyncReplicaFollower(context, runtime.endpoints, (Topic.ACTIVITY,), on_event=self._on_event,
+                                            may_retry=self.connected, retry_s=SNAPSHOT_RETRY_S,
+                                            max_events=MAX_EVENTS_PER_DRAIN)
+        self.replica = self.follower.replica
         self.beats = connect_subscriber(context, runtime.endpoints, (Topic.HEARTBEAT,))
-        self.client = RequestClient(context, runtime.endpoints.state_front, runtime.endpoints.keys_dir)
         self.control = RequestClient(context, runtime.endpoints.control, runtime.endpoints.keys_dir)
-        self.replica = StateReplica()
         self.activity: deque[vm.ActivityLine] = deque(maxlen=ACTIVITY_KEEP)
         self.actors: dict[str, vm.ActorStatus] = {}
         self.started = time.monotonic()
         self.last_beat: float | None = None
         self.last_beat_expiry = HEARTBEAT_EXPIRY_S
-        self.next_snapshot = 0.0
-        self.tried_snapshot = False
         self.events = 0
-        self.dropped = 0
-        self.snapshots = 0
+        self.unknown = 0  # well-formed events of a kind the UI does not show
+
+    @property
+    def snapshots(self) -> int:
+        return self.follower.snapshots
+
+    @property
+    def dropped(self) -> int:
+        return self.follower.dropped + self.unknown
 
     def close(self) -> None:
-        self.client.close()
         self.control.close()
-        self.sub.close()
+        self.follower.close()
         self.beats.close()
 
     def connected(self) -> bool:
@@ -115,46 +123,45 @@ class BusView:
         return self.last_beat is not None and time.monotonic() - self.last_beat < self.last_beat_expiry
 
     def drain(self) -> bool:
-        """Read every waiting event; True when something on screen changed."""
-        changed = False
+        """Read every waiting event (bounded per source, so a flood cannot starve the keyboard); True when something on
+        screen changed."""
+        changed = self.follower.drain_events()
         for _ in range(MAX_EVENTS_PER_DRAIN):
             try:
-                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+                frames = self.beats.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                try:
-                    frames = self.beats.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+                break
             try:
                 _, message = parse_event(frames)
             except ProtocolError:
-                self.dropped += 1
+                self.follower.core.dropped += 1
                 continue
-            self.events += 1
             changed |= self._on_event(message)
         return changed
 
     def _on_event(self, message: object) -> bool:
+        """The follower's event hook (the replica has taken updates already), and the other actors' beats."""
+        self.events += 1
         if isinstance(message, StateUpdate):
-            return self.replica.feed(message)
+            return False
         if isinstance(message, Activity):
             self.activity.append(vm.ActivityLine(message.ts, message.actor, message.level, message.text))
             return True
         if isinstance(message, Heartbeat):
             return self._on_heartbeat(message)
-        self.dropped += 1
+        self.unknown += 1
         return False
 
     def _on_heartbeat(self, beat: Heartbeat) -> bool:
-        """Record the actor; the state keeper's beat also tells the replica whether it missed an update."""
+        """Record the actor (the state keeper's beat has told the replica whether it missed an update)."""
         if beat.actor == self.own_name:
             return False
         now = time.monotonic()
         known = self.actors.get(beat.actor)
-        self.actors[beat.actor] = vm.ActorStatus(beat.actor, now, beat.started_at, beat.pid, beat.stats, beat.host, beat_expiry(beat))
+        self.actors[beat.actor] = vm.ActorStatus(beat.actor, now, beat.started_at, beat.pid, beat.stats, beat.host,
+                                                 beat_expiry(beat))
         was_silent = not self.connected()
         self.last_beat, self.last_beat_expiry = now, beat_expiry(beat)
-        self.replica.feed(beat)
         self._forget_silent(now)
         return was_silent or known is None or known.pid != beat.pid
 
@@ -163,19 +170,9 @@ class BusView:
             del self.actors[name]
 
     def maybe_snapshot(self) -> bool:
-        """Fetch a snapshot when the replica needs one; only while the bus is alive, so a dead one costs no waits."""
-        now = time.monotonic()
-        if not self.replica.needs_snapshot or now < self.next_snapshot or (self.tried_snapshot and not self.connected()):
+        """Take a snapshot that arrived, ask (never waiting) when one is due; True when one loaded."""
+        if not self.follower.maybe_snapshot():
             return False
-        self.tried_snapshot = True
-        self.next_snapshot = now + SNAPSHOT_RETRY_S
-        try:
-            snapshot = self.client.request(Op.SNAPSHOT, timeout=SNAPSHOT_TIMEOUT_S)
-        except OrchestratorError as exc:
-            log.debug("no snapshot yet: %s", exc)
-            return False
-        self.replica.load_snapshot(snapshot)
-        self.snapshots += 1
         if self.snapshots == 1:
             self._load_history()
         return True
@@ -210,7 +207,8 @@ class BusView:
         )
 
     def stats(self) -> dict[str, Any]:
-        return {"events": self.events, "dropped": self.dropped, "snapshots": self.snapshots, "connected": self.connected(),
+        return {"events": self.events, "dropped": self.dropped, "snapshots": self.snapshots,
+                "connected": self.connected(),
                 "peripherals": len(self.replica.peripherals), "routes": len(self.replica.routes)}
 
 
@@ -311,7 +309,8 @@ class ConfirmScreen(Screen):
     on_yes: Callable[[], None]
 
     def lines(self, width: int, height: int) -> list[vm.Line]:
-        lines, _ = vm.text_screen(self.title, f"{self.question}\n\nPress y to confirm, any other key to cancel.", 0, width, height, CONFIRM_HINT)
+        text = f"{self.question}\n\nPress y to confirm, any other key to cancel."
+        lines, _ = vm.text_screen(self.title, text, 0, width, height, CONFIRM_HINT)
         return lines
 
     def key(self, key: Key, ui: "Interaction") -> None:
@@ -399,7 +398,8 @@ class Interaction:
         section = self.scroll.focus
         page = max(1, self.page_rows.get(section, 1) - vm.PAGE_OVERLAP_ROWS)
         sign = -1 if section is vm.Section.ACTIVITY else 1
-        steps = {curses.KEY_UP: -1, "k": -1, curses.KEY_DOWN: 1, "j": 1, curses.KEY_PPAGE: -page, curses.KEY_NPAGE: page}
+        steps = {curses.KEY_UP: -1, "k": -1, curses.KEY_DOWN: 1, "j": 1, curses.KEY_PPAGE: -page,
+                 curses.KEY_NPAGE: page}
         offset = self.scroll.offset(section)
         if key in steps:
             offset += sign * steps[key]
@@ -443,9 +443,11 @@ class Interaction:
         base = len(self.stack)
         model = self.model_source()
         peripherals = sorted(model.peripherals, key=lambda p: str(p.get("name", "")))
-        choices = [(f"{p['name']}  (port {p.get('port')}, {'online' if p.get('online') else 'offline'})", str(p["name"])) for p in peripherals]
+        choices = [(f"{p['name']}  (port {p.get('port')}, {'online' if p.get('online') else 'offline'})",
+                    str(p["name"])) for p in peripherals]
         names = {p.get("uuid"): str(p.get("name")) for p in peripherals}
-        routes = [(f"{r['name']}{vm.RULE_MARKER if vm.has_rules(r) else ''}  ({vm.end_label(names, r.get('incoming'), r.get('incoming_port'))} "
+        routes = [(f"{r['name']}{vm.RULE_MARKER if vm.has_rules(r) else ''}  "
+                   f"({vm.end_label(names, r.get('incoming'), r.get('incoming_port'))} "
                    f"{vm.ARROW} {vm.end_label(names, r.get('outgoing'), r.get('outgoing_port'))})", str(r["name"]))
                   for r in sorted(model.routes, key=lambda r: str(r.get("name", "")))]
         if item == "Exit Menu":
@@ -453,8 +455,8 @@ class Interaction:
         elif item == "List Peripherals":
             self.finish(base, item, "/list")
         elif item == "Reset Orchestrator":
-            self.push(ConfirmScreen(item, "Reset the orchestrator? Every peripheral and route is forgotten (the files are backed up).",
-                                    lambda: self.finish(base, item, "/reset")))
+            question = "Reset the orchestrator? Every peripheral and route is forgotten (the files are backed up)."
+            self.push(ConfirmScreen(item, question, lambda: self.finish(base, item, "/reset")))
         elif item in ("Add Route", "Remove Peripheral") and not choices:
             self.push(TextScreen(item, "No peripherals are known yet."))
         elif item in ("Edit Route", "Remove Route") and not routes:
@@ -463,20 +465,26 @@ class Interaction:
             self._add_route(base, choices)
         elif item == "Edit Route":
             records = {str(r["name"]): r for r in model.routes}
-            self.push(PickScreen("Edit Route: which route?", routes, lambda route: self._edit_route(base, route, choices, records.get(route, {}))))
+            self.push(PickScreen("Edit Route: which route?", routes,
+                                 lambda route: self._edit_route(base, route, choices, records.get(route, {}))))
         elif item == "Remove Route":
-            self.push(PickScreen("Remove Route: which route?", routes, lambda route: self.finish(base, item, f"/routes remove {route}")))
+            self.push(PickScreen("Remove Route: which route?", routes,
+                                 lambda route: self.finish(base, item, f"/routes remove {route}")))
         elif item == "Remove Peripheral":
             self.push(PickScreen("Remove Peripheral: which one?", choices, lambda name: self.push(
-                ConfirmScreen(item, f"Remove {name} and every route to or from it?", lambda: self.finish(base, item, f"/remove {name}")))))
+                ConfirmScreen(item, f"Remove {name} and every route to or from it?",
+                              lambda: self.finish(base, item, f"/remove {name}")))))
 
     def _add_route(self, base: int, choices: list[tuple[str, str]]) -> None:
         def named(source: str, sink: str) -> None:
-            prompt = PromptScreen("Add Route", f"Name for {source} {vm.ARROW} {sink}:", lambda name: self.finish(base, "Add Route", f"/routes add {name} {source} {sink}"))
+            prompt = PromptScreen("Add Route", f"Name for {source} {vm.ARROW} {sink}:",
+                                  lambda name: self.finish(base, "Add Route", f"/routes add {name} {source} {sink}"))
             prompt.buffer = f"{source}_to_{sink}"
             self.push(prompt)
-        self.push(PickScreen("Add Route: incoming (sends data)", choices,
-                             lambda source: self.push(PickScreen(f"Add Route: outgoing (receives from {source})", choices, lambda sink: named(source, sink)))))
+        def outgoing(source: str) -> None:
+            title = f"Add Route: outgoing (receives from {source})"
+            self.push(PickScreen(title, choices, lambda sink: named(source, sink)))
+        self.push(PickScreen("Add Route: incoming (sends data)", choices, outgoing))
 
     def _edit_route(self, base: int, route: str, choices: list[tuple[str, str]], record: dict[str, Any]) -> None:
         """What to change: the ends, the filter, the transform, or clear the rules (current rules shown)."""
@@ -495,13 +503,16 @@ class Interaction:
 
     def _edit_ends(self, base: int, route: str, choices: list[tuple[str, str]]) -> None:
         self.push(PickScreen(f"Edit Route {route}: new incoming", choices, lambda source: self.push(
-            PickScreen(f"Edit Route {route}: new outgoing", choices, lambda sink: self.finish(base, "Edit Route", f"/routes edit {route} {source} {sink}")))))
+            PickScreen(f"Edit Route {route}: new outgoing", choices,
+                       lambda sink: self.finish(base, "Edit Route", f"/routes edit {route} {source} {sink}")))))
 
     def _edit_rule(self, base: int, route: str, key: str, current: str) -> None:
         """Prompt for the rule text (the current one to edit); the reply (set, or why the rule is refused) is shown."""
-        notes = ["Forms:", *(f"  {form}" for form in SYNTAX[key]), "Examples:", *(f"  {example}" for example in RULE_EXAMPLES[key])]
+        notes = ["Forms:", *(f"  {form}" for form in SYNTAX[key]),
+                 "Examples:", *(f"  {example}" for example in RULE_EXAMPLES[key])]
         prompt = PromptScreen(f"Edit Route {route}: {key}", f"{key.capitalize()}:",
-                              lambda rule: self.finish(base, "Edit Route", f"/routes set {route} {key} {rule}"), current, notes)
+                              lambda rule: self.finish(base, "Edit Route", f"/routes set {route} {key} {rule}"),
+                              current, notes)
         self.push(prompt)
 
 
@@ -509,7 +520,8 @@ class Interaction:
 class Painter:
     """Draws lines with curses: attributes per style, colours when the terminal has them, never wrapping."""
 
-    PALETTE = (curses.COLOR_CYAN, curses.COLOR_GREEN, curses.COLOR_YELLOW, curses.COLOR_MAGENTA, curses.COLOR_BLUE, curses.COLOR_RED)
+    PALETTE = (curses.COLOR_CYAN, curses.COLOR_GREEN, curses.COLOR_YELLOW, curses.COLOR_MAGENTA, curses.COLOR_BLUE,
+               curses.COLOR_RED)
     ALERT_PAIR = len(PALETTE) + 1
 
     def __init__(self, stdscr: Any) -> None:
@@ -518,7 +530,8 @@ class Painter:
         self.colours = self._init_colours()
         self.utf8 = locale.getpreferredencoding(False).lower().replace("-", "") == "utf8"
         self.base = {
-            vm.Style.NORMAL: curses.A_NORMAL, vm.Style.TITLE: curses.A_REVERSE | curses.A_BOLD, vm.Style.HEADER: curses.A_BOLD | curses.A_UNDERLINE,
+            vm.Style.NORMAL: curses.A_NORMAL, vm.Style.TITLE: curses.A_REVERSE | curses.A_BOLD,
+            vm.Style.HEADER: curses.A_BOLD | curses.A_UNDERLINE,
             vm.Style.FOCUSED_HEADER: curses.A_REVERSE, vm.Style.DIM: curses.A_DIM, vm.Style.ALERT: curses.A_BOLD,
             vm.Style.SELECTED: curses.A_REVERSE, vm.Style.FOOTER: curses.A_REVERSE,
         }
@@ -580,7 +593,8 @@ class Painter:
 def console_logging_paused() -> Iterator[None]:
     """Log handlers that write to the terminal would scribble over the screen: park them while curses runs."""
     root = logging.getLogger()
-    parked = [h for h in root.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    parked = [h for h in root.handlers
+              if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
     for handler in parked:
         root.removeHandler(handler)
     try:
@@ -607,16 +621,16 @@ class UiActor:
     def run(self) -> int:
         """Draw until closed; the exit code says why it ended (EXIT_NO_TERMINAL without a TTY)."""
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
-            log.error("%s: no terminal to draw on; the UI needs a TTY (the orchestrator itself runs fine without one)", self.name)
+            log.error("%s: no terminal to draw on; the UI needs a TTY (the orchestrator itself runs fine without one)",
+                      self.name)
             self.exit_code = EXIT_NO_TERMINAL
             return self.exit_code
         locale.setlocale(locale.LC_ALL, "")  # before initscr, so curses draws UTF-8
         curses.use_env(False)  # the terminal's size, not a stale LINES/COLUMNS from the environment
         self.view = BusView(self.runtime, self.context, self.name)
-        self.pub = connect_publisher(self.context, self.runtime.endpoints)
-        activity = ActivityHandler(self.name, self.pub)
-        logging.getLogger().addHandler(activity)
-        self.heart = Heartbeater(self.name, self.pub, self.runtime.endpoints, beat_on_change=False)  # its counters move with every event
+        # beat_on_change off: the UI's counters move with every event
+        self.presence = BusPresence(self.context, self.runtime.endpoints, self.name, beat_on_change=False)
+        self.heart = self.presence.heart
         self.interaction = Interaction(self._command, self.view.model)
         log.info("%s attached to %s", self.name, self.runtime.config_dir)
         try:
@@ -624,17 +638,19 @@ class UiActor:
                 self.exit_reason = curses.wrapper(self._session)
             log.info("%s closed (%s); the orchestrator keeps running", self.name, self.exit_reason)
             if self.exit_reason in (DETACH, QUIT):
-                print(f"UI closed; the orchestrator keeps running. Attach again: python launch.py --config-dir {self.runtime.config_dir} ui", flush=True)
+                print("UI closed; the orchestrator keeps running. Attach again: "
+                      f"python launch.py --config-dir {self.runtime.config_dir} ui", flush=True)
         finally:
-            logging.getLogger().removeHandler(activity)
+            self.presence.close()
             self.view.close()
-            self.pub.close()
         return self.exit_code
 
     def _command(self, line: str) -> str:
-        """Run one command line on our own instance over the bus (never the command port: no token, no squatter); a failure becomes the reply text."""
+        """Run one command line on our own instance over the bus (never the command port: no token, no squatter);
+        a failure becomes the reply text."""
         self.commands += 1
-        local = ui_local_command(line, lambda **args: self.view.control.request(Op.CONTROL_PERIPHERAL, timeout=SNAPSHOT_TIMEOUT_S, **args))
+        local = ui_local_command(line, lambda **args: self.view.control.request(Op.CONTROL_PERIPHERAL,
+                                                                                timeout=SNAPSHOT_TIMEOUT_S, **args))
         if local is not None:  # :send and :logs are the UI's own, for launched peripherals
             return local
         try:
@@ -653,7 +669,8 @@ class UiActor:
             curses.curs_set(0)  # some terminals cannot hide the cursor
         painter = Painter(stdscr)
         poller = zmq.Poller()
-        poller.register(self.view.sub, zmq.POLLIN)
+        for sock in self.view.follower.sockets:
+            poller.register(sock, zmq.POLLIN)
         poller.register(sys.stdin.fileno(), zmq.POLLIN)
         poller.register(self.stop.wakeup_fd(), zmq.POLLIN)
         dirty, last_draw, was_connected = True, 0.0, False
@@ -684,8 +701,9 @@ class UiActor:
         events and keys wake us at once."""
         since = time.monotonic() - last_draw
         wait = FRAME_INTERVAL_S - since if dirty else min(IDLE_REDRAW_S - since, self.heart.due_in())
-        if self.view.replica.needs_snapshot and (self.view.connected() or not self.view.tried_snapshot):  # else a beat wakes us
-            wait = min(wait, max(0.0, self.view.next_snapshot - time.monotonic()))
+        retry = self.view.follower.due_in()  # None while in step or while the bus is dead: a beat wakes us
+        if retry is not None:
+            wait = min(wait, retry)
         return max(0, int(wait * 1000) + 1)
 
     def _read_keys(self, stdscr: Any) -> bool:
@@ -704,7 +722,8 @@ class UiActor:
         return pressed
 
     def _follow_terminal_size(self, stdscr: Any) -> None:
-        """Compare with the terminal's real size: a SIGWINCH that curses missed (resizes in quick succession) heals here."""
+        """Compare with the terminal's real size: a SIGWINCH that curses missed (resizes in quick succession) heals
+        here."""
         try:
             columns, rows = os.get_terminal_size(sys.stdout.fileno())
         except OSError:
