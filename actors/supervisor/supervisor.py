@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import zmq
 
-from ..core.bus import LIVENESS_TOPICS, BusPresence, beat_expiry, connect_subscriber, parse_event
+from ..core.bus import LIVENESS_TOPICS, BusPresence, Heartbeater, beat_expiry, connect_subscriber, parse_event
 from ..core.errors import BadArguments, ErrorCode
 from .peripherals import PeripheralManager
 from ..core.protocol import Activity, Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
