@@ -134,6 +134,28 @@ def test_menu_actions_send_their_commands():
         assert sent == [expected[item]], item
 
 
+def test_launched_programs_show_their_process_and_enter_shows_the_last_log_lines():
+    model = two_peripherals()
+    launched = [{"name": "tts", "state": "running", "pid": 4242, "restarts": 2},
+                {"name": "asr", "state": "backoff", "last_exit": 3}]
+    model.actors = {"supervisor": vm.ActorStatus("supervisor", time.monotonic(), time.time(), 1, {"peripherals": launched})}
+    interaction, sent = fake_interaction(model)
+    for key in ["m", "7"]:
+        interaction.on_key(key)
+    screen = "\n".join(line.text for line in interaction.render(80, 24))
+    assert "asr  [backoff exit 3]" in screen and "tts  [running pid 4242 r2]" in screen
+    for key in ["j", "\n"]:
+        interaction.on_key(key)
+    assert sent == [":logs tts"], "Enter on a launched program asks for its last log lines"
+
+
+def test_launched_programs_say_so_when_nothing_is_launched():
+    interaction, sent = fake_interaction(two_peripherals())
+    for key in ["m", "7"]:
+        interaction.on_key(key)
+    assert "No program is launched" in "\n".join(line.text for line in interaction.render(80, 24)) and sent == []
+
+
 def ruled_model() -> vm.Model:
     model = two_peripherals()
     model.routes = [{"name": "r1", "incoming": "a", "outgoing": "b", "transform": "sub:/^FINAL: //"}]

@@ -60,8 +60,8 @@ BACKSPACE_KEYS = (KEY_BS, KEY_DEL, curses.KEY_BACKSPACE)
 Key = Union[int, str]  # int: a control or special key; str: one printable character
 
 MENU_ITEMS = ("List Peripherals", "Add Route", "Edit Route", "Remove Route", "Remove Peripheral", "Reset Orchestrator",
-              "Exit Menu")
-MENU_HINT = "↑↓ choose  Enter select  1-7 shortcut  Esc back"
+              "Launched Programs", "Exit Menu")
+MENU_HINT = f"↑↓ choose  Enter select  1-{len(MENU_ITEMS)} shortcut  Esc back"
 PICK_HINT = "↑↓ PgUp PgDn choose  Enter select  Esc back"
 TEXT_HINT = "↑↓ PgUp PgDn scroll  any other key: back"
 PROMPT_HINT = "Enter confirm  Esc cancel"
@@ -457,6 +457,8 @@ class Interaction:
         elif item == "Reset Orchestrator":
             question = "Reset the orchestrator? Every peripheral and route is forgotten (the files are backed up)."
             self.push(ConfirmScreen(item, question, lambda: self.finish(base, item, "/reset")))
+        elif item == "Launched Programs":
+            self._launched_programs(base, model)
         elif item in ("Add Route", "Remove Peripheral") and not choices:
             self.push(TextScreen(item, "No peripherals are known yet."))
         elif item in ("Edit Route", "Remove Route") and not routes:
@@ -474,6 +476,16 @@ class Interaction:
             self.push(PickScreen("Remove Peripheral: which one?", choices, lambda name: self.push(
                 ConfirmScreen(item, f"Remove {name} and every route to or from it?",
                               lambda: self.finish(base, item, f"/remove {name}")))))
+
+    def _launched_programs(self, base: int, model: vm.Model) -> None:
+        """The programs peripherals.toml starts, with their process state; Enter shows one's last log lines."""
+        rows = sorted(vm.launched_rows(model), key=lambda row: str(row.get("name", "")))
+        if not rows:
+            self.push(TextScreen("Launched Programs", "No program is launched from peripherals.toml."))
+            return
+        options = [(f"{row.get('name', '?')}  {vm.process_label(row)}", str(row.get("name"))) for row in rows]
+        self.push(PickScreen("Launched Programs: Enter shows the last log lines", options,
+                             lambda name: self.finish(base, "Launched Programs", f":logs {name}")))
 
     def _add_route(self, base: int, choices: list[tuple[str, str]]) -> None:
         def named(source: str, sink: str) -> None:
