@@ -1,6 +1,6 @@
 """Fault injection: steady data through several routes while each process is SIGKILLed in turn.
 
-    python bench/faults.py [--rate 2000] [--phase 3] [--routers 2]
+    python -m bench.faults [--rate 2000] [--phase 3] [--routers 2]
 
 For every kill it prints: time until a message sent after the kill is delivered again, and per
 phase the messages sent / delivered / lost / duplicated / out of order, and whether orch.cf and
@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import Instance, send_line, start_instance, wait_until  # noqa: E402
+from tests.support.instances import Instance, send_line, start_instance, wait_until
 
 SOURCES = 2
 RECONNECT_PAUSE_S = 0.02

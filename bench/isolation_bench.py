@@ -1,6 +1,6 @@
 """Bad-sink rows: does a dead or stuck sink slow the healthy route of the same source?
 
-    python bench/isolation_bench.py [--rate 1000] [--phase 3] [--rounds 3] [--kinds down,deaf]
+    python -m bench.isolation_bench [--rate 1000] [--phase 3] [--rounds 3] [--kinds down,deaf]
 
 One source sends '<name> <seq>' lines at a steady rate to a healthy stream sink. Phases alternate
 without and with a second route from the same source to a bad sink (``down``: nothing listens;
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -22,13 +21,10 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import Instance, free_port, send_line, start_instance  # noqa: E402
-from faults import Sink, Source, analyse, settle  # noqa: E402
-from fakes import DeafSink  # noqa: E402
+from tests.support.instances import Instance, free_port, send_line, start_instance
+from bench.faults import Sink, Source, analyse, settle
+from tests.support.fakes import DeafSink
 
 WARM_UP_S = 1.0
 P99 = 0.99

@@ -1,6 +1,6 @@
 """Overload: sources offer ~10x what slow sinks take, for a minute; every process's memory must stay flat.
 
-    python bench/overload.py [--seconds 60] [--sink-rate 500] [--factor 10] [--sources 2] [--payload-bytes 500] [--mixed]
+    python -m bench.overload [--seconds 60] [--sink-rate 500] [--factor 10] [--sources 2] [--payload-bytes 500] [--mixed]
 
 Each source streams '<name> <seq>' lines on its data port, paced at factor x sink-rate; each sink
 (one per source, stream delivery; --mixed alternates message and stream) reads at most sink-rate lines/s. The
@@ -21,12 +21,9 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import Instance, send_line, start_instance  # noqa: E402
-from faults import Sink  # noqa: E402  (bench/ is on the path when run as a script)
+from tests.support.instances import Instance, send_line, start_instance
+from bench.faults import Sink
 
 WARMUP_S = 10.0
 FLAT_TOLERANCE = 0.10  # growth after warm-up beyond 10% ...

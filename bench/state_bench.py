@@ -1,6 +1,6 @@
 """The state keeper under a registration flood, and the cost of writing orch.cf.
 
-    python bench/state_bench.py [--flood 3000] [--threads 8]
+    python -m bench.state_bench [--flood 3000] [--threads 8]
 
 1. File writing, in process: one save of orch.cf with N peripherals, each holding a config at the
    depth limit (and one legacy config 600 deep), with the old writer (indent=4 everywhere) and the
@@ -16,19 +16,16 @@ import argparse
 import json
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from actors.state.store import ConfigStore, readable_json  # noqa: E402
-from actors.core.settings import TUNABLE_DEFAULTS, default_config  # noqa: E402
-from conftest import Instance, start_instance, wait_until  # noqa: E402
+from actors.state.store import ConfigStore, readable_json
+from actors.core.settings import TUNABLE_DEFAULTS, default_config
+from tests.support.instances import Instance, start_instance, wait_until
 
 WINDOWS = 6
 SAVE_REPEATS = 5

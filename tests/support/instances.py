@@ -1,4 +1,7 @@
-"""Shared fixtures: free ports, and real orchestrator instances on loopback in temporary folders."""
+"""Real orchestrator instances on loopback in temporary folders, free ports, and line helpers.
+
+Shared by the tests (their fixtures are in tests/conftest.py) and the benchmarks in bench/.
+"""
 from __future__ import annotations
 
 import json
@@ -11,17 +14,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import pytest
 import zmq
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from actors.core.protocol import Op
+from actors.core.requests import RequestClient
+from actors.core.settings import Runtime, parse_ports
 
-from actors.core.protocol import Op  # noqa: E402
-from actors.core.settings import Runtime, parse_ports  # noqa: E402
-from actors.core.requests import RequestClient  # noqa: E402
+SUPPORT_DIR = Path(__file__).resolve().parent
+REPO_ROOT = SUPPORT_DIR.parent.parent
+LEGACY_DATA_DIR = SUPPORT_DIR / "data" / "legacy"  # the original's own orch.cf and routes.cf, as it wrote them on a robot
 
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -205,22 +208,3 @@ def start_instance(tmp_path: Path, routers: int = 1, only: list[str] | None = No
             raise
     return instance
 
-
-@pytest.fixture
-def orchestrator(tmp_path: Path) -> Iterator[Instance]:
-    """A full system (broker, state, gateway, one router, scanner) on ephemeral loopback ports."""
-    instance = start_instance(tmp_path)
-    try:
-        yield instance
-    finally:
-        instance.stop()
-
-
-@pytest.fixture
-def core(tmp_path: Path) -> Iterator[Instance]:
-    """Just the broker and the state keeper."""
-    instance = start_instance(tmp_path, only=["broker", "state"])
-    try:
-        yield instance
-    finally:
-        instance.stop()

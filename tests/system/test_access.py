@@ -21,7 +21,7 @@ from actors.core.replica import StateReplica
 from actors.core.runfolder import ensure_runtime_dirs
 from actors.core.settings import ConfigError, Runtime, default_config, validate_config
 from actors.state.tables import Tables
-from conftest import Instance, send_line, start_instance, wait_until
+from tests.support.instances import Instance, send_line, start_instance, wait_until
 
 TOKEN = "s3cret-token-4711"
 READ_TIMEOUT_S = 5.0

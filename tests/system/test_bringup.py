@@ -1,7 +1,7 @@
 """Robot bring-up: the supervisor starts, restarts, stops and joins the peripherals of peripherals.toml.
 
 Every test runs the real orchestrator (launch.py --headless) on loopback with fake peripheral
-programs (tests/fake_peripheral.py) that speak only the legacy protocol.
+programs (tests/support/fake_peripheral.py) that speak only the legacy protocol.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Any, Iterator
 import pytest
 
 from actors.core.protocol import Op
-from conftest import REPO_ROOT, Instance, start_instance, wait_until
+from tests.support.instances import REPO_ROOT, SUPPORT_DIR, Instance, start_instance, wait_until
 
-FAKE = REPO_ROOT / "tests" / "fake_peripheral.py"
+FAKE = SUPPORT_DIR / "fake_peripheral.py"
 WAIT_S = 15.0
 
 

@@ -1,6 +1,6 @@
 """orch.cf / routes.cf as users and the original program write them: one wrong value never discards the whole file.
 
-Real instances load the original's own files (tests/data/legacy, as it wrote them on a robot) on ephemeral loopback
+Real instances load the original's own files (tests/support/data/legacy, as it wrote them on a robot) on ephemeral loopback
 ports; the bad values are the ones reported in the files issue. Unit tests check the per-key readers with hypothesis.
 """
 from __future__ import annotations
@@ -24,10 +24,11 @@ from actors.core.settings import (LOOPBACK_NETWORKS, LOOPBACK_ONLY_SECURITY, SEC
 from actors.state.tables import Tables
 from actors.ui.viewmodel import ActorStatus, Model, Style, status_line
 from actors.core.settings import Runtime
-from conftest import READY_TIMEOUT_S, REPO_ROOT, Instance, free_port_range, send_line, start_instance, wait_until
-from fakes import RegisteringPeripheral
+from tests.support.instances import (LEGACY_DATA_DIR, READY_TIMEOUT_S, REPO_ROOT, Instance, free_port_range, send_line,
+                                     start_instance, wait_until)
+from tests.support.fakes import RegisteringPeripheral
 
-LEGACY_DIR = Path(__file__).parent / "data" / "legacy"
+LEGACY_DIR = LEGACY_DATA_DIR
 LEGACY_PERIPHERALS = 17
 LEGACY_ROUTES = 2
 LAUNCH_TIMEOUT_S = 20.0

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from actors.ui import viewmodel as vm
 from actors.supervisor.cli import bus_command
 from actors.core.protocol import Op, Reply, Request, decode_as, encode
-from conftest import REPO_ROOT, Instance, free_port_range, send_line, start_instance, wait_until
+from tests.support.instances import REPO_ROOT, Instance, free_port_range, send_line, start_instance, wait_until
 
 GATEWAY_ONLY = ["broker", "state", "gateway"]
 TOKEN = "squat-me-if-you-can-0123456789"

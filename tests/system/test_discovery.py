@@ -22,8 +22,8 @@ from actors.core.replica import StateReplica
 from actors.scanner.scanner import Liveness
 from actors.core.settings import TUNABLE_DEFAULTS, check_config, default_config
 from actors.state.tables import Tables
-from conftest import Instance, free_port, start_instance, wait_until
-from fakes import FakeListener, InfoPeripheral, RegisteringPeripheral, register, send_and_close
+from tests.support.instances import Instance, free_port, start_instance, wait_until
+from tests.support.fakes import FakeListener, InfoPeripheral, RegisteringPeripheral, register, send_and_close
 
 UUID_A = "11111111-2222-4333-8444-555555555555"
 UUID_B = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"

@@ -1,14 +1,9 @@
 """Short fault injection (bench/faults.py): SIGKILL a router and the state keeper under a modest steady load."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from conftest import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "bench"))
-
-from faults import print_table, run_faults  # noqa: E402
+from bench.faults import print_table, run_faults
 
 RATE = 400  # messages/s in total over two routes (one per-message sink, one stream sink)
 PHASE_S = 2.0

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from actors.gateway.commands import build_registry
 from actors.core.protocol import SCHEMA_VERSION, MessageType, Topic
 from actors.core.settings import validate_config, validate_routes
-from conftest import Instance, start_instance, wait_until
+from tests.support.instances import Instance, start_instance, wait_until
 
 TCP_EXAMPLES = 100
 BUS_EXAMPLES = 100

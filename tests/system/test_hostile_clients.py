@@ -23,7 +23,7 @@ from actors.gateway.commands import CommandLine, ConfigBlock, Peer, TextReply, e
 from actors.gateway.connection import Connection, Limits
 from actors.core.protocol import Op
 from actors.core.settings import ConfigError, parse_port, parse_ports
-from conftest import Instance, send_bytes, start_instance, wait_until
+from tests.support.instances import Instance, send_bytes, start_instance, wait_until
 
 GATEWAY_ONLY = ["broker", "state", "gateway"]
 ADMIN = "127.0.0.1"

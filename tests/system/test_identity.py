@@ -18,8 +18,8 @@ from actors.core.protocol import Op
 from actors.core.settings import default_config
 from actors.state.tables import Tables
 from actors.core.net import same_host
-from conftest import COMMAND_TIMEOUT_S, Instance, free_port, free_port_range, send_bytes, start_instance, wait_until
-from fakes import InfoPeripheral, LineSink
+from tests.support.instances import COMMAND_TIMEOUT_S, Instance, free_port, free_port_range, send_bytes, start_instance, wait_until
+from tests.support.fakes import InfoPeripheral, LineSink
 
 TOKEN = "identity-test-token"
 OWNER, ATTACKER, THIRD, ADMIN = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.1"

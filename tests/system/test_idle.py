@@ -19,7 +19,7 @@ from actors.core.protocol import Heartbeat, Topic, decode_as
 from actors.core.runner import StopFlag
 from actors.core.settings import (HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S, STARTUP_BEAT_INTERVAL_S,
                                   STARTUP_BEATS, Endpoints, Runtime)
-from conftest import start_instance, wait_until
+from tests.support.instances import start_instance, wait_until
 
 DETECTION_LIMIT_S = 3.0  # a dead actor or a silent satellite is counted out within this (the bound)
 STOP_LIMIT_S = 1.0  # SIGTERM to exit of an idle actor asleep until its next 5 s beat

@@ -27,9 +27,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.router.sinks import MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
-from conftest import Instance, free_port, start_instance, wait_until
-from fakes import DeafSink, LineSink, register, resetting_port, restarted, slow_reader
-from test_routing_e2e import OrderSink, Source, add_route, assert_in_order_without_loss, running_routers
+from tests.support.instances import Instance, free_port, start_instance, wait_until
+from tests.support.fakes import DeafSink, LineSink, register, resetting_port, restarted, slow_reader
+from tests.system.test_routing_e2e import OrderSink, Source, add_route, assert_in_order_without_loss, running_routers
 
 LINES_PER_SOURCE = 2000
 BURST = 200

@@ -4,8 +4,8 @@ from __future__ import annotations
 import socket
 
 from actors.router.sinks import MODE_MESSAGE, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
-from conftest import free_port, wait_until
-from fakes import LineSink
+from tests.support.instances import free_port, wait_until
+from tests.support.fakes import LineSink
 
 TIMEOUT_S = 5.0
 

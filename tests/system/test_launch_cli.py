@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO_ROOT, Instance
+from tests.support.instances import REPO_ROOT, Instance
 
 
 def launch(*args: str) -> subprocess.CompletedProcess[str]:

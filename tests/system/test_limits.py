@@ -19,7 +19,7 @@ from actors.core.protocol import Op
 from actors.core.settings import TUNABLE_DEFAULTS, default_config
 from actors.state.tables import Tables
 from actors.core.records import nesting_depth
-from conftest import COMMAND_TIMEOUT_S, Instance, start_instance, wait_until
+from tests.support.instances import COMMAND_TIMEOUT_S, Instance, start_instance, wait_until
 
 DEFAULT_DEPTH = int(TUNABLE_DEFAULTS["max_peripheral_config_depth"])
 HOST_LIMIT = 5

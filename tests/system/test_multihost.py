@@ -1,8 +1,8 @@
 """Actors on several boards: a main instance and a satellite router in separate network namespaces.
 
 The namespace tests need root (``ip netns add``); they make two namespaces joined by a veth pair
-with addresses in a test-only subnet (tests/netns.py), run ``launch.py --bus`` in A and
-``launch.py --join --only router`` plus fake peripherals (tests/multihost_peer.py) in B, and
+with addresses in a test-only subnet (tests/support/netns.py), run ``launch.py --bus`` in A and
+``launch.py --join --only router`` plus fake peripherals (tests/support/multihost_peer.py) in B, and
 delete everything in the end. The unit tests below them run anywhere.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from actors.supervisor.supervisor import Supervisor
 from actors.core.protocol import Heartbeat
 from actors.core.settings import HEARTBEAT_EXPIRY_S, Runtime
 from actors.ui.viewmodel import ActorStatus, actors_by_host
-from conftest import REPO_ROOT, wait_until
-from netns import Host, TwoHosts, unavailable_reason
+from tests.support.instances import REPO_ROOT, wait_until
+from tests.support.netns import Host, TwoHosts, unavailable_reason
 
 PY = sys.executable
 BUS_PORT = 7100  # inside namespace A, where every port is ours
@@ -65,7 +65,7 @@ class Boards:
 
     def command(self, *lines: str) -> str:
         """Admin command lines from the main board itself (its own address counts as loopback)."""
-        done = self.hosts.run(self.hosts.a, [PY, "tests/multihost_peer.py", "cmd", self.hosts.a.address, str(COMMAND_PORT), *lines], str(REPO_ROOT))
+        done = self.hosts.run(self.hosts.a, [PY, "tests/support/multihost_peer.py", "cmd", self.hosts.a.address, str(COMMAND_PORT), *lines], str(REPO_ROOT))
         return done.stdout
 
     def start_satellite(self, name: str, keys_from: Path | None) -> Path:
@@ -122,7 +122,7 @@ def test_data_routes_across_boards_and_falls_back_when_the_satellite_dies(boards
     actors = wait_until(lambda: (a := boards.actors()) and satellite_router in a and a, STEP_TIMEOUT_S, 0.3, "the satellite's router in /status")
     assert actors[satellite_router]["host"] == hosts.b.hostname
     assert actors["router-1"]["host"] == hosts.a.hostname
-    peers = hosts.spawn(hosts.b, [PY, "tests/multihost_peer.py", "peers", hosts.a.address, str(COMMAND_PORT), "--bind", hosts.b.address,
+    peers = hosts.spawn(hosts.b, [PY, "tests/support/multihost_peer.py", "peers", hosts.a.address, str(COMMAND_PORT), "--bind", hosts.b.address,
                                   "--sink-port", str(SINK_PORT), "--sources", str(SOURCES), "--status", str(boards.root / "peers.json"),
                                   "--rate", "20"], str(boards.root / "peers.out"), str(REPO_ROOT))
     wait_until(lambda: boards.peers().get("ready"), STEP_TIMEOUT_S, 0.2, "the peripherals to register")

@@ -15,8 +15,8 @@ import zmq
 from actors.core.protocol import DataAck, DataBatch, Heartbeat, Op, Tap, Topic, decode, decode_as, encode, tap_topic
 from actors.router.acks import AckBook, BatchTracker
 from actors.router.sinks import MODE_MESSAGE, MODE_STREAM, Backoff, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
-from conftest import REPO_ROOT, Instance, free_port, start_instance, wait_until
-from fakes import LineSink, restarted
+from tests.support.instances import REPO_ROOT, Instance, free_port, start_instance, wait_until
+from tests.support.fakes import LineSink, restarted
 
 TIMEOUT_S = 10.0
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from conftest import Instance, free_port, send_bytes, start_instance, wait_until
+from tests.support.instances import LEGACY_DATA_DIR, Instance, free_port, send_bytes, start_instance, wait_until
 from actors.core.protocol import Op
-from fakes import LineSink, SinkPeripheral, register
-from test_isolation import TimedSink, route_counters, stop_quietly
+from tests.support.fakes import LineSink, SinkPeripheral, register
+from tests.system.test_isolation import TimedSink, route_counters, stop_quietly
 
-LEGACY_DIR = Path(__file__).resolve().parent / "data" / "legacy"
+LEGACY_DIR = LEGACY_DATA_DIR
 DELIVERY_TIMEOUT_S = 8.0
 SOCKET_TIMEOUT_S = 5.0
 ACTORS = ["broker", "state", "gateway", "router"]

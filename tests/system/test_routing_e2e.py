@@ -25,8 +25,8 @@ import zmq
 
 from actors.core.protocol import Heartbeat, Topic, decode_as
 from actors.gateway.dataplane import rendezvous
-from conftest import REPO_ROOT, Instance, free_port, start_instance, wait_until
-from fakes import register
+from tests.support.instances import REPO_ROOT, Instance, free_port, start_instance, wait_until
+from tests.support.fakes import register
 
 DELIVERY_TIMEOUT_S = 15.0
 SELECT_TIMEOUT_S = 0.05

@@ -14,8 +14,8 @@ from typing import Iterator
 
 import pytest
 
-from conftest import Instance, start_instance, wait_until
-from fakes import LineSink, RegisteringPeripheral, register
+from tests.support.instances import Instance, start_instance, wait_until
+from tests.support.fakes import LineSink, RegisteringPeripheral, register
 
 DELIVERY_TIMEOUT_S = 5.0
 BARRIER_TIMEOUT_S = 5.0

@@ -10,7 +10,7 @@ import pytest
 
 from actors.core.runfolder import UnsafeRunDir, check_run_dir, claim_run_dir, release_run_dir
 from actors.core.settings import RUN_POINTER_FILE_NAME, Runtime, run_dir_for
-from conftest import REPO_ROOT, start_instance, wait_until, write_test_config
+from tests.support.instances import REPO_ROOT, start_instance, wait_until, write_test_config
 
 OTHER_UID = 65534  # nobody: we run as root in the test container, so we can make folders that are not ours
 

@@ -19,8 +19,8 @@ from actors.core.runner import StopFlag
 from actors.scanner.probe import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, BadAnswer, Outcome, Target, parse_info, slow_first, sweep
 from actors.scanner.scanner import Liveness, ScanPlan, Scanner
 from actors.core.settings import Endpoints, Runtime, default_config
-from conftest import Instance, start_instance, wait_until
-from fakes import FakeListener, InfoPeripheral, closing_port, garbage_port, silent_port, streaming_port
+from tests.support.instances import Instance, start_instance, wait_until
+from tests.support.fakes import FakeListener, InfoPeripheral, closing_port, garbage_port, silent_port, streaming_port
 
 UUID_A = "11111111-2222-3333-4444-555555555555"
 UUID_B = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"

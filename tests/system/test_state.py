@@ -12,7 +12,7 @@ from actors.core.bus import connect_subscriber, parse_event
 from actors.core.errors import DuplicateRoute, UnknownPeripheral
 from actors.core.protocol import Heartbeat, Op, Reply, Request, StateUpdate, Topic, decode_as, encode
 from actors.core.replica import StateReplica
-from conftest import start_instance, wait_until
+from tests.support.instances import start_instance, wait_until
 
 U = "12345678-1234-4234-8234-{:012d}"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from actors.core.runfolder import ensure_runtime_dirs
 from actors.core.settings import Runtime
 from actors.supervisor.supervisor import ACTOR_MODULES, FLAP_LIMIT, Supervisor
-from conftest import REPO_ROOT, send_line, start_instance, wait_until, write_test_config
+from tests.support.instances import REPO_ROOT, send_line, start_instance, wait_until, write_test_config
 
 
 def alive(pid):
@@ -78,7 +78,7 @@ def test_killed_supervisor_leaves_no_orphans(tmp_path):
 
 
 def test_a_child_that_keeps_crashing_is_left_stopped(tmp_path, monkeypatch):
-    monkeypatch.setitem(ACTOR_MODULES, "crasher", "tests.crasher")
+    monkeypatch.setitem(ACTOR_MODULES, "crasher", "tests.support.crasher")
     runtime = Runtime.for_config_dir(tmp_path)
     ensure_runtime_dirs(runtime)
     supervisor = Supervisor(runtime, ["crasher"])
@@ -133,7 +133,7 @@ def test_the_state_keeper_is_never_given_up_on_and_status_says_degraded_meanwhil
 def crash_supervisor(tmp_path, monkeypatch, kinds, routers=1):
     """A supervisor whose children (of the given kinds) all exit at once: drives the flapping limit fast."""
     for kind in set(kinds):
-        monkeypatch.setitem(ACTOR_MODULES, kind, "tests.crasher")
+        monkeypatch.setitem(ACTOR_MODULES, kind, "tests.support.crasher")
     monkeypatch.setattr("actors.supervisor.supervisor.BACKOFF_BASE_S", 0.01)
     monkeypatch.setattr("actors.supervisor.supervisor.BACKOFF_MAX_S", 0.05)
     runtime = Runtime.for_config_dir(tmp_path)
@@ -184,7 +184,7 @@ def test_backoff_is_capped_and_shown_as_degraded(tmp_path, monkeypatch):
 def test_a_gateway_whose_long_running_task_raises_exits_and_is_restarted(tmp_path, monkeypatch):
     """Its router watch dies: the gateway must not run on with a stale view, but exit non-zero and come back."""
     port = write_test_config(tmp_path)["command_port"]
-    monkeypatch.setitem(ACTOR_MODULES, "gateway", "tests.dying_gateway")
+    monkeypatch.setitem(ACTOR_MODULES, "gateway", "tests.support.dying_gateway")
     runtime = Runtime.for_config_dir(tmp_path)
     ensure_runtime_dirs(runtime)
     supervisor = Supervisor(runtime, ["broker", "state", "gateway"])

@@ -3,8 +3,8 @@ import socket
 import time
 import uuid as uuidlib
 
-from conftest import wait_until
-from fakes import LineSink, register, send_and_close
+from tests.support.instances import wait_until
+from tests.support.fakes import LineSink, register, send_and_close
 
 
 def open_tap(instance, target):

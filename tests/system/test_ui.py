@@ -17,7 +17,7 @@ import pytest
 from actors.ui import app as ui
 from actors.ui import viewmodel as vm
 from actors.core.protocol import Op
-from conftest import REPO_ROOT, Instance, start_instance, wait_until
+from tests.support.instances import REPO_ROOT, Instance, start_instance, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
