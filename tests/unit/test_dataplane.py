@@ -3,46 +3,16 @@ from __future__ import annotations
 
 import random
 
-from actors.gateway.dataplane import DataPlane, FlowLimits, RouterGone
-from actors.core.protocol import DataBatch, decode_as
 from actors.core.settings import HEARTBEAT_EXPIRY_S
+from actors.gateway.dataplane import PENDING_LIMIT_PER_SOURCE, FlowLimits, rendezvous
+from tests.support.fake_gateway import UUID_A, UUID_B, make_plane
 
 SOURCE = "00000000-0000-4000-8000-00000000000a"
 SMALL = FlowLimits(window_messages=4, window_bytes=1 << 20, pending_messages=40, pending_bytes=1 << 20)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Routers:
-    """Fake router side: records what each identity got; identities in ``gone`` are unreachable."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, DataBatch]] = []
-        self.gone: set[bytes] = set()
-
-    def __call__(self, identity: bytes, body: bytes) -> None:
-        if identity in self.gone:
-            raise RouterGone()
-        self.sent.append((identity, decode_as(body, DataBatch)))
-
-    def seqs(self, identity: bytes | None = None) -> list[int]:
-        return [seq for r, b in self.sent if identity in (None, r) for seq in range(b.seq, b.seq + len(b.payloads))]
-
-
-def make(limits: FlowLimits | None = None) -> tuple[DataPlane, Routers, Clock, list[tuple[str, bool]]]:
-    routers, clock, pauses = Routers(), Clock(), []
-    plane = DataPlane(routers, clock, on_pause=lambda source, paused: pauses.append((source, paused)), limits=limits)
-    return plane, routers, clock, pauses
-
-
 def test_batches_of_a_dead_router_go_to_the_next_one_first_in_order() -> None:
-    plane, routers, _, _ = make()
+    plane, routers, _, _ = make_plane()
     plane.heard(b"r1", pid=1, host="h")
     plane.submit(SOURCE, [b"1", b"2"])
     plane.submit(SOURCE, [b"3"])
@@ -55,7 +25,7 @@ def test_batches_of_a_dead_router_go_to_the_next_one_first_in_order() -> None:
 
 
 def test_a_new_process_under_the_same_name_gets_what_the_old_one_did_not_ack() -> None:
-    plane, routers, _, _ = make()
+    plane, routers, _, _ = make_plane()
     plane.heard(b"router-1", pid=10, host="h")
     plane.submit(SOURCE, [b"1"])
     plane.submit(SOURCE, [b"2"])
@@ -66,7 +36,7 @@ def test_a_new_process_under_the_same_name_gets_what_the_old_one_did_not_ack() -
 
 
 def test_a_dropped_connection_declares_its_router_dead_at_once() -> None:
-    plane, routers, _, _ = make()
+    plane, routers, _, _ = make_plane()
     plane.heard(b"r1", pid=1, host="h", fd=7)
     plane.heard(b"r2", pid=2, host="h", fd=8)
     plane.lost(b"r2", "test")  # only r1 remains: the source goes there
@@ -78,7 +48,7 @@ def test_a_dropped_connection_declares_its_router_dead_at_once() -> None:
 
 
 def test_an_unreachable_router_is_dead_and_its_batches_move() -> None:
-    plane, routers, _, _ = make()
+    plane, routers, _, _ = make_plane()
     plane.heard(b"r1")
     plane.submit(SOURCE, [b"1"])
     routers.gone.add(b"r1")
@@ -89,7 +59,7 @@ def test_an_unreachable_router_is_dead_and_its_batches_move() -> None:
 
 
 def test_silence_beyond_expiry_is_death_and_acks_do_not_revive() -> None:
-    plane, routers, clock, _ = make()
+    plane, routers, clock, _ = make_plane()
     plane.heard(b"r1")
     plane.submit(SOURCE, [b"1"])
     clock.now += HEARTBEAT_EXPIRY_S + 0.1
@@ -102,7 +72,7 @@ def test_silence_beyond_expiry_is_death_and_acks_do_not_revive() -> None:
 
 
 def test_late_acks_from_a_dead_router_still_release_batches() -> None:
-    plane, routers, _, _ = make()
+    plane, routers, _, _ = make_plane()
     plane.heard(b"r1")
     plane.submit(SOURCE, [b"1", b"2"])
     plane.submit(SOURCE, [b"3"])
@@ -113,7 +83,7 @@ def test_late_acks_from_a_dead_router_still_release_batches() -> None:
 
 
 def test_window_bounds_unacknowledged_payloads_and_acks_open_it() -> None:
-    plane, routers, _, _ = make(SMALL)
+    plane, routers, _, _ = make_plane(SMALL)
     plane.heard(b"r1")
     plane.submit(SOURCE, [b"%d" % i for i in range(10)])
     assert routers.seqs() == [1, 2, 3, 4] and plane.stats()["pending"] == 6
@@ -125,7 +95,7 @@ def test_window_bounds_unacknowledged_payloads_and_acks_open_it() -> None:
 
 
 def test_a_source_beyond_its_bound_is_paused_then_resumed_without_loss() -> None:
-    plane, routers, _, pauses = make(SMALL)
+    plane, routers, _, pauses = make_plane(SMALL)
     plane.heard(b"r1")
     pause_at = SMALL.pause_at()[0]
     plane.submit(SOURCE, [b"x"] * (SMALL.window_messages + pause_at))
@@ -139,7 +109,7 @@ def test_a_source_beyond_its_bound_is_paused_then_resumed_without_loss() -> None
 
 
 def test_without_any_router_the_pending_bound_is_the_last_resort() -> None:
-    plane, routers, _, pauses = make(SMALL)
+    plane, routers, _, pauses = make_plane(SMALL)
     plane.submit(SOURCE, [b"x"] * (SMALL.pending_messages + 3))
     assert routers.sent == [] and plane.stats()["dropped_buffer_full"] == 3 and pauses == [(SOURCE, True)]
     plane.heard(b"r1")
@@ -148,7 +118,7 @@ def test_without_any_router_the_pending_bound_is_the_last_resort() -> None:
 
 def test_pending_bytes_bound_too() -> None:
     limits = FlowLimits(window_messages=100, window_bytes=10, pending_messages=100, pending_bytes=40)
-    plane, routers, _, pauses = make(limits)
+    plane, routers, _, pauses = make_plane(limits)
     plane.heard(b"r1")
     plane.submit(SOURCE, [b"y" * 10])
     plane.submit(SOURCE, [b"z" * 10])  # window bytes full: held
@@ -189,7 +159,7 @@ class Fleet:
 
 def test_random_deaths_never_lose_or_reorder_first_deliveries() -> None:
     rng = random.Random(7)
-    plane, routers, _, _ = make(SMALL)
+    plane, routers, _, _ = make_plane(SMALL)
     names = [b"r1", b"r2", b"r3"]
     fleet = Fleet(plane, routers, names)
     for name in names:
@@ -224,7 +194,7 @@ def test_random_deaths_never_lose_or_reorder_first_deliveries() -> None:
 
 
 def test_an_ack_beyond_what_was_sent_is_ignored() -> None:
-    plane, routers, _, _ = make()
+    plane, routers, _, _ = make_plane()
     plane.heard(b"r1")
     plane.submit(SOURCE, [b"1"])
     plane.ack(SOURCE, 500)  # meant for a gateway process that ran before this one
@@ -232,7 +202,7 @@ def test_an_ack_beyond_what_was_sent_is_ignored() -> None:
 
 
 def test_batches_carry_this_gateways_epoch_and_acks_for_another_are_ignored() -> None:
-    plane, routers, _, _ = make()
+    plane, routers, _, _ = make_plane()
     plane.heard(b"r1", pid=1, host="h")
     plane.submit(SOURCE, [b"1", b"2", b"3"])
     assert routers.sent[0][1].epoch == plane.epoch
@@ -240,3 +210,97 @@ def test_batches_carry_this_gateways_epoch_and_acks_for_another_are_ignored() ->
     assert plane.stats()["stale_acks"] == 1 and plane.stats()["unacked_payloads"] == 3
     plane.ack(SOURCE, 3, epoch=plane.epoch)
     assert plane.stats()["unacked_payloads"] == 0
+
+
+# ---- numbering, draining, dead and busy routers -------------------------------------------
+def test_payloads_are_numbered_per_source_from_one() -> None:
+    plane, routers, _, _ = make_plane()
+    plane.heard(b"router-1")
+    plane.submit(UUID_A, [b"a", b"b"])
+    plane.submit(UUID_A, [b"c"])
+    plane.submit(UUID_B, [b"x"])
+    batches = [(b.source, b.seq, b.payloads) for _, b in routers.sent]
+    assert batches == [(UUID_A, 1, [b"a", b"b"]), (UUID_A, 3, [b"c"]), (UUID_B, 1, [b"x"])]
+
+
+def test_without_routers_payloads_wait_bounded_then_flow_in_order() -> None:
+    plane, routers, _, _ = make_plane()
+    plane.submit(UUID_A, [b"%d" % i for i in range(PENDING_LIMIT_PER_SOURCE + 5)])
+    assert routers.sent == [] and plane.stats()["dropped_buffer_full"] == 5
+    plane.heard(b"router-1")
+    while plane.stats()["pending"]:  # the flow window lets more go as the router acknowledges
+        plane.ack(UUID_A, routers.sent[-1][1].seq + len(routers.sent[-1][1].payloads) - 1)
+    payloads = [p for _, batch in routers.sent for p in batch.payloads]
+    assert payloads == [b"%d" % i for i in range(PENDING_LIMIT_PER_SOURCE)]
+    assert plane.stats()["pending"] == 0
+
+
+def source_preferring(router: bytes, routers: list[bytes]) -> str:
+    """A source uuid that rendezvous hashing sends to router when all of routers live."""
+    return next(s for s in (f"{i:08d}-0000-4000-8000-000000000000" for i in range(1000)) if rendezvous(s, routers) == router)
+
+
+def test_source_stays_on_its_router_until_drained_then_switches() -> None:
+    plane, routers, _, _ = make_plane()
+    source = source_preferring(b"r2", [b"r1", b"r2"])
+    plane.heard(b"r1")
+    plane.submit(source, [b"1"])
+    plane.heard(b"r2")
+    plane.submit(source, [b"2"])
+    assert [r for r, _ in routers.sent] == [b"r1"]  # held while r1 has an unacked batch
+    plane.ack(source, 1)
+    assert [(r, b.seq) for r, b in routers.sent] == [(b"r1", 1), (b"r2", 2)]
+
+
+def test_drain_times_out_when_the_old_router_never_acks() -> None:
+    plane, routers, clock, _ = make_plane()
+    source = source_preferring(b"r2", [b"r1", b"r2"])
+    plane.heard(b"r1")
+    plane.submit(source, [b"1"])
+    plane.heard(b"r2")
+    plane.submit(source, [b"2"])
+    assert len(routers.sent) == 1
+    clock.now += HEARTBEAT_EXPIRY_S / 2
+    plane.heard(b"r1")
+    plane.heard(b"r2")
+    clock.now += HEARTBEAT_EXPIRY_S
+    plane.heard(b"r1")
+    plane.heard(b"r2")
+    plane.flush()
+    assert [(r, b.seq) for r, b in routers.sent] == [(b"r1", 1), (b"r2", 1), (b"r2", 2)]  # unacked batch goes along
+    assert plane.stats()["forced_switches"] == 1
+
+
+def test_dead_router_is_forgotten_and_its_sources_move() -> None:
+    plane, routers, clock, _ = make_plane()
+    plane.heard(b"r1")
+    plane.submit(UUID_A, [b"1"])
+    clock.now += HEARTBEAT_EXPIRY_S + 1
+    assert plane.expire() == [b"r1"]
+    plane.heard(b"r2")
+    plane.submit(UUID_A, [b"2"])
+    assert [(r, b.seq) for r, b in routers.sent] == [(b"r1", 1), (b"r2", 1), (b"r2", 2)]  # resent before the newer one
+    assert plane.stats()["unacked_batches"] == 2
+
+
+def test_busy_or_gone_router_holds_payloads() -> None:
+    plane, routers, _, _ = make_plane()
+    plane.heard(b"r1")
+    routers.busy.add(b"r1")
+    plane.submit(UUID_A, [b"1"])
+    assert plane.stats()["pending"] == 1
+    routers.busy.clear()
+    plane.flush()
+    assert [b.seq for _, b in routers.sent] == [1]
+    routers.gone.add(b"r1")
+    plane.submit(UUID_A, [b"2"])
+    assert plane.live() == [] and plane.stats()["pending"] == 1
+
+
+def test_acks_release_kept_batches() -> None:
+    plane, _, _, _ = make_plane()
+    plane.heard(b"r1")
+    plane.submit(UUID_A, [b"1", b"2"])
+    plane.submit(UUID_A, [b"3"])
+    plane.ack(UUID_A, 2)
+    assert plane.stats()["unacked_batches"] == 1 and plane.stats()["payloads_acked"] == 2

@@ -6,7 +6,7 @@ from typing import Any
 from actors.gateway.commands import text_after
 from actors.core.errors import UnknownRoute
 from actors.core.protocol import Op
-from tests.unit.test_commands import UUID_A, UUID_B, FakeContext, run
+from tests.support.fake_gateway import UUID_A, UUID_B, FakeContext, run
 
 
 def rule_context() -> FakeContext:
