@@ -109,11 +109,27 @@ def _replica_from_bus(instance, sub, client, replica, until):
     raise AssertionError("replica never caught up")
 
 
+def _wait_subscribed(client, subs, timeout=10.0):
+    """A SUB socket's subscription takes effect a moment after connect: re-register a probe (a new port each time,
+    so each is an update) until every subscriber has seen an update."""
+    seen = [False] * len(subs)
+    probes = iter(range(1, 1_000_000))
+
+    def all_seen():
+        client.request(Op.REGISTER, name="Probe", uuid=uid(999), port=next(probes))
+        for i, sub in enumerate(subs):
+            while sub.poll(50):
+                _, message = parse_event(sub.recv_multipart())
+                seen[i] = seen[i] or isinstance(message, StateUpdate)
+        return all(seen)
+    wait_until(all_seen, timeout, 0.0, "every subscriber to receive updates")
+
+
 def test_snapshot_plus_updates_give_every_subscriber_the_same_state(core):
     client = core.state_client()
     subs = [connect_subscriber(core.context, core.runtime.endpoints, [Topic.STATE, Topic.HEARTBEAT]) for _ in range(2)]
     replicas = [StateReplica(), StateReplica()]
-    time.sleep(0.3)
+    _wait_subscribed(client, subs)
     replicas[0].load_snapshot(client.request(Op.SNAPSHOT))  # one starts early, the other joins late
     for i in range(20):
         client.request(Op.REGISTER, name=f"P{i}", uuid=uid(i), port=100 + i)
@@ -140,7 +156,7 @@ def test_sigkill_during_writes_never_leaves_an_unparsable_file(tmp_path):
             sock.connect(instance.runtime.endpoints.state_front)
             for request in requests:
                 sock.send_multipart([b"", encode(request)])
-            time.sleep(random.uniform(0.005, 0.05))
+            time.sleep(random.uniform(0.005, 0.05))  # not a wait: the kill lands at a random point of the burst
             while sock.poll(0):
                 reply = decode_as(sock.recv_multipart()[-1], Reply)
                 if reply.ok:

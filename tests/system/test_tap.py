@@ -7,6 +7,14 @@ from tests.support.instances import wait_until
 from tests.support.fakes import LineSink, register, send_and_close
 
 
+TAP_TIMEOUT_S = 10.0  # the router reports its taps in its heartbeat (every few seconds when idle)
+
+
+def tap_subscriptions(instance):
+    """Tap topics the routers publish: a subscription travels gateway -> broker -> router asynchronously."""
+    return sum((c.get("stats") or {}).get("taps", 0) for c in instance.status()["children"] if c["name"].startswith("router"))
+
+
 def open_tap(instance, target):
     sock = socket.create_connection(("127.0.0.1", instance.command_port), timeout=5)
     sock.sendall(f"/tap {target}\n".encode())
@@ -36,7 +44,7 @@ def test_tap_shows_live_payloads_of_a_route_and_of_a_peripheral(orchestrator):
         route_tap, header = open_tap(orchestrator, "chat")
         peripheral_tap, _ = open_tap(orchestrator, "Talker")
         assert "Tapping route 'chat'" in header
-        time.sleep(0.3)  # subscriptions reach the routers through the broker
+        wait_until(lambda: tap_subscriptions(orchestrator) >= 2, TAP_TIMEOUT_S, 0.1, "both taps to reach the router")
         for i in range(5):
             send_and_close(orchestrator.command_port, f"/data {source} hello {i}\n".encode())
         assert read_lines(route_tap, 5) == [f"hello {i}" for i in range(5)]
