@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests.support.fakes import FakeListener
 from tests.support.instances import Instance, start_instance
+from tests.support.scanning import start_scanning
 
 
 @pytest.fixture
@@ -27,3 +29,29 @@ def core(tmp_path: Path) -> Iterator[Instance]:
         yield instance
     finally:
         instance.stop()
+
+
+@pytest.fixture
+def fakes() -> Iterator[list[FakeListener]]:
+    """Fakes started with tests.support.scanning.start(fakes, ...) are stopped after the test."""
+    started: list[FakeListener] = []
+    try:
+        yield started
+    finally:
+        for fake in started:
+            fake.stop()
+
+
+@pytest.fixture
+def scanning(tmp_path: Path, fakes: list[FakeListener]) -> Iterator[Callable[..., Instance]]:
+    """start_scanning(tmp_path, ...) whose instances stop after the test, before the fakes they probe."""
+    started: list[Instance] = []
+
+    def start(known_ports: str | None, full: bool = False, **config: Any) -> Instance:
+        started.append(start_scanning(tmp_path, known_ports, full, **config))
+        return started[-1]
+    try:
+        yield start
+    finally:
+        for instance in started:
+            instance.stop()

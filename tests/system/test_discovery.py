@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from actors.gateway.commands import ConfigBlock, LineSession, apply_config_block
-from actors.scanner.probe import CONNECT_TIMEOUT_S, Outcome, Target, sweep
+from actors.scanner.probe import CONNECT_TIMEOUT_S, Outcome, sweep
 from actors.core.protocol import Op
 from actors.core.replica import StateReplica
 from actors.scanner.scanner import Liveness
@@ -24,15 +23,14 @@ from actors.core.settings import TUNABLE_DEFAULTS, check_config, default_config
 from actors.state.tables import Tables
 from tests.support.instances import Instance, free_port, start_instance, wait_until
 from tests.support.fakes import FakeListener, InfoPeripheral, RegisteringPeripheral, register, send_and_close
+from tests.support.scanning import peripherals, scanner_stats, start, start_scanning, target, wait_sweeps
 
 UUID_A = "11111111-2222-4333-8444-555555555555"
 UUID_B = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
-SCAN_INTERVAL_S = 0.3
 QUICK_ANSWER_S = 0.5  # for tests where no port is slow: keeps sweeps short
 BUSY_ANSWER_DELAY_S = 1.0  # the busy peripheral of the issue
 WAIT_S = 15.0
 MULTILINE_PROMPT = "You are a robot.\nAnswer in one sentence.\n\nNever shout."
-
 
 # ---- the merge rule (Tables) ----------------------------------------------------------------------
 def tables_with(config_value: Any = None) -> Tables:
@@ -41,16 +39,13 @@ def tables_with(config_value: Any = None) -> Tables:
         entry["config"] = config_value
     return Tables({**default_config(), "peripherals": [entry]}, [])
 
-
 def seen(tables: Tables, config: dict[str, str]) -> dict[str, Any]:
     record, _ = tables.seen({"name": "LLM_Engine", "uuid": UUID_A, "port": 7000, "host": "127.0.0.1", "config": config})
     return record
 
-
 keys = st.text(alphabet="abcdefgh_", min_size=1, max_size=6)
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3), max_leaves=8)
-
 
 @settings(max_examples=200, deadline=None)
 @given(first_info=st.dictionaries(keys, st.text(max_size=10)), pushed=st.dictionaries(keys, json_values, min_size=1),
@@ -67,7 +62,6 @@ def test_info_never_replaces_a_key_the_config_set(first_info: dict[str, str], pu
         if key not in pushed:
             assert config[key] == value  # /info adds and updates its own keys
 
-
 def test_a_new_config_takes_over_from_the_previous_one() -> None:
     tables = tables_with({})
     seen(tables, {"model": "m1", "system_prompt": ""})
@@ -75,12 +69,10 @@ def test_a_new_config_takes_over_from_the_previous_one() -> None:
     tables.set_peripheral_config({"uuid": UUID_A, "config": {"temperature": 0.7}})
     assert seen(tables, {"model": "m2", "system_prompt": ""})["config"] == {"model": "m2", "system_prompt": "", "temperature": 0.7}
 
-
 def test_delivery_follows_the_winning_key() -> None:
     tables = tables_with({})
     tables.set_peripheral_config({"uuid": UUID_A, "config": {"delivery": "stream"}})
     assert seen(tables, {"delivery": "message"})["delivery"] == "stream"
-
 
 @pytest.mark.parametrize("value", ["", None, [], "legacy text"], ids=["empty-string", "null", "empty-list", "text"])
 def test_config_keeps_the_type_the_file_gave_it_until_something_is_stored(value: Any) -> None:
@@ -92,14 +84,12 @@ def test_config_keeps_the_type_the_file_gave_it_until_something_is_stored(value:
     record, _ = tables.seen({"name": "Old_Engine", "uuid": UUID_A, "port": 7000, "config": {"model": "m"}})
     assert record["config"] == {"model": "m"}
 
-
 # ---- a /config block ended by the connection closing (LineSession) -------------------------------
 def config_session(*lines: str) -> LineSession:
     session = LineSession(data_port=False, max_config_bytes=10_000)
     for line in lines:
         assert session.feed(line.encode()) is None
     return session
-
 
 @pytest.mark.parametrize("partial", [b"", b'"b": 2}', b"  "], ids=["after-newline", "partial-last-line", "blank-partial"])
 def test_a_config_block_without_eof_ends_at_close(partial: bytes) -> None:
@@ -108,17 +98,14 @@ def test_a_config_block_without_eof_ends_at_close(partial: bytes) -> None:
     assert isinstance(item, ConfigBlock) and item.ended_by_close and item.target == UUID_A
     assert json.loads(item.text) == ({"a": 1, "b": 2})
 
-
 def test_close_outside_a_config_block_ends_nothing() -> None:
     assert LineSession(data_port=False, max_config_bytes=100).end(b"/list") is None
     session = config_session(f"/config {UUID_A}", "{}")
     assert isinstance(session.feed(b"EOF"), ConfigBlock) and session.end(b"") is None
 
-
 def test_a_partial_eof_line_is_an_ordinary_end() -> None:
     item = config_session(f"/config {UUID_A}", "{}").end(b"EOF")
     assert isinstance(item, ConfigBlock) and not item.ended_by_close
-
 
 class StoreContext:
     """Just enough CommandContext for apply_config_block."""
@@ -130,7 +117,6 @@ class StoreContext:
     async def request(self, op: Op, **args: Any) -> Any:
         self.requests.append(args)
         return {"name": "Sum_Engine"}
-
 
 @given(text=st.text(max_size=60))
 @settings(max_examples=200, deadline=None)
@@ -144,7 +130,6 @@ def test_an_unended_block_is_stored_only_when_it_is_a_json_object(text: str) -> 
         assert "without an EOF line" in reply.text
     assert (reply.code == 0) == is_object and bool(ctx.requests) == is_object
 
-
 # ---- liveness from re-registration (unit) --------------------------------------------------------
 def test_a_reregistration_between_sweeps_counts_as_a_sighting() -> None:
     live = Liveness()
@@ -155,7 +140,6 @@ def test_a_reregistration_between_sweeps_counts_as_a_sighting() -> None:
     assert live.after_sweep({UUID_A: record}, set(), scanned, 2) == []
     assert live.after_sweep({UUID_A: record}, set(), scanned, 2) == []  # one miss since then
     assert live.after_sweep({UUID_A: record}, set(), scanned, 2) == [UUID_A]
-
 
 def test_our_own_reports_are_not_sightings() -> None:
     live = Liveness()
@@ -168,7 +152,6 @@ def test_our_own_reports_are_not_sightings() -> None:
     assert live.after_sweep({UUID_A: record}, set(), scanned, 2) == []
     assert live.after_sweep({UUID_A: record}, set(), scanned, 2) == [UUID_A]
 
-
 # ---- scan_answer_timeout ----------------------------------------------------------------------------
 def test_scan_answer_timeout_defaults_to_two_seconds_and_is_validated_per_key() -> None:
     assert TUNABLE_DEFAULTS["scan_answer_timeout"] == 2.0
@@ -178,31 +161,10 @@ def test_scan_answer_timeout_defaults_to_two_seconds_and_is_validated_per_key() 
         assert "scan_answer_timeout" not in checked.value and "scan_answer_timeout" in checked.reset
         assert any("scan_answer_timeout" in line for line in checked.warnings)
 
-
-@pytest.fixture
-def fakes() -> Iterator[list[FakeListener]]:
-    started: list[FakeListener] = []
-    try:
-        yield started
-    finally:
-        for fake in started:
-            fake.stop()
-
-
-def start(registry: list[FakeListener], fake: FakeListener) -> Any:
-    registry.append(fake.start())
-    return fake
-
-
-def target(fake: FakeListener) -> Target:
-    return Target("127.0.0.1", "127.0.0.1", socket.AF_INET, fake.port)
-
-
 def test_a_busy_peripheral_answering_after_a_second_is_found_with_the_default_timeout(fakes: list[FakeListener]) -> None:
     busy = start(fakes, InfoPeripheral("Busy_Engine", answer_delay_s=BUSY_ANSWER_DELAY_S))
     results = asyncio.run(sweep([target(busy)]))
     assert [(r.outcome, r.answer.uuid if r.answer else None) for r in results] == [(Outcome.FOUND, busy.uuid)]
-
 
 def test_silent_ports_cost_a_sweep_one_answer_timeout_in_all(fakes: list[FakeListener]) -> None:
     silent = [start(fakes, FakeListener(lambda conn, fake: fake.stopping.wait(5.0))) for _ in range(10)]
@@ -212,37 +174,18 @@ def test_silent_ports_cost_a_sweep_one_answer_timeout_in_all(fakes: list[FakeLis
     assert time.monotonic() - began < 0.5 + CONNECT_TIMEOUT_S + 1.0  # ten in a row would be 5 s
     assert sorted(r.outcome.value for r in results) == sorted([Outcome.FOUND.value] + [Outcome.SILENT.value] * 10)
 
-
 # ---- real processes -----------------------------------------------------------------------------
-def snapshot(instance: Instance) -> dict[str, dict[str, Any]]:
-    return {p["uuid"]: p for p in instance.state_client().request(Op.SNAPSHOT)["peripherals"]}
-
-
-def scanner_stats(instance: Instance) -> dict[str, Any]:
-    return next(child["stats"] for child in instance.status()["children"] if child["name"] == "scanner")
-
-
-def wait_sweeps(instance: Instance, count: int) -> None:
-    goal = scanner_stats(instance).get("sweeps", 0) + count
-    wait_until(lambda: scanner_stats(instance).get("sweeps", 0) >= goal, WAIT_S, 0.1, f"{count} more sweeps")
-
-
 def online(instance: Instance, uuid: str) -> bool:
-    return bool(snapshot(instance).get(uuid, {}).get("online"))
+    return bool(peripherals(instance).get(uuid, {}).get("online"))
 
-
-def scanning(tmp_path: Path, known_ports: str | None, full: bool = False, **config: Any) -> Instance:
-    """Scanner (and the full system when asked) on known_ports; None keeps conftest's: our own command port, never probed."""
-    # these tests register peripherals only on ports they opened: the registered-port probe may run
-    settings_ = {"scan_interval": SCAN_INTERVAL_S, "offline_after_sweeps": 2, "probe_registered_ports": True, **config}
-    if known_ports is not None:
-        settings_["known_ports"] = known_ports
-    return start_instance(tmp_path, only=None if full else ["broker", "state", "scanner"], config=settings_)
-
+def discovering(tmp_path: Path, known_ports: str | None, full: bool = False, **config: Any) -> Instance:
+    """The scanner (or the full system) on known_ports; these tests register peripherals only on ports they opened,
+    so the registered-port probe may run."""
+    return start_scanning(tmp_path, known_ports, full, **{"probe_registered_ports": True, **config})
 
 def test_a_config_key_survives_three_sweeps(tmp_path: Path, fakes: list[FakeListener]) -> None:
     llm = start(fakes, InfoPeripheral("LLM_Engine", config={"model": "small", "system_prompt": ""}))
-    instance = scanning(tmp_path, str(llm.port), full=True, scan_answer_timeout=QUICK_ANSWER_S)
+    instance = discovering(tmp_path, str(llm.port), full=True, scan_answer_timeout=QUICK_ANSWER_S)
     try:
         wait_until(lambda: online(instance, llm.uuid), WAIT_S, 0.1, "discovery")
         pushed = {"system_prompt": MULTILINE_PROMPT, "only_in_config": {"tools": ["clock", "weather"]}}
@@ -251,12 +194,11 @@ def test_a_config_key_survives_three_sweeps(tmp_path: Path, fakes: list[FakeList
         llm.config["model"] = "large"  # /info still updates its own keys
         wait_sweeps(instance, 3)
         expected = {**pushed, "model": "large"}
-        assert snapshot(instance)[llm.uuid]["config"] == expected
+        assert peripherals(instance)[llm.uuid]["config"] == expected
         stored = lambda: next(p for p in instance.read_json("orch.cf")["peripherals"] if p["uuid"] == llm.uuid)["config"] == expected
         wait_until(stored, WAIT_S, 0.1, "the merged config in orch.cf")
     finally:
         instance.stop()
-
 
 @pytest.mark.parametrize("ending", ["\n", ""], ids=["newline-then-close", "close-mid-line"])
 def test_a_config_block_ended_by_closing_is_stored(tmp_path: Path, ending: str) -> None:
@@ -265,21 +207,20 @@ def test_a_config_block_ended_by_closing_is_stored(tmp_path: Path, ending: str) 
         assert register(instance.command_port, "Sum_Engine", UUID_A, free_port()).startswith("/ack ")
         body = json.dumps({"summary_length": 3, "style": "bullet\npoints"}, indent=1)
         assert instance.command(f"/config {UUID_A}\n{body}{ending}") == "Config stored for Sum_Engine.\n"  # no EOF line
-        assert snapshot(instance)[UUID_A]["config"] == {"summary_length": 3, "style": "bullet\npoints"}
+        assert peripherals(instance)[UUID_A]["config"] == {"summary_length": 3, "style": "bullet\npoints"}
         send_and_close(instance.command_port, f"/config {UUID_A}\n{{\"embed_dim\": 384}}\n".encode())  # closes without reading
-        wait_until(lambda: snapshot(instance)[UUID_A]["config"] == {"embed_dim": 384}, WAIT_S, 0.1, "the block sent by send-and-close")
+        wait_until(lambda: peripherals(instance)[UUID_A]["config"] == {"embed_dim": 384}, WAIT_S, 0.1, "the block sent by send-and-close")
         reply = instance.command(f"/config {UUID_A}\n{{\"half\": ")
         assert "not valid JSON" in reply and "without an EOF line" in reply
-        assert snapshot(instance)[UUID_A]["config"] == {"embed_dim": 384}
+        assert peripherals(instance)[UUID_A]["config"] == {"embed_dim": 384}
     finally:
         instance.stop()
-
 
 def test_config_empty_string_in_a_loaded_file_stays(tmp_path: Path) -> None:
     legacy = {"name": "Old_Engine", "uuid": UUID_A, "config": "", "port": free_port(), "last_seen": 1700000000.0, "data_port": None}
     instance = start_instance(tmp_path, only=["broker", "state"], config={"peripherals": [legacy]})
     try:
-        assert snapshot(instance)[UUID_A]["config"] == ""
+        assert peripherals(instance)[UUID_A]["config"] == ""
         instance.state_client().request(Op.REGISTER, name="New_Engine", uuid=UUID_B, port=free_port())  # forces a write
         written = lambda: {p["uuid"]: p for p in instance.read_json("orch.cf")["peripherals"]}
         wait_until(lambda: UUID_B in written(), WAIT_S, 0.1, "the write")
@@ -287,10 +228,9 @@ def test_config_empty_string_in_a_loaded_file_stays(tmp_path: Path) -> None:
     finally:
         instance.stop()
 
-
 def test_the_scanner_finds_a_busy_peripheral_with_default_settings(tmp_path: Path, fakes: list[FakeListener]) -> None:
     busy = start(fakes, InfoPeripheral("Busy_Engine", answer_delay_s=BUSY_ANSWER_DELAY_S))
-    instance = scanning(tmp_path, str(busy.port))
+    instance = discovering(tmp_path, str(busy.port))
     try:
         wait_until(lambda: online(instance, busy.uuid), WAIT_S, 0.1, "the busy peripheral discovered")
         wait_sweeps(instance, 3)
@@ -298,22 +238,20 @@ def test_the_scanner_finds_a_busy_peripheral_with_default_settings(tmp_path: Pat
     finally:
         instance.stop()
 
-
 def test_scan_answer_timeout_in_orch_cf_applies(tmp_path: Path, fakes: list[FakeListener]) -> None:
     busy = start(fakes, InfoPeripheral("Busy_Engine", answer_delay_s=BUSY_ANSWER_DELAY_S))
-    instance = scanning(tmp_path, str(busy.port), scan_answer_timeout=0.3)
+    instance = discovering(tmp_path, str(busy.port), scan_answer_timeout=0.3)
     try:
         wait_sweeps(instance, 2)
-        assert busy.uuid not in snapshot(instance) and scanner_stats(instance)["silent"] == 1
+        assert busy.uuid not in peripherals(instance) and scanner_stats(instance)["silent"] == 1
         instance.state_client().request(Op.SET_CONFIG, values={"scan_answer_timeout": 1.8})
         wait_until(lambda: online(instance, busy.uuid), WAIT_S, 0.1, "discovery after raising the timeout")
     finally:
         instance.stop()
 
-
 def test_a_registered_peripheral_outside_known_ports_follows_its_own_listener(tmp_path: Path, fakes: list[FakeListener]) -> None:
     outside = start(fakes, RegisteringPeripheral(0, "Registered_Only"))
-    instance = scanning(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S)  # known_ports: only our own command port
+    instance = discovering(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S)  # known_ports: only our own command port
     try:
         outside.orch_port = instance.command_port
         outside.register()
@@ -322,27 +260,25 @@ def test_a_registered_peripheral_outside_known_ports_follows_its_own_listener(tm
         assert online(instance, outside.uuid) and outside.info_requests >= 2  # probed every sweep, found each time
         outside.stop()
         wait_until(lambda: not online(instance, outside.uuid), WAIT_S, 0.1, "offline once its listener closed")
-        assert outside.uuid in snapshot(instance)  # offline, not forgotten
+        assert outside.uuid in peripherals(instance)  # offline, not forgotten
         outside.start()  # the same port again, no new /register
         wait_until(lambda: online(instance, outside.uuid), WAIT_S, 0.1, "online again when it listens again")
     finally:
         instance.stop()
 
-
 def test_a_stranger_on_a_registered_port_is_neither_discovered_nor_a_sighting(tmp_path: Path, fakes: list[FakeListener]) -> None:
     stranger = start(fakes, InfoPeripheral("Stranger_Engine"))
-    instance = scanning(tmp_path, None, scan_answer_timeout=QUICK_ANSWER_S)
+    instance = discovering(tmp_path, None, scan_answer_timeout=QUICK_ANSWER_S)
     try:
         instance.state_client().request(Op.REGISTER, name="Moved_Away", uuid=UUID_B, port=stranger.port)
         wait_until(lambda: not online(instance, UUID_B), WAIT_S, 0.1, "the registered peripheral offline")
-        assert stranger.info_requests >= 1 and stranger.uuid not in snapshot(instance)
+        assert stranger.info_requests >= 1 and stranger.uuid not in peripherals(instance)
     finally:
         instance.stop()
 
-
 def test_a_registered_peripheral_is_probed_only_while_registered(tmp_path: Path, fakes: list[FakeListener]) -> None:
     listener = start(fakes, InfoPeripheral("Removed_Engine"))
-    instance = scanning(tmp_path, None, scan_answer_timeout=QUICK_ANSWER_S)
+    instance = discovering(tmp_path, None, scan_answer_timeout=QUICK_ANSWER_S)
     try:
         instance.state_client().request(Op.REGISTER, name="Removed_Engine", uuid=listener.uuid, port=listener.port)
         wait_until(lambda: listener.info_requests >= 1, WAIT_S, 0.1, "a probe of the registered port")
@@ -350,14 +286,13 @@ def test_a_registered_peripheral_is_probed_only_while_registered(tmp_path: Path,
         wait_sweeps(instance, 1)
         probes = listener.info_requests
         wait_sweeps(instance, 3)
-        assert listener.info_requests == probes and listener.uuid not in snapshot(instance)
+        assert listener.info_requests == probes and listener.uuid not in peripherals(instance)
     finally:
         instance.stop()
 
-
 def test_with_probe_registered_ports_off_only_known_ports_are_probed(tmp_path: Path, fakes: list[FakeListener]) -> None:
     listener = start(fakes, InfoPeripheral("Outside_Engine"))
-    instance = scanning(tmp_path, None, scan_answer_timeout=QUICK_ANSWER_S, probe_registered_ports=False)
+    instance = discovering(tmp_path, None, scan_answer_timeout=QUICK_ANSWER_S, probe_registered_ports=False)
     try:
         instance.state_client().request(Op.REGISTER, name="Outside_Engine", uuid=listener.uuid, port=listener.port)
         wait_sweeps(instance, 3)
@@ -365,11 +300,10 @@ def test_with_probe_registered_ports_off_only_known_ports_are_probed(tmp_path: P
     finally:
         instance.stop()
 
-
 def test_a_peripheral_that_only_sends_data_stays_online(tmp_path: Path) -> None:
     # Data sightings come with the gateway's heartbeat (every HEARTBEAT_INTERVAL_S while figures change): the offline
     # window (6 sweeps of 0.5 s) must be well above that.
-    instance = scanning(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S, scan_interval=0.5, offline_after_sweeps=6)
+    instance = discovering(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S, scan_interval=0.5, offline_after_sweeps=6)
     sender = RegisteringPeripheral(instance.command_port, "Terminal_Input_Engine")
     try:
         sender.register()
@@ -385,9 +319,8 @@ def test_a_peripheral_that_only_sends_data_stays_online(tmp_path: Path) -> None:
         sender.stop()
         instance.stop()
 
-
 def test_data_sightings_cost_one_request_per_sweep_not_one_per_message(tmp_path: Path) -> None:
-    instance = scanning(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S, scan_interval=0.5, offline_after_sweeps=3)
+    instance = discovering(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S, scan_interval=0.5, offline_after_sweeps=3)
     sender = RegisteringPeripheral(instance.command_port, "Chatty_Engine")
     try:
         sender.register()

@@ -9,7 +9,7 @@ import asyncio
 import socket
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import pytest
 import zmq
@@ -19,36 +19,20 @@ from actors.core.runner import StopFlag
 from actors.scanner.probe import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, BadAnswer, Outcome, Target, parse_info, slow_first, sweep
 from actors.scanner.scanner import Liveness, ScanPlan, Scanner
 from actors.core.settings import Endpoints, Runtime, default_config
-from tests.support.instances import Instance, start_instance, wait_until
+from tests.support.instances import Instance, wait_until
 from tests.support.fakes import FakeListener, InfoPeripheral, closing_port, garbage_port, silent_port, streaming_port
+from tests.support.scanning import peripherals, ports_spec, scanner_stats, start, target, wait_sweeps
 
 UUID_A = "11111111-2222-3333-4444-555555555555"
 UUID_B = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 OWN_UUID = "00000000-0000-4000-8000-000000000000"  # the script_uuid conftest writes
 PROBE_BOUND_S = CONNECT_TIMEOUT_S + ANSWER_TIMEOUT_S
 SLACK_S = 1.0
-SCAN_INTERVAL_S = 0.3
 DISCOVERY_TIMEOUT_S = 10.0
 
 
 def targets(*fakes: FakeListener) -> list[Target]:
-    return [Target("127.0.0.1", "127.0.0.1", socket.AF_INET, fake.port) for fake in fakes]
-
-
-@pytest.fixture
-def fakes() -> Iterator[list[FakeListener]]:
-    """Started fakes are appended here and stopped after the test."""
-    started: list[FakeListener] = []
-    try:
-        yield started
-    finally:
-        for fake in started:
-            fake.stop()
-
-
-def start(registry: list[FakeListener], fake: FakeListener) -> FakeListener:
-    registry.append(fake.start())
-    return fake
+    return [target(fake) for fake in fakes]
 
 
 # ---- the /info answer ---------------------------------------------------------------------------
@@ -189,103 +173,60 @@ def test_own_command_data_and_tcp_bus_ports_are_never_targets(tmp_path: Path) ->
 
 
 # ---- real processes -----------------------------------------------------------------------------
-def start_scanning(tmp_path: Path, known_ports: str, **config: Any) -> Instance:
-    settings = {"known_ports": known_ports, "scan_interval": SCAN_INTERVAL_S, "offline_after_sweeps": 2, **config}
-    return start_instance(tmp_path, only=["broker", "state", "scanner"], config=settings)
-
-
-def peripherals(instance: Instance) -> dict[str, dict[str, Any]]:
-    client = instance.state_client()
-    return {p["uuid"]: p for p in client.request(Op.SNAPSHOT)["peripherals"]}
-
-
-def scanner_stats(instance: Instance) -> dict[str, Any]:
-    return next(child["stats"] for child in instance.status()["children"] if child["name"] == "scanner")
-
-
-def sweeps_done(instance: Instance) -> int:
-    return scanner_stats(instance).get("sweeps", 0)
-
-
-def wait_sweeps(instance: Instance, count: int) -> None:
-    """Wait until `count` more sweeps have ended (heartbeats lag by up to a second)."""
-    target = sweeps_done(instance) + count
-    wait_until(lambda: sweeps_done(instance) >= target, DISCOVERY_TIMEOUT_S, 0.1, f"{count} more sweeps")
-
-
-def ports_spec(*fakes: FakeListener) -> str:
-    return ",".join(str(fake.port) for fake in fakes)
-
-
-def test_discovery_end_to_end_ignores_misbehaving_ports(tmp_path: Path, fakes: list[FakeListener]) -> None:
+def test_discovery_end_to_end_ignores_misbehaving_ports(fakes: list[FakeListener], scanning: Callable[..., Instance]) -> None:
     good = [start(fakes, InfoPeripheral(f"Engine_{i}", config={"delivery": "stream"} if i == 0 else {})) for i in range(3)]
     bad = [start(fakes, make()) for make in (silent_port, garbage_port, streaming_port, closing_port)]
-    instance = start_scanning(tmp_path, ports_spec(*good, *bad))
-    try:
-        known = wait_until(lambda: len(peripherals(instance)) >= 3 and peripherals(instance), DISCOVERY_TIMEOUT_S, 0.1, "discovery")
-        assert {uuid: (p["port"], p["online"]) for uuid, p in known.items()} == {f.uuid: (f.port, True) for f in good}
-        assert known[good[0].uuid]["delivery"] == "stream"
-        wait_sweeps(instance, 2)
-        stats = scanner_stats(instance)
-        assert len(peripherals(instance)) == 3
-        assert stats["found"] == 3 and stats["garbage"] == 2 and stats["ports_scanned"] == 7
-        assert stats["sweep_seconds"] < PROBE_BOUND_S + SLACK_S and stats["last_scan"] > time.time() - DISCOVERY_TIMEOUT_S
-        log = (instance.config_dir / "logs" / "scanner.log").read_text()
-        assert log.count(f":{bad[1].port} answered /info with garbage") == 1  # once per port, not per sweep
-    finally:
-        instance.stop()
+    instance = scanning(ports_spec(*good, *bad))
+    known = wait_until(lambda: len(peripherals(instance)) >= 3 and peripherals(instance), DISCOVERY_TIMEOUT_S, 0.1, "discovery")
+    assert {uuid: (p["port"], p["online"]) for uuid, p in known.items()} == {f.uuid: (f.port, True) for f in good}
+    assert known[good[0].uuid]["delivery"] == "stream"
+    wait_sweeps(instance, 2)
+    stats = scanner_stats(instance)
+    assert len(peripherals(instance)) == 3
+    assert stats["found"] == 3 and stats["garbage"] == 2 and stats["ports_scanned"] == 7
+    assert stats["sweep_seconds"] < PROBE_BOUND_S + SLACK_S and stats["last_scan"] > time.time() - DISCOVERY_TIMEOUT_S
+    log = (instance.config_dir / "logs" / "scanner.log").read_text()
+    assert log.count(f":{bad[1].port} answered /info with garbage") == 1  # once per port, not per sweep
 
 
-def test_a_peripheral_goes_offline_and_comes_back(tmp_path: Path, fakes: list[FakeListener]) -> None:
+def test_a_peripheral_goes_offline_and_comes_back(fakes: list[FakeListener], scanning: Callable[..., Instance]) -> None:
     fake = start(fakes, InfoPeripheral("Flaky_Engine"))
-    instance = start_scanning(tmp_path, ports_spec(fake))
-    try:
-        wait_until(lambda: peripherals(instance).get(fake.uuid, {}).get("online"), DISCOVERY_TIMEOUT_S, 0.1, "discovery")
-        fake.stop()
-        offline = wait_until(lambda: (p := peripherals(instance)[fake.uuid]) and not p["online"] and p, DISCOVERY_TIMEOUT_S, 0.1, "offline")
-        assert offline["name"] == "Flaky_Engine"  # marked offline, not deleted
-        fake.start()  # same port again
-        wait_until(lambda: peripherals(instance)[fake.uuid]["online"], DISCOVERY_TIMEOUT_S, 0.1, "back online")
-    finally:
-        instance.stop()
+    instance = scanning(ports_spec(fake))
+    wait_until(lambda: peripherals(instance).get(fake.uuid, {}).get("online"), DISCOVERY_TIMEOUT_S, 0.1, "discovery")
+    fake.stop()
+    offline = wait_until(lambda: (p := peripherals(instance)[fake.uuid]) and not p["online"] and p, DISCOVERY_TIMEOUT_S, 0.1, "offline")
+    assert offline["name"] == "Flaky_Engine"  # marked offline, not deleted
+    fake.start()  # same port again
+    wait_until(lambda: peripherals(instance)[fake.uuid]["online"], DISCOVERY_TIMEOUT_S, 0.1, "back online")
 
 
-def test_own_ports_and_own_uuid_are_never_reported(tmp_path: Path, fakes: list[FakeListener]) -> None:
+def test_own_ports_and_own_uuid_are_never_reported(fakes: list[FakeListener], scanning: Callable[..., Instance]) -> None:
     on_command_port = start(fakes, InfoPeripheral("On_Command_Port"))
     on_data_port = start(fakes, InfoPeripheral("On_Data_Port"))
     mirror = start(fakes, InfoPeripheral("Orchestrator_Itself", uuid=OWN_UUID))
     real = start(fakes, InfoPeripheral("Real_Engine"))
-    instance = start_scanning(tmp_path, ports_spec(on_command_port, on_data_port, mirror, real), command_port=on_command_port.port,
+    instance = scanning(ports_spec(on_command_port, on_data_port, mirror, real), command_port=on_command_port.port,
                               data_port_range=f"{on_data_port.port}-{on_data_port.port}")
-    try:
-        wait_until(lambda: real.uuid in peripherals(instance), DISCOVERY_TIMEOUT_S, 0.1, "discovery")
-        wait_sweeps(instance, 2)
-        assert set(peripherals(instance)) == {real.uuid}
-        assert on_command_port.info_requests == 0 and on_data_port.info_requests == 0  # not even probed
-        assert scanner_stats(instance)["ports_scanned"] == 2
-    finally:
-        instance.stop()
+    wait_until(lambda: real.uuid in peripherals(instance), DISCOVERY_TIMEOUT_S, 0.1, "discovery")
+    wait_sweeps(instance, 2)
+    assert set(peripherals(instance)) == {real.uuid}
+    assert on_command_port.info_requests == 0 and on_data_port.info_requests == 0  # not even probed
+    assert scanner_stats(instance)["ports_scanned"] == 2
 
 
-def test_changed_known_ports_apply_at_the_next_sweep(tmp_path: Path, fakes: list[FakeListener]) -> None:
+def test_changed_known_ports_apply_at_the_next_sweep(fakes: list[FakeListener], scanning: Callable[..., Instance]) -> None:
     first = start(fakes, InfoPeripheral("First_Engine"))
     later = start(fakes, InfoPeripheral("Later_Engine"))
-    instance = start_scanning(tmp_path, ports_spec(first))
-    try:
-        wait_until(lambda: first.uuid in peripherals(instance), DISCOVERY_TIMEOUT_S, 0.1, "first discovery")
-        assert later.info_requests == 0
-        instance.state_client().request(Op.SET_CONFIG, values={"known_ports": ports_spec(first, later)})
-        wait_until(lambda: later.uuid in peripherals(instance), DISCOVERY_TIMEOUT_S, 0.1, "discovery after the change")
-    finally:
-        instance.stop()
+    instance = scanning(ports_spec(first))
+    wait_until(lambda: first.uuid in peripherals(instance), DISCOVERY_TIMEOUT_S, 0.1, "first discovery")
+    assert later.info_requests == 0
+    instance.state_client().request(Op.SET_CONFIG, values={"known_ports": ports_spec(first, later)})
+    wait_until(lambda: later.uuid in peripherals(instance), DISCOVERY_TIMEOUT_S, 0.1, "discovery after the change")
 
 
-def test_discovery_under_the_full_system_shows_in_list(tmp_path: Path, fakes: list[FakeListener]) -> None:
+def test_discovery_under_the_full_system_shows_in_list(fakes: list[FakeListener], scanning: Callable[..., Instance]) -> None:
     fake = start(fakes, InfoPeripheral("Listed_Engine"))
-    instance = start_instance(tmp_path, config={"known_ports": ports_spec(fake), "scan_interval": SCAN_INTERVAL_S})
-    try:
-        listing = wait_until(lambda: "Listed_Engine" in (text := instance.command("/list")) and text, DISCOVERY_TIMEOUT_S, 0.2, "the peripheral in /list")
-        line = next(line for line in listing.splitlines() if "Listed_Engine" in line)
-        assert fake.uuid in line and str(fake.port) in line and "online" in line
-    finally:
-        instance.stop()
+    instance = scanning(ports_spec(fake), full=True)
+    listing = wait_until(lambda: "Listed_Engine" in (text := instance.command("/list")) and text, DISCOVERY_TIMEOUT_S, 0.2, "the peripheral in /list")
+    line = next(line for line in listing.splitlines() if "Listed_Engine" in line)
+    assert fake.uuid in line and str(fake.port) in line and "online" in line
