@@ -5,12 +5,13 @@ stops cleanly (listener closed, open connections released) on stop() or at the e
 """
 from __future__ import annotations
 
+import selectors
 import socket
 import struct
 import threading
 import time
 import uuid as uuidlib
-from typing import Callable
+from typing import Callable, Iterator
 
 ACCEPT_POLL_S = 0.05
 CONNECTION_TIMEOUT_S = 5.0
@@ -22,16 +23,29 @@ INFO_REQUEST_LINE = b"/info"
 Handler = Callable[[socket.socket, "FakeListener"], None]
 
 
-def listen_in_thread(host: str, port: int, serve: Callable[[socket.socket], None], label: str) -> tuple[socket.socket, threading.Thread]:
+def listen_in_thread(host: str, port: int, serve: Callable[[socket.socket], None], label: str,
+                     backlog: int = LISTEN_BACKLOG) -> tuple[socket.socket, threading.Thread]:
     """Bind and listen (port 0: an ephemeral port), then run serve(listener) in a daemon thread."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((host, port))
-    listener.listen(LISTEN_BACKLOG)
+    listener.listen(backlog)
     listener.settimeout(ACCEPT_POLL_S)
     thread = threading.Thread(target=serve, args=(listener,), name=f"{label}-{listener.getsockname()[1]}", daemon=True)
     thread.start()
     return listener, thread
+
+
+def accept_until_stopped(listener: socket.socket, stopping: threading.Event) -> Iterator[socket.socket]:
+    """Accepted connections until stopping is set or the listener is closed (it polls every ACCEPT_POLL_S)."""
+    while not stopping.is_set():
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            continue
+        except OSError:
+            return
+        yield conn
 
 
 def stop_listening(fake: "FakeListener | LineSink") -> None:
@@ -83,13 +97,7 @@ class FakeListener:
         self.stop()
 
     def _accept_loop(self, listener: socket.socket) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
+        for conn in accept_until_stopped(listener, self.stopping):
             with self.lock:
                 self.connections += 1
                 self.open_conns.add(conn)
@@ -210,17 +218,24 @@ def closing_port(port: int = 0) -> FakeListener:
 
 
 class LineSink:
-    """A sink peripheral that serves one connection at a time, so the order lines arrive in is the order sent.
+    """The one sink peripheral of the tests and benchmarks: records every data line (bytes, newline stripped) with
+    the wall-clock time it arrived, and counts connections (one per message in the default delivery mode, one in
+    all in stream mode). ``stop()`` then ``start()`` brings it down and up again on the same port.
 
-    Records every data line (bytes, newline stripped) and counts connections: one per message in
-    the default delivery mode, one in all in stream mode. ``delay_s`` makes it slow (a pause per
-    line). ``stop()`` then ``start()`` brings it down and up again on the same port.
+    By default it serves one connection at a time, so the order lines arrive in is the order sent; ``delay_s``
+    makes it slow (a pause per line) and ``backlog`` small makes a slow one refuse connects. ``multiplexed``
+    reads every connection in one thread instead, the oldest first when several are readable: a router that
+    hands a source over has written everything to its connection before the next router writes, so arrival
+    order is delivery order also across connections (stream mode with several routers).
     """
 
-    def __init__(self, port: int = 0, delay_s: float = 0.0) -> None:
+    def __init__(self, port: int = 0, delay_s: float = 0.0, backlog: int = LISTEN_BACKLOG, multiplexed: bool = False) -> None:
         self.port = port
         self.delay_s = delay_s
+        self.backlog = backlog
+        self.multiplexed = multiplexed
         self.lines: list[bytes] = []
+        self.times: list[float] = []  # time.time() each line arrived, beside self.lines
         self.connections = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -229,12 +244,13 @@ class LineSink:
 
     def start(self) -> "LineSink":
         self.stopping.clear()
-        self.listener, self.thread = listen_in_thread("127.0.0.1", self.port, self._serve, "sink")
+        serve = self._serve_multiplexed if self.multiplexed else self._serve
+        self.listener, self.thread = listen_in_thread("127.0.0.1", self.port, serve, "sink", self.backlog)
         self.port = self.listener.getsockname()[1]
         return self
 
     def stop(self) -> None:
-        """Close the listener and the connection being served; the port refuses connections afterwards."""
+        """Close the listener and the connections being served; the port refuses connections afterwards."""
         stop_listening(self)
 
     def __enter__(self) -> "LineSink":
@@ -251,16 +267,29 @@ class LineSink:
         with self.lock:
             return list(self.lines)
 
+    def arrivals(self) -> list[tuple[bytes, float]]:
+        """(line, time.time() it arrived) for every line so far."""
+        with self.lock:
+            return list(zip(self.lines, self.times))
+
+    def numbers(self) -> list[int]:
+        """The leading numbers of numbered lines ("<n>" or "<n> <padding>"), in arrival order; others left out."""
+        with self.lock:
+            return [int(line.split(b" ", 1)[0]) for line in self.lines if line[:1].isdigit()]
+
+    def _record(self, lines: list[bytes]) -> None:
+        now = time.time()
+        with self.lock:
+            self.lines.extend(lines)
+            self.times.extend([now] * len(lines))
+
+    def _count_connection(self) -> None:
+        with self.lock:
+            self.connections += 1
+
     def _serve(self, listener: socket.socket) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
+        for conn in accept_until_stopped(listener, self.stopping):
+            self._count_connection()
             try:
                 self._read_lines(conn)
             except OSError:
@@ -283,13 +312,53 @@ class LineSink:
             for line in complete:
                 if line.rstrip(b"\r") == INFO_REQUEST_LINE:
                     return  # the scanner probing its registered port: not data (it does not answer, so it reads as offline)
+                self._record([line.rstrip(b"\r")])
                 if self.delay_s:
-                    time.sleep(self.delay_s)
-                with self.lock:
-                    self.lines.append(line.rstrip(b"\r"))
+                    self.stopping.wait(self.delay_s)
         if pending:
-            with self.lock:
-                self.lines.append(pending)
+            self._record([pending])
+
+    def _serve_multiplexed(self, listener: socket.socket) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ, None)
+            try:
+                while not self.stopping.is_set():
+                    ready = selector.select(ACCEPT_POLL_S)
+                    for key, _ in sorted(ready, key=lambda item: -1 if item[0].data is None else item[0].data[0]):
+                        if key.data is None:
+                            self._accept_into(listener, selector)
+                        else:
+                            self._read_ready(selector, key.fileobj, key.data[1])
+            finally:
+                for key in list(selector.get_map().values()):
+                    if key.data is not None:
+                        _close_quietly(key.fileobj)
+
+    def _accept_into(self, listener: socket.socket, selector: selectors.BaseSelector) -> None:
+        try:
+            conn, _ = listener.accept()
+        except (socket.timeout, BlockingIOError):
+            return
+        except OSError:
+            self.stopping.set()  # the listener was closed under us: stop() is running
+            return
+        conn.setblocking(False)
+        self._count_connection()
+        selector.register(conn, selectors.EVENT_READ, (self.connections, [b""]))
+
+    def _read_ready(self, selector: selectors.BaseSelector, conn: socket.socket, pending: list[bytes]) -> None:
+        try:
+            chunk = conn.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            selector.unregister(conn)
+            _close_quietly(conn)
+            return
+        *lines, pending[0] = (pending[0] + chunk).split(b"\n")
+        self._record(lines)
 
 
 # ---- peripherals that talk to the orchestrator (docs/protocol.md §2-3) ---------------------------------
@@ -446,9 +515,10 @@ def resetting_port(port: int = 0) -> FakeListener:
     return FakeListener(_reset_at_once, port)
 
 
-def slow_reader(port: int = 0, lines_per_s: float = 1.0) -> LineSink:
-    """A sink that reads one line per 1/lines_per_s seconds, one connection at a time."""
-    return LineSink(port, delay_s=1.0 / lines_per_s)
+def slow_reader(port: int = 0, lines_per_s: float = 1.0, backlog: int = LISTEN_BACKLOG) -> LineSink:
+    """A sink that reads one line per 1/lines_per_s seconds, one connection at a time (backlog=1: and refuses to queue
+    more connects)."""
+    return LineSink(port, delay_s=1.0 / lines_per_s, backlog=backlog)
 
 
 def restarted(sink: LineSink) -> bool:

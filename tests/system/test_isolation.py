@@ -16,10 +16,7 @@ import json
 import os
 import re
 import signal
-import socket
-import threading
 import time
-import uuid as uuidlib
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -28,8 +25,9 @@ from hypothesis import strategies as st
 
 from actors.router.sinks import MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
 from tests.support.instances import Instance, free_port, start_instance, wait_until
-from tests.support.fakes import DeafSink, LineSink, register, resetting_port, restarted, slow_reader
-from tests.system.test_routing_e2e import OrderSink, Source, add_route, assert_in_order_without_loss, running_routers
+from tests.support.fakes import DeafSink, LineSink, resetting_port, restarted, slow_reader
+from tests.support.routing import (Source, add_route, add_sink, assert_in_order_without_loss, register_sink, route_counters,
+                                   running_routers, stop_quietly)
 
 LINES_PER_SOURCE = 2000
 BURST = 200
@@ -45,18 +43,6 @@ LATENESS_SLACK_S = 1.0  # a line's way from the router's check to the sink's rea
 SLOW_BACK_SETTLE_S = 2.0
 SINK_BACKLOG = 1024
 UNIT_TIMEOUT_S = 5.0
-
-
-class PaddedSink(OrderSink):
-    """An OrderSink whose numbered lines carry padding after the number."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.listener.listen(SINK_BACKLOG)  # a connection per message: keep the router's connects from waiting on SYN retries
-
-    def numbers(self) -> list[int]:
-        with self.lock:
-            return [int(line.split(b" ", 1)[0]) for line in self.lines if line[:1].isdigit()]
 
 
 class PaddedSource(Source):
@@ -90,39 +76,10 @@ def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
         started.stop()
 
 
-def add_padded_sink(instance: Instance, name: str, mode: str) -> PaddedSink:
-    sink = PaddedSink()
-    register_sink(instance, name, sink.port, mode)
-    return sink
-
-
-def register_sink(instance: Instance, name: str, port: int, mode: str) -> None:
-    ack = register(instance.command_port, name, str(uuidlib.uuid4()), port)
-    assert ack.startswith("/ack "), ack
-    if mode == MODE_STREAM:
-        assert "stream" in instance.command(f"/delivery {name} stream")
-
-
-def route_counters(instance: Instance) -> dict[str, dict[str, int]]:
-    """Messages and Dropped per route, as /routes info shows them."""
-    counters: dict[str, dict[str, int]] = {}
-    name = None
-    for line in instance.command("/routes info").splitlines():
-        if line.startswith("Route Name: "):
-            name = line.split(": ", 1)[1].strip()
-        found = re.search(r"Messages: (\d+), Bytes: \d+, Dropped: (\d+)", line)
-        if found and name is not None:
-            counters[name] = {"messages": int(found.group(1)), "dropped": int(found.group(2))}
-    return counters
-
-
-def stop_quietly(thing: Any) -> None:
-    if thing is None:
-        return
-    try:
-        thing.stop() if hasattr(thing, "stop") else thing.close()
-    except OSError:
-        pass
+def add_padded_sink(instance: Instance, name: str, mode: str) -> LineSink:
+    """A sink for numbered lines with padding; a connection per message: a backlog that keeps the router's connects
+    from waiting on SYN retries."""
+    return add_sink(instance, name, mode, backlog=SINK_BACKLOG)
 
 
 @pytest.mark.parametrize("mode", [MODE_MESSAGE, MODE_STREAM])
@@ -227,47 +184,6 @@ def test_a_payload_older_than_the_age_bound_is_never_delivered_to_a_sink_that_co
             stop_quietly(thing)
 
 
-class TimedSink:
-    """A slow message-mode sink with a backlog of one: a connection at a time, lines_per_s; records (line, arrival time)."""
-
-    def __init__(self, port: int, lines_per_s: float) -> None:
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", port))
-        self.listener.listen(1)
-        self.listener.settimeout(0.05)
-        self.delay_s = 1.0 / lines_per_s
-        self.arrivals: list[tuple[bytes, float]] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(1.0)
-                data = b""
-                try:
-                    while chunk := conn.recv(4096):
-                        data += chunk
-                except OSError:
-                    pass
-            now = time.time()
-            self.arrivals += [(line, now) for line in data.split(b"\n") if line]
-            self.stopping.wait(self.delay_s)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(2.0)
-        self.listener.close()
-
-
 def test_a_sink_that_comes_back_slowly_never_gets_payloads_older_than_the_age_bound(late_instance: Instance) -> None:
     """Down, then back at 10 lines/s: what aged in its queue while it drained is dropped, not delivered late."""
     instance, tag = late_instance, "slowback"
@@ -282,11 +198,11 @@ def test_a_sink_that_comes_back_slowly_never_gets_payloads_older_than_the_age_bo
         source.warm_up(fresh)
         source.conn.sendall(b"".join(b"t %.6f\n" % time.time() for _ in range(50)))
         time.sleep(LATE_AGE_S / 3)  # back before the bound: the payloads age while it drains them slowly
-        sink = TimedSink(port, lines_per_s=10.0)
+        sink = slow_reader(port, lines_per_s=10.0, backlog=1).start()
         wait_until(lambda: route_counters(instance).get(f"back{tag}", {}).get("dropped", 0) > 0, LOSS_TIMEOUT_S, 0.2,
                    "the payloads that aged while the sink drained, counted dropped")
         time.sleep(SLOW_BACK_SETTLE_S)
-        lateness = [arrived - float(line.split()[1]) for line, arrived in list(sink.arrivals) if line.startswith(b"t ")]
+        lateness = [arrived - float(line.split()[1]) for line, arrived in sink.arrivals() if line.startswith(b"t ")]
         assert lateness, "the sink that came back got nothing"
         assert max(lateness) < LATE_AGE_S + LATENESS_SLACK_S, f"delivered {max(lateness):.1f}s after it was sent (bound {LATE_AGE_S}s)"
     finally:

@@ -19,8 +19,8 @@ import pytest
 
 from tests.support.instances import LEGACY_DATA_DIR, Instance, free_port, send_bytes, start_instance, wait_until
 from actors.core.protocol import Op
-from tests.support.fakes import LineSink, SinkPeripheral, register
-from tests.system.test_isolation import TimedSink, route_counters, stop_quietly
+from tests.support.fakes import LineSink, SinkPeripheral, register, slow_reader
+from tests.support.routing import route_counters, stop_quietly
 
 LEGACY_DIR = LEGACY_DATA_DIR
 DELIVERY_TIMEOUT_S = 8.0
@@ -213,12 +213,12 @@ def test_a_sink_with_max_age_1_down_for_3s_gets_nothing_older_than_1s_and_the_lo
         while time.monotonic() < deadline:  # the TTS is down: nothing listens on its port
             send_as(instance, source, [b"t %.6f" % time.time()])
             time.sleep(SEND_EVERY_S)
-        sink = TimedSink(tts_port, lines_per_s=100.0)
+        sink = slow_reader(tts_port, lines_per_s=100.0, backlog=1).start()
         def fresh_arrived() -> bool:
             send_as(instance, source, [b"t %.6f" % time.time()])
-            return any(line.startswith(b"t ") and time.time() - at > 0.3 for line, at in list(sink.arrivals))
+            return any(line.startswith(b"t ") and time.time() - at > 0.3 for line, at in sink.arrivals())
         wait_until(fresh_arrived, COME_BACK_WAIT_S * 2, 0.1, "fresh data at the TTS that came back")
-        lateness = [arrived - float(line.split()[1]) for line, arrived in list(sink.arrivals) if line.startswith(b"t ")]
+        lateness = [arrived - float(line.split()[1]) for line, arrived in sink.arrivals() if line.startswith(b"t ")]
         assert max(lateness) < MAX_AGE_S + LATENESS_SLACK_S, f"spoken {max(lateness):.1f}s late (max_age {MAX_AGE_S}s)"
         wait_until(lambda: route_counters(instance).get("speak", {}).get("dropped", 0) >= (DOWN_S - MAX_AGE_S - 1) / SEND_EVERY_S,
                    DELIVERY_TIMEOUT_S, 0.2, "the stale payloads counted dropped on the route")

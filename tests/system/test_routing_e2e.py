@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,110 +23,12 @@ import zmq
 
 from actors.core.protocol import Heartbeat, Topic, decode_as
 from actors.gateway.dataplane import rendezvous
-from tests.support.instances import REPO_ROOT, Instance, free_port, start_instance, wait_until
-from tests.support.fakes import register
+from tests.support.fakes import LineSink
+from tests.support.instances import REPO_ROOT, Instance, start_instance, wait_until
+from tests.support.routing import (DELIVERY_TIMEOUT_S, Source, add_route, add_sink, assert_in_order_without_loss,
+                                   running_routers, stop_quietly)
 
-DELIVERY_TIMEOUT_S = 15.0
-SELECT_TIMEOUT_S = 0.05
 SEND_PAUSE_S = 0.002  # between the small bursts of a flowing source
-
-
-class OrderSink:
-    """A sink peripheral serving any number of connections in one thread; records lines in arrival order."""
-
-    def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(128)
-        self.listener.setblocking(False)
-        self.port = self.listener.getsockname()[1]
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.listener, selectors.EVENT_READ, None)
-        self.lines: list[bytes] = []
-        self.connections = 0
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            ready = self.selector.select(SELECT_TIMEOUT_S)
-            for key, _ in sorted(ready, key=lambda item: -1 if item[0].data is None else item[0].data[0]):
-                if key.data is None:
-                    self._accept()
-                else:
-                    self._read(key.fileobj, key.data)
-
-    def _accept(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except BlockingIOError:
-            return
-        conn.setblocking(False)
-        self.connections += 1
-        self.selector.register(conn, selectors.EVENT_READ, (self.connections, [b""]))
-
-    def _read(self, conn: Any, data: tuple[int, list[bytes]]) -> None:
-        try:
-            chunk = conn.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self.selector.unregister(conn)
-            conn.close()
-            return
-        pending = data[1]
-        *lines, pending[0] = (pending[0] + chunk).split(b"\n")
-        with self.lock:
-            self.lines.extend(lines)
-
-    def numbers(self) -> list[int]:
-        """The numbered lines received so far (warm-up lines left out), in arrival order."""
-        with self.lock:
-            return [int(line) for line in self.lines if line.isdigit()]
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.thread.join(2.0)
-        for key in list(self.selector.get_map().values()):
-            key.fileobj.close()
-        self.selector.close()
-
-
-class Source:
-    """A registered source with one data-port connection kept open; sends numbered lines."""
-
-    def __init__(self, instance: Instance, name: str, uuid: str | None = None) -> None:
-        self.name = name
-        self.uuid = uuid or str(uuidlib.uuid4())
-        ack = register(instance.command_port, name, self.uuid, free_port())
-        assert ack.startswith("/ack "), ack
-        self.conn = socket.create_connection(("127.0.0.1", int(ack.split()[1])), timeout=5.0)
-        self.conn.sendall(self.uuid.encode() + b"\n")
-        self.sent = 0
-
-    def send(self, count: int) -> None:
-        """The next count numbers, one line each."""
-        first = self.sent + 1
-        self.sent += count
-        self.conn.sendall(b"".join(b"%d\n" % n for n in range(first, self.sent + 1)))
-
-    def warm_up(self, sink: OrderSink) -> None:
-        """Send "warm" until the sink has one: the gateway and the source's router know the route now."""
-        def arrived() -> bool:
-            with sink.lock:
-                if b"warm" in sink.lines:
-                    return True
-            self.conn.sendall(b"warm\n")
-            return False
-        wait_until(arrived, DELIVERY_TIMEOUT_S, 0.1, f"a first line from {self.name}")
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 class Flow:
@@ -157,41 +57,10 @@ class Flow:
         assert self.error is None, f"a source could not send: {self.error}"
 
 
-def add_sink(instance: Instance, name: str, delivery: str = "stream") -> OrderSink:
-    sink = OrderSink()
-    ack = register(instance.command_port, name, str(uuidlib.uuid4()), sink.port)
-    assert ack.startswith("/ack "), ack
-    if delivery != "message":
-        assert "stream" in instance.command(f"/delivery {name} {delivery}")
-    return sink
-
-
-def add_route(instance: Instance, name: str, incoming: str, outgoing: str) -> None:
-    assert instance.command(f"/routes add {name} {incoming} {outgoing}").strip() == f"Route '{name}' added successfully."
-
-
-def wait_all(sink: OrderSink, count: int) -> list[int]:
+def wait_all(sink: LineSink, count: int) -> list[int]:
     """Every number up to count arrived (duplicates allowed: at-least-once)."""
     wait_until(lambda: len(set(sink.numbers())) >= count, DELIVERY_TIMEOUT_S, 0.05, f"{count} lines at the sink on port {sink.port}")
     return sink.numbers()
-
-
-def assert_in_order_without_loss(numbers: list[int], count: int) -> None:
-    """1..count all there; first arrivals increase (a resend after a router stops may repeat, never reorder)."""
-    first_seen: list[int] = []
-    seen: set[int] = set()
-    for number in numbers:
-        if number not in seen:
-            seen.add(number)
-            first_seen.append(number)
-    assert first_seen == list(range(1, count + 1)), f"order broken or lines lost: first wrong at {_first_mismatch(first_seen, count)}"
-
-
-def _first_mismatch(numbers: list[int], count: int) -> Any:
-    for index, (got, want) in enumerate(zip(numbers, range(1, count + 1))):
-        if got != want:
-            return {"index": index, "got": numbers[max(0, index - 3):index + 3], "want": want}
-    return {"length": len(numbers), "want": count}
 
 
 def router_stats(instance: Instance) -> dict[str, dict[str, Any]]:
@@ -220,15 +89,11 @@ def uuids_spread_over(routers: int, count: int) -> list[str]:
     return chosen
 
 
-def running_routers(instance: Instance) -> list[str]:
-    return sorted(c["name"] for c in instance.status()["children"] if c["name"].startswith("router") and c["state"] == "running" and c["ready"])
-
-
 # ---- tests -------------------------------------------------------------------------------
 
 def test_per_source_order_with_three_routers(tmp_path: Path) -> None:
     instance = start_instance(tmp_path, routers=3, only=["broker", "state", "gateway", "router"])
-    sinks: list[OrderSink] = []
+    sinks: list[LineSink] = []
     sources: list[Source] = []
     uuids = uuids_spread_over(3, 6)
     try:
@@ -257,7 +122,7 @@ def test_per_source_order_with_three_routers(tmp_path: Path) -> None:
         wait_until(spread_over_routers, DELIVERY_TIMEOUT_S, 0.3, "heartbeats showing two or more routers delivering")
     finally:
         for thing in (*sources, *sinks):
-            thing.close()
+            stop_quietly(thing)
         instance.stop()
 
 
@@ -285,11 +150,11 @@ def test_a_route_added_then_removed_while_data_flows(orchestrator: Instance) -> 
         assert got_second == list(range(got_second[0], source.sent + 1)), "the added route has a gap or a reordering"
         assert got_second[0] <= got_first[-1], "the routes did not overlap while both existed"
     finally:
-        first.close()
-        second.close()
+        first.stop()
+        second.stop()
 
 
-def wait_all_from(sink: OrderSink, last: int) -> list[int]:
+def wait_all_from(sink: LineSink, last: int) -> list[int]:
     wait_until(lambda: sink.numbers() and sink.numbers()[-1] >= last, DELIVERY_TIMEOUT_S, 0.05, f"line {last} at the sink")
     return sink.numbers()
 
@@ -318,7 +183,7 @@ def test_scale_to_three_routers_and_back_keeps_order_and_loses_nothing(tmp_path:
             assert_in_order_without_loss(wait_all(sink, source.sent), source.sent)
     finally:
         for thing in (*sources, *sinks):
-            thing.close()
+            stop_quietly(thing)
         instance.stop()
 
 
@@ -338,7 +203,7 @@ def test_a_killed_router_is_restarted_and_routing_resumes(orchestrator: Instance
         wait_until(lambda: 200 in sink.numbers(), DELIVERY_TIMEOUT_S, 0.05, "routing through the restarted router")
     finally:
         source.close()
-        sink.close()
+        sink.stop()
 
 
 def state_writes(instance: Instance) -> int:
@@ -383,4 +248,4 @@ def test_last_used_is_persisted_without_a_write_per_message(orchestrator: Instan
         assert writes <= 8, f"{writes} state writes for 2000 messages: bookkeeping is on the payload path"
     finally:
         source.close()
-        sink.close()
+        sink.stop()
