@@ -25,6 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+from tests.support.fakes import LineSink
 from tests.support.instances import Instance, send_line, start_instance, wait_until
 
 SOURCES = 2
@@ -36,62 +37,21 @@ SETTLE_MAX_S = 20.0  # ... or this long in all
 MESSAGE_ROUTE_MAX_RATE = 250.0
 
 
-class Sink:
-    """A sink peripheral: accepts connections, records (source, seq, arrival time) for every line.
+def start_sink(per_message: bool = False) -> LineSink:
+    """A sink peripheral on the monotonic clock of the sources. A per-message sink reads each connection to its end
+    before accepting the next, so arrivals are in the order the router sent them; a stream sink reads every
+    connection in one thread, the oldest first."""
+    return LineSink(multiplexed=not per_message, clock=time.monotonic).start()
 
-    A per-message sink reads each connection to its end before accepting the next, so arrivals are
-    recorded in the order the router sent them (a thread per connection would record them in
-    whatever order the threads happen to run). A stream sink reads each connection in its own thread.
-    """
 
-    def __init__(self, per_message: bool = False) -> None:
-        self.per_message = per_message
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.arrivals: list[tuple[str, int, float]] = []
-        self.lock = threading.Lock()
-        self.stopping = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self.stopping:
-            try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if self.per_message:
-                self._read(conn)
-            else:
-                threading.Thread(target=self._read, args=(conn,), daemon=True).start()
-
-    def _read(self, conn: socket.socket) -> None:
-        buffer = b""
-        with conn:
-            conn.settimeout(1.0)
-            while not self.stopping:
-                try:
-                    chunk = conn.recv(65536)
-                except socket.timeout:
-                    continue
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                now = time.monotonic()
-                with self.lock:
-                    for line in lines:
-                        source, _, seq = line.decode().partition(" ")
-                        if seq.isdigit():
-                            self.arrivals.append((source, int(seq), now))
-
-    def stop(self) -> None:
-        self.stopping = True
-        self.listener.close()
+def arrivals(sink: LineSink) -> list[tuple[str, int, float]]:
+    """(source name, seq, arrival time) of every '<name> <seq>' line the sink got."""
+    found = []
+    for line, at in sink.arrivals():
+        source, _, seq = line.decode().partition(" ")
+        if seq.isdigit():
+            found.append((source, int(seq), at))
+    return found
 
 
 @dataclass
@@ -150,16 +110,14 @@ class Row:
     note: str = ""
 
 
-def analyse(sources: list[Source], sinks: list[Sink], since: float, until: float) -> tuple[int, int, int, int, int]:
+def analyse(sources: list[Source], sinks: list[LineSink], since: float, until: float) -> tuple[int, int, int, int, int]:
     """Counts over messages sent in [since, until): sent, delivered (unique), lost, duplicated, out of order."""
     sent = delivered = lost = duplicated = disorder = 0
     for source, sink in zip(sources, sinks):
         window = {seq for seq, at in source.sent if since <= at < until}
-        with sink.lock:
-            arrivals = [seq for name, seq, _ in sink.arrivals if name == source.name]
         seen: set[int] = set()
         highest = 0
-        for seq in arrivals:
+        for seq in [seq for name, seq, _ in arrivals(sink) if name == source.name]:
             if seq in seen:
                 duplicated += seq in window
                 continue
@@ -174,20 +132,19 @@ def analyse(sources: list[Source], sinks: list[Sink], since: float, until: float
     return sent, delivered, lost, duplicated, disorder
 
 
-def resume_time(sources: list[Source], sinks: list[Sink], killed_at: float) -> float | None:
+def resume_time(sources: list[Source], sinks: list[LineSink], killed_at: float) -> float | None:
     """Seconds from the kill until the first message sent after it arrives."""
     firsts = []
     for source, sink in zip(sources, sinks):
         sent_after = {seq: at for seq, at in source.sent if at >= killed_at}
-        with sink.lock:
-            arrivals = [at for name, seq, at in sink.arrivals if name == source.name and seq in sent_after]
-        if not arrivals:
+        times = [at for name, seq, at in arrivals(sink) if name == source.name and seq in sent_after]
+        if not times:
             return None
-        firsts.append(min(arrivals) - killed_at)
+        firsts.append(min(times) - killed_at)
     return max(firsts)
 
 
-def settle(sources: list[Source], sinks: list[Sink], since: float, until: float) -> None:
+def settle(sources: list[Source], sinks: list[LineSink], since: float, until: float) -> None:
     """Wait until what was sent in the phase arrived, or nothing new arrives for SETTLE_STALL_S: lost means never delivered."""
     last, last_change, deadline = -1, time.monotonic(), time.monotonic() + SETTLE_MAX_S
     while time.monotonic() < deadline and time.monotonic() - last_change < SETTLE_STALL_S:
@@ -216,12 +173,12 @@ def register_probe_pair(instance: Instance) -> None:
     send_line(instance.command_port, f"/register ProbeDst {uuidlib.uuid4()} 1")
 
 
-def setup_routes(instance: Instance, rate: float) -> tuple[list[Source], list[Sink]]:
+def setup_routes(instance: Instance, rate: float) -> tuple[list[Source], list[LineSink]]:
     sources, sinks = [], []
     message_rate = min(rate / SOURCES, MESSAGE_ROUTE_MAX_RATE)
     for index in range(SOURCES):
         per_message = index % 2 == 0
-        sink = Sink(per_message)
+        sink = start_sink(per_message)
         sink_uuid, source_uuid = str(uuidlib.uuid4()), str(uuidlib.uuid4())
         send_line(instance.command_port, f"/register Sink{index} {sink_uuid} {sink.port}")
         ack = send_line(instance.command_port, f"/register Source{index} {source_uuid} 1")
@@ -237,7 +194,7 @@ def setup_routes(instance: Instance, rate: float) -> tuple[list[Source], list[Si
     return sources, sinks
 
 
-def kill_and_measure(instance: Instance, victim: str, sources: list[Source], sinks: list[Sink], phase_s: float) -> Row:
+def kill_and_measure(instance: Instance, victim: str, sources: list[Source], sinks: list[LineSink], phase_s: float) -> Row:
     probe, probe_uuid = f"probe-{victim}", str(uuidlib.uuid4())
     ack = send_line(instance.command_port, f"/routes add {probe} ProbeSrc ProbeDst")
     registered = send_line(instance.command_port, f"/register Probe-{victim} {probe_uuid} 1").startswith("/ack")
@@ -289,7 +246,7 @@ def run_faults(rate: float, phase_s: float, routers: int, victims: list[str] | N
     instance = start_instance(folder, routers=routers)
     rows: list[Row] = []
     sources: list[Source] = []
-    sinks: list[Sink] = []
+    sinks: list[LineSink] = []
     try:
         sources, sinks = setup_routes(instance, rate)
         register_probe_pair(instance)

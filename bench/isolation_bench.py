@@ -23,8 +23,8 @@ from pathlib import Path
 
 
 from tests.support.instances import Instance, free_port, send_line, start_instance
-from bench.faults import Sink, Source, analyse, settle
-from tests.support.fakes import DeafSink
+from bench.faults import Source, analyse, arrivals, settle, start_sink
+from tests.support.fakes import DeafSink, LineSink
 
 WARM_UP_S = 1.0
 P99 = 0.99
@@ -45,14 +45,13 @@ class PhaseRow:
     p99_ms: float | None
 
 
-def p99_latency_ms(source: Source, sink: Sink, since: float, until: float) -> float | None:
+def p99_latency_ms(source: Source, sink: LineSink, since: float, until: float) -> float | None:
     """The 99th percentile of first-arrival minus send time, over lines sent in [since, until)."""
     sent_at = {seq: at for seq, at in source.sent if since <= at < until}
     first: dict[int, float] = {}
-    with sink.lock:
-        for name, seq, at in sink.arrivals:
-            if name == source.name and seq in sent_at and seq not in first:
-                first[seq] = at
+    for name, seq, at in arrivals(sink):
+        if name == source.name and seq in sent_at and seq not in first:
+            first[seq] = at
     latencies = sorted(first[seq] - sent_at[seq] for seq in first)
     if not latencies:
         return None
@@ -89,7 +88,7 @@ def fill_deaf(instance: Instance) -> None:
     send_line(instance.command_port, "/routes remove fill")
 
 
-def measure_phase(instance: Instance, kind: str, with_bad: bool, source: Source, sink: Sink, phase_s: float) -> PhaseRow:
+def measure_phase(instance: Instance, kind: str, with_bad: bool, source: Source, sink: LineSink, phase_s: float) -> PhaseRow:
     if with_bad:
         reply = send_line(instance.command_port, f"/routes add bad{kind} Source Bad{kind}")
         assert "added" in reply, reply
@@ -106,7 +105,7 @@ def measure_phase(instance: Instance, kind: str, with_bad: bool, source: Source,
 def run(rate: float, phase_s: float, rounds: int, kinds: list[str]) -> list[PhaseRow]:
     folder = Path(tempfile.mkdtemp(prefix="orch-isolation-"))
     instance = start_instance(folder, only=["broker", "state", "gateway", "router"])
-    sink = Sink()
+    sink = start_sink()
     bad_sinks: list[DeafSink] = []
     source = None
     rows: list[PhaseRow] = []

@@ -19,6 +19,7 @@ STREAM_CHUNK = b"endless stream of words that never says EOF\n" * 64
 GARBAGE_ANSWER = b"\x00\xff\xfe binary \x80 nonsense\nnot-a-uuid\nEOF\n"
 LISTEN_BACKLOG = 128
 INFO_REQUEST_LINE = b"/info"
+SLOW_RECV_BYTES = 1024  # a slow multiplexed sink reads this much at a time, leaving the rest to TCP backpressure
 
 Handler = Callable[[socket.socket, "FakeListener"], None]
 
@@ -229,13 +230,15 @@ class LineSink:
     order is delivery order also across connections (stream mode with several routers).
     """
 
-    def __init__(self, port: int = 0, delay_s: float = 0.0, backlog: int = LISTEN_BACKLOG, multiplexed: bool = False) -> None:
+    def __init__(self, port: int = 0, delay_s: float = 0.0, backlog: int = LISTEN_BACKLOG, multiplexed: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         self.port = port
-        self.delay_s = delay_s
+        self.delay_s = delay_s  # may change while it runs (0: no limit)
+        self.clock = clock  # for self.times: time.monotonic to compare with a sender in this process
         self.backlog = backlog
         self.multiplexed = multiplexed
         self.lines: list[bytes] = []
-        self.times: list[float] = []  # time.time() each line arrived, beside self.lines
+        self.times: list[float] = []  # clock() when each line arrived, beside self.lines
         self.connections = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -268,7 +271,7 @@ class LineSink:
             return list(self.lines)
 
     def arrivals(self) -> list[tuple[bytes, float]]:
-        """(line, time.time() it arrived) for every line so far."""
+        """(line, clock() when it arrived) for every line so far."""
         with self.lock:
             return list(zip(self.lines, self.times))
 
@@ -278,7 +281,7 @@ class LineSink:
             return [int(line.split(b" ", 1)[0]) for line in self.lines if line[:1].isdigit()]
 
     def _record(self, lines: list[bytes]) -> None:
-        now = time.time()
+        now = self.clock()
         with self.lock:
             self.lines.extend(lines)
             self.times.extend([now] * len(lines))
@@ -348,7 +351,7 @@ class LineSink:
 
     def _read_ready(self, selector: selectors.BaseSelector, conn: socket.socket, pending: list[bytes]) -> None:
         try:
-            chunk = conn.recv(65536)
+            chunk = conn.recv(65536 if not self.delay_s else SLOW_RECV_BYTES)
         except BlockingIOError:
             return
         except OSError:
@@ -359,6 +362,8 @@ class LineSink:
             return
         *lines, pending[0] = (pending[0] + chunk).split(b"\n")
         self._record(lines)
+        if self.delay_s and lines:
+            self.stopping.wait(self.delay_s * len(lines))  # one budget for every connection; TCP pushes back meanwhile
 
 
 # ---- peripherals that talk to the orchestrator (docs/protocol.md §2-3) ---------------------------------
