@@ -26,6 +26,7 @@ from typing import Any
 from actors.state.store import ConfigStore, readable_json
 from actors.core.settings import TUNABLE_DEFAULTS, default_config
 from tests.support.instances import Instance, start_instance, wait_until
+from tests.support.records import deep, uid
 
 WINDOWS = 6
 SAVE_REPEATS = 5
@@ -33,17 +34,6 @@ LEGACY_DEPTH = 600
 PERIPHERAL_COUNTS = (100, 1000, 4000)
 CONNECT_TIMEOUT_S = 5.0
 STATS_WAIT_S = 3.0  # the state keeper heartbeats once a second
-
-
-def uid(n: int) -> str:
-    return f"00000000-0000-4000-8000-{n:012d}"
-
-
-def deep(levels: int) -> dict[str, Any]:
-    value: dict[str, Any] = {}
-    for _ in range(levels - 1):
-        value = {"a": value}
-    return value
 
 
 def document(count: int, legacy: bool) -> dict[str, Any]:

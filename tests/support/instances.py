@@ -78,6 +78,11 @@ def send_line(port: int, line: str | bytes, timeout: float = COMMAND_TIMEOUT_S, 
     return send_bytes(port, data if data.endswith(b"\n") else data + b"\n", timeout, host)
 
 
+def send_lines(port: int, lines: list[str], timeout: float = COMMAND_TIMEOUT_S, source: str | None = None) -> str:
+    """Several lines on one connection (from the loopback address `source`), then everything read until the peer closed."""
+    return send_bytes(port, "".join(line + "\n" for line in lines).encode(), timeout, source=source)
+
+
 def send_bytes(port: int, data: bytes, timeout: float = COMMAND_TIMEOUT_S, host: str = "127.0.0.1", source: str | None = None) -> str:
     """Connect (from the loopback address `source`: another host), send, half-close, return what came back until the peer closed."""
     source_address = (source, 0) if source else None

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 import stat
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,7 +20,7 @@ from actors.core.replica import StateReplica
 from actors.core.runfolder import ensure_runtime_dirs
 from actors.core.settings import ConfigError, Runtime, default_config, validate_config
 from actors.state.tables import Tables
-from tests.support.instances import Instance, send_line, start_instance, wait_until
+from tests.support.instances import Instance, send_line, send_lines, start_instance, wait_until
 
 TOKEN = "s3cret-token-4711"
 READ_TIMEOUT_S = 5.0
@@ -143,17 +142,6 @@ def test_backups_and_logs_are_owner_only(tmp_path: Path) -> None:
 
 
 # ---- a real instance ------------------------------------------------------------------
-def converse(port: int, lines: list[str]) -> str:
-    """Send several lines on one connection, half-close, read everything until the gateway closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S) as sock:
-        sock.sendall("".join(line + "\n" for line in lines).encode())
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode("utf-8", "replace")
-
-
 def log_lines(instance: Instance, needle: str) -> list[str]:
     text = (instance.config_dir / "logs" / "gateway.log").read_text(errors="replace")
     return [line for line in text.splitlines() if needle in line]
@@ -208,19 +196,19 @@ def test_an_admin_command_from_a_non_admin_client_is_refused(guarded: Instance) 
 
 def test_auth_with_the_token_allows_admin_commands_on_that_connection(guarded: Instance) -> None:
     guarded.command("/register Gadget 00000000-0000-4000-8000-0000000000a2 7001")
-    reply = converse(guarded.command_port, [f"/auth {TOKEN}", "/remove Gadget"])
+    reply = send_lines(guarded.command_port, [f"/auth {TOKEN}", "/remove Gadget"], READ_TIMEOUT_S)
     assert reply.splitlines() == ["Authenticated: admin commands allowed on this connection.", "Peripheral 'Gadget' removed (routes removed: none)."]
     assert guarded.command("/remove Sensor").startswith("Error: /remove not allowed")  # a new connection starts without rights
 
 
 def test_a_wrong_token_gets_an_error_line_closes_and_is_logged(guarded: Instance) -> None:
-    reply = converse(guarded.command_port, ["/auth wrong-token", "/help"])
+    reply = send_lines(guarded.command_port, ["/auth wrong-token", "/help"], READ_TIMEOUT_S)
     assert reply == "Error: wrong token from 127.0.0.1; closing connection\n"
     wait_until(lambda: log_lines(guarded, "/auth refused"), message="the auth failure line")
 
 
 def test_the_token_never_appears_in_status_logs_or_activity(guarded: Instance) -> None:
-    converse(guarded.command_port, [f"/auth {TOKEN}", "/auth wrong-token"])
+    send_lines(guarded.command_port, [f"/auth {TOKEN}", "/auth wrong-token"], READ_TIMEOUT_S)
     assert TOKEN not in guarded.command("/status")
     assert TOKEN not in guarded.command("/help")
     for path in (guarded.config_dir / "logs").iterdir():

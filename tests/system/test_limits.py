@@ -6,7 +6,6 @@ admin_clients, and files written pretty only at the top, so a deep config stays 
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +18,8 @@ from actors.core.protocol import Op
 from actors.core.settings import TUNABLE_DEFAULTS, default_config
 from actors.state.tables import Tables
 from actors.core.records import nesting_depth
-from tests.support.instances import COMMAND_TIMEOUT_S, Instance, start_instance, wait_until
+from tests.support.instances import Instance, send_lines, start_instance, wait_until
+from tests.support.records import deep, uid
 
 DEFAULT_DEPTH = int(TUNABLE_DEFAULTS["max_peripheral_config_depth"])
 HOST_LIMIT = 5
@@ -27,18 +27,6 @@ FLOOD = HOST_LIMIT + 3
 ISSUE_DEPTH = 970  # the 5.8 KB /config of the issue, written as 3.8 MB by indent=4
 LEGACY_DEPTH = 600  # deep enough for megabytes with indent=4, shallow enough for json under pytest's stack
 ON_DISK_SLACK_BYTES = 4096  # orch.cf around one peripheral: settings and the record's other fields
-
-
-def uid(n: int) -> str:
-    return f"00000000-0000-4000-8000-{n:012d}"
-
-
-def deep(levels: int) -> dict[str, Any]:
-    """{"a": {"a": ... {}}} with `levels` objects."""
-    value: dict[str, Any] = {}
-    for _ in range(levels - 1):
-        value = {"a": value}
-    return value
 
 
 def reference_depth(value: Any) -> int:
@@ -126,16 +114,6 @@ def test_a_deep_legacy_config_is_written_compactly_and_the_top_stays_readable(tm
 
 
 # ---- end to end -------------------------------------------------------------------------------------
-def talk(port: int, lines: list[str], source: str) -> str:
-    with socket.create_connection(("127.0.0.1", port), timeout=COMMAND_TIMEOUT_S, source_address=(source, 0)) as sock:
-        sock.sendall("".join(line + "\n" for line in lines).encode())
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode("utf-8", "replace")
-
-
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
     instance = start_instance(tmp_path_factory.mktemp("limits"), config={"admin_clients": ["127.0.0.1/32"],
@@ -147,24 +125,24 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
 
 
 def test_a_registration_flood_from_one_host_stops_at_its_quota(limited: Instance) -> None:
-    replies = [talk(limited.command_port, [f"/register Flood {uid(100 + n)} {7000 + n}"], "127.0.0.2") for n in range(FLOOD)]
+    replies = [send_lines(limited.command_port, [f"/register Flood {uid(100 + n)} {7000 + n}"], source="127.0.0.2") for n in range(FLOOD)]
     assert all(reply.startswith("/ack ") for reply in replies[:HOST_LIMIT])
     for reply in replies[HOST_LIMIT:]:
         assert reply.startswith("Error: ") and "max_peripherals_per_host" in reply
-    admin = [talk(limited.command_port, [f"/register Local {uid(200 + n)} {7100 + n}"], "127.0.0.1") for n in range(FLOOD)]
+    admin = [send_lines(limited.command_port, [f"/register Local {uid(200 + n)} {7100 + n}"], source="127.0.0.1") for n in range(FLOOD)]
     assert all(reply.startswith("/ack ") for reply in admin)
 
 
 def test_a_deep_config_gets_a_clear_error_and_never_reaches_the_file(limited: Instance) -> None:
     """The issue's 5.8 KB /config nested 970 deep: refused with the limit's name; orch.cf keeps its size."""
     uuid = uid(300)
-    assert talk(limited.command_port, [f"/register Deep {uuid} 7300"], "127.0.0.1").startswith("/ack ")
+    assert send_lines(limited.command_port, [f"/register Deep {uuid} 7300"], source="127.0.0.1").startswith("/ack ")
     before = (limited.config_dir / "orch.cf").stat().st_size
     text = "[" * ISSUE_DEPTH + "]" * ISSUE_DEPTH
-    reply = talk(limited.command_port, [f"/config {uuid}", '{"a": ' + text + "}", "EOF"], "127.0.0.1")
+    reply = send_lines(limited.command_port, [f"/config {uuid}", '{"a": ' + text + "}", "EOF"], source="127.0.0.1")
     assert reply.startswith("Error: ") and ("max_peripheral_config_depth" in reply or "nested too deep" in reply)
     limited_deep = json.dumps(deep(DEFAULT_DEPTH))
-    assert talk(limited.command_port, [f"/config {uuid}", limited_deep, "EOF"], "127.0.0.1").strip() == "Config stored for Deep."
+    assert send_lines(limited.command_port, [f"/config {uuid}", limited_deep, "EOF"], source="127.0.0.1").strip() == "Config stored for Deep."
     record = next(p for p in limited.state_client().request(Op.SNAPSHOT)["peripherals"] if p["uuid"] == uuid)
     assert record["config"] == deep(DEFAULT_DEPTH)
     assert (limited.config_dir / "orch.cf").stat().st_size < before + len(limited_deep) + ON_DISK_SLACK_BYTES
@@ -174,8 +152,8 @@ def test_orch_cf_rendered_piecemeal_equals_a_full_render_of_the_state(limited: I
     """The keeper renders only changed peripherals again; the file must still be exactly the current state."""
     uuid = uid(400)
     for port in (7400, 7401):
-        assert talk(limited.command_port, [f"/register Piece {uuid} {port}"], "127.0.0.1").startswith("/ack ")
-    talk(limited.command_port, [f"/exit {uuid}"], "127.0.0.1")
+        assert send_lines(limited.command_port, [f"/register Piece {uuid} {port}"], source="127.0.0.1").startswith("/ack ")
+    send_lines(limited.command_port, [f"/exit {uuid}"], source="127.0.0.1")
     snapshot = limited.state_client().request(Op.SNAPSHOT)
 
     def written() -> dict[str, Any] | None:
