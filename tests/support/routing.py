@@ -7,7 +7,7 @@ import socket
 import uuid as uuidlib
 from typing import Any
 
-from actors.router.sinks import MODE_STREAM
+from actors.router.sinks import MODE_STREAM, Chunk, SinkWorker
 from tests.support.fakes import LISTEN_BACKLOG, LineSink, register
 from tests.support.instances import Instance, free_port, wait_until
 
@@ -112,3 +112,16 @@ def stop_quietly(thing: Any) -> None:
         thing.stop() if hasattr(thing, "stop") else thing.close()
     except OSError:
         pass
+
+
+class Reports:
+    """What a SinkWorker reports (its report callback): chunks done and events (down, up, ...), in order."""
+
+    def __init__(self) -> None:
+        self.chunks: list[Chunk] = []
+        self.events: list[str] = []
+
+    def __call__(self, worker: SinkWorker, chunks: list[Chunk], event: str | None) -> None:
+        self.chunks += chunks
+        if event:
+            self.events.append(event)

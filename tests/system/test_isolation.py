@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from actors.router.sinks import MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
 from tests.support.instances import Instance, free_port, start_instance, wait_until
 from tests.support.fakes import DeafSink, LineSink, resetting_port, restarted, slow_reader
-from tests.support.routing import (Source, add_route, add_sink, assert_in_order_without_loss, register_sink, route_counters,
+from tests.support.routing import (Reports, Source, add_route, add_sink, assert_in_order_without_loss, register_sink, route_counters,
                                    running_routers, stop_quietly)
 
 LINES_PER_SOURCE = 2000
@@ -238,17 +238,6 @@ def test_router_sigkill_loses_nothing_for_a_healthy_sink_next_to_a_dead_one(inst
 
 
 # ---- the worker alone ------------------------------------------------------------------
-
-class Reports:
-    def __init__(self) -> None:
-        self.chunks: list[Chunk] = []
-        self.events: list[str] = []
-
-    def __call__(self, worker: SinkWorker, chunks: list[Chunk], event: str | None) -> None:
-        self.chunks += chunks
-        if event:
-            self.events.append(event)
-
 
 def test_a_stream_write_blocked_on_a_sink_that_never_reads_times_out_at_the_age_bound() -> None:
     payload = b"x" * 65536

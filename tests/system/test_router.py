@@ -17,6 +17,7 @@ from actors.router.acks import AckBook, BatchTracker
 from actors.router.sinks import MODE_MESSAGE, MODE_STREAM, Backoff, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
 from tests.support.instances import REPO_ROOT, Instance, free_port, start_instance, wait_until
 from tests.support.fakes import LineSink, restarted
+from tests.support.routing import Reports
 
 TIMEOUT_S = 10.0
 
@@ -121,17 +122,6 @@ class FlakyConnector:
         if len(self.attempts) <= self.failures:
             raise ConnectionRefusedError(111, "Connection refused")
         return FakeConnection(self.sent)
-
-
-class Reports:
-    def __init__(self) -> None:
-        self.chunks: list[Chunk] = []
-        self.events: list[str] = []
-
-    def __call__(self, worker: SinkWorker, chunks: list[Chunk], event: str | None) -> None:
-        self.chunks += chunks
-        if event:
-            self.events.append(event)
 
 
 def run_worker(connector: FlakyConnector, payloads: list[bytes], backoff: Backoff | None = None) -> Reports:

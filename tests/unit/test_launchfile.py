@@ -40,36 +40,25 @@ stdin = "pty"
     assert (tts.cwd, tts.name, tts.restart, tts.stdin, tts.uuid) == (str(CONFIG), "tts", "on-failure", "pty", None)
 
 
+def table(key: str, *lines: str) -> str:
+    """One [peripherals.<key>] table of a peripherals.toml, with these lines."""
+    return f"[peripherals.{key}]\n" + "".join(line + "\n" for line in lines)
+
+
 def test_bad_entries_are_reported_by_key_and_skipped() -> None:
-    text = """
-[peripherals.good]
-command = "ok"
-[peripherals.norestart]
-command = "x"
-restart = "sometimes"
-[peripherals.nocommand]
-cwd = "."
-[peripherals.typo]
-command = "x"
-restrat = "always"
-[peripherals.baduuid]
-command = "x"
-uuid = "not-a-uuid"
-[peripherals.badquote]
-command = "python 'unclosed"
-[peripherals.spacename]
-command = "x"
-name = "two words"
-[peripherals.negative]
-command = "x"
-stop_timeout = -1
-[peripherals."../escape"]
-command = "x"
-[peripherals.notatable]
-[peripherals.dep]
-command = "x"
-after = ["good", "ghost", "dep"]
-"""
+    text = "".join([
+        table('good', 'command = "ok"'),
+        table('norestart', 'command = "x"', 'restart = "sometimes"'),
+        table('nocommand', 'cwd = "."'),
+        table('typo', 'command = "x"', 'restrat = "always"'),
+        table('baduuid', 'command = "x"', 'uuid = "not-a-uuid"'),
+        table('badquote', 'command = "python \'unclosed"'),
+        table('spacename', 'command = "x"', 'name = "two words"'),
+        table('negative', 'command = "x"', 'stop_timeout = -1'),
+        table('"../escape"', 'command = "x"'),
+        table('notatable'),
+        table('dep', 'command = "x"', 'after = ["good", "ghost", "dep"]'),
+    ])
     launch = parse_launch_text(text.replace("[peripherals.notatable]\n", "") + "[peripherals]\nscalar = 3\n", CONFIG)
     assert set(launch.peripherals) == {"good", "dep"}
     assert launch.peripherals["dep"].after == ("good",)
