@@ -11,7 +11,7 @@ import struct
 import threading
 import time
 import uuid as uuidlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 ACCEPT_POLL_S = 0.05
 CONNECTION_TIMEOUT_S = 5.0
@@ -60,7 +60,23 @@ def stop_listening(fake: "FakeListener | LineSink") -> None:
         fake.listener = None
 
 
-class FakeListener:
+ServedT = TypeVar("ServedT", bound="Served")
+
+
+class Served:
+    """A fake that listens while started: `with fake:` starts it (unless already started) and stops it at the end.
+    Subclasses define start() (returning self) and stop(), and set `listener` while listening."""
+
+    listener: socket.socket | None
+
+    def __enter__(self: ServedT) -> ServedT:
+        return self.start() if self.listener is None else self  # type: ignore[attr-defined]
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()  # type: ignore[attr-defined]
+
+
+class FakeListener(Served):
     """A TCP listener on loopback whose connections are served by `handler(conn, self)` in threads."""
 
     def __init__(self, handler: Handler, port: int = 0, host: str = "127.0.0.1") -> None:
@@ -90,12 +106,6 @@ class FakeListener:
             for conn in list(self.open_conns):
                 _close_quietly(conn)
             self.open_conns.clear()
-
-    def __enter__(self) -> "FakeListener":
-        return self.start() if self.listener is None else self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     def _accept_loop(self, listener: socket.socket) -> None:
         for conn in accept_until_stopped(listener, self.stopping):
@@ -218,7 +228,7 @@ def closing_port(port: int = 0) -> FakeListener:
     return FakeListener(_close_at_once, port)
 
 
-class LineSink:
+class LineSink(Served):
     """The one sink peripheral of the tests and benchmarks: records every data line (bytes, newline stripped) with
     the wall-clock time it arrived, and counts connections (one per message in the default delivery mode, one in
     all in stream mode). ``stop()`` then ``start()`` brings it down and up again on the same port.
@@ -255,12 +265,6 @@ class LineSink:
     def stop(self) -> None:
         """Close the listener and the connections being served; the port refuses connections afterwards."""
         stop_listening(self)
-
-    def __enter__(self) -> "LineSink":
-        return self.start() if self.listener is None else self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     def count(self) -> int:
         with self.lock:
@@ -457,7 +461,7 @@ DEAF_MAX_CONNECTIONS = 32  # then it stops accepting: its backlog fills and conn
 DEAF_BACKLOG = 1
 
 
-class DeafSink:
+class DeafSink(Served):
     """Accepts connections and never reads from them; after DEAF_MAX_CONNECTIONS it stops accepting.
 
     In stream mode the router's write blocks once the buffers are full; in message mode the first
@@ -501,12 +505,6 @@ class DeafSink:
         for conn in self.conns:
             _close_quietly(conn)
         self.conns.clear()
-
-    def __enter__(self) -> "DeafSink":
-        return self.start() if self.listener is None else self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 def _reset_at_once(conn: socket.socket, _: FakeListener) -> None:
