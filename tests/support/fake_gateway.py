@@ -20,7 +20,8 @@ class FakeContext:
 
     def __init__(self, answers: dict[Op, Any] | None = None) -> None:
         self.replica = StateReplica()
-        self.replica.load_snapshot({"epoch": "e", "seq": 0, "config": {"script_uuid": "u"}, "peripherals": [], "routes": []})
+        self.replica.load_snapshot({"epoch": "e", "seq": 0, "config": {"script_uuid": "u"}, "peripherals": [],
+                                    "routes": []})
         self.answers = answers or {}
         self.requests: list[tuple[Op, dict[str, Any]]] = []
 

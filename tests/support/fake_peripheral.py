@@ -30,7 +30,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--crash-after", type=float, default=None, help="exit with code 3 after this many seconds")
     parser.add_argument("--exit-code", type=int, default=3)
     parser.add_argument("--ignore-term", action="store_true", help="SIGTERM does nothing")
-    parser.add_argument("--fork-child", action="store_true", help="fork a child (it ignores SIGTERM) that stays in the group")
+    parser.add_argument("--fork-child", action="store_true",
+                        help="fork a child (it ignores SIGTERM) that stays in the group")
     parser.add_argument("--echo-stdin", action="store_true", help="print 'got: <line>' for every stdin line")
     parser.add_argument("--spew", type=int, default=0, help="print this many bytes of lines at start")
     parser.add_argument("--pid-file", default=None, help="append 'role pid' lines here")

@@ -95,7 +95,8 @@ class FakeListener(Served):
     def start(self) -> "FakeListener":
         """Bind (port 0: an ephemeral port) and start accepting."""
         self.stopping.clear()
-        self.listener, self.thread = listen_in_thread("127.0.0.1" if self.host is None else self.host, self.port, self._accept_loop, "fake")
+        host = "127.0.0.1" if self.host is None else self.host
+        self.listener, self.thread = listen_in_thread(host, self.port, self._accept_loop, "fake")
         self.port = self.listener.getsockname()[1]
         return self
 
@@ -144,7 +145,8 @@ def read_line(conn: socket.socket, limit: int = 65536) -> bytes | None:
     return bytes(data.split(b"\n", 1)[0]).rstrip(b"\r")
 
 
-def info_answer(name: str, uuid: str, config: dict[str, str] | None = None, newline: bytes = b"\n", eof: bool = True) -> bytes:
+def info_answer(name: str, uuid: str, config: dict[str, str] | None = None, newline: bytes = b"\n",
+                eof: bool = True) -> bytes:
     """The bytes a well-behaved peripheral sends for /info (docs/protocol.md §1)."""
     lines = [name, uuid] + [f"{k}={v}" for k, v in (config or {}).items()] + (["EOF"] if eof else [])
     return b"".join(line.encode() + newline for line in lines)
@@ -318,7 +320,8 @@ class LineSink(Served):
             *complete, pending = pending.split(b"\n")
             for line in complete:
                 if line.rstrip(b"\r") == INFO_REQUEST_LINE:
-                    return  # the scanner probing its registered port: not data (it does not answer, so it reads as offline)
+                    # the scanner probing its registered port: not data (it does not answer, so it reads as offline)
+                    return
                 self._record([line.rstrip(b"\r")])
                 if self.delay_s:
                     self.stopping.wait(self.delay_s)
@@ -377,7 +380,8 @@ ACK_RECV_BYTES = 1024  # real peripherals read the /ack with one recv(1024)
 class SinkPeripheral(InfoPeripheral):
     """Answers /info; records each connection's other lines separately (the per-message delivery check)."""
 
-    def __init__(self, name: str = "Fake_Sink", uuid: str | None = None, config: dict[str, str] | None = None, port: int = 0) -> None:
+    def __init__(self, name: str = "Fake_Sink", uuid: str | None = None, config: dict[str, str] | None = None,
+                 port: int = 0) -> None:
         super().__init__(name, uuid, config, port)
         self.per_connection: list[list[str]] = []
 
@@ -405,7 +409,8 @@ class SinkPeripheral(InfoPeripheral):
             return [list(lines) for lines in self.per_connection if lines]
 
 
-def register(orch_port: int, name: str, uuid: str, own_port: int, host: str = "127.0.0.1", timeout: float = CONNECTION_TIMEOUT_S) -> str:
+def register(orch_port: int, name: str, uuid: str, own_port: int, host: str = "127.0.0.1",
+             timeout: float = CONNECTION_TIMEOUT_S) -> str:
     """Register like a real peripheral: one line, one recv(1024) for the ack; returns what that recv got."""
     with socket.create_connection((host, orch_port), timeout=timeout) as sock:
         sock.sendall(f"/register {name} {uuid} {own_port}\n".encode())
@@ -421,7 +426,8 @@ def send_and_close(orch_port: int, data: bytes, host: str = "127.0.0.1", timeout
 class RegisteringPeripheral(SinkPeripheral):
     """A peripheral that registers itself, then sends data by /data (a connection per message) or its data port."""
 
-    def __init__(self, orch_port: int, name: str = "Fake_Source", uuid: str | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, orch_port: int, name: str = "Fake_Source", uuid: str | None = None,
+                 host: str = "127.0.0.1") -> None:
         super().__init__(name, uuid)
         self.orch_port = orch_port
         self.orch_host = host

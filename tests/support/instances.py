@@ -24,7 +24,8 @@ from actors.core.settings import Runtime, parse_ports
 
 SUPPORT_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SUPPORT_DIR.parent.parent
-LEGACY_DATA_DIR = SUPPORT_DIR / "data" / "legacy"  # the original's own orch.cf and routes.cf, as it wrote them on a robot
+# the original's own orch.cf and routes.cf, as it wrote them on a robot
+LEGACY_DATA_DIR = SUPPORT_DIR / "data" / "legacy"
 
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -60,7 +61,8 @@ def free_port_range(count: int) -> list[int]:
     raise RuntimeError(f"no {count} consecutive free ports found")
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05, message: str = "condition") -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
     """Poll predicate until it returns something truthy; fail the test after timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -79,12 +81,14 @@ def send_line(port: int, line: str | bytes, timeout: float = COMMAND_TIMEOUT_S, 
 
 
 def send_lines(port: int, lines: list[str], timeout: float = COMMAND_TIMEOUT_S, source: str | None = None) -> str:
-    """Several lines on one connection (from the loopback address `source`), then everything read until the peer closed."""
+    """Several lines on one connection (from the loopback address `source`); what came back until the peer closed."""
     return send_bytes(port, "".join(line + "\n" for line in lines).encode(), timeout, source=source)
 
 
-def send_bytes(port: int, data: bytes, timeout: float = COMMAND_TIMEOUT_S, host: str = "127.0.0.1", source: str | None = None) -> str:
-    """Connect (from the loopback address `source`: another host), send, half-close, return what came back until the peer closed."""
+def send_bytes(port: int, data: bytes, timeout: float = COMMAND_TIMEOUT_S, host: str = "127.0.0.1",
+               source: str | None = None) -> str:
+    """Connect (from the loopback address `source`: another host), send, half-close; what came back until the peer
+    closed."""
     source_address = (source, 0) if source else None
     with socket.create_connection((host, port), timeout=timeout, source_address=source_address) as sock:
         sock.sendall(data)
@@ -139,7 +143,8 @@ class Instance:
                 status = self.status()
             except Exception:  # noqa: BLE001 - not up yet: keep waiting until the timeout
                 return False
-            return status["ready"] and all(c["state"] == "running" and c["ready"] for c in status["children"] if c["state"] != "failed")
+            live = [c for c in status["children"] if c["state"] != "failed"]
+            return status["ready"] and all(c["state"] == "running" and c["ready"] for c in live)
         wait_until(ready, timeout, 0.1, "the orchestrator to be ready")
 
     def read_json(self, name: str) -> Any:
@@ -170,7 +175,8 @@ class Instance:
         return self.process.returncode
 
 
-def write_test_config(config_dir: Path, overrides: dict[str, Any] | None = None, data_port_count: int = 8) -> dict[str, Any]:
+def write_test_config(config_dir: Path, overrides: dict[str, Any] | None = None,
+                      data_port_count: int = 8) -> dict[str, Any]:
     """An orch.cf on ephemeral ports, bound to loopback, scanning nothing unless told."""
     config_dir.mkdir(parents=True, exist_ok=True)
     ports = free_port_range(data_port_count + 1)
@@ -191,19 +197,23 @@ def write_test_config(config_dir: Path, overrides: dict[str, Any] | None = None,
     return config
 
 
-def start_instance(tmp_path: Path, routers: int = 1, only: list[str] | None = None, config: dict[str, Any] | None = None,
-                   extra_args: tuple[str, ...] = (), wait: bool = True) -> Instance:
+def start_instance(tmp_path: Path, routers: int = 1, only: list[str] | None = None,
+                   config: dict[str, Any] | None = None, extra_args: tuple[str, ...] = (),
+                   wait: bool = True) -> Instance:
     """Start `launch.py --headless` in tmp_path/config and wait until every child heartbeats."""
     config_dir = tmp_path / "config"
     written = write_test_config(config_dir, config)
     parse_ports(written["data_port_range"])  # a bad override fails here, before any process starts
-    args = [sys.executable, str(REPO_ROOT / "launch.py"), "--headless", "--config-dir", str(config_dir), "--routers", str(routers), *extra_args]
+    args = [sys.executable, str(REPO_ROOT / "launch.py"), "--headless", "--config-dir", str(config_dir),
+            "--routers", str(routers), *extra_args]
     if only:
         args += ["--only", ",".join(only)]
     log = open(tmp_path / "launch.out", "ab")
-    process = subprocess.Popen(args, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(args, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     log.close()
-    instance = Instance(config_dir=config_dir, command_port=written["command_port"], data_ports=parse_ports(written["data_port_range"]),
+    instance = Instance(config_dir=config_dir, command_port=written["command_port"],
+                        data_ports=parse_ports(written["data_port_range"]),
                         process=process, runtime=Runtime.for_config_dir(config_dir))
     if wait:
         try:

@@ -155,14 +155,17 @@ def run_peers(args: argparse.Namespace) -> int:
             stop.wait(max(0.0, next_send - time.monotonic()))
     stop.set()
     sink.stopping.set()
-    write_status(status, {**sink.figures(), "sent": {str(s.index): s.seq for s in sources}, "ready": True, "done": True})
+    sent = {str(s.index): s.seq for s in sources}
+    write_status(status, {**sink.figures(), "sent": sent, "ready": True, "done": True})
     return 0
 
 
 def report(path: Path, sink: Sink, sources: list[Source], stop: threading.Event) -> None:
-    """Write the sink's figures every STATUS_INTERVAL_S (a thread: a source blocked by backpressure does not stall it)."""
+    """Write the sink's figures every STATUS_INTERVAL_S (a thread: a source blocked by backpressure does not stall
+    it)."""
     while not stop.is_set():
-        write_status(path, {**sink.figures(), "sent": {str(s.index): s.seq for s in sources}, "ready": True, "at": time.monotonic()})
+        sent = {str(s.index): s.seq for s in sources}
+        write_status(path, {**sink.figures(), "sent": sent, "ready": True, "at": time.monotonic()})
         stop.wait(STATUS_INTERVAL_S)
 
 

@@ -47,14 +47,16 @@ class Host:
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """argv run inside this namespace, in a UTS namespace of its own so heartbeats carry our host name."""
-        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c", f'hostname {self.hostname} && exec "$@"', "sh", *argv]
+        set_hostname = f'hostname {self.hostname} && exec "$@"'
+        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c", set_hostname, "sh", *argv]
 
     def pids(self) -> list[int]:
-        out = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True, timeout=IP_TIMEOUT_S).stdout
+        out = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True,
+                             timeout=IP_TIMEOUT_S).stdout
         return [int(word) for word in out.split()]
 
     def kill_all(self, keep: Sequence[int] = ()) -> list[int]:
-        """SIGKILL every process in the namespace except `keep` (and their ancestors' shells); returns the killed pids."""
+        """SIGKILL every process in the namespace except `keep` (and their ancestors' shells); the killed pids."""
         killed = []
         for pid in self.pids():
             if pid in keep:
@@ -102,14 +104,15 @@ class TwoHosts:
     def spawn(self, host: Host, argv: Sequence[str], log_path: str, cwd: str) -> subprocess.Popen:
         """Start argv inside host's namespace, output to log_path; remembered for destroy()."""
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(host.command(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen(host.command(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         return process
 
     def run(self, host: Host, argv: Sequence[str], cwd: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
         """Run argv inside host's namespace to completion."""
-        return subprocess.run(host.command(argv), cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(host.command(argv), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
 
     def destroy(self) -> None:
         """Kill everything still running in either namespace, then delete both (the veth pair goes with them)."""

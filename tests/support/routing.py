@@ -58,7 +58,8 @@ def add_sink(instance: Instance, name: str, delivery: str = "stream", backlog: i
 
 
 def add_route(instance: Instance, name: str, incoming: str, outgoing: str) -> None:
-    assert instance.command(f"/routes add {name} {incoming} {outgoing}").strip() == f"Route '{name}' added successfully."
+    reply = instance.command(f"/routes add {name} {incoming} {outgoing}")
+    assert reply.strip() == f"Route '{name}' added successfully."
 
 
 def assert_in_order_without_loss(numbers: list[int], count: int) -> None:
@@ -69,7 +70,8 @@ def assert_in_order_without_loss(numbers: list[int], count: int) -> None:
         if number not in seen:
             seen.add(number)
             first_seen.append(number)
-    assert first_seen == list(range(1, count + 1)), f"order broken or lines lost: first wrong at {_first_mismatch(first_seen, count)}"
+    assert first_seen == list(range(1, count + 1)), \
+        f"order broken or lines lost: first wrong at {_first_mismatch(first_seen, count)}"
 
 
 def _first_mismatch(numbers: list[int], count: int) -> Any:
@@ -80,7 +82,9 @@ def _first_mismatch(numbers: list[int], count: int) -> Any:
 
 
 def running_routers(instance: Instance) -> list[str]:
-    return sorted(c["name"] for c in instance.status()["children"] if c["name"].startswith("router") and c["state"] == "running" and c["ready"])
+    children = instance.status()["children"]
+    return sorted(c["name"] for c in children
+                  if c["name"].startswith("router") and c["state"] == "running" and c["ready"])
 
 
 def register_sink(instance: Instance, name: str, port: int, mode: str) -> None:
