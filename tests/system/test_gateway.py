@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import pytest
 import zmq
 
-from tests.support.instances import REPO_ROOT, Instance, free_port, send_line, start_instance, wait_until
+from tests.support.instances import REPO_ROOT, Instance, free_port, free_port_range, send_line, start_instance, wait_until
 from tests.support.fakes import RegisteringPeripheral, register, send_and_close
 
 from actors.supervisor.cli import EXIT_UNREACHABLE, run_ctl, send_command
@@ -432,7 +432,6 @@ def test_half_close_gets_every_answer_before_the_close(gw: Instance) -> None:
 
 # ---- listeners and the command-line client ------------------------------------------------
 def test_a_taken_data_port_is_skipped_and_the_rest_served(tmp_path: Path) -> None:
-    from conftest import free_port_range
     ports = free_port_range(4)
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", ports[2]))

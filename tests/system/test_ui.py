@@ -351,7 +351,6 @@ def test_without_a_terminal_no_ui_starts(core: Instance):
 def test_a_ui_attaching_later_shows_the_activity_from_before(core: Instance) -> None:
     from actors.core.protocol import Op
     from actors.ui.app import BusView
-    from conftest import wait_until
 
     core.state_client().request(Op.REGISTER, name="Early_Bird", uuid="12345678-1234-4234-8234-000000000042", port=1)
     wait_until(lambda: any("Early_Bird" in e["text"] for e in core.control(Op.CONTROL_ACTIVITY)["activity"]), 5,
