@@ -194,7 +194,8 @@ def setup_routes(instance: Instance, rate: float) -> tuple[list[Source], list[Li
     return sources, sinks
 
 
-def kill_and_measure(instance: Instance, victim: str, sources: list[Source], sinks: list[LineSink], phase_s: float) -> Row:
+def kill_and_measure(instance: Instance, victim: str, sources: list[Source], sinks: list[LineSink],
+                     phase_s: float) -> Row:
     probe, probe_uuid = f"probe-{victim}", str(uuidlib.uuid4())
     ack = send_line(instance.command_port, f"/routes add {probe} ProbeSrc ProbeDst")
     registered = send_line(instance.command_port, f"/register Probe-{victim} {probe_uuid} 1").startswith("/ack")

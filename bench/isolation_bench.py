@@ -88,7 +88,8 @@ def fill_deaf(instance: Instance) -> None:
     send_line(instance.command_port, "/routes remove fill")
 
 
-def measure_phase(instance: Instance, kind: str, with_bad: bool, source: Source, sink: LineSink, phase_s: float) -> PhaseRow:
+def measure_phase(instance: Instance, kind: str, with_bad: bool, source: Source, sink: LineSink,
+                  phase_s: float) -> PhaseRow:
     if with_bad:
         reply = send_line(instance.command_port, f"/routes add bad{kind} Source Bad{kind}")
         assert "added" in reply, reply

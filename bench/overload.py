@@ -1,6 +1,7 @@
 """Overload: sources offer ~10x what slow sinks take, for a minute; every process's memory must stay flat.
 
-    python -m bench.overload [--seconds 60] [--sink-rate 500] [--factor 10] [--sources 2] [--payload-bytes 500] [--mixed]
+    python -m bench.overload [--seconds 60] [--sink-rate 500] [--factor 10] [--sources 2] [--payload-bytes 500]
+                             [--mixed]
 
 Each source streams '<name> <seq>' lines on its data port, paced at factor x sink-rate; each sink
 (one per source, stream delivery; --mixed alternates message and stream) reads at most sink-rate lines/s. The

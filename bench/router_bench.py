@@ -41,7 +41,6 @@ UNPACED_BURST = 100  # lines per write from an unpaced source
 SETTLE_S = 1.5  # no new line for this long: the run is over
 RUN_TIMEOUT_S = 120.0
 READY_TIMEOUT_S = 30.0
-ACCEPT_POLL_S = 0.1
 LOWEST_PORT = 20000
 
 
@@ -245,7 +244,8 @@ class Helper:
     """A helper process of this script that talks JSON lines."""
 
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "bench.router_bench", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.router_bench", *args], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
 
     def read(self) -> Any:
         line = self.process.stdout.readline()

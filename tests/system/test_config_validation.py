@@ -1,6 +1,7 @@
 """orch.cf / routes.cf as users and the original program write them: one wrong value never discards the whole file.
 
-Real instances load the original's own files (tests/support/data/legacy, as it wrote them on a robot) on ephemeral loopback
+Real instances load the original's own files (tests/support/data/legacy, as it wrote them on a robot) on ephemeral
+loopback
 ports; the bad values are the ones reported in the files issue. Unit tests check the per-key readers with hypothesis.
 """
 from __future__ import annotations

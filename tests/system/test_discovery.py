@@ -209,7 +209,8 @@ def test_a_config_block_ended_by_closing_is_stored(tmp_path: Path, ending: str) 
         assert instance.command(f"/config {UUID_A}\n{body}{ending}") == "Config stored for Sum_Engine.\n"  # no EOF line
         assert peripherals(instance)[UUID_A]["config"] == {"summary_length": 3, "style": "bullet\npoints"}
         send_and_close(instance.command_port, f"/config {UUID_A}\n{{\"embed_dim\": 384}}\n".encode())  # closes without reading
-        wait_until(lambda: peripherals(instance)[UUID_A]["config"] == {"embed_dim": 384}, WAIT_S, 0.1, "the block sent by send-and-close")
+        wait_until(lambda: peripherals(instance)[UUID_A]["config"] == {"embed_dim": 384}, WAIT_S, 0.1,
+                   "the block sent by send-and-close")
         reply = instance.command(f"/config {UUID_A}\n{{\"half\": ")
         assert "not valid JSON" in reply and "without an EOF line" in reply
         assert peripherals(instance)[UUID_A]["config"] == {"embed_dim": 384}
@@ -251,7 +252,8 @@ def test_scan_answer_timeout_in_orch_cf_applies(tmp_path: Path, fakes: list[Fake
 
 def test_a_registered_peripheral_outside_known_ports_follows_its_own_listener(tmp_path: Path, fakes: list[FakeListener]) -> None:
     outside = start(fakes, RegisteringPeripheral(0, "Registered_Only"))
-    instance = discovering(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S)  # known_ports: only our own command port
+    # known_ports: only our own command port
+    instance = discovering(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S)
     try:
         outside.orch_port = instance.command_port
         outside.register()
@@ -303,7 +305,8 @@ def test_with_probe_registered_ports_off_only_known_ports_are_probed(tmp_path: P
 def test_a_peripheral_that_only_sends_data_stays_online(tmp_path: Path) -> None:
     # Data sightings come with the gateway's heartbeat (every HEARTBEAT_INTERVAL_S while figures change): the offline
     # window (6 sweeps of 0.5 s) must be well above that.
-    instance = discovering(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S, scan_interval=0.5, offline_after_sweeps=6)
+    instance = discovering(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S, scan_interval=0.5,
+                           offline_after_sweeps=6)
     sender = RegisteringPeripheral(instance.command_port, "Terminal_Input_Engine")
     try:
         sender.register()
@@ -320,7 +323,8 @@ def test_a_peripheral_that_only_sends_data_stays_online(tmp_path: Path) -> None:
         instance.stop()
 
 def test_data_sightings_cost_one_request_per_sweep_not_one_per_message(tmp_path: Path) -> None:
-    instance = discovering(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S, scan_interval=0.5, offline_after_sweeps=3)
+    instance = discovering(tmp_path, None, full=True, scan_answer_timeout=QUICK_ANSWER_S, scan_interval=0.5,
+                           offline_after_sweeps=3)
     sender = RegisteringPeripheral(instance.command_port, "Chatty_Engine")
     try:
         sender.register()

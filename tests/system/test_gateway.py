@@ -13,7 +13,8 @@ from typing import Any, Iterator
 import pytest
 import zmq
 
-from tests.support.instances import REPO_ROOT, Instance, free_port, free_port_range, send_line, start_instance, wait_until
+from tests.support.instances import (REPO_ROOT, Instance, free_port, free_port_range, send_line, start_instance,
+                                     wait_until)
 from tests.support.fakes import RegisteringPeripheral, register, send_and_close
 
 from actors.supervisor.cli import EXIT_UNREACHABLE, run_ctl, send_command

@@ -18,7 +18,8 @@ from actors.core.protocol import Op
 from actors.core.settings import default_config
 from actors.state.tables import Tables
 from actors.core.net import same_host
-from tests.support.instances import COMMAND_TIMEOUT_S, Instance, free_port, free_port_range, send_bytes, start_instance, wait_until
+from tests.support.instances import (COMMAND_TIMEOUT_S, Instance, free_port, free_port_range, send_bytes,
+                                     start_instance, wait_until)
 from tests.support.fakes import InfoPeripheral, LineSink
 
 TOKEN = "identity-test-token"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 from typing import Any, Callable, Iterator
@@ -26,8 +25,8 @@ from hypothesis import strategies as st
 from actors.router.sinks import MODE_MESSAGE, MODE_STREAM, Chunk, SinkAddress, SinkQueue, SinkWorker, framed_size
 from tests.support.instances import Instance, free_port, start_instance, wait_until
 from tests.support.fakes import DeafSink, LineSink, resetting_port, restarted, slow_reader
-from tests.support.routing import (Reports, Source, add_route, add_sink, assert_in_order_without_loss, register_sink, route_counters,
-                                   running_routers, stop_quietly)
+from tests.support.routing import (Reports, Source, add_route, add_sink, assert_in_order_without_loss, register_sink,
+                                   route_counters, running_routers, stop_quietly)
 
 LINES_PER_SOURCE = 2000
 BURST = 200

@@ -125,11 +125,13 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
 
 
 def test_a_registration_flood_from_one_host_stops_at_its_quota(limited: Instance) -> None:
-    replies = [send_lines(limited.command_port, [f"/register Flood {uid(100 + n)} {7000 + n}"], source="127.0.0.2") for n in range(FLOOD)]
+    replies = [send_lines(limited.command_port, [f"/register Flood {uid(100 + n)} {7000 + n}"], source="127.0.0.2")
+               for n in range(FLOOD)]
     assert all(reply.startswith("/ack ") for reply in replies[:HOST_LIMIT])
     for reply in replies[HOST_LIMIT:]:
         assert reply.startswith("Error: ") and "max_peripherals_per_host" in reply
-    admin = [send_lines(limited.command_port, [f"/register Local {uid(200 + n)} {7100 + n}"], source="127.0.0.1") for n in range(FLOOD)]
+    admin = [send_lines(limited.command_port, [f"/register Local {uid(200 + n)} {7100 + n}"], source="127.0.0.1")
+             for n in range(FLOOD)]
     assert all(reply.startswith("/ack ") for reply in admin)
 
 
@@ -142,7 +144,8 @@ def test_a_deep_config_gets_a_clear_error_and_never_reaches_the_file(limited: In
     reply = send_lines(limited.command_port, [f"/config {uuid}", '{"a": ' + text + "}", "EOF"], source="127.0.0.1")
     assert reply.startswith("Error: ") and ("max_peripheral_config_depth" in reply or "nested too deep" in reply)
     limited_deep = json.dumps(deep(DEFAULT_DEPTH))
-    assert send_lines(limited.command_port, [f"/config {uuid}", limited_deep, "EOF"], source="127.0.0.1").strip() == "Config stored for Deep."
+    reply = send_lines(limited.command_port, [f"/config {uuid}", limited_deep, "EOF"], source="127.0.0.1")
+    assert reply.strip() == "Config stored for Deep."
     record = next(p for p in limited.state_client().request(Op.SNAPSHOT)["peripherals"] if p["uuid"] == uuid)
     assert record["config"] == deep(DEFAULT_DEPTH)
     assert (limited.config_dir / "orch.cf").stat().st_size < before + len(limited_deep) + ON_DISK_SLACK_BYTES
@@ -152,7 +155,8 @@ def test_orch_cf_rendered_piecemeal_equals_a_full_render_of_the_state(limited: I
     """The keeper renders only changed peripherals again; the file must still be exactly the current state."""
     uuid = uid(400)
     for port in (7400, 7401):
-        assert send_lines(limited.command_port, [f"/register Piece {uuid} {port}"], source="127.0.0.1").startswith("/ack ")
+        reply = send_lines(limited.command_port, [f"/register Piece {uuid} {port}"], source="127.0.0.1")
+        assert reply.startswith("/ack ")
     send_lines(limited.command_port, [f"/exit {uuid}"], source="127.0.0.1")
     snapshot = limited.state_client().request(Op.SNAPSHOT)
 

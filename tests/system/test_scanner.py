@@ -173,11 +173,13 @@ def test_own_command_data_and_tcp_bus_ports_are_never_targets(tmp_path: Path) ->
 
 
 # ---- real processes -----------------------------------------------------------------------------
-def test_discovery_end_to_end_ignores_misbehaving_ports(fakes: list[FakeListener], scanning: Callable[..., Instance]) -> None:
+def test_discovery_end_to_end_ignores_misbehaving_ports(fakes: list[FakeListener],
+                                                        scanning: Callable[..., Instance]) -> None:
     good = [start(fakes, InfoPeripheral(f"Engine_{i}", config={"delivery": "stream"} if i == 0 else {})) for i in range(3)]
     bad = [start(fakes, make()) for make in (silent_port, garbage_port, streaming_port, closing_port)]
     instance = scanning(ports_spec(*good, *bad))
-    known = wait_until(lambda: len(peripherals(instance)) >= 3 and peripherals(instance), DISCOVERY_TIMEOUT_S, 0.1, "discovery")
+    known = wait_until(lambda: len(peripherals(instance)) >= 3 and peripherals(instance), DISCOVERY_TIMEOUT_S, 0.1,
+                       "discovery")
     assert {uuid: (p["port"], p["online"]) for uuid, p in known.items()} == {f.uuid: (f.port, True) for f in good}
     assert known[good[0].uuid]["delivery"] == "stream"
     wait_sweeps(instance, 2)
@@ -189,18 +191,21 @@ def test_discovery_end_to_end_ignores_misbehaving_ports(fakes: list[FakeListener
     assert log.count(f":{bad[1].port} answered /info with garbage") == 1  # once per port, not per sweep
 
 
-def test_a_peripheral_goes_offline_and_comes_back(fakes: list[FakeListener], scanning: Callable[..., Instance]) -> None:
+def test_a_peripheral_goes_offline_and_comes_back(fakes: list[FakeListener],
+                                                  scanning: Callable[..., Instance]) -> None:
     fake = start(fakes, InfoPeripheral("Flaky_Engine"))
     instance = scanning(ports_spec(fake))
     wait_until(lambda: peripherals(instance).get(fake.uuid, {}).get("online"), DISCOVERY_TIMEOUT_S, 0.1, "discovery")
     fake.stop()
-    offline = wait_until(lambda: (p := peripherals(instance)[fake.uuid]) and not p["online"] and p, DISCOVERY_TIMEOUT_S, 0.1, "offline")
+    offline = wait_until(lambda: (p := peripherals(instance)[fake.uuid]) and not p["online"] and p, DISCOVERY_TIMEOUT_S,
+                         0.1, "offline")
     assert offline["name"] == "Flaky_Engine"  # marked offline, not deleted
     fake.start()  # same port again
     wait_until(lambda: peripherals(instance)[fake.uuid]["online"], DISCOVERY_TIMEOUT_S, 0.1, "back online")
 
 
-def test_own_ports_and_own_uuid_are_never_reported(fakes: list[FakeListener], scanning: Callable[..., Instance]) -> None:
+def test_own_ports_and_own_uuid_are_never_reported(fakes: list[FakeListener],
+                                                   scanning: Callable[..., Instance]) -> None:
     on_command_port = start(fakes, InfoPeripheral("On_Command_Port"))
     on_data_port = start(fakes, InfoPeripheral("On_Data_Port"))
     mirror = start(fakes, InfoPeripheral("Orchestrator_Itself", uuid=OWN_UUID))
@@ -214,7 +219,8 @@ def test_own_ports_and_own_uuid_are_never_reported(fakes: list[FakeListener], sc
     assert scanner_stats(instance)["ports_scanned"] == 2
 
 
-def test_changed_known_ports_apply_at_the_next_sweep(fakes: list[FakeListener], scanning: Callable[..., Instance]) -> None:
+def test_changed_known_ports_apply_at_the_next_sweep(fakes: list[FakeListener],
+                                                     scanning: Callable[..., Instance]) -> None:
     first = start(fakes, InfoPeripheral("First_Engine"))
     later = start(fakes, InfoPeripheral("Later_Engine"))
     instance = scanning(ports_spec(first))
@@ -224,9 +230,11 @@ def test_changed_known_ports_apply_at_the_next_sweep(fakes: list[FakeListener], 
     wait_until(lambda: later.uuid in peripherals(instance), DISCOVERY_TIMEOUT_S, 0.1, "discovery after the change")
 
 
-def test_discovery_under_the_full_system_shows_in_list(fakes: list[FakeListener], scanning: Callable[..., Instance]) -> None:
+def test_discovery_under_the_full_system_shows_in_list(fakes: list[FakeListener],
+                                                       scanning: Callable[..., Instance]) -> None:
     fake = start(fakes, InfoPeripheral("Listed_Engine"))
     instance = scanning(ports_spec(fake), full=True)
-    listing = wait_until(lambda: "Listed_Engine" in (text := instance.command("/list")) and text, DISCOVERY_TIMEOUT_S, 0.2, "the peripheral in /list")
+    listing = wait_until(lambda: "Listed_Engine" in (text := instance.command("/list")) and text, DISCOVERY_TIMEOUT_S,
+                         0.2, "the peripheral in /list")
     line = next(line for line in listing.splitlines() if "Listed_Engine" in line)
     assert fake.uuid in line and str(fake.port) in line and "online" in line

@@ -12,7 +12,8 @@ TAP_TIMEOUT_S = 10.0  # the router reports its taps in its heartbeat (every few 
 
 def tap_subscriptions(instance):
     """Tap topics the routers publish: a subscription travels gateway -> broker -> router asynchronously."""
-    return sum((c.get("stats") or {}).get("taps", 0) for c in instance.status()["children"] if c["name"].startswith("router"))
+    routers = [c for c in instance.status()["children"] if c["name"].startswith("router")]
+    return sum((c.get("stats") or {}).get("taps", 0) for c in routers)
 
 
 def open_tap(instance, target):

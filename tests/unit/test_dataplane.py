@@ -237,7 +237,8 @@ def test_without_routers_payloads_wait_bounded_then_flow_in_order() -> None:
 
 def source_preferring(router: bytes, routers: list[bytes]) -> str:
     """A source uuid that rendezvous hashing sends to router when all of routers live."""
-    return next(s for s in (f"{i:08d}-0000-4000-8000-000000000000" for i in range(1000)) if rendezvous(s, routers) == router)
+    candidates = (f"{i:08d}-0000-4000-8000-000000000000" for i in range(1000))
+    return next(s for s in candidates if rendezvous(s, routers) == router)
 
 
 def test_source_stays_on_its_router_until_drained_then_switches() -> None:
