@@ -22,11 +22,10 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
+from typing import Any
 
 from tests.support.fakes import LineSink
-from tests.support.instances import Instance, send_line, start_instance, wait_until
+from tests.support.instances import REPO_ROOT, Instance, send_line, start_instance, wait_until
 
 SOURCES = 2
 RECONNECT_PAUSE_S = 0.02
@@ -225,8 +224,8 @@ def kill_supervisor(instance: Instance, folder: Path) -> Row:
         time.sleep(0.05)
     orphans = [p for p in pids if Path(f"/proc/{p}").exists() and "State:\tZ" not in Path(f"/proc/{p}/status").read_text()]
     started = time.monotonic()
-    fresh = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--headless", "--config-dir", str(instance.config_dir)],
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    fresh = subprocess.Popen([sys.executable, str(REPO_ROOT / "launch.py"), "--headless", "--config-dir", str(instance.config_dir)],
+                             cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     instance.process = fresh
     try:
         instance.wait_ready()
@@ -261,12 +260,17 @@ def run_faults(rate: float, phase_s: float, routers: int, victims: list[str] | N
         if with_supervisor:
             rows.append(kill_supervisor(instance, folder))
     finally:
-        for source in sources:
-            source.stopping = True
-        for sink in sinks:
-            sink.stop()
-        instance.stop()
+        stop_load(instance, sources, sinks)
     return rows
+
+
+def stop_load(instance: Instance, sources: list[Any], sinks: list[LineSink]) -> None:
+    """Stop the sources' threads (each has a `stopping` flag), then the sinks, then the orchestrator."""
+    for source in sources:
+        source.stopping = True
+    for sink in sinks:
+        sink.stop()
+    instance.stop()
 
 
 def print_table(rows: list[Row]) -> None:

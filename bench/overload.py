@@ -24,6 +24,7 @@ from pathlib import Path
 
 
 from tests.support.instances import Instance, send_line, start_instance
+from bench.faults import stop_load
 from tests.support.fakes import LineSink
 
 WARMUP_S = 10.0
@@ -148,11 +149,7 @@ def run(seconds: float, sink_rate: float, factor: float, count: int, stream: boo
         print(f"memory bounded: {'yes' if bounded else 'NO'}")
         return 0 if bounded and delivered >= accepted else 1
     finally:
-        for source in sources:
-            source.stopping = True
-        for sink in sinks:
-            sink.stop()
-        instance.stop()
+        stop_load(instance, sources, sinks)
 
 
 def report(samples: dict[str, list[tuple[float, int]]], seconds: float) -> bool:

@@ -37,9 +37,14 @@ def listen_in_thread(host: str, port: int, serve: Callable[[socket.socket], None
     return listener, thread
 
 
-def accept_until_stopped(listener: socket.socket, stopping: threading.Event) -> Iterator[socket.socket]:
-    """Accepted connections until stopping is set or the listener is closed (it polls every ACCEPT_POLL_S)."""
+def accept_until_stopped(listener: socket.socket, stopping: threading.Event,
+                         may_accept: Callable[[], bool] = lambda: True) -> Iterator[socket.socket]:
+    """Accepted connections until stopping is set or the listener is closed (it polls every ACCEPT_POLL_S); while
+    may_accept() is false, connects wait in the backlog."""
     while not stopping.is_set():
+        if not may_accept():
+            stopping.wait(ACCEPT_POLL_S)
+            continue
         try:
             conn, _ = listener.accept()
         except socket.timeout:
@@ -494,16 +499,7 @@ class DeafSink(Served):
         return self
 
     def _accept(self, listener: socket.socket) -> None:
-        while not self.stopping.is_set():
-            if len(self.conns) >= DEAF_MAX_CONNECTIONS:
-                self.stopping.wait(ACCEPT_POLL_S)
-                continue
-            try:
-                conn, _ = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
+        for conn in accept_until_stopped(listener, self.stopping, lambda: len(self.conns) < DEAF_MAX_CONNECTIONS):
             self.conns.append(conn)
 
     def stop(self) -> None:
