@@ -40,7 +40,7 @@ from tests.support.netns import TwoHosts, unavailable_reason
 PY = sys.executable
 BUS_PORT = 7100
 COMMAND_PORT = 7000
-PEER = "tests/support/multihost_peer.py"  # the other board's fake peripherals, run from the repository root
+PEER = ("-m", "tests.support.multihost_peer")  # the other board's fake peripherals, run from the repository root
 DATA_PORTS = "7001-7080"
 SINK_PORT = 7500
 READY_TIMEOUT_S = 30.0
@@ -84,7 +84,7 @@ class Run:
         return json.loads(done.stdout) if done.returncode == 0 else {}
 
     def command(self, *lines: str) -> str:
-        done = self.in_a([PY, PEER, "cmd", self.hosts.a.address, str(COMMAND_PORT), *lines])
+        done = self.in_a([PY, *PEER, "cmd", self.hosts.a.address, str(COMMAND_PORT), *lines])
         return done.stdout + done.stderr
 
     def peers(self) -> dict[str, Any]:
@@ -112,7 +112,7 @@ class Run:
                         str(self.root / "sat.out"), str(REPO_ROOT))
             total = scenario.main_routers + scenario.satellite_routers
             wait(lambda: self.status().get("orchestrator", {}).get("Routers Alive") == total, "the satellite's routers")
-        hosts.spawn(hosts.b, [PY, PEER, "peers", hosts.a.address, str(COMMAND_PORT), "--bind", hosts.b.address,
+        hosts.spawn(hosts.b, [PY, *PEER, "peers", hosts.a.address, str(COMMAND_PORT), "--bind", hosts.b.address,
                               "--sink-port", str(SINK_PORT), "--sources", str(sources), "--status", str(self.root / "peers.json"),
                               "--rate", "0", "--burst", str(burst), "--duration", "120", "--start-file", str(self.root / "go")], str(self.root / "peers.out"), str(REPO_ROOT))
         wait(lambda: self.peers().get("ready"), "the peripherals")

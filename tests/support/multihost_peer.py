@@ -1,6 +1,7 @@
-"""Fake peripherals of another board, for tests/test_multihost.py and bench/multihost_bench.py.
+"""Fake peripherals of another board, for tests/system/test_multihost.py and bench/multihost_bench.py.
 
-Run inside a network namespace (``ip netns exec B python tests/multihost_peer.py ...``):
+Run inside a network namespace, from the repository root
+(``ip netns exec B python -m tests.support.multihost_peer ...``):
 
     peers ORCH_HOST ORCH_PORT --bind ADDR --sink-port P --sources N --status FILE [--rate HZ] [--duration S]
         a sink on ADDR:P (named mh_sink) and N sources (mh_src_<i>), all registered with the orchestrator
@@ -23,6 +24,9 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
+from tests.support.fakes import register
+from tests.support.instances import send_line
+
 CONNECT_TIMEOUT_S = 5.0
 STATUS_INTERVAL_S = 0.2
 ACCEPT_POLL_S = 0.1
@@ -30,22 +34,9 @@ RECONNECT_PAUSE_S = 0.2
 SINK_NAME = "mh_sink"
 
 
-def command(host: str, port: int, line: str) -> str:
-    """One command line on a fresh connection; the reply read until the orchestrator closes."""
-    with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as sock:
-        sock.sendall(line.encode() + b"\n")
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode("utf-8", "replace")
-
-
-def register(host: str, port: int, name: str, uuid: str, own_port: int) -> int:
+def register_for_data_port(host: str, port: int, name: str, uuid: str, own_port: int) -> int:
     """Register like a real peripheral (one recv for the ack); returns the data port."""
-    with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as sock:
-        sock.sendall(f"/register {name} {uuid} {own_port}\n".encode())
-        word, _, data_port = sock.recv(1024).decode().strip().partition(" ")
+    word, _, data_port = register(port, name, uuid, own_port, host, CONNECT_TIMEOUT_S).strip().partition(" ")
     if word != "/ack" or not data_port.isdigit():
         raise RuntimeError(f"unexpected answer to /register {name}: {word} {data_port}")
     return int(data_port)
@@ -134,11 +125,11 @@ def run_peers(args: argparse.Namespace) -> int:
     sink = Sink(args.bind, args.sink_port)
     threading.Thread(target=sink.serve, daemon=True).start()
     sink_uuid = str(uuidlib.uuid4())
-    register(args.orch_host, args.orch_port, SINK_NAME, sink_uuid, args.sink_port)
+    register_for_data_port(args.orch_host, args.orch_port, SINK_NAME, sink_uuid, args.sink_port)
     sources = []
     for index in range(args.sources):
         uuid, name = str(uuidlib.uuid4()), f"mh_src_{index}"
-        data_port = register(args.orch_host, args.orch_port, name, uuid, args.sink_port)
+        data_port = register_for_data_port(args.orch_host, args.orch_port, name, uuid, args.sink_port)
         sources.append(Source(index, uuid, args.orch_host, data_port))
     status = Path(args.status)
     threading.Thread(target=report, args=(status, sink, sources, stop), daemon=True).start()
@@ -190,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.mode == "cmd":
         for line in args.line:
-            print(command(args.orch_host, args.orch_port, line))
+            print(send_line(args.orch_port, line, CONNECT_TIMEOUT_S, args.orch_host))
         return 0
     return run_peers(args)
 

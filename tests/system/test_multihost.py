@@ -30,7 +30,7 @@ from tests.support.netns import Host, TwoHosts, unavailable_reason
 PY = sys.executable
 BUS_PORT = 7100  # inside namespace A, where every port is ours
 COMMAND_PORT = 7000
-PEER = "tests/support/multihost_peer.py"  # the other board's fake peripherals, run from the repository root
+PEER = ("-m", "tests.support.multihost_peer")  # the other board's fake peripherals, run from the repository root
 DATA_PORTS = "7001-7040"
 SINK_PORT = 7500
 SOURCES = 16  # a source lands on the satellite's router with probability 1 - 2**-16
@@ -66,7 +66,7 @@ class Boards:
 
     def command(self, *lines: str) -> str:
         """Admin command lines from the main board itself (its own address counts as loopback)."""
-        argv = [PY, PEER, "cmd", self.hosts.a.address, str(COMMAND_PORT), *lines]
+        argv = [PY, *PEER, "cmd", self.hosts.a.address, str(COMMAND_PORT), *lines]
         done = self.hosts.run(self.hosts.a, argv, str(REPO_ROOT))
         return done.stdout
 
@@ -124,7 +124,7 @@ def test_data_routes_across_boards_and_falls_back_when_the_satellite_dies(boards
     actors = wait_until(lambda: (a := boards.actors()) and satellite_router in a and a, STEP_TIMEOUT_S, 0.3, "the satellite's router in /status")
     assert actors[satellite_router]["host"] == hosts.b.hostname
     assert actors["router-1"]["host"] == hosts.a.hostname
-    peers = hosts.spawn(hosts.b, [PY, PEER, "peers", hosts.a.address, str(COMMAND_PORT), "--bind", hosts.b.address,
+    peers = hosts.spawn(hosts.b, [PY, *PEER, "peers", hosts.a.address, str(COMMAND_PORT), "--bind", hosts.b.address,
                                   "--sink-port", str(SINK_PORT), "--sources", str(SOURCES), "--status", str(boards.root / "peers.json"),
                                   "--rate", "20"], str(boards.root / "peers.out"), str(REPO_ROOT))
     wait_until(lambda: boards.peers().get("ready"), STEP_TIMEOUT_S, 0.2, "the peripherals to register")
