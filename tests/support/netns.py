@@ -1,7 +1,7 @@
 """Two test "hosts" made of Linux network namespaces joined by a veth pair (root only).
 
 The subnet 10.213.X.0/24 exists only between the two namespaces this module creates, so nothing
-sent to it can leave the machine. Shared by tests/test_multihost.py and bench/multihost_bench.py.
+sent to it can leave the machine. Shared by tests/system/test_multihost.py and bench/multihost_bench.py.
 """
 from __future__ import annotations
 

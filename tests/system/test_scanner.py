@@ -25,7 +25,7 @@ from tests.support.scanning import peripherals, ports_spec, scanner_stats, start
 
 UUID_A = "11111111-2222-3333-4444-555555555555"
 UUID_B = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
-OWN_UUID = "00000000-0000-4000-8000-000000000000"  # the script_uuid conftest writes
+OWN_UUID = "00000000-0000-4000-8000-000000000000"  # the script_uuid tests/support/instances.py writes
 PROBE_BOUND_S = CONNECT_TIMEOUT_S + ANSWER_TIMEOUT_S
 SLACK_S = 1.0
 DISCOVERY_TIMEOUT_S = 10.0
