@@ -28,7 +28,7 @@ test: setup
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 
 bench: setup
-	$(PY) bench/run_all.py $(ARGS)
+	$(PY) -m bench.run_all $(ARGS)
 
 wheelhouse:
 	$(PYTHON) -m pip download --quiet --dest $(WHEELHOUSE) $(TARGET_ARGS) '.[test]' 'setuptools>=61' wheel

@@ -1,9 +1,9 @@
 """Robot bring-up figures: 20 peripherals from launch to all registered, restart latency after kill -9, supervisor CPU.
 
-    python bench/bringup_bench.py [--peripherals N] [--rounds K] [--idle-s S]
+    python -m bench.bringup_bench [--peripherals N] [--rounds K] [--idle-s S]
 
 Runs `launch.py --headless` in a temporary folder on ephemeral ports with N fake peripherals
-(tests/fake_peripheral.py: each a Python process that serves /info and registers on the command
+(tests/support/fake_peripheral.py: each a Python process that serves /info and registers on the command
 port). The baseline is the same system with no launch file: the supervisor's CPU with N idle
 peripherals is compared with its CPU without any.
 """
@@ -20,13 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from actors.core.protocol import Op  # noqa: E402
-from conftest import REPO_ROOT, Instance, start_instance, wait_until  # noqa: E402
+from actors.core.protocol import Op
+from tests.support.instances import SUPPORT_DIR, Instance, start_instance, wait_until
 
-FAKE = REPO_ROOT / "tests" / "fake_peripheral.py"
+FAKE = SUPPORT_DIR / "fake_peripheral.py"
 ACTORS = ["broker", "state", "gateway", "router"]
 TIMEOUT_S = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

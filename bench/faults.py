@@ -1,6 +1,6 @@
 """Fault injection: steady data through several routes while each process is SIGKILLed in turn.
 
-    python bench/faults.py [--rate 2000] [--phase 3] [--routers 2]
+    python -m bench.faults [--rate 2000] [--phase 3] [--routers 2]
 
 For every kill it prints: time until a message sent after the kill is delivered again, and per
 phase the messages sent / delivered / lost / duplicated / out of order, and whether orch.cf and
@@ -22,12 +22,10 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-
-from conftest import Instance, send_line, start_instance, wait_until  # noqa: E402
+from tests.support.fakes import LineSink
+from tests.support.instances import REPO_ROOT, Instance, send_line, start_instance, wait_until
 
 SOURCES = 2
 RECONNECT_PAUSE_S = 0.02
@@ -38,62 +36,21 @@ SETTLE_MAX_S = 20.0  # ... or this long in all
 MESSAGE_ROUTE_MAX_RATE = 250.0
 
 
-class Sink:
-    """A sink peripheral: accepts connections, records (source, seq, arrival time) for every line.
+def start_sink(per_message: bool = False) -> LineSink:
+    """A sink peripheral on the monotonic clock of the sources. A per-message sink reads each connection to its end
+    before accepting the next, so arrivals are in the order the router sent them; a stream sink reads every
+    connection in one thread, the oldest first."""
+    return LineSink(multiplexed=not per_message, clock=time.monotonic).start()
 
-    A per-message sink reads each connection to its end before accepting the next, so arrivals are
-    recorded in the order the router sent them (a thread per connection would record them in
-    whatever order the threads happen to run). A stream sink reads each connection in its own thread.
-    """
 
-    def __init__(self, per_message: bool = False) -> None:
-        self.per_message = per_message
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.arrivals: list[tuple[str, int, float]] = []
-        self.lock = threading.Lock()
-        self.stopping = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self.stopping:
-            try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if self.per_message:
-                self._read(conn)
-            else:
-                threading.Thread(target=self._read, args=(conn,), daemon=True).start()
-
-    def _read(self, conn: socket.socket) -> None:
-        buffer = b""
-        with conn:
-            conn.settimeout(1.0)
-            while not self.stopping:
-                try:
-                    chunk = conn.recv(65536)
-                except socket.timeout:
-                    continue
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                now = time.monotonic()
-                with self.lock:
-                    for line in lines:
-                        source, _, seq = line.decode().partition(" ")
-                        if seq.isdigit():
-                            self.arrivals.append((source, int(seq), now))
-
-    def stop(self) -> None:
-        self.stopping = True
-        self.listener.close()
+def arrivals(sink: LineSink) -> list[tuple[str, int, float]]:
+    """(source name, seq, arrival time) of every '<name> <seq>' line the sink got."""
+    found = []
+    for line, at in sink.arrivals():
+        source, _, seq = line.decode().partition(" ")
+        if seq.isdigit():
+            found.append((source, int(seq), at))
+    return found
 
 
 @dataclass
@@ -152,16 +109,14 @@ class Row:
     note: str = ""
 
 
-def analyse(sources: list[Source], sinks: list[Sink], since: float, until: float) -> tuple[int, int, int, int, int]:
+def analyse(sources: list[Source], sinks: list[LineSink], since: float, until: float) -> tuple[int, int, int, int, int]:
     """Counts over messages sent in [since, until): sent, delivered (unique), lost, duplicated, out of order."""
     sent = delivered = lost = duplicated = disorder = 0
     for source, sink in zip(sources, sinks):
         window = {seq for seq, at in source.sent if since <= at < until}
-        with sink.lock:
-            arrivals = [seq for name, seq, _ in sink.arrivals if name == source.name]
         seen: set[int] = set()
         highest = 0
-        for seq in arrivals:
+        for seq in [seq for name, seq, _ in arrivals(sink) if name == source.name]:
             if seq in seen:
                 duplicated += seq in window
                 continue
@@ -176,20 +131,19 @@ def analyse(sources: list[Source], sinks: list[Sink], since: float, until: float
     return sent, delivered, lost, duplicated, disorder
 
 
-def resume_time(sources: list[Source], sinks: list[Sink], killed_at: float) -> float | None:
+def resume_time(sources: list[Source], sinks: list[LineSink], killed_at: float) -> float | None:
     """Seconds from the kill until the first message sent after it arrives."""
     firsts = []
     for source, sink in zip(sources, sinks):
         sent_after = {seq: at for seq, at in source.sent if at >= killed_at}
-        with sink.lock:
-            arrivals = [at for name, seq, at in sink.arrivals if name == source.name and seq in sent_after]
-        if not arrivals:
+        times = [at for name, seq, at in arrivals(sink) if name == source.name and seq in sent_after]
+        if not times:
             return None
-        firsts.append(min(arrivals) - killed_at)
+        firsts.append(min(times) - killed_at)
     return max(firsts)
 
 
-def settle(sources: list[Source], sinks: list[Sink], since: float, until: float) -> None:
+def settle(sources: list[Source], sinks: list[LineSink], since: float, until: float) -> None:
     """Wait until what was sent in the phase arrived, or nothing new arrives for SETTLE_STALL_S: lost means never delivered."""
     last, last_change, deadline = -1, time.monotonic(), time.monotonic() + SETTLE_MAX_S
     while time.monotonic() < deadline and time.monotonic() - last_change < SETTLE_STALL_S:
@@ -218,12 +172,12 @@ def register_probe_pair(instance: Instance) -> None:
     send_line(instance.command_port, f"/register ProbeDst {uuidlib.uuid4()} 1")
 
 
-def setup_routes(instance: Instance, rate: float) -> tuple[list[Source], list[Sink]]:
+def setup_routes(instance: Instance, rate: float) -> tuple[list[Source], list[LineSink]]:
     sources, sinks = [], []
     message_rate = min(rate / SOURCES, MESSAGE_ROUTE_MAX_RATE)
     for index in range(SOURCES):
         per_message = index % 2 == 0
-        sink = Sink(per_message)
+        sink = start_sink(per_message)
         sink_uuid, source_uuid = str(uuidlib.uuid4()), str(uuidlib.uuid4())
         send_line(instance.command_port, f"/register Sink{index} {sink_uuid} {sink.port}")
         ack = send_line(instance.command_port, f"/register Source{index} {source_uuid} 1")
@@ -239,7 +193,8 @@ def setup_routes(instance: Instance, rate: float) -> tuple[list[Source], list[Si
     return sources, sinks
 
 
-def kill_and_measure(instance: Instance, victim: str, sources: list[Source], sinks: list[Sink], phase_s: float) -> Row:
+def kill_and_measure(instance: Instance, victim: str, sources: list[Source], sinks: list[LineSink],
+                     phase_s: float) -> Row:
     probe, probe_uuid = f"probe-{victim}", str(uuidlib.uuid4())
     ack = send_line(instance.command_port, f"/routes add {probe} ProbeSrc ProbeDst")
     registered = send_line(instance.command_port, f"/register Probe-{victim} {probe_uuid} 1").startswith("/ack")
@@ -269,8 +224,8 @@ def kill_supervisor(instance: Instance, folder: Path) -> Row:
         time.sleep(0.05)
     orphans = [p for p in pids if Path(f"/proc/{p}").exists() and "State:\tZ" not in Path(f"/proc/{p}/status").read_text()]
     started = time.monotonic()
-    fresh = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "--headless", "--config-dir", str(instance.config_dir)],
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    fresh = subprocess.Popen([sys.executable, str(REPO_ROOT / "launch.py"), "--headless", "--config-dir", str(instance.config_dir)],
+                             cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     instance.process = fresh
     try:
         instance.wait_ready()
@@ -291,7 +246,7 @@ def run_faults(rate: float, phase_s: float, routers: int, victims: list[str] | N
     instance = start_instance(folder, routers=routers)
     rows: list[Row] = []
     sources: list[Source] = []
-    sinks: list[Sink] = []
+    sinks: list[LineSink] = []
     try:
         sources, sinks = setup_routes(instance, rate)
         register_probe_pair(instance)
@@ -305,12 +260,17 @@ def run_faults(rate: float, phase_s: float, routers: int, victims: list[str] | N
         if with_supervisor:
             rows.append(kill_supervisor(instance, folder))
     finally:
-        for source in sources:
-            source.stopping = True
-        for sink in sinks:
-            sink.stop()
-        instance.stop()
+        stop_load(instance, sources, sinks)
     return rows
+
+
+def stop_load(instance: Instance, sources: list[Any], sinks: list[LineSink]) -> None:
+    """Stop the sources' threads (each has a `stopping` flag), then the sinks, then the orchestrator."""
+    for source in sources:
+        source.stopping = True
+    for sink in sinks:
+        sink.stop()
+    instance.stop()
 
 
 def print_table(rows: list[Row]) -> None:

@@ -13,7 +13,7 @@ latency (median, p99); an idle baseline is measured first.
 
 The machine's core count is printed: clients, the fake router and the gateway share those cores.
 
-Run: .venv/bin/python bench/gateway_bench.py [--lines 200000] [--messages 5000] [--clients 32] [--processes 2]
+Run: python -m bench.gateway_bench [--lines 200000] [--messages 5000] [--clients 32] [--processes 2]
 """
 from __future__ import annotations
 
@@ -31,13 +31,10 @@ from pathlib import Path
 
 import zmq
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from actors.core.protocol import DataAck, DataBatch, Heartbeat, decode_as, encode  # noqa: E402
-from conftest import Instance, start_instance  # noqa: E402
-from fakes import RegisteringPeripheral  # noqa: E402
+from actors.core.protocol import DataAck, DataBatch, Heartbeat, decode_as, encode
+from tests.support.instances import Instance, start_instance
+from tests.support.fakes import RegisteringPeripheral
 
 HOST = "127.0.0.1"
 PAYLOAD = '{"text": "the quick brown fox jumps over the lazy dog", "n": %d}'

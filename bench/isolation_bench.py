@@ -1,6 +1,6 @@
 """Bad-sink rows: does a dead or stuck sink slow the healthy route of the same source?
 
-    python bench/isolation_bench.py [--rate 1000] [--phase 3] [--rounds 3] [--kinds down,deaf]
+    python -m bench.isolation_bench [--rate 1000] [--phase 3] [--rounds 3] [--kinds down,deaf]
 
 One source sends '<name> <seq>' lines at a steady rate to a healthy stream sink. Phases alternate
 without and with a second route from the same source to a bad sink (``down``: nothing listens;
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -22,13 +21,10 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import Instance, free_port, send_line, start_instance  # noqa: E402
-from faults import Sink, Source, analyse, settle  # noqa: E402
-from fakes import DeafSink  # noqa: E402
+from tests.support.instances import Instance, free_port, send_line, start_instance
+from bench.faults import Source, analyse, arrivals, settle, start_sink
+from tests.support.fakes import DeafSink, LineSink
 
 WARM_UP_S = 1.0
 P99 = 0.99
@@ -49,14 +45,13 @@ class PhaseRow:
     p99_ms: float | None
 
 
-def p99_latency_ms(source: Source, sink: Sink, since: float, until: float) -> float | None:
+def p99_latency_ms(source: Source, sink: LineSink, since: float, until: float) -> float | None:
     """The 99th percentile of first-arrival minus send time, over lines sent in [since, until)."""
     sent_at = {seq: at for seq, at in source.sent if since <= at < until}
     first: dict[int, float] = {}
-    with sink.lock:
-        for name, seq, at in sink.arrivals:
-            if name == source.name and seq in sent_at and seq not in first:
-                first[seq] = at
+    for name, seq, at in arrivals(sink):
+        if name == source.name and seq in sent_at and seq not in first:
+            first[seq] = at
     latencies = sorted(first[seq] - sent_at[seq] for seq in first)
     if not latencies:
         return None
@@ -93,7 +88,8 @@ def fill_deaf(instance: Instance) -> None:
     send_line(instance.command_port, "/routes remove fill")
 
 
-def measure_phase(instance: Instance, kind: str, with_bad: bool, source: Source, sink: Sink, phase_s: float) -> PhaseRow:
+def measure_phase(instance: Instance, kind: str, with_bad: bool, source: Source, sink: LineSink,
+                  phase_s: float) -> PhaseRow:
     if with_bad:
         reply = send_line(instance.command_port, f"/routes add bad{kind} Source Bad{kind}")
         assert "added" in reply, reply
@@ -110,7 +106,7 @@ def measure_phase(instance: Instance, kind: str, with_bad: bool, source: Source,
 def run(rate: float, phase_s: float, rounds: int, kinds: list[str]) -> list[PhaseRow]:
     folder = Path(tempfile.mkdtemp(prefix="orch-isolation-"))
     instance = start_instance(folder, only=["broker", "state", "gateway", "router"])
-    sink = Sink()
+    sink = start_sink()
     bad_sinks: list[DeafSink] = []
     source = None
     rows: list[PhaseRow] = []

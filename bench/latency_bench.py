@@ -1,6 +1,6 @@
 """Latency breakdown: where a payload's time goes, per stage, p50/p99, at 10, 1,000 and 10,000 msg/s, both delivery modes.
 
-    python bench/latency_bench.py [--rates 10,1000,10000] [--seconds 3] [--modes stream,message] [--routers 1]
+    python -m bench.latency_bench [--rates 10,1000,10000] [--seconds 3] [--modes stream,message] [--routers 1]
 
 Starts the orchestrator (launch.py --headless, temporary folder, ephemeral ports) with 4 sources ->
 4 sinks (router_bench's helpers), subscribes to the routers' trace topic (Topic.TRACE: routers
@@ -21,20 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-import zmq  # noqa: E402
+import zmq
 
-from actors.core.protocol import Topic, Trace, decode_as  # noqa: E402
-from router_bench import SOURCES, Helper, Orchestrator, percentile, run_load  # noqa: E402
+from actors.core.protocol import Topic, Trace, decode_as
+from bench.router_bench import SOURCES, Helper, Orchestrator, percentile, run_load
 
 STAGES = ("source -> gw sent", "gw -> router", "router -> sink", "sink -> written", "total to written")
 SUBSCRIBE_SETTLE_S = 0.5

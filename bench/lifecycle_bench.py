@@ -1,7 +1,7 @@
 """Lifecycle figures of a real instance: start-up time to ready, idle memory, SIGKILL-to-replacement time,
 and what the system costs while nothing happens (idle CPU % and wake-ups per second, per process and in total).
 
-    python bench/lifecycle_bench.py [--routers N] [--rounds K] [--idle-seconds S] [--scenarios headless,ui,loaded]
+    python -m bench.lifecycle_bench [--routers N] [--rounds K] [--idle-seconds S] [--scenarios headless,ui,loaded]
 
 Runs `launch.py --headless` in a temporary folder on ephemeral ports, so it is safe beside a live
 instance. For the idle figures the instance has the default scan settings (101 ports every 5 s),
@@ -29,13 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from actors.supervisor.supervisor import DEFAULT_ROUTERS  # noqa: E402
-from conftest import free_port_range, start_instance, wait_until  # noqa: E402
-from fakes import SinkPeripheral  # noqa: E402
-from ui_bench import SCREEN_TIMEOUT_S, Tmux  # noqa: E402
+from actors.supervisor.supervisor import DEFAULT_ROUTERS
+from tests.support.instances import free_port_range, start_instance, wait_until
+from tests.support.fakes import SinkPeripheral
+from bench.ui_bench import SCREEN_TIMEOUT_S, Tmux
 
 DEFAULT_IDLE_S = 120.0
 SCAN_PORTS = 101  # the default known_ports (6200-6300), on free ports here

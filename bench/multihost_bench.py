@@ -1,8 +1,8 @@
 """Routing throughput with 1, 2 and 4 routers on one board, and with routers split over two boards, in one run.
 
-    sudo python bench/multihost_bench.py [--seconds S] [--sources N] [--burst B]
+    sudo python -m bench.multihost_bench [--seconds S] [--sources N] [--burst B]
 
-Needs root: the two "boards" are network namespaces joined by a veth pair (tests/netns.py, a
+Needs root: the two "boards" are network namespaces joined by a veth pair (tests/support/netns.py, a
 test-only subnet). The main instance runs in A (gateway bound on A's address); the peripherals
 (one sink in stream mode, N sources streaming unpaced "<i> <seq>" lines) run in B, so every
 scenario carries the same traffic over the same link:
@@ -34,14 +34,13 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from netns import TwoHosts, unavailable_reason  # noqa: E402
+from tests.support.netns import TwoHosts, unavailable_reason
 
 PY = sys.executable
 BUS_PORT = 7100
 COMMAND_PORT = 7000
+PEER = ("-m", "tests.support.multihost_peer")  # the other board's fake peripherals, run from the repository root
 DATA_PORTS = "7001-7080"
 SINK_PORT = 7500
 READY_TIMEOUT_S = 30.0
@@ -85,7 +84,7 @@ class Run:
         return json.loads(done.stdout) if done.returncode == 0 else {}
 
     def command(self, *lines: str) -> str:
-        done = self.in_a([PY, "tests/multihost_peer.py", "cmd", self.hosts.a.address, str(COMMAND_PORT), *lines])
+        done = self.in_a([PY, *PEER, "cmd", self.hosts.a.address, str(COMMAND_PORT), *lines])
         return done.stdout + done.stderr
 
     def peers(self) -> dict[str, Any]:
@@ -113,7 +112,7 @@ class Run:
                         str(self.root / "sat.out"), str(REPO_ROOT))
             total = scenario.main_routers + scenario.satellite_routers
             wait(lambda: self.status().get("orchestrator", {}).get("Routers Alive") == total, "the satellite's routers")
-        hosts.spawn(hosts.b, [PY, "tests/multihost_peer.py", "peers", hosts.a.address, str(COMMAND_PORT), "--bind", hosts.b.address,
+        hosts.spawn(hosts.b, [PY, *PEER, "peers", hosts.a.address, str(COMMAND_PORT), "--bind", hosts.b.address,
                               "--sink-port", str(SINK_PORT), "--sources", str(sources), "--status", str(self.root / "peers.json"),
                               "--rate", "0", "--burst", str(burst), "--duration", "120", "--start-file", str(self.root / "go")], str(self.root / "peers.out"), str(REPO_ROOT))
         wait(lambda: self.peers().get("ready"), "the peripherals")

@@ -1,6 +1,7 @@
 """Overload: sources offer ~10x what slow sinks take, for a minute; every process's memory must stay flat.
 
-    python bench/overload.py [--seconds 60] [--sink-rate 500] [--factor 10] [--sources 2] [--payload-bytes 500] [--mixed]
+    python -m bench.overload [--seconds 60] [--sink-rate 500] [--factor 10] [--sources 2] [--payload-bytes 500]
+                             [--mixed]
 
 Each source streams '<name> <seq>' lines on its data port, paced at factor x sink-rate; each sink
 (one per source, stream delivery; --mixed alternates message and stream) reads at most sink-rate lines/s. The
@@ -21,12 +22,10 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import Instance, send_line, start_instance  # noqa: E402
-from faults import Sink  # noqa: E402  (bench/ is on the path when run as a script)
+from tests.support.instances import Instance, send_line, start_instance
+from bench.faults import stop_load
+from tests.support.fakes import LineSink
 
 WARMUP_S = 10.0
 FLAT_TOLERANCE = 0.10  # growth after warm-up beyond 10% ...
@@ -36,36 +35,14 @@ SEND_CHUNK_LINES = 50
 SOURCE_SNDBUF_BYTES = 64 * 1024
 
 
-class SlowSink(Sink):
-    """A sink peripheral that takes at most rate lines/s (so the routers fall behind) and counts unique seqs."""
+def slow_sink(rate: float) -> LineSink:
+    """A sink peripheral that takes at most rate lines/s over all its connections (so the routers fall behind)."""
+    return LineSink(delay_s=1.0 / rate if rate else 0.0, multiplexed=True).start()
 
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.seen: set[int] = set()
-        self.lines = 0
-        self.started = time.monotonic()
-        super().__init__()
 
-    def _read(self, conn: socket.socket) -> None:
-        buffer = b""
-        with conn:
-            conn.settimeout(1.0)
-            while not self.stopping:
-                behind = self.lines / self.rate - (time.monotonic() - self.started) if self.rate else 0  # shared by every connection
-                if behind > 0:
-                    time.sleep(behind)  # over our rate: leave the rest in the socket (TCP pushes back)
-                try:
-                    chunk = conn.recv(1024)
-                except socket.timeout:
-                    continue
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                *lines, buffer = (buffer + chunk).split(b"\n")
-                with self.lock:
-                    self.lines += len(lines)
-                    self.seen.update(int(line.rpartition(b" ")[2]) for line in lines if line.rpartition(b" ")[2].isdigit())
+def unique_seqs(sink: LineSink) -> int:
+    """Unique seqs the sink got ('<name> <seq>' lines)."""
+    return len({line.rpartition(b" ")[2] for line in sink.snapshot() if line.rpartition(b" ")[2].isdigit()})
 
 
 class Source:
@@ -111,10 +88,10 @@ def processes(instance: Instance) -> dict[str, int]:
 
 
 def setup(instance: Instance, count: int, sink_rate: float, source_rate: float, stream: bool,
-          payload_bytes: int) -> tuple[list[Source], list[SlowSink]]:
+          payload_bytes: int) -> tuple[list[Source], list[LineSink]]:
     sources, sinks = [], []
     for index in range(count):
-        sink = SlowSink(sink_rate)
+        sink = slow_sink(sink_rate)
         send_line(instance.command_port, f"/register Sink{index} {uuidlib.uuid4()} {sink.port}")
         source_uuid = str(uuidlib.uuid4())
         port = int(send_line(instance.command_port, f"/register Source{index} {source_uuid} 1").split()[1])
@@ -131,7 +108,7 @@ def run(seconds: float, sink_rate: float, factor: float, count: int, stream: boo
     instance = start_instance(folder, routers=1)
     samples: dict[str, list[tuple[float, int]]] = {}
     sources: list[Source] = []
-    sinks: list[SlowSink] = []
+    sinks: list[LineSink] = []
     try:
         sources, sinks = setup(instance, count, sink_rate, sink_rate * factor, stream, payload_bytes)
         pids = processes(instance)
@@ -146,7 +123,7 @@ def run(seconds: float, sink_rate: float, factor: float, count: int, stream: boo
                 if kb is not None:
                     samples.setdefault(name, []).append((now, kb))
             if int(now) % 10 == 0:
-                print(f"{now:5.0f}s  delivered {sum(len(s.seen) for s in sinks)}  rss " +
+                print(f"{now:5.0f}s  delivered {sum(unique_seqs(s) for s in sinks)}  rss " +
                       " ".join(f"{n}={samples[n][-1][1] // 1024}M" for n in sorted(samples)), flush=True)
             time.sleep(1.0)
         gateway = json.loads(send_line(instance.command_port, "/status"))["Gateway"]
@@ -154,14 +131,14 @@ def run(seconds: float, sink_rate: float, factor: float, count: int, stream: boo
             source.stopping = True
         print("load over; sinks now take everything so what was accepted drains", flush=True)
         for sink in sinks:
-            sink.rate = 0.0  # no limit
+            sink.delay_s = 0.0  # no limit
         for thread in threads:
             thread.join(DRAIN_STALL_S)
         accepted = sum(s.accepted for s in sources)
         delivered, last_progress = 0, time.monotonic()
         while time.monotonic() - last_progress < DRAIN_STALL_S and delivered < accepted:
             time.sleep(0.5)
-            now_delivered = sum(len(s.seen) for s in sinks)
+            now_delivered = sum(unique_seqs(s) for s in sinks)
             if now_delivered > delivered:
                 delivered, last_progress = now_delivered, time.monotonic()
         bounded = report(samples, seconds)
@@ -172,11 +149,7 @@ def run(seconds: float, sink_rate: float, factor: float, count: int, stream: boo
         print(f"memory bounded: {'yes' if bounded else 'NO'}")
         return 0 if bounded and delivered >= accepted else 1
     finally:
-        for source in sources:
-            source.stopping = True
-        for sink in sinks:
-            sink.stop()
-        instance.stop()
+        stop_load(instance, sources, sinks)
 
 
 def report(samples: dict[str, list[tuple[float, int]]], seconds: float) -> bool:

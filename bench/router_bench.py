@@ -1,6 +1,6 @@
 """Routing benchmark: a bare asyncio relay next to the orchestrator, same load, same run, one command.
 
-    python bench/router_bench.py [--messages N] [--message-mode-messages N] [--rate R] [--seconds S]
+    python -m bench.router_bench [--messages N] [--message-mode-messages N] [--rate R] [--seconds S]
 
 Scenarios, each with 4 sources -> 4 sinks (one route per source), unpaced (throughput) and
 paced at --rate messages/s in total (latency):
@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 SOURCES = 4
 PAYLOAD_BYTES = 64
@@ -42,7 +41,6 @@ UNPACED_BURST = 100  # lines per write from an unpaced source
 SETTLE_S = 1.5  # no new line for this long: the run is over
 RUN_TIMEOUT_S = 120.0
 READY_TIMEOUT_S = 30.0
-ACCEPT_POLL_S = 0.1
 LOWEST_PORT = 20000
 
 
@@ -246,12 +244,13 @@ class Helper:
     """A helper process of this script that talks JSON lines."""
 
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen([sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.router_bench", *args], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
 
     def read(self) -> Any:
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"helper {self.process.args[2:4]} exited")
+            raise RuntimeError(f"helper {self.process.args[3:5]} exited")
         return json.loads(line)
 
     def ask(self, command: str) -> Any:

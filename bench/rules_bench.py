@@ -1,6 +1,6 @@
 """Route rules benchmark: what a rule costs per message, and that plain routes do not pay for rules elsewhere.
 
-    python bench/rules_bench.py [--messages N] [--rounds R] [--idle-ruled-routes K] [--micro-only]
+    python -m bench.rules_bench [--messages N] [--rounds R] [--idle-ruled-routes K] [--micro-only]
 
 1. Micro: RouteRules.apply per payload (us/message) for each rule kind, on a typical ASR JSON line,
    next to the plain path (a route without rules never calls apply at all).
@@ -24,15 +24,11 @@ import sys
 import time
 import timeit
 import uuid as uuidlib
-from pathlib import Path
 from typing import Any, Callable
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent))
-sys.path.insert(0, str(BENCH_DIR))
 
-import router_bench as rb  # noqa: E402
-from actors.core.rules import RouteRules  # noqa: E402
+from bench import router_bench as rb
+from actors.core.rules import RouteRules
 
 MICRO_REPEATS = 5
 MICRO_NUMBER = 20_000

@@ -1,7 +1,7 @@
 """Run every benchmark in turn, each in its own process, and print their figures.
 
-    python bench/run_all.py                 # all of them (several minutes)
-    python bench/run_all.py router scanner  # only these
+    python -m bench.run_all                 # all of them (several minutes)
+    python -m bench.run_all router scanner  # only these
 
 Every benchmark measures its own baseline in the same run (a bare relay, a sequential sweep, an
 idle system ...) and prints ratios: compare ratios within one run, not absolute figures across
@@ -15,19 +15,19 @@ import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-BENCHMARKS = {
-    "lifecycle": "lifecycle_bench.py",
-    "gateway": "gateway_bench.py",
-    "router": "router_bench.py",
-    "scanner": "scanner_bench.py",
-    "ui": "ui_bench.py",
-    "rules": "rules_bench.py",
-    "faults": "faults.py",
-    "isolation": "isolation_bench.py",
-    "overload": "overload.py",
-    "multihost": "multihost_bench.py",
-    "state": "state_bench.py",
-    "bringup": "bringup_bench.py",
+BENCHMARKS = {  # name on the command line: module in bench/, run from the repository root
+    "lifecycle": "lifecycle_bench",
+    "gateway": "gateway_bench",
+    "router": "router_bench",
+    "scanner": "scanner_bench",
+    "ui": "ui_bench",
+    "rules": "rules_bench",
+    "faults": "faults",
+    "isolation": "isolation_bench",
+    "overload": "overload",
+    "multihost": "multihost_bench",
+    "state": "state_bench",
+    "bringup": "bringup_bench",
 }
 
 
@@ -39,13 +39,13 @@ def main(argv: list[str]) -> int:
         return 2
     failures = 0
     for name in wanted:
-        script = BENCH_DIR / BENCHMARKS[name]
-        if not script.exists():
-            print(f"== {name}: {script.name} not present, skipped")
+        module = BENCHMARKS[name]
+        if not (BENCH_DIR / f"{module}.py").exists():
+            print(f"== {name}: bench/{module}.py not present, skipped")
             continue
-        print(f"== {name} ({script.name})", flush=True)
+        print(f"== {name} (python -m bench.{module})", flush=True)
         started = time.monotonic()
-        code = subprocess.call([sys.executable, str(script)], cwd=BENCH_DIR.parent)
+        code = subprocess.call([sys.executable, "-m", f"bench.{module}"], cwd=BENCH_DIR.parent)
         print(f"== {name}: exit {code} after {time.monotonic() - started:.0f}s\n", flush=True)
         failures += code != 0
     return 1 if failures else 0

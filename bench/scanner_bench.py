@@ -10,7 +10,7 @@ port and a port that closes at once. Then, in the same run, it measures:
   other) with the original's 5 s timeout, or a smaller one given by --sequential-timeout, in which
   case the 5 s figure is extrapolated (the timeout only matters on silent ports; it is printed).
 
-Run: .venv/bin/python bench/scanner_bench.py [--ports 6001] [--silent 2] [--sequential-timeout 5]
+Run: python -m bench.scanner_bench [--ports 6001] [--silent 2] [--sequential-timeout 5]
 """
 from __future__ import annotations
 
@@ -19,16 +19,13 @@ import asyncio
 import resource
 import socket
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-from actors.scanner.probe import (ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, EOF_PATTERN, MAX_ANSWER_BYTES, BadAnswer,  # noqa: E402
+from actors.scanner.probe import (ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, EOF_PATTERN, MAX_ANSWER_BYTES, BadAnswer,
                             Outcome, Target, accepting, parse_info, probe_concurrency, slow_first, sweep)
-from tests.fakes import FakeListener, InfoPeripheral, closing_port, garbage_port, silent_port  # noqa: E402
+from tests.support.fakes import FakeListener, InfoPeripheral, closing_port, garbage_port, silent_port
 
 HOST = "127.0.0.1"
 FIRST_CANDIDATE = 40000

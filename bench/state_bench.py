@@ -1,6 +1,6 @@
 """The state keeper under a registration flood, and the cost of writing orch.cf.
 
-    python bench/state_bench.py [--flood 3000] [--threads 8]
+    python -m bench.state_bench [--flood 3000] [--threads 8]
 
 1. File writing, in process: one save of orch.cf with N peripherals, each holding a config at the
    depth limit (and one legacy config 600 deep), with the old writer (indent=4 everywhere) and the
@@ -16,19 +16,17 @@ import argparse
 import json
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from actors.state.store import ConfigStore, readable_json  # noqa: E402
-from actors.core.settings import TUNABLE_DEFAULTS, default_config  # noqa: E402
-from conftest import Instance, start_instance, wait_until  # noqa: E402
+from actors.state.store import ConfigStore, readable_json
+from actors.core.settings import TUNABLE_DEFAULTS, default_config
+from tests.support.instances import Instance, start_instance, wait_until
+from tests.support.records import deep, uid
 
 WINDOWS = 6
 SAVE_REPEATS = 5
@@ -36,17 +34,6 @@ LEGACY_DEPTH = 600
 PERIPHERAL_COUNTS = (100, 1000, 4000)
 CONNECT_TIMEOUT_S = 5.0
 STATS_WAIT_S = 3.0  # the state keeper heartbeats once a second
-
-
-def uid(n: int) -> str:
-    return f"00000000-0000-4000-8000-{n:012d}"
-
-
-def deep(levels: int) -> dict[str, Any]:
-    value: dict[str, Any] = {}
-    for _ in range(levels - 1):
-        value = {"a": value}
-    return value
 
 
 def document(count: int, legacy: bool) -> dict[str, Any]:

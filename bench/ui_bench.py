@@ -9,7 +9,7 @@ and the real UI in a private tmux server (100x30), then measures:
 * CPU under load: the same while --rate messages/s are routed (one source on a data port, one sink
   peripheral in the default one-connection-per-message mode), with the sink's count as a check.
 
-Run: .venv/bin/python bench/ui_bench.py [--samples 30] [--seconds 10] [--rate 1000]
+Run: python -m bench.ui_bench [--samples 30] [--seconds 10] [--rate 1000]
 """
 from __future__ import annotations
 
@@ -28,12 +28,10 @@ import uuid as uuidlib
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from actors.core.protocol import Op  # noqa: E402
-from conftest import start_instance, wait_until  # noqa: E402
-from fakes import LineSink  # noqa: E402
+from actors.core.protocol import Op
+from tests.support.instances import start_instance, wait_until
+from tests.support.fakes import LineSink
 
 SCREEN_POLL_S = 0.002
 SCREEN_TIMEOUT_S = 5.0

@@ -1,0 +1,1 @@
+"""Tests that start real actors and processes on loopback."""

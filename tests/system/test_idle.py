@@ -1,0 +1,203 @@
+"""Idle cost: actors sleep until something is due, beat only as often as liveness needs, and hear only the beats they need.
+
+The figures themselves (CPU %, wake-ups/s) are measured by bench/lifecycle_bench.py; these tests pin the
+behaviours those figures rest on, so a fixed-period tick or a chatty heartbeat cannot come back unnoticed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+
+import pytest
+import zmq
+
+from actors.core.bus import Heartbeater, beat_expiry, idle_beat_interval
+from actors.gateway.dataplane import DataPlane
+from actors.core.protocol import Heartbeat, Topic, decode_as
+from actors.core.runner import StopFlag
+from actors.core.settings import (HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S, STARTUP_BEAT_INTERVAL_S,
+                                  STARTUP_BEATS, Endpoints, Runtime)
+from tests.support.instances import start_instance, wait_until
+
+DETECTION_LIMIT_S = 3.0  # a dead actor or a silent satellite is counted out within this (the issue's bound)
+STOP_LIMIT_S = 1.0  # SIGTERM to exit of an idle actor asleep until its next 5 s beat
+EVENT_WAIT_MS = 200
+
+
+class FakePub:
+    """Stands in for a PUB socket: keeps what was published."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.sent: list[Heartbeat] = []
+
+    def send_multipart(self, frames: list[bytes], flags: int = 0) -> None:
+        self.sent.append(decode_as(frames[1], Heartbeat))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ipc_endpoints(tmp_path) -> Endpoints:
+    return Runtime.for_config_dir(tmp_path / "config").endpoints
+
+
+# ---- heartbeats: as often as liveness needs -------------------------------------------------------
+def test_liveness_bounds_hold_where_other_boards_watch(tmp_path) -> None:
+    """A satellite beats every HEARTBEAT_INTERVAL_S on a tcp bus, and is counted out within 3 s, a lost beat tolerated."""
+    tcp = dataclasses.replace(ipc_endpoints(tmp_path), events_in="tcp://127.0.0.1:1")
+    assert idle_beat_interval(tcp) == HEARTBEAT_INTERVAL_S
+    assert HEARTBEAT_EXPIRY_S <= DETECTION_LIMIT_S and HEARTBEAT_LIVENESS >= 2
+    assert HEARTBEAT_EXPIRY_S == HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
+    assert idle_beat_interval(ipc_endpoints(tmp_path)) == IDLE_HEARTBEAT_INTERVAL_S
+
+
+def past_startup(heart: Heartbeater, clock: Clock, stats: dict) -> None:
+    """Let the start-up beats go (they may reach nobody while the subscription joins)."""
+    assert heart.maybe_beat(stats)  # the first beat at once: readiness does not wait
+    for _ in range(STARTUP_BEATS - 1):
+        clock.now += STARTUP_BEAT_INTERVAL_S
+        assert heart.maybe_beat(stats)
+
+
+def test_a_new_actor_beats_quickly_a_few_times_then_seldom(tmp_path, monkeypatch) -> None:
+    """The first beats come every STARTUP_BEAT_INTERVAL_S (a subscription joining late misses only some), each
+    announcing the idle expiry, so the actor is never counted out between the last quick beat and the next."""
+    clock = Clock()
+    monkeypatch.setattr("actors.core.bus.time.monotonic", clock)
+    pub = FakePub()
+    heart = Heartbeater("gateway", pub, ipc_endpoints(tmp_path))
+    past_startup(heart, clock, {"n": 1})
+    assert len(pub.sent) == STARTUP_BEATS and heart.due_in() == pytest.approx(IDLE_HEARTBEAT_INTERVAL_S)
+    assert all(beat.expiry_s == IDLE_HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS for beat in pub.sent)
+
+
+def test_an_idle_actor_beats_seldom_and_says_when_to_count_it_out(tmp_path, monkeypatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr("actors.core.bus.time.monotonic", clock)
+    pub = FakePub()
+    heart = Heartbeater("gateway", pub, ipc_endpoints(tmp_path))
+    past_startup(heart, clock, {"n": 1})
+    for _ in range(int(IDLE_HEARTBEAT_INTERVAL_S / 0.25) - 1):
+        clock.now += 0.25
+        assert not heart.maybe_beat({"n": 1}), "unchanged figures beat before the idle interval"
+    assert heart.due_in() == pytest.approx(0.25)
+    clock.now += 0.25
+    assert heart.maybe_beat({"n": 1})
+    assert all(beat.expiry_s == IDLE_HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS for beat in pub.sent)
+
+
+def test_changed_figures_leave_within_the_busy_interval(tmp_path, monkeypatch) -> None:
+    """/status and the UI must not show figures older than HEARTBEAT_INTERVAL_S while things happen."""
+    clock = Clock()
+    monkeypatch.setattr("actors.core.bus.time.monotonic", clock)
+    pub = FakePub()
+    heart = Heartbeater("router-1", pub, ipc_endpoints(tmp_path))
+    past_startup(heart, clock, {"delivered": 0})
+    clock.now += 0.1
+    assert not heart.maybe_beat({"delivered": 5})  # not at once: at most one beat per HEARTBEAT_INTERVAL_S
+    assert heart.due_in() == pytest.approx(HEARTBEAT_INTERVAL_S - 0.1)
+    clock.now += HEARTBEAT_INTERVAL_S - 0.1
+    assert heart.maybe_beat({"delivered": 5})
+    assert pub.sent[-1].stats == {"delivered": 5}
+
+
+def test_a_beat_without_an_expiry_gets_the_default() -> None:
+    """An older sender's beat (no expiry_s) is judged as before."""
+    beat = Heartbeat(actor="router-1@pi", pid=1, host="pi", started_at=0.0)
+    assert beat_expiry(beat) == HEARTBEAT_EXPIRY_S
+
+
+def test_the_data_plane_honours_each_routers_announced_expiry() -> None:
+    clock = Clock()
+    plane = DataPlane(lambda identity, body: None, clock=clock)
+    plane.heard(b"local", expiry_s=IDLE_HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS)
+    plane.heard(b"satellite")
+    clock.now += HEARTBEAT_EXPIRY_S + 0.1
+    assert plane.expire() == [b"satellite"]  # counted out within 3 s
+    assert plane.live() == [b"local"]
+    assert plane.next_expiry() == pytest.approx(clock.now - HEARTBEAT_EXPIRY_S - 0.1 + IDLE_HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS)
+    clock.now += IDLE_HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
+    assert plane.expire() == [b"local"]
+
+
+# ---- waking: a stop ends a sleep at once ----------------------------------------------------------
+def test_setting_the_stop_flag_makes_its_wakeup_fd_readable() -> None:
+    stop = StopFlag()
+    fd = stop.wakeup_fd()
+    poller = zmq.Poller()
+    poller.register(fd, zmq.POLLIN)
+    assert not poller.poll(0)
+    called: list[bool] = []
+    stop.on_set(lambda: called.append(True))
+    stop.set()
+    assert poller.poll(0) and called == [True]
+
+
+def test_idle_actors_stop_at_once_on_sigterm(tmp_path) -> None:
+    """Every actor sleeps until its next (5 s) beat; SIGTERM must still end it at once, not at the next beat."""
+    instance = start_instance(tmp_path)
+    try:
+        time.sleep(1.0)  # idle: every loop is asleep on its next deadline
+        pids = {c["name"]: c["pid"] for c in instance.status()["children"] if c["pid"]}
+        instance.process.send_signal(signal.SIGSTOP)  # the supervisor must not restart them meanwhile
+        try:
+            slow = {}
+            for name, pid in pids.items():
+                began = time.monotonic()
+                os.kill(pid, signal.SIGTERM)
+                wait_until(lambda: not _alive(pid), 5.0, 0.01, f"{name} to exit")
+                slow[name] = time.monotonic() - began
+            assert all(seconds < STOP_LIMIT_S for seconds in slow.values()), slow
+        finally:
+            instance.process.send_signal(signal.SIGCONT)
+    finally:
+        instance.stop()
+
+
+def _alive(pid: int) -> bool:
+    """Still running (a zombie left for the stopped supervisor to reap counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_actor_is_counted_out_at_once(orchestrator) -> None:
+    """The supervisor sleeps until its next deadline; a child's death (SIGCHLD) wakes it, well within 3 s."""
+    pid = orchestrator.child_pid("scanner")
+    os.kill(pid, signal.SIGKILL)
+    began = time.monotonic()
+    wait_until(lambda: orchestrator.status()["health"] != "ready", DETECTION_LIMIT_S, 0.02, "the death to be noticed")
+    assert time.monotonic() - began < DETECTION_LIMIT_S
+
+
+# ---- subscriptions: only the beats each actor needs -----------------------------------------------
+def test_the_keepers_beat_reaches_replicas_without_anyone_elses(core) -> None:
+    """Replicas (router, scanner) subscribe to STATE only: they get the keeper's beat (its seq) and no other actor's."""
+    sub = core.context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, Topic.STATE.value)
+    sub.connect(core.runtime.endpoints.events_out)
+    try:
+        actors: set[str] = set()
+        deadline = time.monotonic() + IDLE_HEARTBEAT_INTERVAL_S * 2
+        while "state" not in actors and time.monotonic() < deadline:
+            if sub.poll(EVENT_WAIT_MS):
+                frames = sub.recv_multipart()
+                if frames[0] == Topic.KEEPER_HEARTBEAT.value:
+                    actors.add(decode_as(frames[1], Heartbeat).actor)
+                else:
+                    assert not frames[0].startswith(Topic.HEARTBEAT.value), frames[0]
+        assert actors == {"state"}
+    finally:
+        sub.close()

@@ -1,0 +1,1 @@
+"""Tests of pure functions and classes: no processes, no sockets."""
