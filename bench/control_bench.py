@@ -1,6 +1,6 @@
 """Latency under control traffic: commands while data flows, and data while someone watches.
 
-    python bench/control_bench.py [--rate 1000] [--seconds 8] [--commands-per-s 20]
+    python -m bench.control_bench [--rate 1000] [--seconds 8] [--commands-per-s 20]
 
 One orchestrator (launch.py --headless, temporary folder, ephemeral ports), 4 sources -> 4 sinks
 in stream mode (router_bench's helpers). Printed side by side, all from this one run:
@@ -20,14 +20,10 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "bench"))
-
-from router_bench import SOURCES, Helper, Orchestrator, command, run_load  # noqa: E402
-from ui_bench import Tmux  # noqa: E402
+from bench.router_bench import SOURCES, Helper, Orchestrator, command, run_load
+from bench.ui_bench import Tmux
+from tests.support.instances import REPO_ROOT
 
 COMMANDS = ("/help", "/routes info")
 QUIET_SAMPLES = 200

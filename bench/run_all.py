@@ -19,6 +19,8 @@ BENCHMARKS = {  # name on the command line: module in bench/, run from the repos
     "lifecycle": "lifecycle_bench",
     "gateway": "gateway_bench",
     "router": "router_bench",
+    "latency": "latency_bench",
+    "control": "control_bench",
     "scanner": "scanner_bench",
     "ui": "ui_bench",
     "rules": "rules_bench",

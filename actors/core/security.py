@@ -1,9 +1,9 @@
 """CurveZMQ for bus endpoints that other users or machines can reach.
 
 ipc endpoints stay plain: they live in the owner-only run folder. Every tcp endpoint, loopback
-included (any local user can connect to 127.0.0.1), requires CURVE: one server key pair (broker, gateway data socket, supervisor
-control) and one client key pair, generated on first use into ``<config>/keys`` with
-owner-only permissions. A server accepts only clients whose public key lies in
+included (any local user can connect to 127.0.0.1), requires CURVE: one server key pair (broker,
+gateway data socket, supervisor control) and one client key pair, generated on first use into
+``<config>/keys`` with owner-only permissions. A server accepts only clients whose public key lies in
 ``<config>/keys/authorized/``. A satellite board (``launch.py --join``) needs copies of
 ``server.key``, ``client.key`` and ``client.key_secret`` in its own ``<config>/keys``; see
 README "Several boards".

@@ -52,7 +52,8 @@ class InfoAnswer:
 
 
 def parse_info(data: bytes) -> InfoAnswer:
-    """Parse ``name\\nuuid\\n[key=value\\n...]EOF\\n``: three lines at least (docs/protocol.md §4), EOF optional after a key=value."""
+    """Parse ``name\\nuuid\\n[key=value\\n...]EOF\\n``: three lines at least (docs/protocol.md §4), EOF
+    optional after a key=value."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -347,6 +348,7 @@ def slow_first(targets: Iterable[Target], accepted_before: set[tuple[str, int]])
     return sorted(targets, key=lambda t: (t.host, t.port) not in accepted_before)
 
 
-async def sweep(targets: Iterable[Target], concurrency: int | None = None, answer_timeout_s: float = ANSWER_TIMEOUT_S) -> list[ProbeResult]:
+async def sweep(targets: Iterable[Target], concurrency: int | None = None,
+                answer_timeout_s: float = ANSWER_TIMEOUT_S) -> list[ProbeResult]:
     """Probe every target, at most `concurrency` at a time; one slow port holds one slot, never the sweep."""
     return await _Sweep(list(targets), concurrency or probe_concurrency(), answer_timeout_s).run()

@@ -17,7 +17,7 @@ from actors.core.follower import AsyncReplicaFollower, FollowerCore, SyncReplica
 from actors.core.protocol import Heartbeat, Op, Reply, StateUpdate, Topic, encode
 from actors.core.settings import Runtime
 from actors.ui.app import BusView
-from conftest import Instance, send_line, start_instance, wait_until
+from tests.support.instances import Instance, send_line, start_instance, wait_until
 
 RETRY_S = 1.0
 EPOCH = "epoch-a"

@@ -8,7 +8,7 @@ import zmq
 
 from actors.core.bus import BusPresence, connect_subscriber, parse_event
 from actors.core.protocol import Activity, Heartbeat, Topic
-from conftest import Instance
+from tests.support.instances import Instance
 
 RECEIVE_TIMEOUT_S = 5.0
 RETRY_BEAT_S = 0.3

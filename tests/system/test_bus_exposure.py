@@ -18,7 +18,7 @@ import zmq
 from actors.core.bus import connect_subscriber
 from actors.core.protocol import Op, Request, encode
 from actors.core.settings import Endpoints
-from conftest import REPO_ROOT, free_port_range, wait_until, write_test_config
+from tests.support.instances import REPO_ROOT, free_port_range, wait_until, write_test_config
 
 BUS_PORTS = 6
 READY_TIMEOUT_S = 20.0
