@@ -4,8 +4,9 @@ from __future__ import annotations
 import random
 
 from actors.core.settings import HEARTBEAT_EXPIRY_S
-from actors.gateway.dataplane import PENDING_LIMIT_PER_SOURCE, FlowLimits, rendezvous
-from tests.support.fake_gateway import UUID_A, UUID_B, make_plane
+from actors.core.protocol import DataBatch
+from actors.gateway.dataplane import PENDING_LIMIT_PER_SOURCE, DataPlane, FlowLimits, rendezvous
+from tests.support.fake_gateway import UUID_A, UUID_B, Routers, make_plane
 
 SOURCE = "00000000-0000-4000-8000-00000000000a"
 SMALL = FlowLimits(window_messages=4, window_bytes=1 << 20, pending_messages=40, pending_bytes=1 << 20)
