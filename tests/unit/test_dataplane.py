@@ -6,7 +6,7 @@ import random
 from actors.core.settings import HEARTBEAT_EXPIRY_S
 from actors.core.protocol import DataBatch
 from actors.gateway.dataplane import PENDING_LIMIT_PER_SOURCE, DataPlane, FlowLimits, rendezvous
-from tests.support.fake_gateway import UUID_A, UUID_B, Routers, make_plane
+from tests.support.fake_gateway import UUID_A, UUID_B, FakeRouters, make_plane
 
 SOURCE = "00000000-0000-4000-8000-00000000000a"
 SMALL = FlowLimits(window_messages=4, window_bytes=1 << 20, pending_messages=40, pending_bytes=1 << 20)
@@ -129,7 +129,7 @@ def test_pending_bytes_bound_too() -> None:
 class Fleet:
     """Fake router processes: each delivers what it received, in order, and acks; a killed one loses its inbox."""
 
-    def __init__(self, plane: DataPlane, routers: Routers, names: list[bytes]) -> None:
+    def __init__(self, plane: DataPlane, routers: FakeRouters, names: list[bytes]) -> None:
         self.plane, self.routers = plane, routers
         self.inbox: dict[bytes, list[DataBatch]] = {name: [] for name in names}
         self.pids = {name: 1 for name in names}
