@@ -21,6 +21,7 @@ BENCHMARKS = {  # name on the command line: module in bench/, run from the repos
     "router": "router_bench",
     "latency": "latency_bench",
     "control": "control_bench",
+    "targets": "targets_bench",
     "scanner": "scanner_bench",
     "ui": "ui_bench",
     "rules": "rules_bench",
