@@ -42,6 +42,7 @@ LOCAL_HOST_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", 
 WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", ""})
 TCP_ENDPOINT = re.compile(r"^tcp://\[?([^\]]*)\]?:(\d+)$")
 GATEWAY_ACTOR_PREFIX = "gateway"  # heartbeats from these carry the sources that sent data
+RESOLVE_CACHE_S = 60.0  # how long a host name's address is reused (a board that moved is found within a minute)
 
 
 # ---- what to scan -------------------------------------------------------------------------------
@@ -117,7 +118,14 @@ def host_aliases(host: str, address: str, machine: frozenset[str]) -> set[str]:
 
 
 async def resolve(host: str) -> tuple[str, int]:
-    """The address to probe for a host name, IPv4 first (peripherals bind AF_INET sockets)."""
+    """The address to probe for a host name, IPv4 first (peripherals bind AF_INET sockets). An address
+    given as such needs no resolver (whose thread would wake for every sweep)."""
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return str(literal), socket.AF_INET6 if literal.version == 6 else socket.AF_INET
     infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
     if not infos:
         raise OSError(f"no address for {host!r}")
@@ -214,6 +222,7 @@ class Scanner:
         self.garbage_ports: set[tuple[str, int]] = set()
         self.refused_moves: set[tuple[str, str, int]] = set()  # (uuid, host, port) already reported: one line each
         self.unresolved_hosts: set[str] = set()
+        self.resolved: dict[str, tuple[tuple[str, int], float]] = {}  # host -> (address, family), until when
         self.last_plan: ScanPlan | None = None
         self.accepted_before: set[tuple[str, int]] = set()
         self.machine: frozenset[str] = frozenset()
@@ -341,7 +350,11 @@ class Scanner:
         return targets, aliases
 
     async def _resolve(self, host: str) -> tuple[str, int] | None:
-        """The address of host, or None (said once per host until it resolves again)."""
+        """The address of host, or None (said once per host until it resolves again); a name's address is
+        kept RESOLVE_CACHE_S, so an idle sweep does not wake the resolver's thread each time."""
+        cached = self.resolved.get(host)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
         try:
             resolved = await resolve(host)
         except OSError as exc:
@@ -350,6 +363,7 @@ class Scanner:
                 self.unresolved_hosts.add(host)
             return None
         self.unresolved_hosts.discard(host)
+        self.resolved[host] = (resolved, time.monotonic() + RESOLVE_CACHE_S)
         return resolved
 
     def _own_ports(self, plan: ScanPlan, host: str, address: str, bus_ports: list[tuple[str, int]]) -> set[int]:

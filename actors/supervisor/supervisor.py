@@ -84,7 +84,10 @@ class Child:
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """Not reaped yet. Each loop pass reaps (``Supervisor._check_children`` polls every child once, and a
+        child's exit wakes the loop with SIGCHLD), so the health and status built in that pass need no
+        system call per question."""
+        return self.process is not None and self.process.returncode is None
 
     @property
     def ready(self) -> bool:
