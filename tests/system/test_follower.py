@@ -16,7 +16,7 @@ from actors.core.errors import Unavailable
 from actors.core.follower import AsyncReplicaFollower, FollowerCore, SyncReplicaFollower
 from actors.core.protocol import Heartbeat, Op, Reply, StateUpdate, Topic, encode
 from actors.core.settings import Runtime
-from actors.ui.app import BusView
+from actors.ui.busview import BusView
 from tests.support.instances import Instance, send_line, start_instance, wait_until
 
 RETRY_S = 1.0

@@ -15,6 +15,7 @@ from typing import Iterator
 import pytest
 
 from actors.ui import app as ui
+from actors.ui import screens
 from actors.ui import viewmodel as vm
 from actors.core.protocol import Op
 from tests.support.instances import REPO_ROOT, Instance, start_instance, wait_until
@@ -102,9 +103,9 @@ def populate(instance: Instance) -> None:
 
 
 # ---- the behaviour, without a terminal -----------------------------------------------------------
-def fake_interaction(model: vm.Model) -> tuple[ui.Interaction, list[str]]:
+def fake_interaction(model: vm.Model) -> tuple[screens.Interaction, list[str]]:
     sent: list[str] = []
-    return ui.Interaction(lambda line: sent.append(line) or f"ok {line}", lambda: model), sent
+    return screens.Interaction(lambda line: sent.append(line) or f"ok {line}", lambda: model), sent
 
 
 def two_peripherals() -> vm.Model:
@@ -173,7 +174,7 @@ def test_edit_route_sets_a_filter_typed_at_the_prompt_and_shows_the_reply():
     assert sent == ["/routes set r1 filter json:final == true"]
     assert "ok /routes set r1 filter json:final == true" in texts(interaction.render(80, 24))
     interaction.on_key("x")
-    assert isinstance(interaction.stack[-1], ui.MenuScreen)  # back where the action started
+    assert isinstance(interaction.stack[-1], screens.MenuScreen)  # back where the action started
 
 
 def test_edit_route_offers_the_current_rule_for_editing():
@@ -206,7 +207,7 @@ def test_reset_needs_confirmation():
     interaction, sent = fake_interaction(two_peripherals())
     for key in ["m", "6", "n"]:
         interaction.on_key(key)
-    assert sent == [] and isinstance(interaction.stack[-1], ui.MenuScreen)
+    assert sent == [] and isinstance(interaction.stack[-1], screens.MenuScreen)
 
 
 def test_command_line_sends_what_was_typed():
@@ -234,7 +235,7 @@ def test_command_line_sends_nothing_when_only_a_slash_was_typed():
 
 
 def test_keys_to_leave():
-    for key, reason in (("d", ui.DETACH), ("q", ui.QUIT), ("\x03", ui.QUIT)):
+    for key, reason in (("d", screens.DETACH), ("q", screens.QUIT), ("\x03", screens.QUIT)):
         interaction, _ = fake_interaction(two_peripherals())
         interaction.on_key(key)
         assert interaction.exit == reason
@@ -372,7 +373,7 @@ def test_without_a_terminal_no_ui_starts(core: Instance):
 
 def test_a_ui_attaching_later_shows_the_activity_from_before(core: Instance) -> None:
     from actors.core.protocol import Op
-    from actors.ui.app import BusView
+    from actors.ui.busview import BusView
 
     core.state_client().request(Op.REGISTER, name="Early_Bird", uuid="12345678-1234-4234-8234-000000000042", port=1)
     wait_until(lambda: any("Early_Bird" in e["text"] for e in core.control(Op.CONTROL_ACTIVITY)["activity"]), 5,
