@@ -12,7 +12,8 @@ from ..core.errors import ErrorCode
 from ..core.net import effective_address, is_this_machine
 from ..core.refusals import RefusalLog
 from .access import AccessPolicy, AuthGuard, AuthLimits, ConnectionSlots, SlotLimits
-from .commands import Command, Peer, TextReply, error
+from .text.registry import Command, Peer
+from .text.replies import TextReply, error
 
 log = logging.getLogger(__name__)
 

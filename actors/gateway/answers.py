@@ -11,8 +11,10 @@ from typing import Callable
 from ..core.errors import ErrorCode, OrchestratorError
 from ..core.refusals import RefusalLog
 from .admission import Admission
-from .commands import (BadLine, CommandContext, CommandLine, ConfigBlock, DataLine, LineSession, Peer, Registry,
-                       TextReply, apply_config_block, error, failure)
+from .text.handlers import apply_config_block
+from .text.registry import CommandContext, Peer, Registry
+from .text.replies import TextReply, error, failure
+from .text.session import BadLine, CommandLine, ConfigBlock, DataLine, LineSession
 
 log = logging.getLogger(__name__)
 

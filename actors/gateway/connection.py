@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping, Protocol
 
-from .commands import BadLine, CommandLine, ConfigBlock, DataLine, Item, LineSession, Peer, TextReply, error
+from .text.registry import Peer
+from .text.replies import TextReply, error
+from .text.session import BadLine, CommandLine, ConfigBlock, DataLine, Item, LineSession
 from ..core.errors import ErrorCode
 from ..core.replica import StateReplica
 from ..core.net import LOCAL_HOST, canonical_host, same_host

@@ -18,7 +18,7 @@ from ..core.security import secure_server
 from ..core.settings import Endpoints
 from ..core.protocol import DataAck, Heartbeat, Op, ProtocolError, Request, decode, encode
 from ..core.protocol import Reply as BusReply
-from .commands import Peer
+from .text.registry import Peer
 from .dataplane import DataPlane
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,8 @@ from ..core.settings import HEARTBEAT_INTERVAL_S, POLL_INTERVAL_MS, REQUEST_TIME
 from ..core.tasks import Supervised
 from .admission import Admission
 from .answers import Answers
-from .commands import build_registry, error
+from .text.handlers import build_registry
+from .text.replies import error
 from .connection import Connection, Limits
 from .datalink import DataLink, bind_data_socket
 from .dataplane import DataPlane, FlowLimits

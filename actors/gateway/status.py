@@ -12,7 +12,7 @@ from ..core.bus import beat_expiry
 from ..core.protocol import Heartbeat
 from ..core.replica import StateReplica
 from .access import AuthGuard
-from .commands import format_time
+from .text.handlers import format_time
 
 # The gateway's own figures /status shows, in this order.
 GATEWAY_FIGURES = ("lines_in", "payloads_in", "unknown_source", "no_route", "dropped_buffer_full", "pending",

@@ -7,7 +7,8 @@ from typing import Any, Callable
 
 from actors.core.protocol import DataBatch, Op, decode_as
 from actors.core.replica import StateReplica
-from actors.gateway.commands import Peer, build_registry
+from actors.gateway.text.handlers import build_registry
+from actors.gateway.text.registry import Peer
 from actors.gateway.dataplane import DataPlane, FlowLimits, RouterBusy, RouterGone
 
 UUID_A = "aaaaaaaa-0000-4000-8000-000000000001"

@@ -12,7 +12,8 @@ import pytest
 from actors.gateway.access import AccessPolicy, AuthGuard, token_matches
 from actors.core.refusals import RefusalLog
 from actors.core.net import effective_address
-from actors.gateway.commands import Peer, build_registry
+from actors.gateway.text.handlers import build_registry
+from actors.gateway.text.registry import Peer
 from actors.state.store import ConfigStore
 from actors.core.errors import ErrorCode
 from actors.core.protocol import Op

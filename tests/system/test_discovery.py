@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from actors.gateway.commands import ConfigBlock, LineSession, apply_config_block
+from actors.gateway.text.handlers import apply_config_block
+from actors.gateway.text.session import ConfigBlock, LineSession
 from actors.scanner.probe import CONNECT_TIMEOUT_S, Outcome, sweep
 from actors.core.protocol import Op
 from actors.core.replica import StateReplica

@@ -20,7 +20,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.gateway.commands import build_registry
+from actors.gateway.text.handlers import build_registry
 from actors.core.protocol import SCHEMA_VERSION, MessageType, Topic
 from actors.core.settings import validate_config, validate_routes
 from tests.support.instances import Instance, start_instance, wait_until

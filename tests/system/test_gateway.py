@@ -18,7 +18,7 @@ from tests.support.instances import (REPO_ROOT, Instance, free_port, free_port_r
 from tests.support.fakes import RegisteringPeripheral, register, send_and_close
 
 from actors.supervisor.cli import EXIT_UNREACHABLE, run_ctl, send_command
-from actors.gateway.commands import UNKNOWN_COMMAND
+from actors.gateway.text.replies import UNKNOWN_COMMAND
 from actors.core.protocol import DataAck, DataBatch, Heartbeat, Op, decode_as, encode
 
 GATEWAY_ONLY = ["broker", "state", "gateway"]

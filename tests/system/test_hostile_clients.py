@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from actors.gateway.access import AuthGuard, AuthLimits, ConnectionSlots, SlotLimits
-from actors.gateway.commands import CommandLine, ConfigBlock, Peer, TextReply, error
+from actors.gateway.text.registry import Peer
+from actors.gateway.text.replies import TextReply, error
+from actors.gateway.text.session import CommandLine, ConfigBlock
 from actors.gateway.connection import Connection, Limits
 from actors.core.protocol import Op
 from actors.core.settings import ConfigError, parse_port, parse_ports

@@ -6,8 +6,10 @@ import json
 
 import pytest
 
-from actors.gateway.commands import (UNKNOWN_COMMAND, BadLine, CommandLine, ConfigBlock, DataLine, LineSession, Peer, apply_config_block,
-                             build_registry)
+from actors.gateway.text.handlers import apply_config_block, build_registry
+from actors.gateway.text.registry import Peer
+from actors.gateway.text.replies import UNKNOWN_COMMAND
+from actors.gateway.text.session import BadLine, CommandLine, ConfigBlock, DataLine, LineSession
 from actors.core.errors import DuplicateRoute, Unavailable, UnknownPeripheral, UnknownRoute
 from actors.core.protocol import Op
 from tests.support.fake_gateway import UUID_A, UUID_B, FakeContext, run

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.gateway.commands import text_after
+from actors.gateway.text.registry import text_after
 from actors.core.errors import UnknownRoute
 from actors.core.protocol import Op
 from tests.support.fake_gateway import UUID_A, UUID_B, FakeContext, run
