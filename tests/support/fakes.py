@@ -84,9 +84,10 @@ class Served:
 class FakeListener(Served):
     """A TCP listener on loopback whose connections are served by `handler(conn, self)` in threads."""
 
-    def __init__(self, handler: Handler, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(self, handler: Handler, port: int = 0, host: str = "127.0.0.1", backlog: int = LISTEN_BACKLOG) -> None:
         self.handler = handler
         self.host = host
+        self.backlog = backlog
         self.requested_port = port
         self.port = port
         self.stopping = threading.Event()
@@ -101,7 +102,7 @@ class FakeListener(Served):
         """Bind (port 0: an ephemeral port) and start accepting."""
         self.stopping.clear()
         host = "127.0.0.1" if self.host is None else self.host
-        self.listener, self.thread = listen_in_thread(host, self.port, self._accept_loop, "fake")
+        self.listener, self.thread = listen_in_thread(host, self.port, self._accept_loop, "fake", self.backlog)
         self.port = self.listener.getsockname()[1]
         return self
 
@@ -515,9 +516,10 @@ def _reset_at_once(conn: socket.socket, _: FakeListener) -> None:
     conn.close()
 
 
-def resetting_port(port: int = 0) -> FakeListener:
-    """A sink that refuses its data: accepts, then resets each connection at once."""
-    return FakeListener(_reset_at_once, port)
+def resetting_port(port: int = 0, backlog: int = LISTEN_BACKLOG) -> FakeListener:
+    """A sink that refuses its data: accepts, then resets each connection at once. (A backlog too small for the
+    connects it gets makes it a slow sink too: the kernel drops SYNs and connects wait for TCP's 1 s retries.)"""
+    return FakeListener(_reset_at_once, port, backlog=backlog)
 
 
 def slow_reader(port: int = 0, lines_per_s: float = 1.0, backlog: int = LISTEN_BACKLOG) -> LineSink:

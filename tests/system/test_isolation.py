@@ -40,7 +40,10 @@ ISOLATION_CONFIG = {"router_queue_messages": QUEUE_MESSAGES, "router_queue_age_s
 LATE_AGE_S = 1.0
 LATENESS_SLACK_S = 1.0  # a line's way from the router's check to the sink's reading it (one connection at 10 lines/s)
 SLOW_BACK_SETTLE_S = 2.0
-SINK_BACKLOG = 1024
+# Room in the accept queue for every connection one case opens to a sink in message mode (both sources fan in to the
+# bad sink): with less, a fake starved of the GIL in this process lets its queue fill, the kernel drops SYNs, and the
+# "resetting" sink becomes a sink that is also slow (connects wait for TCP's 1 s retries), which the "slow" case covers.
+SINK_BACKLOG = 4096
 UNIT_TIMEOUT_S = 5.0
 
 
@@ -59,7 +62,7 @@ def bad_down(port: int) -> Any:
 SILENT_LOSS = {"resetting"}
 BAD_SINKS: dict[str, Callable[[int], Any]] = {
     "down": bad_down,
-    "resetting": lambda port: resetting_port(port).start(),
+    "resetting": lambda port: resetting_port(port, backlog=SINK_BACKLOG).start(),
     "deaf": lambda port: DeafSink(port).start(),
     "slow": lambda port: slow_reader(port, lines_per_s=1.0).start(),
 }
