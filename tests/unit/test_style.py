@@ -4,6 +4,8 @@ Unit tests only: they read files, start nothing.
 """
 from __future__ import annotations
 
+import ast
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,19 @@ def test_foreign_reference_check_is_case_sensitive(tmp_path: Path) -> None:
                       "in ../shared/STYLE.md\n", encoding="utf-8")
     assert foreign_references(sample) == [f"{sample}:2: PROTOCOL.md", f"{sample}:3: DESIGN.md",
                                           f"{sample}:4: ../shared"]
+
+
+def test_every_relative_import_resolves_including_those_inside_functions() -> None:
+    """A lazy import (inside a function, for memory) is not run by importing the module: a file moved to
+    another package depth would fail only when that function first runs, in production."""
+    unresolved = []
+    for path in sorted(REPO.glob("actors/**/*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        package = parts if path.name == "__init__.py" else parts[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = list(package[: len(package) - (node.level - 1)])
+                target = ".".join(base + ([node.module] if node.module else []))
+                if importlib.util.find_spec(target) is None:
+                    unresolved.append(f"{shown(path)}:{node.lineno}: {target}")
+    assert not unresolved, f"relative imports that name no module: {unresolved}"

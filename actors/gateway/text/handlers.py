@@ -269,7 +269,7 @@ async def cmd_tap(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply
 
 async def cmd_launch(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
     """/launch start|stop|restart|list [<name>]: the peripherals the supervisor launched from peripherals.toml."""
-    from ..supervisor.peripheralcli import PERIPHERAL_ACTIONS, peripheral_lines  # here: only this command needs it
+    from ...supervisor.peripheralcli import PERIPHERAL_ACTIONS, peripheral_lines  # here: only this command needs it
     if args[0] not in PERIPHERAL_ACTIONS:
         return error(f"Usage: {LAUNCH_USAGE}")
     result = await ctx.control(Op.CONTROL_PERIPHERAL, action=args[0], name=args[1] if len(args) > 1 else None)
