@@ -29,10 +29,13 @@ from typing import Any
 import zmq
 
 from actors.core.protocol import Topic, Trace, decode_as
+from bench.hop_floor import measure as hop_floor
 from bench.router_bench import SOURCES, Helper, Orchestrator, percentile, run_load
 
 STAGES = ("source -> gw sent", "gw -> router", "router -> sink", "sink -> written", "total to written")
 SUBSCRIBE_SETTLE_S = 0.5
+HOP_FLOOR_MAX_RATE = 1000  # above it the stage is queueing, not the hop
+HOP_FLOOR_MIN_COUNT = 100
 POLL_MS = 100
 NS_PER_S = 1e9
 
@@ -125,6 +128,10 @@ def main() -> int:
         cells = [f"{p50!s:>8} / {p99!s:<7}" for p50, p99 in stages.values()]
         cells.append(f"{result['p50_ms']!s:>8} / {result['p99_ms']!s:<7}")
         print(f"{mode:<8} {rate:>6} {n:>6} | " + " | ".join(f"{c:>18}" for c in cells))
+    print("\nthe floor of the gateway -> router stage, same run (python -m bench.hop_floor):")
+    for rate in sorted({rate for _, rate, _, _, _ in rows if rate <= HOP_FLOOR_MAX_RATE}):
+        p50, p99 = hop_floor(rate, max(HOP_FLOOR_MIN_COUNT, int(rate * args.seconds)))
+        print(f"  bare pyzmq ipc hop, blocking receiver, {rate} msg/s: p50 {p50:.3f} / p99 {p99:.3f} ms")
     return 0
 
 

@@ -20,6 +20,7 @@ BENCHMARKS = {  # name on the command line: module in bench/, run from the repos
     "gateway": "gateway_bench",
     "router": "router_bench",
     "latency": "latency_bench",
+    "hop": "hop_floor",
     "control": "control_bench",
     "targets": "targets_bench",
     "scanner": "scanner_bench",
