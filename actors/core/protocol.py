@@ -86,6 +86,8 @@ class Op(str, Enum):
     CONTROL_STOP = "control_stop"
     CONTROL_SCALE = "control_scale"
     CONTROL_ACTIVITY = "control_activity"
+    # every live actor's last heartbeat (encoded), for the gateway's /status: it does not subscribe to them all
+    CONTROL_BEATS = "control_beats"
     # launched peripherals: list, start, stop, restart, send, tail (peripherals.py)
     CONTROL_PERIPHERAL = "control_peripheral"
     # to the gateway over its bus socket: run command lines as the local owner (launch.py ctl, the UI)

@@ -21,10 +21,10 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from ..core.bus import LIVENESS_TOPICS, BusPresence, connect_subscriber
-from ..core.errors import ErrorCode
+from ..core.bus import BusPresence, connect_subscriber
+from ..core.errors import ErrorCode, OrchestratorError
 from ..core.follower import AsyncReplicaFollower
-from ..core.protocol import SOURCES_SEEN_STAT, Heartbeat, Message, Op, StateUpdate
+from ..core.protocol import SOURCES_SEEN_STAT, Heartbeat, Op, ProtocolError, StateUpdate, decode_as
 from ..core.refusals import RefusalLog
 from ..core.replica import StateReplica
 from ..core.requests import AsyncRequestClient
@@ -47,6 +47,8 @@ from .taps import Taps
 log = logging.getLogger(__name__)
 
 SETTLE_TIMEOUT_S = HEARTBEAT_INTERVAL_S
+BEATS_TIMEOUT_S = 0.5  # /status waits this long for the supervisor's beats, then answers without them
+BEATS_WARN_INTERVAL_S = 60.0
 RETRY_S = POLL_INTERVAL_MS / 1000  # while a source waits for a router (none live, or busy): how often it is retried
 COUNTERS = ("connections_total", "connections_refused", "lines_in", "bytes_in", "payloads_in", "commands",
             "unknown_source", "no_route", "bad_lines", "too_long", "idle_timeouts", "partial_lines_dropped",
@@ -75,9 +77,8 @@ class Gateway:
         self.counters = {key: 0 for key in COUNTERS}
         self.connections: set[Connection] = set()
         self.limits = limits_from_config({})
-        self.heartbeats: dict[str, Heartbeat] = {}
-        self.heard_at: dict[str, float] = {}
-        self.supervisor: AsyncRequestClient | None = None  # /launch: asked lazily, on the supervisor's control socket
+        self.supervisor: AsyncRequestClient | None = None  # /launch, /status: asked lazily, on its control socket
+        self.beats_warned_at = -BEATS_WARN_INTERVAL_S
         self.plane = DataPlane(_unbound)  # its send is the data socket's, once bound (_main)
         self.ingress = Ingress(self.replica, self.counters, self.plane.submit, self.plane.paused)
         self.plane.on_pause = self.ingress.source_paused
@@ -89,7 +90,7 @@ class Gateway:
                                lambda: self.limits.max_line_bytes)
         self.listeners = Listeners(lambda role: Connection(self, role))
         self.taps = Taps(lambda: connect_subscriber(self.actx, self.runtime.endpoints, ()), stop)
-        self.figures = StatusFigures(self.replica, self.heartbeats, self.heard_at, self.stats, self.auth_guard)
+        self.figures = StatusFigures(self.replica, self._live_beats, self.stats, self.auth_guard)
         self.status = self.figures.status  # CommandContext
         # Host: what a connection calls, bound once to the part that answers it.
         self.answer, self.handler_failed = self.answers.answer, self.answers.handler_failed
@@ -115,9 +116,9 @@ class Gateway:
         self.link = DataLink(self.data, self.plane, self.counters, self.answers.run_lines)
         self.state = AsyncRequestClient(self.actx, endpoints.state_front, endpoints.keys_dir)
         # The listeners open with the first snapshot (as long as the keeper takes) and follow every config change.
-        self.follower = AsyncReplicaFollower.connect(self.actx, endpoints, LIVENESS_TOPICS, self.state, self.name,
-                                                     on_change=self._replica_changed, on_event=self._heard,
-                                                     replica=self.replica)
+        # Only the state topic (its updates and the keeper's beat): /status asks the supervisor for the other beats.
+        self.follower = AsyncReplicaFollower.connect(self.actx, endpoints, (), self.state, self.name,
+                                                     on_change=self._replica_changed, replica=self.replica)
         self.data_monitor = self.data.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.tasks = Supervised(self.wake)
         self.tasks.start(*self.follower.tasks(), self.link.read(), self._watch_routers())
@@ -210,11 +211,24 @@ class Gateway:
         self.replica_changed.set()
         self.replica_changed = asyncio.Event()
 
-    def _heard(self, beat: Message) -> None:
-        """The follower's event hook: every actor's heartbeat, for /status (the keeper's also checked the replica)."""
-        if isinstance(beat, Heartbeat):
-            self.heartbeats[beat.actor] = beat
-            self.heard_at[beat.actor] = time.monotonic()
+    async def _live_beats(self) -> dict[str, Heartbeat]:
+        """Every live actor's last beat for /status, from the supervisor (it hears them all); none when it does not
+        answer, which /status then shows as no actors."""
+        try:
+            result = await self.control(Op.CONTROL_BEATS, timeout=BEATS_TIMEOUT_S)
+        except OrchestratorError as exc:
+            if time.monotonic() - self.beats_warned_at >= BEATS_WARN_INTERVAL_S:
+                self.beats_warned_at = time.monotonic()
+                log.warning("/status without the actors' figures: %s", exc)
+            return {}
+        beats: dict[str, Heartbeat] = {}
+        for encoded in result.get("beats", []) if isinstance(result, dict) else []:
+            try:
+                beat = decode_as(encoded, Heartbeat)
+            except ProtocolError:
+                continue
+            beats[beat.actor] = beat
+        return beats
 
     def _state_changed(self) -> None:
         self.ingress.routes_changed()

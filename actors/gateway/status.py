@@ -1,14 +1,14 @@
 """The gateway's figures: its heartbeat counters and the /status reply built from every live actor's beat.
 
-``StatusFigures`` is given the replica, the heartbeats the gateway heard (and when), the gateway's own figures and
-its auth guard: it builds /status on its own.
+``StatusFigures`` is given the replica, a way to get every live actor's last beat (the supervisor keeps them: the
+gateway does not wake for each beat on the bus), the gateway's own figures and its auth guard: it builds /status on
+its own.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
-from ..core.bus import beat_expiry
 from ..core.protocol import Heartbeat
 from ..core.replica import StateReplica
 from .access import AuthGuard
@@ -21,27 +21,23 @@ GATEWAY_FIGURES = ("lines_in", "payloads_in", "unknown_source", "no_route", "dro
                    "connections_refused_per_address", "idle_timeouts", "handler_errors", "auth_failures",
                    "auth_lockouts", "refused_identity")
 
+LiveBeats = Callable[[], Awaitable[dict[str, Heartbeat]]]  # actor -> its last beat, live actors only
+
 
 class StatusFigures:
     """The /status figures (CommandContext.status): the gateway's own, joined with every live actor's heartbeat."""
 
-    def __init__(self, replica: StateReplica, heartbeats: dict[str, Heartbeat], heard_at: dict[str, float],
-                 stats: Callable[[], dict[str, Any]], auth_guard: AuthGuard) -> None:
+    def __init__(self, replica: StateReplica, live_beats: LiveBeats, stats: Callable[[], dict[str, Any]],
+                 auth_guard: AuthGuard) -> None:
         self.replica = replica
-        self.heartbeats = heartbeats  # actor -> its last beat, as the gateway hears them
-        self.heard_at = heard_at  # actor -> time.monotonic() of that beat
+        self.live_beats = live_beats
         self.stats = stats  # the gateway's own heartbeat figures
         self.auth_guard = auth_guard
         self.started_at = time.time()
 
-    def _live_beats(self) -> dict[str, Heartbeat]:
-        now = time.monotonic()
-        return {actor: beat for actor, beat in self.heartbeats.items()
-                if now - self.heard_at[actor] <= beat_expiry(beat)}
-
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         """CommandContext: the /status figures (the seed's example, with real counters)."""
-        beats = self._live_beats()
+        beats = await self.live_beats()
         started = min([self.started_at, *(beat.started_at for beat in beats.values())])
         routes = self.replica.routes.values()
         routed = sum(int(r.get("messages") or 0) for r in routes)
@@ -92,8 +88,10 @@ def actor_entry(beat: Heartbeat) -> dict[str, Any]:
 
 
 def launched_entry(beats: dict[str, Heartbeat]) -> dict[str, Any]:
-    """The launched peripherals (process state joined with registration) from the supervisor's heartbeat, if any."""
-    rows = next((b.stats.get("peripherals") for a, b in beats.items() if a.startswith("supervisor")), None)
+    """The launched peripherals (process state joined with registration) from the main supervisor's heartbeat, if any
+    (a satellite's supervisor, heard first, must not stand in for it)."""
+    main = beats.get("supervisor")
+    rows = main.stats.get("peripherals") if main is not None else None
     return {"Launched": rows} if isinstance(rows, list) else {}
 
 

@@ -25,6 +25,7 @@ import zmq
 
 from ..core.bus import LIVENESS_TOPICS, BusPresence, Heartbeater, beat_expiry, connect_subscriber, parse_event
 from ..core.errors import BadArguments, ErrorCode
+from .lastbeats import LastBeats
 from .peripherals import PeripheralManager
 from ..core.protocol import Activity, Heartbeat, Op, ProtocolError, Reply, Request, Topic, decode_as, encode
 from ..core.security import secure_server, start_authenticator
@@ -175,11 +176,13 @@ class Supervisor:
         self.attach_ui = attach_ui
         self.name_suffix = name_suffix  # satellites: keeps names unique on the shared bus
         self.remote: dict[str, RemoteActor] = {}
+        self.last_beats = LastBeats()
         self.peripherals = PeripheralManager(runtime)  # the robot's own programs, from <config>/peripherals.toml
         self.control_handlers = {  # launch.py status/stop/scale/peripheral and the UI, on the control socket
             Op.CONTROL_STATUS.value: Handler(lambda request: self.status()),
             Op.CONTROL_STOP.value: Handler(self._stop_requested),
             Op.CONTROL_ACTIVITY.value: Handler(lambda request: {"activity": list(self.activity)}),
+            Op.CONTROL_BEATS.value: Handler(lambda request: {"beats": self.last_beats.live(time.time())}),
             Op.CONTROL_SCALE.value: Handler(self._scale_requested),
             Op.CONTROL_PERIPHERAL.value: Handler(
                 lambda request: self.peripherals.control(request.args, request.req_id)),
@@ -362,6 +365,7 @@ class Supervisor:
             self.activity.append({"ts": message.ts, "actor": message.actor, "level": message.level,
                                   "text": message.text})
         elif isinstance(message, Heartbeat):
+            self.last_beats.note(message, frames[1], time.time())
             self._on_heartbeat(message)
 
     def _on_heartbeat(self, message: Heartbeat) -> None:

@@ -6,6 +6,7 @@ behaviours those figures rest on, so a fixed-period tick or a chatty heartbeat c
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -15,7 +16,7 @@ import zmq
 
 from actors.core.bus import Heartbeater, beat_expiry, idle_beat_interval
 from actors.gateway.dataplane import DataPlane
-from actors.core.protocol import Heartbeat, Topic, decode_as
+from actors.core.protocol import Heartbeat, Topic, decode_as, encode
 from actors.core.runner import StopFlag
 from actors.core.settings import (HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S, STARTUP_BEAT_INTERVAL_S,
                                   STARTUP_BEATS, Endpoints, Runtime)
@@ -201,3 +202,43 @@ def test_the_keepers_beat_reaches_replicas_without_anyone_elses(core) -> None:
         assert actors == {"state"}
     finally:
         sub.close()
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of every thread of pid: how often it woke."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as status:
+            total += sum(int(line.split()[1]) for line in status
+                         if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")))
+    return total
+
+
+def test_the_gateway_does_not_wake_for_other_actors_beats_and_status_still_lists_them(orchestrator) -> None:
+    """/status gets the actors' beats from the supervisor (which hears them all for liveness), so a beat on the bus
+    wakes the gateway no more: 300 beats published cost it a handful of wake-ups, not hundreds."""
+    beats = 300
+    pub = orchestrator.context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(orchestrator.runtime.endpoints.events_in)
+    try:
+        beat = Heartbeat(actor="router-99", pid=os.getpid(), host="elsewhere", started_at=time.time(),
+                         expiry_s=IDLE_HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS)
+        topic = Topic.HEARTBEAT.value + b"\x00router-99"
+        wait_until(lambda: pub.send_multipart([topic, encode(beat)]) or "router-99" in actor_names(orchestrator),
+                   5.0, 0.1, "the supervisor to pass a published beat to /status")
+        gateway = orchestrator.child_pid("gateway")
+        before = context_switches(gateway)
+        for _ in range(beats):
+            pub.send_multipart([topic, encode(beat)])
+            time.sleep(0.002)
+        time.sleep(0.2)
+        woke = context_switches(gateway) - before
+    finally:
+        pub.close()
+    assert woke < beats / 5, f"the gateway woke {woke} times for {beats} beats it does not need"
+    assert {"supervisor", "broker", "state", "gateway", "router-1", "scanner"} <= actor_names(orchestrator)
+
+
+def actor_names(instance) -> set[str]:
+    return {actor["name"] for actor in json.loads(instance.command("/status")).get("Actors", [])}

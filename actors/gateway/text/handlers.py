@@ -96,7 +96,7 @@ async def cmd_list(args: list[str], ctx: CommandContext, peer: Peer) -> TextRepl
 
 
 async def cmd_status(args: list[str], ctx: CommandContext, peer: Peer) -> TextReply:
-    return ok(json.dumps({**ctx.status(), "Routes Losing": route_losses(ctx.replica)}, indent=4))
+    return ok(json.dumps({**await ctx.status(), "Routes Losing": route_losses(ctx.replica)}, indent=4))
 
 
 def route_losses(replica: StateReplica) -> dict[str, int]:
