@@ -100,13 +100,17 @@ class Painter:
         """
         if lines == self.shown and not full:
             return
+        before = self.shown
         self.shown = lines
         height, width = self.stdscr.getmaxyx()
-        if full:
-            self.stdscr.clear()
-        else:
-            self.stdscr.erase()
+        if full or len(before) != len(lines):
+            self.stdscr.clear() if full else self.stdscr.erase()
+            before = []
         for y, line in enumerate(lines[:height]):
+            if y < len(before) and before[y] == line:
+                continue  # the clock's repaint changes a line or two: only those are written again
+            self.stdscr.move(y, 0)
+            self.stdscr.clrtoeol()
             if not line.text:
                 continue
             try:

@@ -8,13 +8,14 @@ terminal cells, so the renderer can draw them without ever wrapping.
 from __future__ import annotations
 
 import functools
+import itertools
 import textwrap
 import time
 import unicodedata
 import zlib
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, overload
 
 from ..core.records import BY_PORT_MARKER
 from ..core.rules import RULE_KEYS
@@ -80,7 +81,7 @@ class ActorStatus:
     expiry_s: float = 3.0  # silent this long after last_beat: not alive (its beat says)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ActivityLine:
     ts: float
     actor: str
@@ -370,15 +371,42 @@ def route_label(route: dict[str, Any], width: int) -> str:
     return fit(name, max(0, width - cell_width(RULE_MARKER))) + RULE_MARKER
 
 
-def activity_rows(activity: Sequence[ActivityLine], width: int) -> tuple[str, list[Line]]:
+def activity_rows(activity: Sequence[ActivityLine], width: int) -> tuple[str, Sequence[Line]]:
     """Oldest first, so the newest line sits at the bottom like a log."""
-    rows = []
-    for item in activity:
-        stamp = time.strftime("%H:%M:%S", time.localtime(item.ts))
-        text = f"{stamp} {fit(item.actor, ACTOR_W - 1, pad=True)} {clean(item.text)}"
-        style = Style.ALERT if item.level in ("WARNING", "ERROR", "CRITICAL") else Style.NORMAL
-        rows.append(Line(fit(text, width), style))
-    return f"RECENT ACTIVITY {len(activity)}", rows
+    return f"RECENT ACTIVITY {len(activity)}", ActivityRows(activity, width)
+
+
+class ActivityRows(Sequence[Line]):
+    """The log's rows, formatted only when shown: the UI keeps thousands of lines, a screen shows a few, and it is
+    repainted once a second for the clock."""
+
+    def __init__(self, activity: Sequence[ActivityLine], width: int) -> None:
+        self.activity = activity
+        self.width = width
+
+    def __len__(self) -> int:
+        return len(self.activity)
+
+    @overload
+    def __getitem__(self, index: int) -> Line: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Line]: ...
+
+    def __getitem__(self, index: int | slice) -> Line | list[Line]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self.activity))
+            return [activity_row(item, self.width) for item in itertools.islice(self.activity, start, stop, step)]
+        return activity_row(self.activity[index], self.width)
+
+
+@functools.lru_cache(maxsize=256)  # a screenful or two of lines, at one width
+def activity_row(item: ActivityLine, width: int) -> Line:
+    """One log line as shown (it never changes)."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(item.ts))
+    text = f"{stamp} {fit(item.actor, ACTOR_W - 1, pad=True)} {clean(item.text)}"
+    style = Style.ALERT if item.level in ("WARNING", "ERROR", "CRITICAL") else Style.NORMAL
+    return Line(fit(text, width), style)
 
 
 def title_line(model: Model, width: int) -> Line:
@@ -470,7 +498,7 @@ def overview(model: Model, width: int, height: int, scroll: Scroll = Scroll(), f
         start, stop = window(len(rows), size, offset, from_end=section is Section.ACTIVITY)
         page_rows[section] = size
         lines.append(section_header(header, start, stop, len(rows), section is scroll.focus, width))
-        shown = [replace(row, text=" " + row.text) for row in rows[start:stop]]
+        shown = [Line(" " + row.text, row.style, row.colour) for row in rows[start:stop]]
         lines.extend(shown + [Line("")] * (size - len(shown)))
     footer_text = footer if footer is not None else FOOTER_KEYS
     lines.append(Line(fit(footer_text, width, pad=True), Style.FOOTER))
