@@ -9,7 +9,8 @@ WHEELHOUSE ?= wheelhouse
 PLATFORM ?=
 PYTHON_VERSION ?=
 PIP_SOURCE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--no-index --find-links $(WHEELHOUSE),)
-TARGET_ARGS := $(if $(PLATFORM),--only-binary=:all: --platform $(PLATFORM),) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION),)
+TARGET_ARGS := $(if $(PLATFORM),--only-binary=:all: --platform $(PLATFORM),) \
+	$(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION),)
 # pip evaluates environment markers against the interpreter running it, not the target: a 3.11 PC leaves out the
 # back-ports a 3.10 board needs (tomli, exceptiongroup). The check walks the requirements with the target's markers.
 CHECK := $(PYTHON) tools/wheelhouse_check.py $(if $(PLATFORM),--platform $(PLATFORM),) \
