@@ -9,7 +9,14 @@ WHEELHOUSE ?= wheelhouse
 PLATFORM ?=
 PYTHON_VERSION ?=
 PIP_SOURCE := $(if $(wildcard $(WHEELHOUSE)/*.whl),--no-index --find-links $(WHEELHOUSE),)
-TARGET_ARGS := $(if $(PLATFORM),--only-binary=:all: --platform $(PLATFORM),) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION),)
+TARGET_ARGS := $(if $(PLATFORM),--only-binary=:all: --platform $(PLATFORM),) \
+	$(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION),)
+# pip evaluates environment markers against the interpreter running it, not the target: a 3.11 PC leaves out the
+# back-ports a 3.10 board needs (tomli, exceptiongroup). The check walks the requirements with the target's markers.
+CHECK := $(PYTHON) tools/wheelhouse_check.py $(if $(PLATFORM),--platform $(PLATFORM),) \
+	$(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION),) $(WHEELHOUSE)
+# rounds of adding what the target still lacks (each round adds the dependencies of the previous one)
+FILL_ROUNDS := 1 2 3 4
 
 .PHONY: run test bench setup clean wheelhouse
 
@@ -32,6 +39,12 @@ bench: setup
 
 wheelhouse:
 	$(PYTHON) -m pip download --quiet --dest $(WHEELHOUSE) $(TARGET_ARGS) '.[test]' 'setuptools>=61' wheel
+	set -e; for round in $(FILL_ROUNDS); do \
+	  missing="$$($(CHECK) --missing)"; [ -z "$$missing" ] && break; \
+	  echo "adding for the target: $$missing"; \
+	  $(PYTHON) -m pip download --quiet --no-deps --dest $(WHEELHOUSE) $(TARGET_ARGS) $$missing; \
+	done
+	$(CHECK)
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -226,7 +226,9 @@ def test_access_lists_change_live_through_set_config(guarded: Instance) -> None:
     wait_until(lambda: "not allowed" in guarded.command("/routes remove nothing"), message="admin withdrawn again")
 
 
-def test_ctl_authenticates_with_the_token_from_orch_cf(guarded: Instance, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ctl_runs_admin_commands_through_the_run_folder_without_a_token(
+        guarded: Instance, capsys: pytest.CaptureFixture[str]) -> None:
+    """admin_clients is empty and a token is set, yet ctl needs none: it talks to its own instance, never a port."""
     from actors.supervisor.cli import run_ctl
 
     run_ctl(guarded.runtime, "/routes remove nothing")

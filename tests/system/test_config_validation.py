@@ -23,7 +23,7 @@ from actors.core.settings import (LOOPBACK_NETWORKS, LOOPBACK_ONLY_SECURITY, SEC
                              parse_networks, parse_ports, read_int, read_networks, read_port_spec, read_positive_number, validate_config,
                              validate_routes)
 from actors.state.tables import Tables
-from actors.ui.viewmodel import ActorStatus, Model, Style, status_line
+from actors.ui.viewmodel import ActivityLine, ActorStatus, Model, Style, activity_rows, status_line
 from actors.core.settings import Runtime
 from tests.support.instances import (LEGACY_DATA_DIR, READY_TIMEOUT_S, REPO_ROOT, Instance, free_port_range, send_line,
                                      start_instance, wait_until)
@@ -282,8 +282,9 @@ def test_without_a_last_good_copy_the_command_port_listens_on_127_0_0_1_only_and
         instance.state_client().request(Op.SET_CONFIG, values={"command_port": ports[0], "data_port_range": f"{ports[1]}-{ports[2]}"}, timeout=3.0)
         gateway = subprocess.Popen([sys.executable, "-m", "actors.gateway", "--runtime", instance.runtime.to_json(), "--name", "gateway"],
                                    cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_until(lambda: _connects("127.0.0.1", ports[0]), 10, message="the gateway to listen")
-        assert not _connects(OTHER_LOOPBACK, ports[0]) and not _connects(OTHER_LOOPBACK, ports[1])
+        wait_until(lambda: all(_connects("127.0.0.1", port) for port in ports), 10,
+                   message="the command port and both data ports to accept on 127.0.0.1")
+        assert not any(_connects(OTHER_LOOPBACK, port) for port in ports)
         status = run_launch(config_dir, "status")
         assert status.returncode == 0 and "WARNING" in status.stdout and "127.0.0.1 only" in status.stdout
         assert "Traceback" not in status.stderr
@@ -480,8 +481,21 @@ def test_a_hand_edit_that_does_not_parse_is_kept_aside_and_the_file_rewritten(or
         wait_until(lambda: _parses(path), 3, message="orch.cf rewritten from the running state")
         assert [p["name"] for p in json.loads(path.read_text())["peripherals"]] == ["Keep_Sink"]
         assert "Keep_Sink" in orchestrator.command("/list")
+        entry = wait_until(lambda: _unusable_edit_line(orchestrator, rejected[0].name), 3, message="the activity line")
+        assert entry["actor"] == "state" and entry["level"] == "ERROR"
+        # the UI shows the same line, as an alert, in its activity pane (busview builds these lines from the feed)
+        _, [row] = activity_rows([ActivityLine(entry["ts"], entry["actor"], entry["level"], entry["text"])], 200)
+        assert row.style == Style.ALERT and rejected[0].name in row.text
     finally:
         sink.stop()
+
+
+def _unusable_edit_line(instance: Instance, kept_as: str) -> dict[str, Any] | None:
+    """The activity line that says an edit could not be used and names the file it was kept in."""
+    for entry in instance.control(Op.CONTROL_ACTIVITY)["activity"]:
+        if entry["text"].startswith("orch.cf was edited by hand but cannot be used") and kept_as in entry["text"]:
+            return entry
+    return None
 
 
 def _parses(path: Path) -> bool:
