@@ -6,6 +6,7 @@ programs (tests/support/fake_peripheral.py) that speak only the legacy protocol.
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import select
 import signal
@@ -18,10 +19,12 @@ from typing import Any, Iterator
 import pytest
 
 from actors.core.protocol import Op
-from tests.support.instances import REPO_ROOT, SUPPORT_DIR, Instance, start_instance, wait_until
+from tests.support.instances import (REPO_ROOT, SUPPORT_DIR, Instance, free_port_range, send_line, start_instance,
+                                     wait_until, write_test_config)
 
 FAKE = SUPPORT_DIR / "fake_peripheral.py"
 WAIT_S = 15.0
+BUS_PORTS = 6  # --bus tcp://HOST:PORT takes six consecutive ports
 
 
 def entry(key: str, *args: str, **settings: Any) -> str:
@@ -414,3 +417,73 @@ def test_restart_policies_and_a_missing_program(robot: Robot) -> None:
     missing = robot.wait_state("missing", "failed")
     assert "cannot start" in missing["error"] and "/nonexistent/robot-program" in missing["error"]
     assert robot.row("clean")["restarts"] == 0
+
+
+def launch_cli(config_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`launch.py --config-dir <config_dir> <args>` to completion (status, peripheral, logs)."""
+    return subprocess.run([sys.executable, str(REPO_ROOT / "launch.py"), "--config-dir", str(config_dir), *args],
+                          capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
+
+
+def spawn_launch(config_dir: Path, out: Path, *args: str) -> subprocess.Popen:
+    """`launch.py --headless` in its own session, output to out."""
+    with open(out, "ab") as log:
+        return subprocess.Popen([sys.executable, str(REPO_ROOT / "launch.py"), "--headless", "--config-dir", str(config_dir),
+                                 *args], cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop_launch(process: subprocess.Popen) -> None:
+    """SIGTERM the supervisor (it stops its actors and peripherals) and wait; SIGKILL if it hangs."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def satellite_rows(config_dir: Path, bus: str) -> dict[str, dict[str, Any]]:
+    """The satellite supervisor's launched peripherals (`launch.py --join ... status --json`)."""
+    done = launch_cli(config_dir, "--join", bus, "status", "--json")
+    if done.returncode != 0:
+        return {}
+    return {row["name"]: row for row in json.loads(done.stdout)["supervisor"].get("peripherals") or []}
+
+
+def test_a_satellite_launches_its_own_peripherals(tmp_path: Path) -> None:
+    """A satellite (`launch.py --join`) starts the peripherals.toml of its own config folder; they register with
+    the main board's gateway, and the satellite's `peripheral list` joins them (registered as ...)."""
+    main, satellite = tmp_path / "main", tmp_path / "sat"
+    command_port = write_test_config(main)["command_port"]
+    bus = f"tcp://127.0.0.1:{free_port_range(BUS_PORTS)[0]}"
+    pids = tmp_path / "arm.pids"
+    processes = [spawn_launch(main, tmp_path / "main.out", "--bus", bus, "--only", "broker,state,gateway")]
+    try:
+        wait_until(lambda: launch_cli(main, "--bus", bus, "status", "--json").returncode == 0
+                   and (main / "keys" / "client.key_secret").exists(), WAIT_S, 0.2, "the main board")
+        (satellite / "keys").mkdir(parents=True)
+        for name in ("server.key", "client.key", "client.key_secret"):
+            shutil.copy2(main / "keys" / name, satellite / "keys" / name)
+        # the fake reads the command port from orch.cf in its cwd: the main board's, as a real one is told its address
+        (satellite / "peripherals.toml").write_text(entry("arm", "--name", "Arm_Engine", "--pid-file", str(pids),
+                                                          name="Arm_Engine", cwd=str(main)))
+        processes.append(spawn_launch(satellite, tmp_path / "sat.out", "--join", bus, "--satellite-name", "pi"))
+        row = wait_until(lambda: (r := satellite_rows(satellite, bus).get("arm")) and r["registered"] and r, WAIT_S, 0.2,
+                         "the satellite's peripheral to register with the main board")
+        assert row["state"] == "running" and row["peripheral"] == "Arm_Engine"
+        assert "Arm_Engine" in send_line(command_port, "/list"), "not registered with the main board's gateway"
+        listed = launch_cli(satellite, "--join", bus, "peripheral", "list")
+        assert listed.returncode == 0 and "arm" in listed.stdout and "running" in listed.stdout, listed
+        assert "registered as Arm_Engine" in listed.stdout, listed.stdout
+        assert "registered Arm_Engine" in (satellite / "logs" / "peripherals" / "arm.log").read_text()
+        main_list = launch_cli(main, "--bus", bus, "peripheral", "list")
+        assert main_list.stdout.startswith("no launched peripherals"), main_list  # each board launches its own file
+        leader = pid_lines(pids)[0][1]
+        stop_launch(processes.pop())  # the satellite stops: its peripherals go with it, the main board stays
+        assert not alive(leader), "the satellite left its peripheral behind"
+    finally:
+        for process in reversed(processes):
+            stop_launch(process)
+        kill_quietly([pid for _, pid, _ in pid_lines(pids)])
