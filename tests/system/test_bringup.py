@@ -487,3 +487,29 @@ def test_a_satellite_launches_its_own_peripherals(tmp_path: Path) -> None:
         for process in reversed(processes):
             stop_launch(process)
         kill_quietly([pid for _, pid, _ in pid_lines(pids)])
+
+
+def test_uuid_join_survives_a_kill_and_restart(robot: Robot) -> None:
+    """An entry with `uuid` is joined by it alone: a decoy registered under the entry's name is never taken, and after
+    kill -9 the restarted process registers the same uuid again and the row is joined again (status and list)."""
+    fixed = "3484b12d-4330-41ce-bf08-9fe42c1f6a01"
+    pids = robot.pid_file("llm")
+    robot.start(entry("llm", "--name", "LLM_Engine", "--uuid", fixed, "--pid-file", str(pids), uuid=fixed, name="llm",
+                      backoff=0.1)
+                + entry("decoy", "--name", "llm", name="llm"))  # registers under the llm entry's name with a uuid of its own
+    robot.wait_state("decoy", "running", registered=True)
+    first = robot.wait_state("llm", "running", registered=True)
+    assert (first["uuid"], first["peripheral"]) == (fixed, "LLM_Engine"), first
+    os.kill(first["pid"], signal.SIGKILL)
+    again = wait_until(lambda: (r := robot.row("llm"))["pid"] not in (None, first["pid"]) and r["registered"] and r,
+                       WAIT_S, 0.05, "llm restarted and registered again")
+    assert (again["uuid"], again["peripheral"], again["restarts"], again["last_exit"]) == (fixed, "LLM_Engine", 1,
+                                                                                          -signal.SIGKILL), again
+    assert len(pid_lines(pids)) == 2
+    records = [p for p in robot.instance.state_client().request(Op.SNAPSHOT)["peripherals"] if p["uuid"] == fixed]
+    assert [r["name"] for r in records] == ["LLM_Engine"], records  # the same record, re-registered, not a new one
+    status = run_launch(robot, "status")
+    listed = run_launch(robot, "peripheral", "list")
+    for shown in (status.stdout, listed.stdout):
+        line = next(text for text in shown.splitlines() if text.strip().startswith("llm "))
+        assert "running" in line and "restarts 1" in line and "registered as LLM_Engine" in line, shown
