@@ -428,8 +428,8 @@ def launch_cli(config_dir: Path, *args: str) -> subprocess.CompletedProcess:
 def spawn_launch(config_dir: Path, out: Path, *args: str) -> subprocess.Popen:
     """`launch.py --headless` in its own session, output to out."""
     with open(out, "ab") as log:
-        return subprocess.Popen([sys.executable, str(REPO_ROOT / "launch.py"), "--headless", "--config-dir", str(config_dir),
-                                 *args], cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen([sys.executable, str(REPO_ROOT / "launch.py"), "--headless", "--config-dir",
+                                 str(config_dir), *args], cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 
@@ -470,8 +470,8 @@ def test_a_satellite_launches_its_own_peripherals(tmp_path: Path) -> None:
         (satellite / "peripherals.toml").write_text(entry("arm", "--name", "Arm_Engine", "--pid-file", str(pids),
                                                           name="Arm_Engine", cwd=str(main)))
         processes.append(spawn_launch(satellite, tmp_path / "sat.out", "--join", bus, "--satellite-name", "pi"))
-        row = wait_until(lambda: (r := satellite_rows(satellite, bus).get("arm")) and r["registered"] and r, WAIT_S, 0.2,
-                         "the satellite's peripheral to register with the main board")
+        row = wait_until(lambda: (r := satellite_rows(satellite, bus).get("arm")) and r["registered"] and r, WAIT_S,
+                         0.2, "the satellite's peripheral to register with the main board")
         assert row["state"] == "running" and row["peripheral"] == "Arm_Engine"
         assert "Arm_Engine" in send_line(command_port, "/list"), "not registered with the main board's gateway"
         listed = launch_cli(satellite, "--join", bus, "peripheral", "list")
@@ -496,7 +496,7 @@ def test_uuid_join_survives_a_kill_and_restart(robot: Robot) -> None:
     pids = robot.pid_file("llm")
     robot.start(entry("llm", "--name", "LLM_Engine", "--uuid", fixed, "--pid-file", str(pids), uuid=fixed, name="llm",
                       backoff=0.1)
-                + entry("decoy", "--name", "llm", name="llm"))  # registers under the llm entry's name with a uuid of its own
+                + entry("decoy", "--name", "llm", name="llm"))  # under the llm entry's name, with a uuid of its own
     robot.wait_state("decoy", "running", registered=True)
     first = robot.wait_state("llm", "running", registered=True)
     assert (first["uuid"], first["peripheral"]) == (fixed, "LLM_Engine"), first

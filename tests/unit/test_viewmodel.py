@@ -243,6 +243,6 @@ def test_a_launched_process_shows_its_uptime():
                  st.text(max_size=20), st.lists(st.integers(), max_size=3)))
 def test_any_uptime_from_a_heartbeat_renders_without_raising(value):
     label = vm.process_label({"state": "running", "pid": 7, "uptime_s": value})
-    is_duration = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and value < float("inf")
+    is_duration = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
     assert (" up " in label) == is_duration, (value, label)
     assert label.startswith("[running pid 7") and label.endswith("]")
