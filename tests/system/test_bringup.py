@@ -429,8 +429,8 @@ def spawn_launch(config_dir: Path, out: Path, *args: str) -> subprocess.Popen:
     """`launch.py --headless` in its own session, output to out."""
     with open(out, "ab") as log:
         return subprocess.Popen([sys.executable, str(REPO_ROOT / "launch.py"), "--headless", "--config-dir",
-                                 str(config_dir), *args], cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                 str(config_dir), *args], cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop_launch(process: subprocess.Popen) -> None:
