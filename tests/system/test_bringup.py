@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from actors.core.protocol import Op
+from actors.supervisor.peripherals import BEAT_ERROR_CHARS
 from tests.support.instances import (REPO_ROOT, SUPPORT_DIR, Instance, free_port_range, send_line, start_instance,
                                      wait_until, write_test_config)
 
@@ -405,18 +406,27 @@ def test_a_resent_request_is_not_done_twice(robot: Robot) -> None:
 
 
 def test_restart_policies_and_a_missing_program(robot: Robot) -> None:
-    """on-failure leaves a clean exit stopped, never leaves a crash stopped, always restarts a clean exit; a missing program backs off."""
+    """on-failure leaves a clean exit stopped, never leaves a crash stopped, always restarts a clean exit; a missing
+    program backs off, and why it cannot start reaches /status's Launched too (shortened)."""
+    program = "/nonexistent/robot-program" + "-with-a-long-name" * 20
     robot.start(entry("clean", "--crash-after", "0.05", "--exit-code", "0")
                 + entry("never", "--crash-after", "0.05", restart="never")
                 + entry("always", "--crash-after", "0.05", "--exit-code", "0", restart="always", backoff=0.05, flap_limit=3)
-                + '[peripherals.missing]\ncommand = ["/nonexistent/robot-program"]\nbackoff = 0.05\nflap_limit = 2\n')
+                + f'[peripherals.missing]\ncommand = ["{program}"]\nbackoff = 0.05\nflap_limit = 2\n')
     assert robot.wait_state("clean", "stopped")["last_exit"] == 0
     never = robot.wait_state("never", "stopped")
     assert never["last_exit"] == 3 and never["restarts"] == 0
     assert robot.wait_state("always", "failed")["restarts"] == 2
     missing = robot.wait_state("missing", "failed")
-    assert "cannot start" in missing["error"] and "/nonexistent/robot-program" in missing["error"]
+    assert "cannot start" in missing["error"] and program in missing["error"]
     assert robot.row("clean")["restarts"] == 0
+
+    def launched_missing() -> dict[str, Any] | None:  # /status carries the supervisor's latest heartbeat
+        rows = json.loads(robot.instance.command("/status")).get("Launched", [])
+        return next((r for r in rows if r.get("name") == "missing" and r.get("state") == "failed"), None)
+    beat_row = wait_until(launched_missing, WAIT_S, 0.2, "/status Launched with the failed program")
+    assert beat_row["error"].startswith("cannot start /nonexistent/robot-program"), beat_row
+    assert len(beat_row["error"]) == BEAT_ERROR_CHARS and beat_row["error"].endswith("…"), beat_row
 
 
 def launch_cli(config_dir: Path, *args: str) -> subprocess.CompletedProcess:
