@@ -25,6 +25,7 @@ from tests.support.instances import (REPO_ROOT, SUPPORT_DIR, Instance, free_port
 
 FAKE = SUPPORT_DIR / "fake_peripheral.py"
 WAIT_S = 15.0
+SYNC_WAIT_S = 0.5  # a line echoed before `logs -f` opened the file is not printed: sent again after this
 BUS_PORTS = 6  # --bus tcp://HOST:PORT takes six consecutive ports
 
 
@@ -523,3 +524,44 @@ def test_uuid_join_survives_a_kill_and_restart(robot: Robot) -> None:
     for shown in (status.stdout, listed.stdout):
         line = next(text for text in shown.splitlines() if text.strip().startswith("llm "))
         assert "running" in line and "restarts 1" in line and "registered as LLM_Engine" in line, shown
+
+
+def read_until(stream: Any, wanted: bytes, timeout: float) -> bytes:
+    """What a child wrote to its stdout pipe, read until wanted is in it or timeout passes."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen and time.monotonic() < deadline:
+        if select.select([stream], [], [], 0.1)[0]:
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def test_logs_follow_keeps_every_line_across_rotations(robot: Robot) -> None:
+    """`launch.py logs <name> -f` goes on across rotations (a log of 1 KiB rotates every ten lines) and loses no
+    line: what was written to the old file before the follower noticed the new one is printed too, in order."""
+    count = 60
+    padding = "x" * 80  # lines of about 100 bytes
+    robot.start(entry("chatty", "--echo-stdin", stdin=True, log_max_bytes=1024, log_backups=10))
+    robot.wait_state("chatty", "running", registered=True)
+    follower = subprocess.Popen([sys.executable, str(REPO_ROOT / "launch.py"), "--config-dir", str(robot.config_dir),
+                                 "logs", "chatty", "-f", "-n", "0"], stdout=subprocess.PIPE, cwd=REPO_ROOT)
+    try:
+        seen = b""
+        deadline = time.monotonic() + WAIT_S
+        while b"got: sync\n" not in seen and time.monotonic() < deadline:  # until the follower is at the end, following
+            robot.control("send", "chatty", text="sync")
+            seen += read_until(follower.stdout, b"got: sync\n", SYNC_WAIT_S)
+        assert b"got: sync\n" in seen, seen
+        for index in range(count):
+            robot.control("send", "chatty", text=f"line-{index:04d} {padding}")
+        seen += read_until(follower.stdout, f"got: line-{count - 1:04d} {padding}\n".encode(), WAIT_S)
+    finally:
+        follower.kill()
+        follower.wait(timeout=5)
+    rotated = robot.config_dir / "logs" / "peripherals" / "chatty.log.1"
+    assert rotated.exists(), "the log never rotated: the test proves nothing"
+    got = [line for line in seen.decode().splitlines() if line.startswith("got: line-0")]
+    assert got == [f"got: line-{index:04d} {padding}" for index in range(count)], " ".join(line[10:14] for line in got)
