@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 from ..core.errors import BadArguments, OrchestratorError, UnknownPeripheral
-from .launchfile import KEY_PATTERN
+from .launchfile import INT_LIMITS, KEY_PATTERN
 from ..core.settings import PERIPHERAL_LOG_DIR_NAME, Runtime
 
 FOLLOW_POLL_S = 0.2
+FOLLOW_CHUNK_BYTES = 65536
 DEFAULT_TAIL_LINES = 20
 PERIPHERAL_ACTIONS = ("list", "start", "stop", "restart")
+MAX_LOG_BACKUPS = INT_LIMITS["log_backups"][1]  # the most rotated files a launch entry may keep
 
 
 def format_uptime(seconds: float | None) -> str:
@@ -108,23 +110,58 @@ def show_logs(runtime: Runtime, name: str, follow: bool, lines: int, out: IO[str
 
 
 def follow_file(path: Path, handle: IO[bytes], out: IO[str]) -> None:
-    """Print what is appended; reopen when the file was rotated (another inode) or cut."""
+    """Print what is appended; across a rotation (another inode) nothing is lost while the rotated files are kept:
+    the rest of the file we had open, then every file rotated out after it, oldest first, then the new one."""
     inode = os.fstat(handle.fileno()).st_ino
     while True:
-        chunk = handle.read()
-        if chunk:
-            out.write(chunk.decode("utf-8", "replace"))
-            out.flush()
+        if copy_out(handle, out):
             continue
         time.sleep(FOLLOW_POLL_S)
         try:
             info = path.stat()
         except FileNotFoundError:
             continue
-        if info.st_ino != inode or info.st_size < handle.tell():
+        if info.st_ino != inode:
+            copy_out(handle, out)  # written before the rotation, after our last read: still readable through our handle
             handle.close()
-            handle = open(path, "rb")
-            inode = os.fstat(handle.fileno()).st_ino
+            for backup in rotated_after(path, inode):
+                try:
+                    with open(backup, "rb") as older:
+                        copy_out(older, out)
+                except FileNotFoundError:
+                    pass  # rotated away while we looked: gone, as a rotation past log_backups is
+        elif info.st_size >= handle.tell():
+            continue
+        else:
+            handle.close()  # cut in place: read it again from its start
+        handle = open(path, "rb")
+        inode = os.fstat(handle.fileno()).st_ino
+
+
+def copy_out(handle: IO[bytes], out: IO[str]) -> bool:
+    """Print what the handle has left; whether there was anything."""
+    copied = False
+    while chunk := handle.read(FOLLOW_CHUNK_BYTES):
+        out.write(chunk.decode("utf-8", "replace"))
+        copied = True
+    if copied:
+        out.flush()
+    return copied
+
+
+def rotated_after(path: Path, inode: int) -> list[Path]:
+    """The rotated files (<name>.1, .2, ...) newer than the one with this inode, oldest first (all of them when it
+    is gone)."""
+    newer = []
+    for index in range(1, MAX_LOG_BACKUPS + 1):
+        backup = path.with_name(f"{path.name}.{index}")
+        try:
+            if backup.stat().st_ino == inode:
+                break
+        except FileNotFoundError:
+            break
+        newer.append(backup)
+    return newer[::-1]
 
 
 def ui_local_command(line: str, control: Callable[..., Any]) -> str | None:

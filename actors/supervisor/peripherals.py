@@ -48,6 +48,7 @@ MAX_SEND_BYTES = 65536  # one :send line
 ACTIONS = ("list", "start", "stop", "restart", "send", "tail")
 WATCHDOG_RETRY_S = 5.0  # a watchdog that cannot be started (no memory, no processes left) is tried again this often
 REPLY_CACHE_SIZE = 64  # a client's resent request (same req_id) gets the first answer: a line is never sent twice
+BEAT_ERROR_CHARS = 160  # why a program cannot start, as a heartbeat row carries it (launch.py status has it whole)
 
 
 # ---- logs ---------------------------------------------------------------------------
@@ -701,4 +702,10 @@ class PeripheralManager:
         """The compact rows the supervisor's heartbeat carries (the gateway's /status and the UI read them)."""
         keys = ("name", "state", "pid", "restarts", "uptime_s", "last_exit", "registered", "online",
                 "peripheral", "not_registered")
-        return [{key: row[key] for key in keys} for row in self.describe()]
+        return [{**{key: row[key] for key in keys}, "error": shorten(row["error"], BEAT_ERROR_CHARS)}
+                for row in self.describe()]
+
+
+def shorten(text: str, limit: int) -> str:
+    """At most limit characters, an ellipsis marking a cut."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import textwrap
 import time
 import unicodedata
@@ -282,10 +283,30 @@ def launched_rows(model: Model) -> list[dict[str, Any]]:
     return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
 
 
+def short_duration(seconds: Any) -> str | None:
+    """'45s', '3m12s', '2h05m', '3d04h': an uptime in the few characters a list has room for.
+
+    None for anything that is not a finite, non-negative number (a row comes from a heartbeat: never trusted).
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        return None
+    total = int(seconds)
+    days, rest = divmod(total, SECONDS_PER_DAY)
+    hours, rest = divmod(rest, SECONDS_PER_HOUR)
+    minutes, secs = divmod(rest, SECONDS_PER_MINUTE)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def process_label(row: dict[str, Any]) -> str:
-    """`[running pid 123 r2 exit 3]`: a launched peripheral's process, next to its registration."""
+    """`[running pid 123 up 3m12s r2 exit 3]`: a launched peripheral's process, next to its registration."""
     parts = [str(row.get("state", "?"))]
     parts += [f"pid {row['pid']}"] if row.get("pid") else []
+    uptime = short_duration(row.get("uptime_s"))
+    parts += [f"up {uptime}"] if uptime is not None else []
     parts += [f"r{row['restarts']}"] if row.get("restarts") else []
     parts += [f"exit {row['last_exit']}"] if row.get("last_exit") is not None else []
     parts += ["NOT REGISTERED"] if row.get("not_registered") else []

@@ -6,6 +6,7 @@ programs (tests/support/fake_peripheral.py) that speak only the legacy protocol.
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import select
 import signal
@@ -18,10 +19,14 @@ from typing import Any, Iterator
 import pytest
 
 from actors.core.protocol import Op
-from tests.support.instances import REPO_ROOT, SUPPORT_DIR, Instance, start_instance, wait_until
+from actors.supervisor.peripherals import BEAT_ERROR_CHARS
+from tests.support.instances import (REPO_ROOT, SUPPORT_DIR, Instance, free_port_range, send_line, start_instance,
+                                     wait_until, write_test_config)
 
 FAKE = SUPPORT_DIR / "fake_peripheral.py"
 WAIT_S = 15.0
+SYNC_WAIT_S = 0.5  # a line echoed before `logs -f` opened the file is not printed: sent again after this
+BUS_PORTS = 6  # --bus tcp://HOST:PORT takes six consecutive ports
 
 
 def entry(key: str, *args: str, **settings: Any) -> str:
@@ -402,15 +407,161 @@ def test_a_resent_request_is_not_done_twice(robot: Robot) -> None:
 
 
 def test_restart_policies_and_a_missing_program(robot: Robot) -> None:
-    """on-failure leaves a clean exit stopped, never leaves a crash stopped, always restarts a clean exit; a missing program backs off."""
+    """on-failure leaves a clean exit stopped, never leaves a crash stopped, always restarts a clean exit; a missing
+    program backs off, and why it cannot start reaches /status's Launched too (shortened)."""
+    program = "/nonexistent/robot-program" + "-with-a-long-name" * 20
     robot.start(entry("clean", "--crash-after", "0.05", "--exit-code", "0")
                 + entry("never", "--crash-after", "0.05", restart="never")
                 + entry("always", "--crash-after", "0.05", "--exit-code", "0", restart="always", backoff=0.05, flap_limit=3)
-                + '[peripherals.missing]\ncommand = ["/nonexistent/robot-program"]\nbackoff = 0.05\nflap_limit = 2\n')
+                + f'[peripherals.missing]\ncommand = ["{program}"]\nbackoff = 0.05\nflap_limit = 2\n')
     assert robot.wait_state("clean", "stopped")["last_exit"] == 0
     never = robot.wait_state("never", "stopped")
     assert never["last_exit"] == 3 and never["restarts"] == 0
     assert robot.wait_state("always", "failed")["restarts"] == 2
     missing = robot.wait_state("missing", "failed")
-    assert "cannot start" in missing["error"] and "/nonexistent/robot-program" in missing["error"]
+    assert "cannot start" in missing["error"] and program in missing["error"]
     assert robot.row("clean")["restarts"] == 0
+
+    def launched_missing() -> dict[str, Any] | None:  # /status carries the supervisor's latest heartbeat
+        rows = json.loads(robot.instance.command("/status")).get("Launched", [])
+        return next((r for r in rows if r.get("name") == "missing" and r.get("state") == "failed"), None)
+    beat_row = wait_until(launched_missing, WAIT_S, 0.2, "/status Launched with the failed program")
+    assert beat_row["error"].startswith("cannot start /nonexistent/robot-program"), beat_row
+    assert len(beat_row["error"]) == BEAT_ERROR_CHARS and beat_row["error"].endswith("…"), beat_row
+
+
+def launch_cli(config_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`launch.py --config-dir <config_dir> <args>` to completion (status, peripheral, logs)."""
+    return subprocess.run([sys.executable, str(REPO_ROOT / "launch.py"), "--config-dir", str(config_dir), *args],
+                          capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
+
+
+def spawn_launch(config_dir: Path, out: Path, *args: str) -> subprocess.Popen:
+    """`launch.py --headless` in its own session, output to out."""
+    with open(out, "ab") as log:
+        return subprocess.Popen([sys.executable, str(REPO_ROOT / "launch.py"), "--headless", "--config-dir",
+                                 str(config_dir), *args], cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_launch(process: subprocess.Popen) -> None:
+    """SIGTERM the supervisor (it stops its actors and peripherals) and wait; SIGKILL if it hangs."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def satellite_rows(config_dir: Path, bus: str) -> dict[str, dict[str, Any]]:
+    """The satellite supervisor's launched peripherals (`launch.py --join ... status --json`)."""
+    done = launch_cli(config_dir, "--join", bus, "status", "--json")
+    if done.returncode != 0:
+        return {}
+    return {row["name"]: row for row in json.loads(done.stdout)["supervisor"].get("peripherals") or []}
+
+
+def test_a_satellite_launches_its_own_peripherals(tmp_path: Path) -> None:
+    """A satellite (`launch.py --join`) starts the peripherals.toml of its own config folder; they register with
+    the main board's gateway, and the satellite's `peripheral list` joins them (registered as ...)."""
+    main, satellite = tmp_path / "main", tmp_path / "sat"
+    command_port = write_test_config(main)["command_port"]
+    bus = f"tcp://127.0.0.1:{free_port_range(BUS_PORTS)[0]}"
+    pids = tmp_path / "arm.pids"
+    processes = [spawn_launch(main, tmp_path / "main.out", "--bus", bus, "--only", "broker,state,gateway")]
+    try:
+        wait_until(lambda: launch_cli(main, "--bus", bus, "status", "--json").returncode == 0
+                   and (main / "keys" / "client.key_secret").exists(), WAIT_S, 0.2, "the main board")
+        (satellite / "keys").mkdir(parents=True)
+        for name in ("server.key", "client.key", "client.key_secret"):
+            shutil.copy2(main / "keys" / name, satellite / "keys" / name)
+        # the fake reads the command port from orch.cf in its cwd: the main board's, as a real one is told its address
+        (satellite / "peripherals.toml").write_text(entry("arm", "--name", "Arm_Engine", "--pid-file", str(pids),
+                                                          name="Arm_Engine", cwd=str(main)))
+        processes.append(spawn_launch(satellite, tmp_path / "sat.out", "--join", bus, "--satellite-name", "pi"))
+        row = wait_until(lambda: (r := satellite_rows(satellite, bus).get("arm")) and r["registered"] and r, WAIT_S,
+                         0.2, "the satellite's peripheral to register with the main board")
+        assert row["state"] == "running" and row["peripheral"] == "Arm_Engine"
+        assert "Arm_Engine" in send_line(command_port, "/list"), "not registered with the main board's gateway"
+        listed = launch_cli(satellite, "--join", bus, "peripheral", "list")
+        assert listed.returncode == 0 and "arm" in listed.stdout and "running" in listed.stdout, listed
+        assert "registered as Arm_Engine" in listed.stdout, listed.stdout
+        assert "registered Arm_Engine" in (satellite / "logs" / "peripherals" / "arm.log").read_text()
+        main_list = launch_cli(main, "--bus", bus, "peripheral", "list")
+        assert main_list.stdout.startswith("no launched peripherals"), main_list  # each board launches its own file
+        leader = pid_lines(pids)[0][1]
+        stop_launch(processes.pop())  # the satellite stops: its peripherals go with it, the main board stays
+        assert not alive(leader), "the satellite left its peripheral behind"
+    finally:
+        for process in reversed(processes):
+            stop_launch(process)
+        kill_quietly([pid for _, pid, _ in pid_lines(pids)])
+
+
+def test_uuid_join_survives_a_kill_and_restart(robot: Robot) -> None:
+    """An entry with `uuid` is joined by it alone: a decoy registered under the entry's name is never taken, and after
+    kill -9 the restarted process registers the same uuid again and the row is joined again (status and list)."""
+    fixed = "3484b12d-4330-41ce-bf08-9fe42c1f6a01"
+    pids = robot.pid_file("llm")
+    robot.start(entry("llm", "--name", "LLM_Engine", "--uuid", fixed, "--pid-file", str(pids), uuid=fixed, name="llm",
+                      backoff=0.1)
+                + entry("decoy", "--name", "llm", name="llm"))  # under the llm entry's name, with a uuid of its own
+    robot.wait_state("decoy", "running", registered=True)
+    first = robot.wait_state("llm", "running", registered=True)
+    assert (first["uuid"], first["peripheral"]) == (fixed, "LLM_Engine"), first
+    os.kill(first["pid"], signal.SIGKILL)
+    again = wait_until(lambda: (r := robot.row("llm"))["pid"] not in (None, first["pid"]) and r["registered"] and r,
+                       WAIT_S, 0.05, "llm restarted and registered again")
+    assert (again["uuid"], again["peripheral"], again["restarts"], again["last_exit"]) == (fixed, "LLM_Engine", 1,
+                                                                                          -signal.SIGKILL), again
+    assert len(pid_lines(pids)) == 2
+    records = [p for p in robot.instance.state_client().request(Op.SNAPSHOT)["peripherals"] if p["uuid"] == fixed]
+    assert [r["name"] for r in records] == ["LLM_Engine"], records  # the same record, re-registered, not a new one
+    status = run_launch(robot, "status")
+    listed = run_launch(robot, "peripheral", "list")
+    for shown in (status.stdout, listed.stdout):
+        line = next(text for text in shown.splitlines() if text.strip().startswith("llm "))
+        assert "running" in line and "restarts 1" in line and "registered as LLM_Engine" in line, shown
+
+
+def read_until(stream: Any, wanted: bytes, timeout: float) -> bytes:
+    """What a child wrote to its stdout pipe, read until wanted is in it or timeout passes."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen and time.monotonic() < deadline:
+        if select.select([stream], [], [], 0.1)[0]:
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def test_logs_follow_keeps_every_line_across_rotations(robot: Robot) -> None:
+    """`launch.py logs <name> -f` goes on across rotations (a log of 1 KiB rotates every ten lines) and loses no
+    line: what was written to the old file before the follower noticed the new one is printed too, in order."""
+    count = 60
+    padding = "x" * 80  # lines of about 100 bytes
+    robot.start(entry("chatty", "--echo-stdin", stdin=True, log_max_bytes=1024, log_backups=10))
+    robot.wait_state("chatty", "running", registered=True)
+    follower = subprocess.Popen([sys.executable, str(REPO_ROOT / "launch.py"), "--config-dir", str(robot.config_dir),
+                                 "logs", "chatty", "-f", "-n", "0"], stdout=subprocess.PIPE, cwd=REPO_ROOT)
+    try:
+        seen = b""
+        deadline = time.monotonic() + WAIT_S
+        while b"got: sync\n" not in seen and time.monotonic() < deadline:  # until the follower is at the end, following
+            robot.control("send", "chatty", text="sync")
+            seen += read_until(follower.stdout, b"got: sync\n", SYNC_WAIT_S)
+        assert b"got: sync\n" in seen, seen
+        for index in range(count):
+            robot.control("send", "chatty", text=f"line-{index:04d} {padding}")
+        seen += read_until(follower.stdout, f"got: line-{count - 1:04d} {padding}\n".encode(), WAIT_S)
+    finally:
+        follower.kill()
+        follower.wait(timeout=5)
+    rotated = robot.config_dir / "logs" / "peripherals" / "chatty.log.1"
+    assert rotated.exists(), "the log never rotated: the test proves nothing"
+    got = [line for line in seen.decode().splitlines() if line.startswith("got: line-0")]
+    assert got == [f"got: line-{index:04d} {padding}" for index in range(count)], " ".join(line[10:14] for line in got)

@@ -5,6 +5,8 @@ import time
 import zlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from actors.ui import viewmodel as vm
 
@@ -227,3 +229,20 @@ def test_a_route_that_loses_payloads_shows_how_many_and_stands_out():
     assert "1,234" not in by_name["fine"].text and by_name["fine"].style == vm.Style.NORMAL
     header, _ = vm.route_rows([route("fine", UUID_A, UUID_B, messages=900)], names, 100, time.time())
     assert "LOST" not in header  # the column appears only once a route lost something
+
+
+def test_a_launched_process_shows_its_uptime():
+    row = {"name": "llm", "state": "running", "pid": 4242, "restarts": 1, "uptime_s": 192.7, "last_exit": -9}
+    assert vm.process_label(row) == "[running pid 4242 up 3m12s r1 exit -9]"
+    assert vm.process_label({**row, "uptime_s": None, "pid": None, "state": "backoff"}) == "[backoff r1 exit -9]"
+    assert [vm.short_duration(s) for s in (0, 59.9, 60, 3599, 3600 + 5 * 60, 86400 * 3 + 4 * 3600 + 59)] == [
+        "0s", "59s", "1m00s", "59m59s", "1h05m", "3d04h"]
+
+
+@given(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+                 st.text(max_size=20), st.lists(st.integers(), max_size=3)))
+def test_any_uptime_from_a_heartbeat_renders_without_raising(value):
+    label = vm.process_label({"state": "running", "pid": 7, "uptime_s": value})
+    is_duration = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+    assert (" up " in label) == is_duration, (value, label)
+    assert label.startswith("[running pid 7") and label.endswith("]")
