@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -101,9 +102,16 @@ def idle_beat_interval(endpoints: Endpoints) -> float:
     return IDLE_HEARTBEAT_INTERVAL_S if endpoints.events_in.startswith("ipc://") else HEARTBEAT_INTERVAL_S
 
 
+def next_boundary(now: float, period: float) -> float:
+    """The first multiple of period after now on the monotonic clock, which every process of a board shares: actors
+    that beat on it wake the broker, the supervisor and the UI once per round, not once per actor."""
+    return (math.floor(now / period) + 1) * period
+
+
 class Heartbeater:
     """Publishes this actor's heartbeat from the actor's own loop: every HEARTBEAT_INTERVAL_S while its figures
-    change (when beat_on_change), else every idle_interval_s; each beat says when to count the actor out."""
+    change (when beat_on_change), else on the next multiple of idle_interval_s (never further apart, and in step with
+    the board's other actors); each beat says when to count the actor out."""
 
     def __init__(self, actor: str, sock: zmq.Socket, endpoints: Endpoints | None = None, topic: Topic = Topic.HEARTBEAT,
                  beat_on_change: bool = True) -> None:
@@ -135,7 +143,7 @@ class Heartbeater:
         self.last_beat, self.last_stats = now, stats
         self.beats += 1
         starting = self.beats < STARTUP_BEATS and STARTUP_BEAT_INTERVAL_S < self.idle_interval_s
-        self.next_beat = now + (STARTUP_BEAT_INTERVAL_S if starting else self.idle_interval_s)
+        self.next_beat = now + STARTUP_BEAT_INTERVAL_S if starting else next_boundary(now, self.idle_interval_s)
         topic = heartbeat_topic(self.actor) if self.topic is Topic.HEARTBEAT else self.topic
         beat = Heartbeat(actor=self.actor, pid=os.getpid(), host=self.host, started_at=self.started_at, stats=stats,
                          expiry_s=self.idle_interval_s * HEARTBEAT_LIVENESS)

@@ -137,9 +137,6 @@ class Router:
                 self.dealer = self._connect_data()
                 self.tasks.start(self.fanout.read(self.dealer), self.acks.run(self.dealer.send))
             now = time.monotonic()
-            if self.dealer is not None and now >= next_data_beat:
-                next_data_beat = now + self.heart.idle_interval_s  # acks prove us alive too while data flows
-                await self.dealer.send(encode(self._heartbeat()))
             if self.usage.routes and now - next_usage > USAGE_FLUSH_INTERVAL_S:
                 # Traffic after a quiet spell: its first report covers one whole interval.
                 next_usage = now + USAGE_FLUSH_INTERVAL_S
@@ -150,7 +147,11 @@ class Router:
             self.sinks.reap_idle()
             self.sinks.watch(now)
             self.taps.read_subscriptions()
-            self.heart.maybe_beat(self.stats())
+            beat = self.heart.maybe_beat(self.stats())
+            if self.dealer is not None and (beat or now >= next_data_beat):
+                # With the bus beat, so both cost one wake-up; acks prove us alive too while data flows.
+                next_data_beat = now + self.heart.idle_interval_s
+                await self.dealer.send(encode(self._heartbeat()))
             # No data socket yet: nothing timed for it, the first snapshot wakes us.
             data_beat = next_data_beat if self.dealer is not None else math.inf
             next_due = min(data_beat, next_usage) if self.usage.routes else data_beat

@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from ..core.bus import BusPresence, heartbeat_topic
+from ..core.bus import BusPresence, heartbeat_topic, next_boundary
 from ..core.errors import NotOwner, OrchestratorError
 from .probe import (CONNECT_TIMEOUT_S, InfoAnswer, Outcome, ProbeResult, Target, accepting, probe_concurrency,
                     slow_first, sweep)
@@ -42,6 +42,7 @@ LOCAL_HOST_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", 
 WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", ""})
 TCP_ENDPOINT = re.compile(r"^tcp://\[?([^\]]*)\]?:(\d+)$")
 GATEWAY_ACTOR_PREFIX = "gateway"  # heartbeats from these carry the sources that sent data
+SWEEP_LEAD_S = 0.1  # a sweep of refused ports takes milliseconds: done before the beat on the boundary
 RESOLVE_CACHE_S = 60.0  # how long a host name's address is reused (a board that moved is found within a minute)
 
 
@@ -288,10 +289,10 @@ class Scanner:
         started = None
         while True:
             plan = self._current_plan()
-            if plan is None or (started is not None and time.monotonic() - started < plan.interval_s):
+            due_at = None if plan is None or started is None else next_sweep_at(started, plan.interval_s)
+            if plan is None or (due_at is not None and time.monotonic() < due_at):
                 # Asleep until the sweep is due, or an update arrives (a new scan_interval applies at once).
-                due_in = None if plan is None else started + plan.interval_s - time.monotonic()
-                await wait_event(self.plan_moved, due_in)
+                await wait_event(self.plan_moved, None if due_at is None else due_at - time.monotonic())
                 continue
             started = time.monotonic()
             await self.sweep_once(plan, client)
@@ -501,6 +502,13 @@ class Scanner:
         stats.garbage_total += stats.garbage
         log.debug("sweep %d: %d ports in %.3fs, %d found, %d garbage, %d silent", stats.sweeps, stats.ports_scanned,
                   seconds, stats.found, stats.garbage, stats.silent)
+
+
+def next_sweep_at(started: float, interval_s: float) -> float:
+    """Just before a multiple of the interval (at least half an interval after the last sweep): its figures then leave
+    with the beat every actor sends on that boundary, one wake-up of the broker, the supervisor and the UI for all."""
+    due = next_boundary(started + SWEEP_LEAD_S, interval_s) - SWEEP_LEAD_S
+    return due if due - started >= interval_s / 2 else due + interval_s
 
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> None:

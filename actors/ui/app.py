@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import zmq
 
-from ..core.bus import BusPresence
+from ..core.bus import BusPresence, next_boundary
 from ..core.protocol import Op
 from ..core.runner import StopFlag, run_actor, setup_logging
 from ..core.settings import REQUEST_TIMEOUT_S, Runtime
@@ -119,6 +119,12 @@ class Painter:
                 pass  # writing the bottom-right cell moves the cursor off screen: curses draws it, then reports this
         self.stdscr.noutrefresh()
         curses.doupdate()
+
+
+def clock_redraw_at(last_draw: float) -> float:
+    """The next whole second of the monotonic clock after the last frame: the board's beats fall on such seconds too
+    (core.bus.next_boundary), so the clock's repaint and a beat round share one wake-up."""
+    return next_boundary(last_draw, IDLE_REDRAW_S)
 
 
 @contextlib.contextmanager
@@ -220,7 +226,7 @@ class UiActor:
             self._follow_terminal_size(stdscr)
             dirty |= self.resized
             now = time.monotonic()
-            if pressed or (dirty and now - last_draw >= FRAME_INTERVAL_S) or now - last_draw >= IDLE_REDRAW_S:
+            if pressed or (dirty and now - last_draw >= FRAME_INTERVAL_S) or now >= clock_redraw_at(last_draw):
                 height, width = stdscr.getmaxyx()
                 painter.paint(self.interaction.render(width, height), full=self.resized)
                 self.frames += 1
@@ -231,8 +237,9 @@ class UiActor:
     def _wait_ms(self, dirty: bool, last_draw: float) -> int:
         """Until the next frame (a change is waiting), the clock's next repaint, a beat or a snapshot retry;
         events and keys wake us at once."""
-        since = time.monotonic() - last_draw
-        wait = FRAME_INTERVAL_S - since if dirty else min(IDLE_REDRAW_S - since, self.heart.due_in())
+        now = time.monotonic()
+        frame_at = last_draw + FRAME_INTERVAL_S if dirty else clock_redraw_at(last_draw)
+        wait = frame_at - now if dirty else min(frame_at - now, self.heart.due_in())
         retry = self.view.follower.due_in()  # None while in step or while the bus is dead: a beat wakes us
         if retry is not None:
             wait = min(wait, retry)

@@ -39,7 +39,7 @@ class FakeContext:
     async def settle(self, done: Callable[[StateReplica], bool]) -> None:
         return None
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         return {"UUID": "u", "Routes": 0}
 
 

@@ -18,6 +18,7 @@ from actors.core.bus import Heartbeater, beat_expiry, idle_beat_interval
 from actors.gateway.dataplane import DataPlane
 from actors.core.protocol import Heartbeat, Topic, decode_as, encode
 from actors.core.runner import StopFlag
+from actors.scanner.scanner import SWEEP_LEAD_S, next_sweep_at
 from actors.core.settings import (HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S, STARTUP_BEAT_INTERVAL_S,
                                   STARTUP_BEATS, Endpoints, Runtime)
 from tests.support.instances import start_instance, wait_until
@@ -77,7 +78,7 @@ def test_a_new_actor_beats_quickly_a_few_times_then_seldom(tmp_path, monkeypatch
     pub = FakePub()
     heart = Heartbeater("gateway", pub, ipc_endpoints(tmp_path))
     past_startup(heart, clock, {"n": 1})
-    assert len(pub.sent) == STARTUP_BEATS and heart.due_in() == pytest.approx(IDLE_HEARTBEAT_INTERVAL_S)
+    assert len(pub.sent) == STARTUP_BEATS and 0 < heart.due_in() <= IDLE_HEARTBEAT_INTERVAL_S
     assert all(beat.expiry_s == IDLE_HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS for beat in pub.sent)
 
 
@@ -87,6 +88,8 @@ def test_an_idle_actor_beats_seldom_and_says_when_to_count_it_out(tmp_path, monk
     pub = FakePub()
     heart = Heartbeater("gateway", pub, ipc_endpoints(tmp_path))
     past_startup(heart, clock, {"n": 1})
+    clock.now += heart.due_in()
+    assert heart.maybe_beat({"n": 1})
     for _ in range(int(IDLE_HEARTBEAT_INTERVAL_S / 0.25) - 1):
         clock.now += 0.25
         assert not heart.maybe_beat({"n": 1}), "unchanged figures beat before the idle interval"
@@ -94,6 +97,26 @@ def test_an_idle_actor_beats_seldom_and_says_when_to_count_it_out(tmp_path, monk
     clock.now += 0.25
     assert heart.maybe_beat({"n": 1})
     assert all(beat.expiry_s == IDLE_HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS for beat in pub.sent)
+
+
+def test_idle_actors_of_a_board_beat_in_step(tmp_path, monkeypatch) -> None:
+    """Idle beats fall on multiples of the idle interval of the monotonic clock every process shares, so the
+    broker, the supervisor and the UI wake once per round for all of them, never further apart than the interval."""
+    clock = Clock()
+    monkeypatch.setattr("actors.core.bus.time.monotonic", clock)
+    beat_times: dict[str, list[float]] = {"gateway": [], "router-1": []}
+    hearts = {}
+    for index, actor in enumerate(beat_times):
+        clock.now = 1000.0 + 1.7 * index  # started at different moments
+        hearts[actor] = Heartbeater(actor, FakePub(), ipc_endpoints(tmp_path))
+    for _ in range(int(IDLE_HEARTBEAT_INTERVAL_S * 4 / 0.05)):
+        clock.now += 0.05
+        for actor, heart in hearts.items():
+            if heart.maybe_beat({"n": 1}) and heart.beats > STARTUP_BEATS:
+                beat_times[actor].append(round(clock.now, 6))
+    gateway, router = beat_times.values()
+    assert len(gateway) >= 3 and gateway[-3:] == router[-3:]
+    assert all(later - earlier <= IDLE_HEARTBEAT_INTERVAL_S + 0.05 for earlier, later in zip(gateway, gateway[1:]))
 
 
 def test_changed_figures_leave_within_the_busy_interval(tmp_path, monkeypatch) -> None:
@@ -242,3 +265,14 @@ def test_the_gateway_does_not_wake_for_other_actors_beats_and_status_still_lists
 
 def actor_names(instance) -> set[str]:
     return {actor["name"] for actor in json.loads(instance.command("/status")).get("Actors", [])}
+
+
+@pytest.mark.parametrize("started", [1000.0, 1000.02, 1004.85, 1004.95, 1007.3])
+def test_sweeps_end_just_before_the_boards_beat(started: float) -> None:
+    """A sweep is due just before a multiple of scan_interval, so its figures leave with that round's beat instead
+    of costing a beat of their own; never sooner than half an interval after the last sweep."""
+    interval = 5.0
+    due = next_sweep_at(started, interval)
+    phase = (due + SWEEP_LEAD_S) % interval
+    assert phase == pytest.approx(0) or phase == pytest.approx(interval)
+    assert interval / 2 <= due - started <= interval * 1.5

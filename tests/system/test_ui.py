@@ -18,6 +18,7 @@ from actors.ui import app as ui
 from actors.ui import screens
 from actors.ui import viewmodel as vm
 from actors.core.protocol import Op
+from actors.core.settings import HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S
 from tests.support.instances import REPO_ROOT, Instance, start_instance, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -355,7 +356,9 @@ def test_says_when_the_orchestrator_is_gone_and_recovers_when_it_returns(tmp_pat
         session = open_ui(tmux_uis, instance, tmp_path)
         session.wait_for("actors")
         instance.stop()
-        session.wait_for("orchestrator not reachable — reconnecting", timeout=SCREEN_TIMEOUT_S * 2)
+        # Counted gone when the last beat's expiry passes (two idle intervals: a beat may have left just before).
+        session.wait_for("orchestrator not reachable — reconnecting",
+                         timeout=IDLE_HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS + SCREEN_TIMEOUT_S)
         instance = start_instance(tmp_path, only=["broker", "state"])
         session.wait_for("actors", timeout=SCREEN_TIMEOUT_S * 2)
         register(instance, "Back_Again", 26221)
