@@ -10,6 +10,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from ..core.durations import short_duration
 from ..core.errors import BadArguments, OrchestratorError, UnknownPeripheral
 from .launchfile import INT_LIMITS, KEY_PATTERN
 from ..core.settings import PERIPHERAL_LOG_DIR_NAME, Runtime
@@ -22,11 +23,7 @@ MAX_LOG_BACKUPS = INT_LIMITS["log_backups"][1]  # the most rotated files a launc
 
 
 def format_uptime(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+    return short_duration(seconds) or "-"
 
 
 def registration_text(row: dict[str, Any]) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import textwrap
 import time
 import unicodedata
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Iterable, Sequence, overload
 
+from ..core.durations import SECONDS_PER_DAY, SECONDS_PER_HOUR, SECONDS_PER_MINUTE, short_duration
 from ..core.records import BY_PORT_MARKER
 from ..core.rules import RULE_KEYS
 
@@ -26,9 +26,6 @@ MIN_HEIGHT = 10
 PALETTE_SIZE = 6  # distinct colours for peripheral families (the renderer maps them to curses colours)
 ELLIPSIS = "…"
 ARROW = "→"
-SECONDS_PER_MINUTE = 60
-SECONDS_PER_HOUR = 3600
-SECONDS_PER_DAY = 86400
 PAGE_OVERLAP_ROWS = 1
 OFFLINE, ONLINE = "offline", "online"
 FOOTER_KEYS = "m menu  : command  Tab section  ↑↓ PgUp PgDn Home End scroll  d detach  q quit"
@@ -281,24 +278,6 @@ def launched_rows(model: Model) -> list[dict[str, Any]]:
     supervisor = model.actors.get("supervisor")
     rows = supervisor.stats.get("peripherals") if supervisor is not None else None
     return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
-
-
-def short_duration(seconds: Any) -> str | None:
-    """'45s', '3m12s', '2h05m', '3d04h': an uptime in the few characters a list has room for.
-
-    None for anything that is not a finite, non-negative number (a row comes from a heartbeat: never trusted).
-    """
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-        return None
-    total = int(seconds)
-    days, rest = divmod(total, SECONDS_PER_DAY)
-    hours, rest = divmod(rest, SECONDS_PER_HOUR)
-    minutes, secs = divmod(rest, SECONDS_PER_MINUTE)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def process_label(row: dict[str, Any]) -> str:
