@@ -2,8 +2,10 @@
 
 Requests come through the broker (a ROUTER here, so a whole burst is read at once); each burst
 is applied, written to disk once (group commit), and only then acknowledged, so an acknowledged
-change survives a crash. Usage counters and liveness are written lazily, at most once a
-LAZY_WRITE_DELAY_S. Every change is published as a numbered StateUpdate (Clone pattern).
+change survives a crash. Usage counters and liveness are written lazily: within LAZY_WRITE_DELAY_S, and a sighting
+that only refreshes a known, online peripheral's last_seen within LIVENESS_WRITE_DELAY_S (a sweep every 5 s must not
+rewrite the file, and wear a board's flash, every 5 s). Every change is published at once as a numbered StateUpdate
+(Clone pattern).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import uuid as uuidlib
 from collections import OrderedDict
 from typing import Any, Callable
 
+import msgpack
 import zmq
 
 from ..core.refusals import RefusalLog
@@ -32,7 +35,10 @@ log = logging.getLogger(__name__)
 MAX_BURST = 1000
 REPLY_CACHE_SIZE = 4096
 LAZY_WRITE_DELAY_S = 1.0
+LIVENESS_WRITE_DELAY_S = 30.0  # last_seen on disk may lag this much; replicas get it at once; a stop writes it
 LAZY_OPS = {Op.SEEN.value, Op.ALIVE.value, Op.LOST.value, Op.ROUTE_USAGE.value}
+SIGHTING_OPS = {Op.SEEN.value: "uuid", Op.ALIVE.value: "uuids"}  # op -> the argument naming what was sighted
+REFRESHED_BY_SIGHTING = ("last_seen",)
 QUIET_OPS = {Op.SNAPSHOT.value, Op.ROUTE_USAGE.value, Op.SEEN.value, Op.ALIVE.value}
 CONFIG_NOTICE_REPEAT_S = 300.0  # how often a loopback-only fallback is logged again
 EDIT_POLL_INTERVAL_S = 1.0  # where the kernel cannot watch the folder: how often the files are stat'ed for hand edits
@@ -61,7 +67,7 @@ class StateKeeper:
         self.changed_peripherals: set[str] | None = None  # since the last save; None: render every peripheral again
         self.last_write_seconds = 0.0
         self.durable_dirty = False
-        self.lazy_dirty_since: float | None = None
+        self.lazy_write_at: float | None = None  # when the pending lazy changes are written (None: none pending)
         self.notice_logged_at = time.monotonic()
         self.notes_logged = 0
         self.edits_checked_at = time.monotonic()
@@ -133,8 +139,8 @@ class StateKeeper:
         """Until the next timed job: a beat, the hand-edit check, a lazy write (requests wake us at once)."""
         now = time.monotonic()
         due = [self.heart.due_in(), self.edits_checked_at + self.edits.poll_s - now]
-        if self.lazy_dirty_since is not None:
-            due.append(self.lazy_dirty_since + LAZY_WRITE_DELAY_S - now)
+        if self.lazy_write_at is not None:
+            due.append(self.lazy_write_at - now)
         return max(0.0, min(due))
 
     def _stats(self) -> dict[str, Any]:
@@ -200,11 +206,13 @@ class StateKeeper:
         """A handler applying op to the tables: publishes its changes, schedules their write, logs its line."""
         def run(request: Request) -> Any:
             args = request.args
+            before = self._sighted(op, args)
             result, changes = apply(args)
             if changes:
                 self._publish(changes)
                 if op in LAZY_OPS:
-                    self.lazy_dirty_since = self.lazy_dirty_since or time.monotonic()
+                    delay = LIVENESS_WRITE_DELAY_S if refreshed_only(changes, before) else LAZY_WRITE_DELAY_S
+                    self._write_lazily_within(delay)
                 else:
                     self.durable_dirty = True
                 if op not in QUIET_OPS:
@@ -270,12 +278,26 @@ class StateKeeper:
         if edit.rewrite:
             self.durable_dirty = True
 
+    def _sighted(self, op: str, args: dict[str, Any]) -> dict[str, bytes]:
+        """For a sighting: each sighted known record as it stands, but for what a sighting refreshes."""
+        name = SIGHTING_OPS.get(op)
+        if name is None:
+            return {}
+        sighted = args.get(name)
+        uuids = sighted if isinstance(sighted, list) else [sighted]
+        known = self.tables.peripherals
+        return {uuid: fingerprint(known[uuid]) for uuid in uuids if isinstance(uuid, str) and uuid in known}
+
+    def _write_lazily_within(self, delay_s: float) -> None:
+        due = time.monotonic() + delay_s
+        self.lazy_write_at = due if self.lazy_write_at is None else min(self.lazy_write_at, due)
+
     def _lazy_flush(self) -> None:
-        if self.lazy_dirty_since is not None and time.monotonic() - self.lazy_dirty_since >= LAZY_WRITE_DELAY_S:
+        if self.lazy_write_at is not None and time.monotonic() >= self.lazy_write_at:
             self._flush()
 
     def _flush(self) -> None:
-        if not self.durable_dirty and self.lazy_dirty_since is None:
+        if not self.durable_dirty and self.lazy_write_at is None:
             return
         self._check_outside_edits(force=True)  # merge an unread hand edit first, so this write does not undo it
         began = time.perf_counter()
@@ -288,7 +310,18 @@ class StateKeeper:
         self.last_write_seconds = time.perf_counter() - began
         self.write_seconds += self.last_write_seconds
         self.durable_dirty = False
-        self.lazy_dirty_since = None
+        self.lazy_write_at = None
+
+
+def fingerprint(record: dict[str, Any]) -> bytes:
+    """A peripheral record but for the fields a sighting refreshes, to tell a mere sighting from a change."""
+    return msgpack.packb({k: v for k, v in record.items() if k not in REFRESHED_BY_SIGHTING}, use_bin_type=True)
+
+
+def refreshed_only(changes: list[Change], before: dict[str, bytes]) -> bool:
+    """Whether these changes only refreshed the sighting fields of records that were known (and stay as they were)."""
+    return bool(before) and all(kind == UpdateKind.PERIPHERAL.value and key in before
+                                and fingerprint(value) == before[key] for kind, key, value in changes)
 
 
 def describe_changes(changes: list[Change]) -> str:

@@ -207,3 +207,31 @@ def test_replica_feed_applies_updates_and_detects_a_missed_trailing_update():
     assert not replica.needs_snapshot  # only the keeper's heartbeat speaks for the state
     replica.feed(Heartbeat(actor="state", pid=1, host="h", started_at=0, stats={"epoch": "e", "seq": 3}))
     assert replica.needs_snapshot
+
+
+def test_a_mere_sighting_does_not_rewrite_the_file_but_a_change_does_and_a_stop_keeps_it(tmp_path):
+    """A sweep every 5 s sights every peripheral: rewriting orch.cf each time would wear a board's flash for a
+    last_seen nobody reads from disk. A sighting that changes something (port, config, back online) is written at
+    once; last_seen alone waits (replicas have it at once), and a stop writes it."""
+    instance = start_instance(tmp_path, only=["broker", "state"])
+    try:
+        client = instance.state_client()
+        client.request(Op.REGISTER, name="TTS_Engine", uuid=uid(1), port=26301)
+        client.request(Op.SEEN, name="TTS_Engine", uuid=uid(1), port=26301, host="localhost")  # online: a change
+        wait_until(lambda: instance.read_json("orch.cf")["peripherals"][0].get("online"), 5, 0.05, "online on disk")
+        orch_cf = instance.config_dir / "orch.cf"
+        written = orch_cf.stat().st_mtime_ns
+        last_seen = instance.read_json("orch.cf")["peripherals"][0]["last_seen"]
+        time.sleep(0.05)
+        sighted = client.request(Op.SEEN, name="TTS_Engine", uuid=uid(1), port=26301, host="localhost")
+        assert sighted["last_seen"] > last_seen  # the running state has it
+        time.sleep(2.0)  # beyond the 1 s of a lazy write
+        assert orch_cf.stat().st_mtime_ns == written
+        client.request(Op.SEEN, name="TTS_Engine", uuid=uid(1), port=26301, host="localhost",
+                       config={"voice": "low"})  # its /info changed: a change
+        wait_until(lambda: instance.read_json("orch.cf")["peripherals"][0]["config"] == {"voice": "low"}, 3, 0.05,
+                   "the changed config on disk")
+        final = client.request(Op.SEEN, name="TTS_Engine", uuid=uid(1), port=26301, host="localhost")["last_seen"]
+    finally:
+        instance.stop()
+    assert json.loads(orch_cf.read_text())["peripherals"][0]["last_seen"] == final
