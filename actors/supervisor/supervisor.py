@@ -405,8 +405,9 @@ class Supervisor:
                 log.warning("%s on %s lost: no heartbeat for %.0fs", actor.name, actor.host, silent)
 
     def _sleep_s(self, heart: Heartbeater) -> float:
-        """Until the next timed job: a beat, a restart, a hang or a remote actor's expiry. A child's exit
-        (SIGCHLD), a stop signal, an event or a control request wake us earlier."""
+        """Until the next timed job: a beat, a restart, a hang, a remote actor's expiry or a peripheral's deadline. A
+        child's exit (a peripheral's too: SIGCHLD), a stop signal, an event, a state update or a control request wake
+        us earlier."""
         now, mono = time.time(), time.monotonic()
         due = [heart.due_in()]
         for child in self.children:
