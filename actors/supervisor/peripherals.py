@@ -47,6 +47,9 @@ CLOSE_POLL_S = 0.05
 MAX_SEND_BYTES = 65536  # one :send line
 ACTIONS = ("list", "start", "stop", "restart", "send", "tail")
 WATCHDOG_RETRY_S = 5.0  # a watchdog that cannot be started (no memory, no processes left) is tried again this often
+# A stopping group whose leader is gone: its other members are not our children, so no SIGCHLD says when they have
+# left; looked at this often until they have, or until stop_deadline (the stop's own bound) kills them.
+GROUP_FINISH_POLL_S = 0.25
 REPLY_CACHE_SIZE = 64  # a client's resent request (same req_id) gets the first answer: a line is never sent twice
 BEAT_ERROR_CHARS = 160  # why a program cannot start, as a heartbeat row carries it (launch.py status has it whole)
 
@@ -252,13 +255,53 @@ class PeripheralManager:
         now = time.monotonic()
         if now >= self.next_file_check:
             self.check_file()
+        if self.follower is not None:
+            self.follower.poll()  # even with no entries left: its sockets wake the loop until they are read
         if not self.entries:
             return
-        if self.follower is not None:
-            self.follower.poll()
         self._keep_watchdog()
         for entry in list(self.entries.values()):
             self._step(entry, now)
+
+    @property
+    def sockets(self) -> tuple[zmq.Socket, ...]:
+        """For the supervisor's poller once tick() runs (it reads them): a state update wakes the loop at once."""
+        return self.follower.sockets if self.follower is not None else ()
+
+    def next_due(self, now: float) -> float | None:
+        """Seconds until tick() has timed work to do (0: now), None when nothing is timed.
+
+        Everything else reaches tick() as an event that wakes the supervisor: an exit (SIGCHLD; peripherals and the
+        watchdog are its children), a registration (the follower's sockets), a request, an edit of the launch file.
+        """
+        due = [self.next_file_check]
+        if self.follower is not None and (wait := self.follower.due_in()) is not None:
+            due.append(now + wait)
+        if self.entries and (self.watchdog is None or self.watchdog.returncode is not None):
+            due.append(self.watchdog_retry_at)
+        due += [at for entry in self.entries.values() if (at := self._entry_due(entry, now)) is not None]
+        return max(0.0, min(due) - now)
+
+    def _entry_due(self, entry: Launched, now: float) -> float | None:
+        """When _step has something to do for this entry unprompted (monotonic), None when only an event can."""
+        if entry.alive:
+            if entry.stop_deadline is not None:  # SIGKILL then; a leader that outlives even that is looked at again
+                return entry.stop_deadline if now < entry.stop_deadline else now + GROUP_FINISH_POLL_S
+            if not entry.flagged and not self.registered(entry):
+                return entry.started_mono + entry.spec.start_timeout  # flagged NOT REGISTERED then
+            return None
+        if entry.pgid is not None:  # stopping, the leader gone, the rest of its group still finishing
+            return min(now + GROUP_FINISH_POLL_S, entry.stop_deadline or now)
+        if self.closing or entry.held or entry.failed:
+            return None
+        return max(entry.next_start, self._gate_due(entry))
+
+    def _gate_due(self, entry: Launched) -> float:
+        """When `after` stops holding the first start back: at once when open (or nothing pending), else its
+        start_timeout (a registration of what it waits for wakes the loop sooner)."""
+        if entry.gate_open or all(d not in self.entries or self.registered(self.entries[d]) for d in entry.spec.after):
+            return 0.0
+        return entry.waiting_since + entry.spec.start_timeout
 
     def close(self) -> None:
         """Stop every peripheral (SIGTERM to each group, SIGKILL after its stop_timeout), then the watchdog."""

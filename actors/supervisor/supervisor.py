@@ -31,7 +31,7 @@ from ..core.protocol import Activity, Heartbeat, Op, ProtocolError, Reply, Reque
 from ..core.security import secure_server, start_authenticator
 from ..core.runner import console_handler
 from ..core.serving import Handler, serve
-from ..core.settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, POLL_INTERVAL_MS, Runtime
+from ..core.settings import HEARTBEAT_EXPIRY_S, LOCK_FILE_NAME, Runtime
 
 log = logging.getLogger("supervisor")
 
@@ -53,7 +53,6 @@ STARTUP_GRACE_S = 15.0
 HANG_TIMEOUT_S = HEARTBEAT_EXPIRY_S * 4  # above an idle beat's expiry (IDLE_HEARTBEAT_INTERVAL_S x liveness)
 STOP_GRACE_S = 3.0
 WAKEUP_READ_BYTES = 4096
-PERIPHERALS_TICK_S = POLL_INTERVAL_MS / 1000  # while robot programs are declared (peripherals.toml)
 ACTIVITY_HISTORY = 500  # activity lines kept for a UI that attaches later
 REMOTE_FORGET_S = 60.0  # an actor of another supervisor silent this long leaves the status table
 
@@ -406,8 +405,9 @@ class Supervisor:
                 log.warning("%s on %s lost: no heartbeat for %.0fs", actor.name, actor.host, silent)
 
     def _sleep_s(self, heart: Heartbeater) -> float:
-        """Until the next timed job: a beat, a restart, a hang or a remote actor's expiry. A child's exit
-        (SIGCHLD), a stop signal, an event or a control request wake us earlier."""
+        """Until the next timed job: a beat, a restart, a hang, a remote actor's expiry or a peripheral's deadline. A
+        child's exit (a peripheral's too: SIGCHLD), a stop signal, an event, a state update or a control request wake
+        us earlier."""
         now, mono = time.time(), time.monotonic()
         due = [heart.due_in()]
         for child in self.children:
@@ -421,10 +421,8 @@ class Supervisor:
                 for actor in self.remote.values() if not actor.reported_lost]
         if not self._peripherals_may_start():
             due.append(self.started_at + STARTUP_GRACE_S - now)
-        else:
-            due.append(self.peripherals.next_file_check - mono)
-            if self.peripherals.entries:  # the robot's programs: restarts, stop deadlines, registrations, each pass
-                due.append(PERIPHERALS_TICK_S)
+        elif (peripherals := self.peripherals.next_due(mono)) is not None:  # restarts, stop and start deadlines
+            due.append(peripherals)
         return max(0.0, min(due))
 
     def _peripherals_may_start(self) -> bool:
@@ -484,6 +482,7 @@ class Supervisor:
                 self._expire_remote()
                 if self._peripherals_may_start():
                     self.peripherals.tick()  # peripherals start once the orchestrator can take their registrations
+                    self._watch(poller, self.peripherals.sockets)  # from now on tick() reads them each pass
                 heart.maybe_beat(self._beat_stats())  # a changed health leaves within HEARTBEAT_INTERVAL_S
         finally:
             self.peripherals.close()
@@ -499,6 +498,13 @@ class Supervisor:
             os.close(wakeup)
             log.info("stopped")
         return 0
+
+    @staticmethod
+    def _watch(poller: zmq.Poller, sockets: tuple[zmq.Socket, ...]) -> None:
+        """Sockets whose traffic wakes the loop (the peripherals' follower: a registration is handled at once)."""
+        for sock in sockets:
+            if sock not in poller:
+                poller.register(sock, zmq.POLLIN)
 
     def _wake_on_signals(self) -> int:
         """A pipe the interpreter writes to on each signal: a child's exit (SIGCHLD) or a stop wakes the loop now."""
