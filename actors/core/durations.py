@@ -1,4 +1,4 @@
-"""Durations as people read them in a list: one formatter for the UI and launch.py."""
+"""Durations as people read them in a list: one formatter for the UI and launch.py, and uptimes from start times."""
 from __future__ import annotations
 
 import math
@@ -25,3 +25,12 @@ def short_duration(seconds: Any) -> str | None:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def with_uptime(row: dict[str, Any], now: float) -> dict[str, Any]:
+    """A launched program's row as its supervisor's beat carries it (``started_at``, wall clock: fixed while it
+    runs, so the beat stays unchanged) with ``uptime_s`` at now; rows come from the bus and are never trusted."""
+    started = row.get("started_at")
+    if isinstance(started, bool) or not isinstance(started, (int, float)) or not math.isfinite(started):
+        return {**row, "uptime_s": None}
+    return {**row, "uptime_s": round(max(0.0, now - started), 1)}

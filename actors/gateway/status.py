@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Awaitable, Callable
 
+from ..core.durations import with_uptime
 from ..core.protocol import Heartbeat
 from ..core.replica import StateReplica
 from .access import AuthGuard
@@ -92,7 +93,10 @@ def launched_entry(beats: dict[str, Heartbeat]) -> dict[str, Any]:
     (a satellite's supervisor, heard first, must not stand in for it)."""
     main = beats.get("supervisor")
     rows = main.stats.get("peripherals") if main is not None else None
-    return {"Launched": rows} if isinstance(rows, list) else {}
+    if not isinstance(rows, list):
+        return {}
+    now = time.time()
+    return {"Launched": [with_uptime(row, now) for row in rows if isinstance(row, dict)]}
 
 
 def format_duration(seconds: float) -> str:

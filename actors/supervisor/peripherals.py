@@ -721,6 +721,7 @@ class PeripheralManager:
                          "state": entry.state(now), "pid": entry.process.pid if entry.alive else None,
                          "restarts": entry.restarts,
                          "uptime_s": round(now - entry.started_mono, 1) if entry.alive else None,
+                         "started_at": entry.started_at if entry.alive else None,
                          "last_exit": entry.last_exit,
                          "registered": self.registered(entry), "online": bool(record and record.get("online")),
                          "peripheral": record["name"] if record else None, "uuid": record["uuid"] if record else None,
@@ -742,8 +743,9 @@ class PeripheralManager:
         return problems
 
     def beat(self) -> list[dict[str, Any]]:
-        """The compact rows the supervisor's heartbeat carries (the gateway's /status and the UI read them)."""
-        keys = ("name", "state", "pid", "restarts", "uptime_s", "last_exit", "registered", "online",
+        """The compact rows the supervisor's heartbeat carries (the gateway's /status and the UI read them). They carry
+        when a program started, not its uptime: rows that change every pass would make every pass a changed beat."""
+        keys = ("name", "state", "pid", "restarts", "started_at", "last_exit", "registered", "online",
                 "peripheral", "not_registered")
         return [{**{key: row[key] for key in keys}, "error": shorten(row["error"], BEAT_ERROR_CHARS)}
                 for row in self.describe()]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Iterable, Sequence, overload
 
-from ..core.durations import SECONDS_PER_DAY, SECONDS_PER_HOUR, SECONDS_PER_MINUTE, short_duration
+from ..core.durations import SECONDS_PER_DAY, SECONDS_PER_HOUR, SECONDS_PER_MINUTE, short_duration, with_uptime
 from ..core.records import BY_PORT_MARKER
 from ..core.rules import RULE_KEYS
 
@@ -277,7 +277,7 @@ def launched_rows(model: Model) -> list[dict[str, Any]]:
     """The peripherals the supervisor launched (peripherals.toml), from its heartbeat."""
     supervisor = model.actors.get("supervisor")
     rows = supervisor.stats.get("peripherals") if supervisor is not None else None
-    return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+    return [with_uptime(row, model.now) for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
 
 
 def process_label(row: dict[str, Any]) -> str:
