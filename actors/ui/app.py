@@ -103,7 +103,7 @@ class Painter:
         before = self.shown
         self.shown = lines
         height, width = self.stdscr.getmaxyx()
-        if full or len(before) != len(lines):
+        if full or before is None or len(before) != len(lines):
             self.stdscr.clear() if full else self.stdscr.erase()
             before = []
         for y, line in enumerate(lines[:height]):

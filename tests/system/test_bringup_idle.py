@@ -7,24 +7,15 @@ sockets), a request. The CPU figures are measured by bench/bringup_bench.py; the
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Iterator
 
-import pytest
 import zmq
 
 from actors.core.protocol import Op, Topic
 from tests.support.instances import wait_until
+from tests.system import test_bringup
 from tests.system.test_bringup import WAIT_S, Robot, entry, pid_lines
 
-
-@pytest.fixture
-def robot(tmp_path: Path) -> Iterator[Robot]:
-    bot = Robot(tmp_path)
-    try:
-        yield bot
-    finally:
-        bot.close()
+robot = test_bringup.robot  # the same fixture: a launch.py with a peripherals.toml, cleaned up whatever happens
 
 
 IDLE_WINDOW_S = 3.0
