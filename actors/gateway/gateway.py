@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 SETTLE_TIMEOUT_S = HEARTBEAT_INTERVAL_S
 BEATS_TIMEOUT_S = 0.5  # /status waits this long for the supervisor's beats, then answers without them
 BEATS_WARN_INTERVAL_S = 60.0
+BEATS_REUSE_S = 0.5  # beats change every 1.5 s at most: one answer serves every /status within this
 RETRY_S = POLL_INTERVAL_MS / 1000  # while a source waits for a router (none live, or busy): how often it is retried
 COUNTERS = ("connections_total", "connections_refused", "lines_in", "bytes_in", "payloads_in", "commands",
             "unknown_source", "no_route", "bad_lines", "too_long", "idle_timeouts", "partial_lines_dropped",
@@ -79,6 +80,8 @@ class Gateway:
         self.limits = limits_from_config({})
         self.supervisor: AsyncRequestClient | None = None  # /launch, /status: asked lazily, on its control socket
         self.beats_warned_at = -BEATS_WARN_INTERVAL_S
+        self.beats_asked: asyncio.Future | None = None  # the supervisor's answer, shared by /status asked meanwhile
+        self.beats_asked_at = 0.0
         self.plane = DataPlane(_unbound)  # its send is the data socket's, once bound (_main)
         self.ingress = Ingress(self.replica, self.counters, self.plane.submit, self.plane.paused)
         self.plane.on_pause = self.ingress.source_paused
@@ -212,8 +215,17 @@ class Gateway:
         self.replica_changed = asyncio.Event()
 
     async def _live_beats(self) -> dict[str, Heartbeat]:
-        """Every live actor's last beat for /status, from the supervisor (it hears them all); none when it does not
-        answer, which /status then shows as no actors."""
+        """Every live actor's last beat for /status. /status from many clients at once (or a client flooding it)
+        asks the supervisor once per BEATS_REUSE_S: its loop also watches liveness and restarts, and must not be kept
+        busy."""
+        now = time.monotonic()
+        if self.beats_asked is None or (self.beats_asked.done() and now - self.beats_asked_at >= BEATS_REUSE_S):
+            self.beats_asked, self.beats_asked_at = asyncio.ensure_future(self._ask_beats()), now
+        return await asyncio.shield(self.beats_asked)  # a caller that goes away does not cancel the others' answer
+
+    async def _ask_beats(self) -> dict[str, Heartbeat]:
+        """From the supervisor (it hears every beat); none when it does not answer, which /status shows as no
+        actors."""
         try:
             result = await self.control(Op.CONTROL_BEATS, timeout=BEATS_TIMEOUT_S)
         except OrchestratorError as exc:

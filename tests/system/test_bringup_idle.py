@@ -12,6 +12,7 @@ import zmq
 
 from actors.core.protocol import Op, Topic
 from tests.support.instances import wait_until
+from tests.support.procstat import main_thread_sleeps
 from tests.system import test_bringup
 from tests.system.test_bringup import WAIT_S, Robot, entry, pid_lines
 
@@ -22,13 +23,6 @@ IDLE_WINDOW_S = 3.0
 OLD_TICK_WAKEUPS = int(IDLE_WINDOW_S / 0.25)  # what the former 0.25 s peripherals tick cost the main thread alone
 IDLE_WAKEUP_LIMIT = 8  # one round of heartbeats (every 5 s on one board) costs 2 to 5; measured 14 to 25 with the tick
 ON_TIME_S = 1.2  # a program's start, once due, until its first line of Python ran (its pid file), on a loaded machine
-
-
-def main_thread_sleeps(pid: int) -> int:
-    """Voluntary context switches of a process's main thread: how often its loop went to sleep, so woke again (the
-    involuntary ones are preemptions by whatever else this machine runs, not wake-ups)."""
-    with open(f"/proc/{pid}/task/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches:"))
 
 
 def test_an_idle_robot_does_not_wake_its_supervisor_on_a_fixed_period(robot: Robot) -> None:

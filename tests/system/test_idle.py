@@ -22,6 +22,7 @@ from actors.scanner.scanner import SWEEP_LEAD_S, next_sweep_at
 from actors.core.settings import (HEARTBEAT_EXPIRY_S, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, IDLE_HEARTBEAT_INTERVAL_S, STARTUP_BEAT_INTERVAL_S,
                                   STARTUP_BEATS, Endpoints, Runtime)
 from tests.support.instances import start_instance, wait_until
+from tests.support.procstat import context_switches, main_thread_sleeps
 
 DETECTION_LIMIT_S = 3.0  # a dead actor or a silent satellite is counted out within this (the issue's bound)
 STOP_LIMIT_S = 1.0  # SIGTERM to exit of an idle actor asleep until its next 5 s beat
@@ -227,16 +228,6 @@ def test_the_keepers_beat_reaches_replicas_without_anyone_elses(core) -> None:
         sub.close()
 
 
-def context_switches(pid: int) -> int:
-    """Voluntary + involuntary context switches of every thread of pid: how often it woke."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/status") as status:
-            total += sum(int(line.split()[1]) for line in status
-                         if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")))
-    return total
-
-
 def test_the_gateway_does_not_wake_for_other_actors_beats_and_status_still_lists_them(orchestrator) -> None:
     """/status gets the actors' beats from the supervisor (which hears them all for liveness), so a beat on the bus
     wakes the gateway no more: 300 beats published cost it a handful of wake-ups, not hundreds."""
@@ -276,3 +267,19 @@ def test_sweeps_end_just_before_the_boards_beat(started: float) -> None:
     phase = (due + SWEEP_LEAD_S) % interval
     assert phase == pytest.approx(0) or phase == pytest.approx(interval)
     assert interval / 2 <= due - started <= interval * 1.5
+
+
+def test_a_status_flood_does_not_keep_the_supervisor_busy(orchestrator) -> None:
+    """/status asks the supervisor for the beats, but once per half second however many clients ask: 200 of them
+    in a burst from 8 connections cost its loop a handful of wake-ups, and every answer still lists the actors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    supervisor = orchestrator.process.pid
+    actor_names(orchestrator)  # the first answer, and the supervisor's start-up beats, are behind us
+    time.sleep(0.5)
+    before = main_thread_sleeps(supervisor)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: actor_names(orchestrator), range(200)))
+    woke = main_thread_sleeps(supervisor) - before
+    assert all({"supervisor", "gateway", "router-1"} <= names for names in answers)
+    assert woke < 50, f"the supervisor woke {woke} times for 200 /status"
