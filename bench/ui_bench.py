@@ -116,6 +116,24 @@ def route_load(instance, sink: LineSink):
     return send
 
 
+def render_cost_us(history: int, rounds: int = 500) -> float:
+    """CPU microseconds for one overview frame (120 x 40) with `history` activity lines kept: what the clock's
+    repaint once a second costs in rendering, before curses."""
+    from actors.ui import viewmodel as vm
+    now = time.monotonic()
+    actors = {name: vm.ActorStatus(name, now, time.time() - 65, 1, {"delivered": 5, "last_scan": time.time() - 2})
+              for name in ("supervisor", "broker", "state", "gateway", "router-1", "scanner")}
+    activity = [vm.ActivityLine(time.time(), "gateway", "INFO", f"line {i}: something happened, with details")
+                for i in range(history)]
+    model = vm.Model(script_uuid=str(uuidlib.uuid4()), actors=actors, connected=True, ever_connected=True,
+                     activity=activity)
+    vm.overview(model, 120, 40)
+    began = time.process_time()
+    for _ in range(rounds):
+        vm.overview(model, 120, 40)
+    return (time.process_time() - began) / rounds * 1e6
+
+
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {"median": round(statistics.median(ordered), 1), "p95": round(ordered[int(0.95 * (len(ordered) - 1))], 1),
@@ -150,6 +168,7 @@ def main() -> int:
         results = {
             "update_latency_ms": summary(latency), "samples": args.samples,
             "idle_cpu_percent": round(idle, 2), "loaded_cpu_percent": round(loaded, 2),
+            "render_us_per_frame": {f"{n} activity lines": round(render_cost_us(n), 1) for n in (40, 500, 2000)},
             "rate_msgs_per_s": args.rate, "messages_sent": sent[0], "messages_delivered": sink.count(), "seconds": args.seconds,
             "route_row_on_screen": next((line.strip() for line in screen.splitlines() if line.strip().startswith("bench ")), ""),
         }
